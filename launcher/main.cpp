@@ -1,0 +1,49 @@
+// The `stride` executable: one binary, one subcommand per task. Exit codes: 0 ok, 2 usage or configuration
+// error, 1 anything else; errors are one line on stderr.
+#include <torch/version.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "comm/build_info.h"
+#include "common/error.h"
+#include "models/models_command.h"
+
+#ifndef STRIDE_VERSION
+#define STRIDE_VERSION "unknown"
+#endif
+
+namespace {
+
+void add_version_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("version", "Print the version and what this binary was built with");
+  cmd->callback([] {
+    std::printf("stride %s\n", STRIDE_VERSION);
+    std::printf("libtorch %s\n", TORCH_VERSION);
+    std::printf("nccl %s\n", stride::comm::nccl_version().c_str());
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Stride: data-parallel ResNet training", "stride"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("stride ") + STRIDE_VERSION);
+  stride::models::add_models_command(app);
+  add_version_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  } catch (const stride::UsageError& e) {
+    std::fprintf(stderr, "stride: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "stride: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,159 @@
+#include "trainer/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace stride::trainer {
+namespace {
+
+// A header larger than this is not a weights file; refuse before allocating for it.
+constexpr uint64_t kMaxHeaderBytes = 100u << 20;
+
+struct DtypeName {
+  torch::ScalarType type;
+  const char* name;
+};
+constexpr DtypeName kDtypes[] = {
+    {torch::kFloat32, "F32"}, {torch::kFloat64, "F64"}, {torch::kFloat16, "F16"}, {torch::kBFloat16, "BF16"},
+    {torch::kInt64, "I64"},   {torch::kInt32, "I32"},   {torch::kInt16, "I16"},   {torch::kInt8, "I8"},
+    {torch::kUInt8, "U8"},    {torch::kBool, "BOOL"},
+};
+
+const char* dtype_name(torch::ScalarType t, const std::string& tensor) {
+  for (const auto& d : kDtypes) {
+    if (d.type == t) return d.name;
+  }
+  throw Error(concat("safetensors: tensor '", tensor, "' has unsupported dtype ", t));
+}
+
+torch::ScalarType dtype_from(const std::string& name, const std::string& source, const std::string& tensor) {
+  for (const auto& d : kDtypes) {
+    if (name == d.name) return d.type;
+  }
+  throw Error(concat(source, ": tensor '", tensor, "' has unsupported dtype '", name, "'"));
+}
+
+}  // namespace
+
+std::string encode_safetensors(const NamedTensors& tensors, const Metadata& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<torch::Tensor> data;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    STRIDE_CHECK(name != "__metadata__", "a tensor may not be named __metadata__");
+    auto cpu = t.detach().to(torch::kCPU).contiguous();
+    const uint64_t bytes = cpu.numel() * cpu.element_size();
+    header[name] = {{"dtype", dtype_name(cpu.scalar_type(), name)},
+                    {"shape", cpu.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    data.push_back(cpu);
+  }
+  std::string json = header.dump();
+  json.append((8 - json.size() % 8) % 8, ' ');  // align the data section to 8 bytes, as the reference writer
+  std::string out(8, '\0');
+  const uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  out += json;
+  out.reserve(out.size() + offset);
+  for (const auto& t : data) out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+  return out;
+}
+
+SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& source) {
+  if (bytes.size() < 8) throw Error(concat(source, ": not a safetensors file (", bytes.size(), " bytes)"));
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  if (n > kMaxHeaderBytes || n > bytes.size() - 8) {
+    throw Error(concat(source, ": safetensors header length ", n, " exceeds the file (", bytes.size(),
+                       " bytes): truncated or not a safetensors file"));
+  }
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + n);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(concat(source, ": safetensors header is not valid JSON: ", e.what()));
+  }
+  if (!header.is_object()) throw Error(concat(source, ": safetensors header is not a JSON object"));
+  const uint64_t data_size = bytes.size() - 8 - n;
+  const char* data = bytes.data() + 8 + n;
+  SafetensorsFile file;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      for (const auto& [k, v] : entry.items()) {
+        if (!v.is_string()) throw Error(concat(source, ": metadata '", k, "' is not a string"));
+        file.metadata[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    try {
+      const auto dtype = dtype_from(entry.at("dtype").get<std::string>(), source, name);
+      const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+      const auto offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
+      if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size) {
+        throw Error(concat(source, ": tensor '", name, "' has data offsets outside the file (data section is ",
+                           data_size, " bytes): truncated?"));
+      }
+      int64_t numel = 1;
+      for (int64_t d : shape) {
+        if (d < 0) throw Error(concat(source, ": tensor '", name, "' has a negative dimension"));
+        numel *= d;
+      }
+      auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
+      const uint64_t expect = static_cast<uint64_t>(numel) * t.element_size();
+      if (offsets[1] - offsets[0] != expect) {
+        throw Error(concat(source, ": tensor '", name, "' holds ", offsets[1] - offsets[0], " bytes but shape ",
+                           t.sizes(), " needs ", expect));
+      }
+      if (expect > 0) std::memcpy(t.data_ptr(), data + offsets[0], expect);
+      file.tensors[name] = t;
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(concat(source, ": tensor '", name, "' has a malformed header entry: ", e.what()));
+    }
+  }
+  return file;
+}
+
+void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
+  const std::string bytes = encode_safetensors(tensors, metadata);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(concat("cannot create ", path, ": ", std::strerror(errno)));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = errno;
+      ::close(fd);
+      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(), " bytes: ",
+                         std::strerror(err)));
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw Error(concat("fsync of ", path, " failed: ", std::strerror(err)));
+  }
+  if (::close(fd) != 0) throw Error(concat("close of ", path, " failed: ", std::strerror(errno)));
+}
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(concat("cannot open ", path, ": ", std::strerror(errno)));
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  if (in.bad()) throw Error(concat("read of ", path, " failed"));
+  return decode_safetensors(buf.str(), path);
+}
+
+}  // namespace stride::trainer
