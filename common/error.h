@@ -38,18 +38,18 @@ namespace detail {
 }  // namespace stride
 
 // STRIDE_CHECK(cond, "context ", value, ...) throws stride::Error naming the condition and the context.
-#define STRIDE_CHECK(cond, ...)                                                               \
-  do {                                                                                        \
+#define STRIDE_CHECK(cond, ...)                                                                            \
+  do {                                                                                                     \
     if (!(cond)) ::stride::detail::check_failed(__FILE__, __LINE__, #cond, ::stride::concat(__VA_ARGS__)); \
   } while (0)
 
 // STRIDE_CHECK_OP variants print both operands.
-#define STRIDE_CHECK_OP(a, op, b, ...)                                                                   \
-  do {                                                                                                   \
-    const auto& stride_a_ = (a);                                                                         \
-    const auto& stride_b_ = (b);                                                                         \
-    if (!(stride_a_ op stride_b_))                                                                       \
-      ::stride::detail::check_failed(__FILE__, __LINE__, #a " " #op " " #b,                              \
+#define STRIDE_CHECK_OP(a, op, b, ...)                                                                          \
+  do {                                                                                                          \
+    const auto& stride_a_ = (a);                                                                                \
+    const auto& stride_b_ = (b);                                                                                \
+    if (!(stride_a_ op stride_b_))                                                                              \
+      ::stride::detail::check_failed(__FILE__, __LINE__, #a " " #op " " #b,                                     \
                                      ::stride::concat("(", stride_a_, " vs ", stride_b_, ") ", ##__VA_ARGS__)); \
   } while (0)
 #define STRIDE_CHECK_EQ(a, b, ...) STRIDE_CHECK_OP(a, ==, b, ##__VA_ARGS__)

@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <exception>
 
+#include "bench/bench_command.h"
 #include "comm/build_info.h"
 #include "common/error.h"
+#include "data/shard_command.h"
 #include "models/models_command.h"
 
 #ifndef STRIDE_VERSION
@@ -32,6 +34,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("stride ") + STRIDE_VERSION);
   stride::models::add_models_command(app);
+  stride::data::add_shard_command(app);
+  stride::bench::add_bench_command(app);
   add_version_command(app);
   try {
     app.parse(argc, argv);

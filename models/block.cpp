@@ -7,8 +7,7 @@ namespace nn = torch::nn;
 
 namespace {
 nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t groups = 1, bool bias = false) {
-  return nn::Conv2d(
-      nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).groups(groups).bias(bias));
+  return nn::Conv2d(nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).groups(groups).bias(bias));
 }
 }  // namespace
 
@@ -91,8 +90,7 @@ int64_t block_parameter_count(const BlockSpec& spec) {
 }
 
 ResidualBlockImpl::ResidualBlockImpl(const BlockSpec& spec) : spec_(spec) {
-  STRIDE_CHECK(spec.drop_path >= 0.0 && spec.drop_path < 1.0, "drop-path rate ", spec.drop_path,
-               " must be in [0, 1)");
+  STRIDE_CHECK(spec.drop_path >= 0.0 && spec.drop_path < 1.0, "drop-path rate ", spec.drop_path, " must be in [0, 1)");
   int i = 0;
   for (const auto& c : branch_layout(spec)) {
     const std::string n = std::to_string(++i);
@@ -115,9 +113,7 @@ ResidualBlockImpl::ResidualBlockImpl(const BlockSpec& spec) : spec_(spec) {
   }
 }
 
-nn::BatchNorm2d ResidualBlockImpl::last_bn() const {
-  return spec_.preact ? nn::BatchNorm2d(nullptr) : bns_.back();
-}
+nn::BatchNorm2d ResidualBlockImpl::last_bn() const { return spec_.preact ? nn::BatchNorm2d(nullptr) : bns_.back(); }
 
 torch::Tensor ResidualBlockImpl::shortcut(const torch::Tensor& x, const torch::Tensor& preactivated) {
   if (!shape_changes_) return x;

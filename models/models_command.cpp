@@ -47,9 +47,8 @@ void print_grad_norms(const ModelsArgs& args) {
     std::cout << out.dump(2) << "\n";
     return;
   }
-  std::printf("# %s: per-stage gradient L2 norm at initialisation (batch %lld, seed %llu)\n",
-              args.grad_norms.c_str(), static_cast<long long>(args.probe.batch),
-              static_cast<unsigned long long>(args.probe.seed));
+  std::printf("# %s: per-stage gradient L2 norm at initialisation (batch %lld, seed %llu)\n", args.grad_norms.c_str(),
+              static_cast<long long>(args.probe.batch), static_cast<unsigned long long>(args.probe.seed));
   for (const auto& s : norms) {
     std::printf("%-8s %12lld  %.9e\n", s.stage.c_str(), static_cast<long long>(s.parameters), s.norm);
   }
@@ -65,9 +64,11 @@ void add_models_command(CLI::App& app) {
                   "Print per-stage gradient norms of MODEL at initialisation on one random batch");
   cmd->add_option("--num-classes", args->model.num_classes, "Classifier outputs (default: the model's own)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--in-channels", args->model.in_channels, "Input channels")->check(CLI::PositiveNumber)
+  cmd->add_option("--in-channels", args->model.in_channels, "Input channels")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--batch", args->probe.batch, "--grad-norms: batch size")->check(CLI::PositiveNumber)
+  cmd->add_option("--batch", args->probe.batch, "--grad-norms: batch size")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--image-size", args->probe.image_size, "--grad-norms: input side (default: the model's own)")
       ->check(CLI::PositiveNumber);

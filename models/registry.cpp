@@ -47,8 +47,7 @@ std::vector<ResNetSpec> build_table() {
   t.push_back(imagenet("resnet101", "resnet", r101, true));
   t.push_back(imagenet("resnet152", "resnet", r152, true));
 
-  auto grouped = [&](std::string name, std::string family, std::vector<int64_t> blocks, int64_t groups,
-                     int64_t width) {
+  auto grouped = [&](std::string name, std::string family, std::vector<int64_t> blocks, int64_t groups, int64_t width) {
     auto s = imagenet(std::move(name), std::move(family), std::move(blocks), true);
     s.groups = groups;
     s.base_width = width;
@@ -60,14 +59,16 @@ std::vector<ResNetSpec> build_table() {
   t.push_back(grouped("wide_resnet50_2", "wide_resnet", r34, 1, 128));
   t.push_back(grouped("wide_resnet101_2", "wide_resnet", r101, 1, 128));
 
-  for (auto [name, blocks, bottleneck] : {std::tuple{"se_resnet18", r18, false}, {"se_resnet34", r34, false},
-                                          {"se_resnet50", r34, true}, {"se_resnet101", r101, true}}) {
+  for (auto [name, blocks, bottleneck] : {std::tuple{"se_resnet18", r18, false},
+                                          {"se_resnet34", r34, false},
+                                          {"se_resnet50", r34, true},
+                                          {"se_resnet101", r101, true}}) {
     auto s = imagenet(name, "se_resnet", blocks, bottleneck);
     s.se_reduction = 16;
     t.push_back(s);
   }
-  for (auto [name, blocks, bottleneck] : {std::tuple{"preact_resnet18", r18, false},
-                                          {"preact_resnet34", r34, false}, {"preact_resnet50", r34, true}}) {
+  for (auto [name, blocks, bottleneck] :
+       {std::tuple{"preact_resnet18", r18, false}, {"preact_resnet34", r34, false}, {"preact_resnet50", r34, true}}) {
     auto s = imagenet(name, "preact_resnet", blocks, bottleneck);
     s.preact = true;
     t.push_back(s);
@@ -133,12 +134,10 @@ ResNetSpec model_spec(const std::string& name) {
     if (!prefix.empty() && s.name.rfind(prefix, 0) == 0) similar += (similar.empty() ? "" : ", ") + s.name;
   }
   throw UsageError(concat("unknown model '", name, "'", similar.empty() ? "" : " (did you mean: " + similar + "?)",
-                       "; `stride models` lists them all"));
+                          "; `stride models` lists them all"));
 }
 
-ResNet make_model(const std::string& name, const ModelOptions& options) {
-  return ResNet(model_spec(name), options);
-}
+ResNet make_model(const std::string& name, const ModelOptions& options) { return ResNet(model_spec(name), options); }
 
 int64_t parameter_count(const std::string& name, const ModelOptions& options) {
   return resnet_parameter_count(model_spec(name), options);

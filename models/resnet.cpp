@@ -17,8 +17,8 @@ ResNetSpec resolve_spec(ResNetSpec spec, const ModelOptions& options) {
   if (options.block_dropout >= 1.0)
     throw UsageError(concat("block-dropout must be in [0, 1), got ", options.block_dropout));
   if (options.zero_init_residual && spec.shortcut == Shortcut::kNone)
-    throw UsageError(concat("model '", spec.name, "' is a plain network: zero-init-residual would zero its ",
-                            "only signal path"));
+    throw UsageError(
+        concat("model '", spec.name, "' is a plain network: zero-init-residual would zero its ", "only signal path"));
   if (!options.cifar_shortcut.empty()) {
     if (spec.stem != Stem::kCifar) throw UsageError("cifar-shortcut applies only to CIFAR-style models");
     if (options.cifar_shortcut != "A" && options.cifar_shortcut != "B")
@@ -79,11 +79,11 @@ ResNetImpl::ResNetImpl(ResNetSpec spec, ModelOptions options)
     : spec_(resolve_spec(std::move(spec), options)), options_(std::move(options)) {
   num_classes_ = spec_.default_classes;
   const bool imagenet = spec_.stem == Stem::kImageNet;
-  conv1_ = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(options_.in_channels, spec_.stem_channels,
-                                                                 imagenet ? 7 : 3)
-                                                   .stride(imagenet ? 2 : 1)
-                                                   .padding(imagenet ? 3 : 1)
-                                                   .bias(false)));
+  conv1_ =
+      register_module("conv1", nn::Conv2d(nn::Conv2dOptions(options_.in_channels, spec_.stem_channels, imagenet ? 7 : 3)
+                                              .stride(imagenet ? 2 : 1)
+                                              .padding(imagenet ? 3 : 1)
+                                              .bias(false)));
   if (!spec_.preact) bn1_ = register_module("bn1", nn::BatchNorm2d(spec_.stem_channels));
   int64_t channels = spec_.stem_channels;
   int s = 0;

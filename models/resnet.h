@@ -38,7 +38,7 @@ struct ResNetSpec {
   int64_t base_width = 64;
   Shortcut shortcut = Shortcut::kProjection;
   int64_t se_reduction = 0;
-  double block_dropout = 0.0;   // dropout between convolutions (Wide ResNet); overridable per run
+  double block_dropout = 0.0;        // dropout between convolutions (Wide ResNet); overridable per run
   int64_t default_classes = 1000;    // after resolve_spec: the model's actual number of classes
   int64_t default_image_size = 224;  // the input side the model was designed for (information only)
 };

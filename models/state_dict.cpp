@@ -48,7 +48,7 @@ LoadReport load_state_dict(torch::nn::Module& module, const NamedTensors& tensor
     const auto& src = it->second;
     if (src.sizes() != target.sizes()) {
       throw Error(concat(options.source, ": tensor '", name, "' has shape ", src.sizes(), " but the model expects ",
-                      target.sizes()));
+                         target.sizes()));
     }
     target.copy_(src.to(target.device(), target.scalar_type()));
     report.loaded.push_back(name);

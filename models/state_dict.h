@@ -23,9 +23,9 @@ struct LoadReport {
 };
 
 struct LoadOptions {
-  bool strict = true;                       // missing or unexpected names are errors
-  std::vector<std::string> skip_prefixes;   // e.g. {"fc."} to keep a freshly initialised head
-  std::string source = "state dict";        // how errors name where the tensors came from (a file path)
+  bool strict = true;                      // missing or unexpected names are errors
+  std::vector<std::string> skip_prefixes;  // e.g. {"fc."} to keep a freshly initialised head
+  std::string source = "state dict";       // how errors name where the tensors came from (a file path)
 };
 
 // Copies tensors into the module's parameters and buffers (casting dtype, keeping device). A shape mismatch

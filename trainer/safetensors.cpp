@@ -134,8 +134,8 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
     if (w <= 0) {
       const int err = errno;
       ::close(fd);
-      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(), " bytes: ",
-                         std::strerror(err)));
+      throw Error(
+          concat("write to ", path, " failed after ", done, " of ", bytes.size(), " bytes: ", std::strerror(err)));
     }
     done += static_cast<size_t>(w);
   }

@@ -1,0 +1,15 @@
+#include "bench/bench_command.h"
+
+#include <CLI/CLI.hpp>
+
+namespace stride::bench {
+
+void add_loader_bench(CLI::App& bench);
+
+void add_bench_command(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks (results and commands in docs/benchmarks.md)");
+  bench->require_subcommand(1);
+  add_loader_bench(*bench);
+}
+
+}  // namespace stride::bench

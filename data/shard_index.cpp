@@ -1,0 +1,179 @@
+#include "data/shard_index.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "data/crc32c.h"
+#include "data/tar.h"
+
+namespace stride::data {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kMagic[8] = {'S', 'T', 'R', 'I', 'D', 'X', '1', '\n'};
+
+void put_le(std::string* out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t get_le(const std::string& s, size_t at, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(s[at + i])) << (8 * i);
+  return v;
+}
+
+std::string read_whole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(concat("cannot open ", path, ": ", std::strerror(errno)));
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+void fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw Error(concat("cannot open directory ", dir, ": ", std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw Error(concat("fsync of directory ", dir, " failed: ", std::strerror(errno)));
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const fs::path target(path);
+  const std::string dir = target.has_parent_path() ? target.parent_path().string() : ".";
+  const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp")).string();
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(concat("cannot create ", tmp, ": ", std::strerror(errno)));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw Error(concat("write to ", tmp, " failed: ", std::strerror(err)));
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw Error(concat("fsync of ", tmp, " failed: ", std::strerror(err)));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw Error(concat("rename ", tmp, " -> ", path, " failed: ", std::strerror(err)));
+  }
+  fsync_dir(dir);
+}
+
+void write_index(const std::string& dir, const proto::DatasetIndex& index) {
+  std::string payload;
+  if (!index.SerializeToString(&payload)) throw Error("cannot serialize the dataset index");
+  std::string out(kMagic, sizeof(kMagic));
+  put_le(&out, crc32c(payload.data(), payload.size()), 4);
+  put_le(&out, payload.size(), 8);
+  out += payload;
+  write_file_atomic((fs::path(dir) / kIndexFile).string(), out);
+}
+
+proto::DatasetIndex read_index(const std::string& dir) {
+  const std::string path = (fs::path(dir) / kIndexFile).string();
+  if (!fs::exists(dir)) throw Error(concat("dataset directory ", dir, " does not exist"));
+  if (!fs::exists(path)) {
+    throw Error(concat(path, " does not exist: make it with `stride shard` (or `stride shard --index-only ", dir,
+                       "` for existing WebDataset tars)"));
+  }
+  const std::string bytes = read_whole(path);
+  if (bytes.size() < 20 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    throw Error(concat(path, ": not a Stride dataset index"));
+  }
+  const uint32_t crc = static_cast<uint32_t>(get_le(bytes, 8, 4));
+  const uint64_t n = get_le(bytes, 12, 8);
+  if (n != bytes.size() - 20) throw Error(concat(path, ": truncated (", bytes.size() - 20, " of ", n, " bytes)"));
+  if (crc32c(bytes.data() + 20, n) != crc) throw Error(concat(path, ": checksum mismatch (damaged index)"));
+  proto::DatasetIndex index;
+  if (!index.ParseFromArray(bytes.data() + 20, static_cast<int>(n))) throw Error(concat(path, ": cannot parse"));
+  if (index.version() > kIndexVersion) {
+    throw Error(concat(path, ": index version ", index.version(), " is newer than this build understands (",
+                       kIndexVersion, ")"));
+  }
+  return index;
+}
+
+void verify_shard_files(const std::string& dir, const proto::DatasetIndex& index) {
+  for (const auto& shard : index.shards()) {
+    const std::string path = (fs::path(dir) / shard.file()).string();
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+      throw Error(concat("shard ", path, " listed in ", dir, "/", kIndexFile, " is missing: ", std::strerror(errno)));
+    }
+    if (static_cast<uint64_t>(st.st_size) != shard.size()) {
+      throw Error(concat("shard ", path, " is ", st.st_size, " bytes but the index records ", shard.size(),
+                         (static_cast<uint64_t>(st.st_size) < shard.size() ? " (truncated)" : " (modified)")));
+    }
+  }
+}
+
+proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::string& name) {
+  if (!fs::is_directory(dir)) throw Error(concat("dataset directory ", dir, " does not exist"));
+  std::vector<std::string> tars;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().extension() == ".tar") tars.push_back(e.path().filename().string());
+  }
+  std::sort(tars.begin(), tars.end());
+  if (tars.empty()) throw Error(concat("no .tar files in ", dir));
+  proto::DatasetIndex index;
+  index.set_version(kIndexVersion);
+  index.set_name(name);
+  int64_t max_label = -1;
+  for (const auto& file : tars) {
+    const std::string path = (fs::path(dir) / file).string();
+    const std::string bytes = read_whole(path);
+    auto* shard = index.add_shards();
+    shard->set_file(file);
+    shard->set_size(bytes.size());
+    proto::SampleEntry* sample = nullptr;
+    for (const auto& m : scan_tar(path)) {
+      std::string key, ext;
+      split_key(m.name, &key, &ext);
+      if (!sample || sample->key() != key) {
+        sample = shard->add_samples();
+        sample->set_key(key);
+        sample->set_label(-1);
+      }
+      auto* member = sample->add_members();
+      member->set_ext(ext);
+      member->set_offset(m.data_offset);
+      member->set_size(m.size);
+      member->set_crc32c(crc32c(bytes.data() + m.data_offset, m.size));
+      if (ext == "cls") {
+        const std::string text = bytes.substr(m.data_offset, m.size);
+        char* end = nullptr;
+        const long long label = std::strtoll(text.c_str(), &end, 10);
+        if (end == text.c_str() || label < 0) {
+          throw Error(concat(path, ": sample '", key, "' has a .cls that is not a class number: '", text, "'"));
+        }
+        sample->set_label(label);
+        max_label = std::max<int64_t>(max_label, label);
+      }
+    }
+    index.set_num_samples(index.num_samples() + shard->samples_size());
+  }
+  index.set_num_classes(static_cast<int32_t>(max_label + 1));
+  return index;
+}
+
+}  // namespace stride::data

@@ -1,0 +1,99 @@
+// The `stride` binary as users call it: `stride models`, its JSON, the gradient-norm probe, exit codes.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "models/grad_norms.h"
+#include "models/registry.h"
+#include "test_util.h"
+
+namespace stride {
+namespace {
+
+using testing::run_command;
+const std::string kStride = STRIDE_BINARY;
+
+TEST(CliModels, ListsEveryModelWithItsCount) {
+  const auto r = run_command(kStride + " models");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::istringstream lines(r.output);
+  std::map<std::string, int64_t> listed;
+  std::string name;
+  int64_t count = 0;
+  while (lines >> name >> count) listed[name] = count;
+  ASSERT_EQ(listed.size(), models::model_names().size()) << r.output;
+  for (const auto& n : models::model_names()) EXPECT_EQ(listed.at(n), models::parameter_count(n)) << n;
+  EXPECT_EQ(listed.at("resnet50"), 25557032);
+}
+
+TEST(CliModels, JsonHonoursOptions) {
+  const auto r = run_command(kStride + " models --json --num-classes 10 --in-channels 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  ASSERT_EQ(j.size(), models::model_names().size());
+  models::ModelOptions o;
+  o.num_classes = 10;
+  o.in_channels = 1;
+  for (const auto& m : j) {
+    EXPECT_EQ(m.at("parameters").get<int64_t>(), models::parameter_count(m.at("name").get<std::string>(), o));
+    EXPECT_EQ(m.at("num_classes").get<int64_t>(), 10);
+  }
+}
+
+TEST(CliModels, ErrorsExitWithTwoAndSayWhat) {
+  auto r = run_command(kStride + " models --grad-norms resnet5");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("unknown model 'resnet5'"), std::string::npos) << r.output;
+  r = run_command(kStride + " models --no-such-flag");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = run_command(kStride + " models --batch 0 --grad-norms resnet20");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = run_command(kStride);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = run_command(kStride + " models --help");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--grad-norms"), std::string::npos);
+}
+
+// The probe's numbers must equal the gradient norms computed directly with torch::autograd::grad (a separate
+// path from .backward() + .grad) on the same model and batch.
+TEST(CliModels, GradNormsMatchDirectAutograd) {
+  for (const std::string name : {"resnet20", "plain20"}) {
+    SCOPED_TRACE(name);
+    const auto r = run_command(kStride + " models --json --grad-norms " + name + " --seed 3 --batch 8");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto reported = nlohmann::json::parse(r.output);
+
+    models::GradProbeOptions probe;
+    probe.seed = 3;
+    probe.batch = 8;
+    torch::manual_seed(probe.seed);
+    auto model = models::make_model(name);
+    model->train();
+    auto [x, y] = models::probe_batch(*model, probe);
+    auto loss = torch::cross_entropy_loss(model->forward(x), y);
+    auto groups = model->stage_parameters();
+    std::vector<torch::Tensor> params;
+    for (const auto& g : groups) {
+      for (const auto& p : g.parameters) params.push_back(p.second);
+    }
+    auto grads = torch::autograd::grad({loss}, params);
+    ASSERT_EQ(reported.size(), groups.size());
+    size_t k = 0;
+    for (size_t i = 0; i < groups.size(); ++i) {
+      double sum_sq = 0.0;
+      for (size_t j = 0; j < groups[i].parameters.size(); ++j) {
+        sum_sq += grads[k++].to(torch::kDouble).pow(2).sum().item<double>();
+      }
+      const double expect = std::sqrt(sum_sq);
+      EXPECT_EQ(reported[i].at("stage").get<std::string>(), groups[i].stage);
+      EXPECT_GT(expect, 0.0);
+      EXPECT_NEAR(reported[i].at("norm").get<double>(), expect, 1e-5 * expect) << groups[i].stage;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace stride
