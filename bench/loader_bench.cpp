@@ -62,11 +62,11 @@ void run_loader_bench(LoaderBenchArgs a) {
   if (a.json) {
     std::printf("%s\n", out.dump().c_str());
   } else {
-    std::printf("loader: %s crop=%s size=%d workers=%d batch=%llu: %.0f img/s (%.0f img/s per worker), "
-                "peak RSS %.0f MB\n",
-                a.loader.path.c_str(), a.crop.c_str(), a.loader.augment.size, a.loader.workers,
-                static_cast<unsigned long long>(a.loader.batch_size), ips, ips / a.loader.workers,
-                ru.ru_maxrss / 1024.0);
+    std::printf(
+        "loader: %s crop=%s size=%d workers=%d batch=%llu: %.0f img/s (%.0f img/s per worker), "
+        "peak RSS %.0f MB\n",
+        a.loader.path.c_str(), a.crop.c_str(), a.loader.augment.size, a.loader.workers,
+        static_cast<unsigned long long>(a.loader.batch_size), ips, ips / a.loader.workers, ru.ru_maxrss / 1024.0);
   }
 }
 
@@ -83,7 +83,8 @@ void add_loader_bench(CLI::App& bench) {
   cmd->add_option("--size", a->loader.augment.size, "Output side (0: input size)")->capture_default_str();
   cmd->add_option("--pad", a->loader.augment.pad, "pad-crop padding")->capture_default_str();
   cmd->add_flag("!--no-flip", a->loader.augment.hflip, "Disable horizontal flips");
-  cmd->add_flag("--uint8", [a](int64_t) { a->loader.float_output = false; }, "uint8 output (no normalisation)");
+  cmd->add_flag(
+      "--uint8", [a](int64_t) { a->loader.float_output = false; }, "uint8 output (no normalisation)");
   cmd->add_flag("!--no-scaled-decode", a->loader.augment.jpeg_scaled_decode, "Decode JPEGs at full size");
   cmd->add_option("--seconds", a->seconds, "Measurement time")->capture_default_str();
   cmd->add_flag("--json", a->json, "One JSON line");

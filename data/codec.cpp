@@ -212,4 +212,44 @@ std::string encode_npy(const Image& image, bool squeeze_single_channel) {
   return out;
 }
 
+std::string encode_jpeg(const Image& image, int quality) {
+  STRIDE_CHECK(image.channels == 1 || image.channels == 3, "JPEG needs 1 or 3 channels, got ", image.channels);
+  struct Deleter {
+    void operator()(void* h) const { tjDestroy(h); }
+  };
+  std::unique_ptr<void, Deleter> h(tjInitCompress());
+  unsigned char* out = nullptr;
+  unsigned long size = 0;
+  const bool gray = image.channels == 1;
+  if (tjCompress2(h.get(), image.pixels.data(), image.width, 0, image.height, gray ? TJPF_GRAY : TJPF_RGB, &out, &size,
+                  gray ? TJSAMP_GRAY : TJSAMP_420, quality, 0) != 0) {
+    const std::string msg = tjGetErrorStr2(h.get());
+    tjFree(out);
+    throw Error(concat("jpeg encode: ", msg));
+  }
+  std::string bytes(reinterpret_cast<const char*>(out), size);
+  tjFree(out);
+  return bytes;
+}
+
+std::string encode_png(const Image& image) {
+  STRIDE_CHECK(image.channels == 1 || image.channels == 3, "PNG needs 1 or 3 channels, got ", image.channels);
+  png_image p;
+  std::memset(&p, 0, sizeof(p));
+  p.version = PNG_IMAGE_VERSION;
+  p.width = static_cast<png_uint_32>(image.width);
+  p.height = static_cast<png_uint_32>(image.height);
+  p.format = image.channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
+  png_alloc_size_t size = 0;
+  if (!png_image_write_to_memory(&p, nullptr, &size, 0, image.pixels.data(), 0, nullptr)) {
+    throw Error(concat("png encode: ", p.message));
+  }
+  std::string bytes(size, '\0');
+  if (!png_image_write_to_memory(&p, bytes.data(), &size, 0, image.pixels.data(), 0, nullptr)) {
+    throw Error(concat("png encode: ", p.message));
+  }
+  bytes.resize(size);
+  return bytes;
+}
+
 }  // namespace stride::data

@@ -33,4 +33,8 @@ int scaled_dimension(int dimension, int scale_eighths);
 // .npy writing for shard creation: uint8 array of shape {h, w} (channels == 1 and squeeze) or {h, w, c}.
 std::string encode_npy(const Image& image, bool squeeze_single_channel = true);
 
+// Encoders, for shard creation, tools and tests. Throw stride::Error on failure.
+std::string encode_jpeg(const Image& image, int quality = 90);
+std::string encode_png(const Image& image);
+
 }  // namespace stride::data

@@ -3,11 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <torch/cuda.h>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <torch/cuda.h>
 
 #include "common/error.h"
 #include "data/crc32c.h"
@@ -168,8 +168,8 @@ std::string ShardedLoader::read_span(const SampleRef& ref, uint64_t* span_begin)
   const int fd = shard_fd(ref.shard);
   if (!pread_full(fd, buf.data(), buf.size(), begin)) {
     throw Error(concat("read of ", buf.size(), " bytes at offset ", begin, " of shard ",
-                       index_.shards(static_cast<int>(ref.shard)).file(), " failed: ",
-                       errno ? std::strerror(errno) : "unexpected end of file"));
+                       index_.shards(static_cast<int>(ref.shard)).file(),
+                       " failed: ", errno ? std::strerror(errno) : "unexpected end of file"));
   }
   *span_begin = begin;
   return buf;
@@ -189,7 +189,7 @@ Members check_members(const proto::SampleEntry& entry, const std::string& span, 
   m.label = entry.label();
   for (const auto& member : entry.members()) {
     const auto* p = reinterpret_cast<const uint8_t*>(span.data()) + (member.offset() - span_begin);
-    if (crc32c(p, member.size()) != member.crc32c()) throw CorruptData(concat("CRC32C mismatch in ." , member.ext()));
+    if (crc32c(p, member.size()) != member.crc32c()) throw CorruptData(concat("CRC32C mismatch in .", member.ext()));
     const Codec c = codec_for(member.ext());
     if (c != Codec::kUnknown && m.codec == Codec::kUnknown) {
       m.image = p;
@@ -293,8 +293,8 @@ Batch ShardedLoader::build_batch(const Epoch& epoch, uint64_t j) {
   for (uint64_t i = 1; i < b; ++i) {
     if (images[i].height != h || images[i].width != w || images[i].channels != c) {
       throw UsageError(concat("dataset ", options_.path, ": sample '", samples_[ids[i]].entry->key(), "' is ",
-                              images[i].height, "x", images[i].width, "x", images[i].channels, " but the batch is ",
-                              h, "x", w, "x", c, "; use a crop to a fixed size"));
+                              images[i].height, "x", images[i].width, "x", images[i].channels, " but the batch is ", h,
+                              "x", w, "x", c, "; use a crop to a fixed size"));
     }
   }
   const bool pin = options_.pin_memory && torch::cuda::is_available();

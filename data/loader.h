@@ -29,21 +29,21 @@
 namespace stride::data {
 
 struct LoaderOptions {
-  std::string path;              // dataset directory holding index.pb and the shards
-  uint64_t batch_size = 128;     // per rank
+  std::string path;           // dataset directory holding index.pb and the shards
+  uint64_t batch_size = 128;  // per rank
   uint64_t rank = 0;
   uint64_t world_size = 1;
   uint64_t seed = 0;
-  bool train = true;             // shuffle and drop the tail; false: dataset order, pad the tail (flagged invalid)
-  int64_t window_shards = 8;     // see OrderOptions
-  int workers = 2;               // decode/augment threads
-  int prefetch = 4;              // batches in flight (>= workers keeps every worker busy)
+  bool train = true;          // shuffle and drop the tail; false: dataset order, pad the tail (flagged invalid)
+  int64_t window_shards = 8;  // see OrderOptions
+  int workers = 2;            // decode/augment threads
+  int prefetch = 4;           // batches in flight (>= workers keeps every worker busy)
   AugmentOptions augment;
-  bool float_output = true;      // float32 normalised; false: uint8 (normalise on the device)
+  bool float_output = true;       // float32 normalised; false: uint8 (normalise on the device)
   std::vector<double> mean, std;  // per channel, in [0, 1] units; empty: plain x / 255
-  MixOptions mix;                // MixUp/CutMix (float output only)
-  int64_t max_corrupt = 100;     // corrupt samples tolerated before the run stops
-  bool pin_memory = true;        // pinned host memory when CUDA is available
+  MixOptions mix;                 // MixUp/CutMix (float output only)
+  int64_t max_corrupt = 100;      // corrupt samples tolerated before the run stops
+  bool pin_memory = true;         // pinned host memory when CUDA is available
 };
 
 struct Batch {
@@ -93,7 +93,7 @@ class ShardedLoader {
     const proto::SampleEntry* entry = nullptr;
   };
   struct Epoch {
-    Cursor cursor;          // start cursor
+    Cursor cursor;  // start cursor
     uint64_t generation = 0;
     std::vector<uint64_t> order;
     uint64_t first_step = 0;  // step number of the first batch

@@ -21,8 +21,7 @@ MixResult mix_batch(const torch::Tensor& images, const torch::Tensor& labels, in
     return r;
   }
   Rng rng(seed);
-  const bool use_cutmix =
-      options.cutmix_alpha > 0.0 && (options.mixup_alpha <= 0.0 || rng.bernoulli(0.5));
+  const bool use_cutmix = options.cutmix_alpha > 0.0 && (options.mixup_alpha <= 0.0 || rng.bernoulli(0.5));
   const double alpha = use_cutmix ? options.cutmix_alpha : options.mixup_alpha;
   double lambda = rng.beta(alpha, alpha);
   auto rolled = images.roll(1, 0);

@@ -62,8 +62,8 @@ void ShardWriter::close_shard() {
     throw Error(concat("rename ", tmp_path_, " -> ", final_path_, " failed"));
   }
   if (progress_) {
-    progress_(concat(index_.name(), ": ", final_path_, " (", shard_->samples_size(), " samples, ",
-                     index_.num_samples(), " so far)"));
+    progress_(concat(index_.name(), ": ", final_path_, " (", shard_->samples_size(), " samples, ", index_.num_samples(),
+                     " so far)"));
   }
 }
 

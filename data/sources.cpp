@@ -64,10 +64,10 @@ std::vector<std::string> shard_fashion_mnist(const ShardJob& job) {
                                                     "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
   std::vector<std::string> written;
   for (const auto& [split, prefix] : {std::pair{"train", "train"}, {"test", "t10k"}}) {
-    const auto img_path = find_one(job.input, {std::string(prefix) + "-images-idx3-ubyte.gz",
-                                               std::string(prefix) + "-images-idx3-ubyte"});
-    const auto lbl_path = find_one(job.input, {std::string(prefix) + "-labels-idx1-ubyte.gz",
-                                               std::string(prefix) + "-labels-idx1-ubyte"});
+    const auto img_path = find_one(
+        job.input, {std::string(prefix) + "-images-idx3-ubyte.gz", std::string(prefix) + "-images-idx3-ubyte"});
+    const auto lbl_path = find_one(
+        job.input, {std::string(prefix) + "-labels-idx1-ubyte.gz", std::string(prefix) + "-labels-idx1-ubyte"});
     const std::string images = read_maybe_gz(img_path), labels = read_maybe_gz(lbl_path);
     if (images.size() < 16 || be32(images, 0) != 0x803) throw Error(concat(img_path, ": not an IDX image file"));
     if (labels.size() < 8 || be32(labels, 0) != 0x801) throw Error(concat(lbl_path, ": not an IDX label file"));
@@ -142,8 +142,7 @@ std::vector<std::string> shard_image_folder(const ShardJob& job) {
     std::sort(classes.begin(), classes.end());
     if (classes.empty()) throw Error(concat(dir, ": no class folders (expected ", dir, "/<class>/<image>)"));
     const std::string out = (fs::path(job.output) / split).string();
-    ShardWriter writer(out, fs::path(job.input).filename().string() + "/" + split, job.samples_per_shard,
-                       job.progress);
+    ShardWriter writer(out, fs::path(job.input).filename().string() + "/" + split, job.samples_per_shard, job.progress);
     uint64_t i = 0;
     for (size_t c = 0; c < classes.size(); ++c) {
       std::vector<fs::path> files;

@@ -27,9 +27,9 @@ struct AugmentOptions {
   int resize = 0;  // kCenter: shorter side before cropping; 0 = size * 256 / 224
   bool hflip = false;
   double brightness = 0.0, contrast = 0.0, saturation = 0.0;  // colour jitter strengths (0 = off)
-  int cutout = 0;        // side in pixels of a zeroed square (DeVries & Taylor 2017); 0 = off
-  double erasing = 0.0;  // random erasing probability (Zhong et al. 2020); 0 = off
-  int channels = 0;      // force 1 or 3 output channels; 0 = as decoded
+  int cutout = 0;                  // side in pixels of a zeroed square (DeVries & Taylor 2017); 0 = off
+  double erasing = 0.0;            // random erasing probability (Zhong et al. 2020); 0 = off
+  int channels = 0;                // force 1 or 3 output channels; 0 = as decoded
   bool jpeg_scaled_decode = true;  // let libjpeg-turbo shrink in the DCT domain when the crop allows
 };
 
