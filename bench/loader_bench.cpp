@@ -16,6 +16,7 @@ namespace {
 struct LoaderBenchArgs {
   data::LoaderOptions loader;
   std::string crop = "pad-crop";
+  std::string normalize = "none";
   double seconds = 10.0;
   int64_t warmup_batches = 5;
   bool json = false;
@@ -23,6 +24,12 @@ struct LoaderBenchArgs {
 
 void run_loader_bench(LoaderBenchArgs a) {
   a.loader.augment.crop = data::parse_crop(a.crop);
+  if (a.normalize == "imagenet") {
+    a.loader.mean = {0.485, 0.456, 0.406};
+    a.loader.std = {0.229, 0.224, 0.225};
+  } else if (a.normalize != "none") {
+    throw UsageError(concat("--normalize must be none or imagenet, got '", a.normalize, "'"));
+  }
   data::ShardedLoader loader(a.loader);
   loader.start({0, 0, a.loader.seed});
   uint64_t images = 0, batches = 0, epochs = 0;
@@ -82,6 +89,7 @@ void add_loader_bench(CLI::App& bench) {
   cmd->add_option("--crop", a->crop, "none | pad-crop | random-resized | center")->capture_default_str();
   cmd->add_option("--size", a->loader.augment.size, "Output side (0: input size)")->capture_default_str();
   cmd->add_option("--pad", a->loader.augment.pad, "pad-crop padding")->capture_default_str();
+  cmd->add_option("--normalize", a->normalize, "none | imagenet (mean/std of float output)")->capture_default_str();
   cmd->add_flag("!--no-flip", a->loader.augment.hflip, "Disable horizontal flips");
   cmd->add_flag(
       "--uint8", [a](int64_t) { a->loader.float_output = false; }, "uint8 output (no normalisation)");
@@ -89,7 +97,6 @@ void add_loader_bench(CLI::App& bench) {
   cmd->add_option("--seconds", a->seconds, "Measurement time")->capture_default_str();
   cmd->add_flag("--json", a->json, "One JSON line");
   a->loader.augment.hflip = true;
-  a->loader.mean = {};
   cmd->callback([a] { run_loader_bench(*a); });
 }
 

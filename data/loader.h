@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "data/buffer_pool.h"
 #include "data/mix.h"
 #include "data/order.h"
 #include "data/transforms.h"
@@ -109,12 +110,14 @@ class ShardedLoader {
   std::string read_span(const SampleRef& ref, uint64_t* span_begin);
   int shard_fd(uint32_t shard);
   void report_corrupt(const SampleRef& ref, const std::string& reason);
+  torch::Tensor collate(const std::vector<Image>& images, int c, int h, int w);
 
   LoaderOptions options_;
   proto::DatasetIndex index_;
   std::vector<SampleRef> samples_;
   std::vector<uint64_t> shard_sizes_;
   double wait_seconds_ = 0.0;
+  std::shared_ptr<BufferPool> pool_;
 
   std::mutex fd_mutex_;
   std::vector<int> fds_;  // -1 until opened; guarded by fd_mutex_

@@ -83,6 +83,35 @@ std::vector<Taps> make_taps(double start, double length, int in_size, int out_si
   return taps;
 }
 
+// One row: out[x * C + ch] = sum_k w_k * in[(first + k) * C + ch]. The channel count is a template parameter so
+// the per-pixel accumulators live in registers.
+template <int C>
+void horizontal_pass(const uint8_t* in, const std::vector<Taps>& taps, float* out) {
+  for (size_t x = 0; x < taps.size(); ++x) {
+    const Taps& t = taps[x];
+    const uint8_t* p = in + static_cast<size_t>(t.first) * C;
+    float acc[C] = {};
+    const size_t k_end = t.weights.size();
+    for (size_t k = 0; k < k_end; ++k) {
+      const float w = t.weights[k];
+      for (int ch = 0; ch < C; ++ch) acc[ch] += w * p[k * C + ch];
+    }
+    for (int ch = 0; ch < C; ++ch) out[x * C + ch] = acc[ch];
+  }
+}
+
+void horizontal_pass_any(const uint8_t* in, const std::vector<Taps>& taps, float* out, int c) {
+  for (size_t x = 0; x < taps.size(); ++x) {
+    const Taps& t = taps[x];
+    for (int ch = 0; ch < c; ++ch) {
+      float acc = 0.0f;
+      const uint8_t* p = in + static_cast<size_t>(t.first) * c + ch;
+      for (size_t k = 0; k < t.weights.size(); ++k) acc += t.weights[k] * p[k * c];
+      out[x * c + ch] = acc;
+    }
+  }
+}
+
 inline uint8_t to_u8(float v) { return static_cast<uint8_t>(std::clamp(v + 0.5f, 0.0f, 255.0f)); }
 
 }  // namespace
@@ -97,16 +126,16 @@ Image resize_box(const Image& src, const Box& box, int out_w, int out_h) {
   // Horizontal pass over the rows the vertical pass needs.
   std::vector<float> mid(static_cast<size_t>(row_hi - row_lo) * out_w * c);
   for (int y = row_lo; y < row_hi; ++y) {
-    const uint8_t* in = src.row(y);
     float* out = &mid[static_cast<size_t>(y - row_lo) * out_w * c];
-    for (int x = 0; x < out_w; ++x) {
-      const Taps& t = xt[x];
-      for (int ch = 0; ch < c; ++ch) {
-        float acc = 0.0f;
-        const uint8_t* p = in + static_cast<size_t>(t.first) * c + ch;
-        for (size_t k = 0; k < t.weights.size(); ++k) acc += t.weights[k] * p[k * c];
-        out[x * c + ch] = acc;
-      }
+    switch (c) {
+      case 1:
+        horizontal_pass<1>(src.row(y), xt, out);
+        break;
+      case 3:
+        horizontal_pass<3>(src.row(y), xt, out);
+        break;
+      default:
+        horizontal_pass_any(src.row(y), xt, out, c);
     }
   }
   Image dst(out_h, out_w, c);

@@ -137,8 +137,7 @@ TEST(Codec, NpyRoundTripAndNumpyReadsIt) {
     EXPECT_EQ(r.output, shape + " uint8 " + std::to_string(sum) + "\n");
   }
   const std::string bad = "\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'}";
-  expect_error([&] { decode_image(Codec::kNpy, reinterpret_cast<const uint8_t*>(bad.data()), bad.size()); },
-               {"npy"});
+  expect_error([&] { decode_image(Codec::kNpy, reinterpret_cast<const uint8_t*>(bad.data()), bad.size()); }, {"npy"});
 }
 
 TEST(Codec, PngAndJpegDecode) {

@@ -57,7 +57,8 @@ std::vector<Batch> drain(ShardedLoader& loader, const Cursor& cursor) {
 }
 
 std::vector<int64_t> ids_of(const Batch& b) {
-  return std::vector<int64_t>(b.sample_ids.data_ptr<int64_t>(), b.sample_ids.data_ptr<int64_t>() + b.sample_ids.numel());
+  return std::vector<int64_t>(b.sample_ids.data_ptr<int64_t>(),
+                              b.sample_ids.data_ptr<int64_t>() + b.sample_ids.numel());
 }
 
 // The job's sequence: for each step, rank 0's slice, then rank 1's, ...
