@@ -49,64 +49,70 @@ Box center_box(int width, int height, int size, int resize) {
 
 namespace {
 
-// Filter taps for one output coordinate.
+// Filter taps for every output coordinate, flattened with a fixed count per output (zero-padded) so the inner
+// loops have a constant trip count the compiler can unroll.
 struct Taps {
-  int first = 0;
-  std::vector<float> weights;
+  int ksize = 0;
+  std::vector<int> first;      // [out]
+  std::vector<float> weights;  // [out * ksize]
 };
 
-std::vector<Taps> make_taps(double start, double length, int in_size, int out_size) {
+Taps make_taps(double start, double length, int in_size, int out_size) {
   const double scale = length / out_size;
   const double support = std::max(1.0, scale);  // triangle radius in source pixels
-  std::vector<Taps> taps(out_size);
+  Taps t;
+  // Every tap lies in [0, in_size), so a window wider than the input is never needed (and must not be read).
+  t.ksize = std::min(static_cast<int>(std::ceil(support)) * 2 + 1, in_size);
+  t.first.resize(out_size);
+  t.weights.assign(static_cast<size_t>(out_size) * t.ksize, 0.0f);
+  std::vector<double> w(t.ksize);
   for (int i = 0; i < out_size; ++i) {
     const double center = start + (i + 0.5) * scale;
-    int lo = static_cast<int>(std::floor(center - support));
-    int hi = static_cast<int>(std::ceil(center + support));
-    lo = std::max(lo, 0);
-    hi = std::min(hi, in_size);
-    Taps& t = taps[i];
-    t.first = lo;
+    const int lo = std::max(static_cast<int>(std::floor(center - support)), 0);
+    const int hi = std::min(static_cast<int>(std::ceil(center + support)), in_size);
+    // Start at lo, but never so late that lo + ksize runs past the input.
+    const int first = std::max(0, std::min(lo, in_size - t.ksize));
     double total = 0.0;
-    for (int s = lo; s < hi; ++s) {
-      const double w = std::max(0.0, 1.0 - std::abs((s + 0.5 - center) / support));
-      t.weights.push_back(static_cast<float>(w));
-      total += w;
+    for (int k = 0; k < t.ksize; ++k) {
+      const int s = first + k;
+      w[k] = (s >= lo && s < hi && s < in_size) ? std::max(0.0, 1.0 - std::abs((s + 0.5 - center) / support)) : 0.0;
+      total += w[k];
     }
-    if (total <= 0.0) {  // box entirely outside (cannot happen for valid boxes); take the nearest pixel
-      t.first = std::clamp(static_cast<int>(center), 0, in_size - 1);
-      t.weights.assign(1, 1.0f);
+    if (total <= 0.0) {  // box outside the image (cannot happen for valid boxes): nearest pixel
+      std::fill(w.begin(), w.end(), 0.0);
+      const int nearest = std::clamp(static_cast<int>(center), 0, in_size - 1);
+      if (nearest - first < t.ksize) w[nearest - first] = 1.0;
       total = 1.0;
     }
-    for (auto& w : t.weights) w = static_cast<float>(w / total);
+    t.first[i] = first;
+    for (int k = 0; k < t.ksize; ++k)
+      t.weights[static_cast<size_t>(i) * t.ksize + k] = static_cast<float>(w[k] / total);
   }
-  return taps;
+  return t;
 }
 
-// One row: out[x * C + ch] = sum_k w_k * in[(first + k) * C + ch]. The channel count is a template parameter so
-// the per-pixel accumulators live in registers.
+// One row: out[x * C + ch] = sum_k w[x, k] * in[(first[x] + k) * C + ch].
 template <int C>
-void horizontal_pass(const uint8_t* in, const std::vector<Taps>& taps, float* out) {
-  for (size_t x = 0; x < taps.size(); ++x) {
-    const Taps& t = taps[x];
-    const uint8_t* p = in + static_cast<size_t>(t.first) * C;
+void horizontal_pass(const uint8_t* in, const Taps& t, float* out) {
+  const int ks = t.ksize;
+  for (size_t x = 0; x < t.first.size(); ++x) {
+    const uint8_t* p = in + static_cast<size_t>(t.first[x]) * C;
+    const float* w = &t.weights[x * ks];
     float acc[C] = {};
-    const size_t k_end = t.weights.size();
-    for (size_t k = 0; k < k_end; ++k) {
-      const float w = t.weights[k];
-      for (int ch = 0; ch < C; ++ch) acc[ch] += w * p[k * C + ch];
+    for (int k = 0; k < ks; ++k) {
+      for (int ch = 0; ch < C; ++ch) acc[ch] += w[k] * p[k * C + ch];
     }
     for (int ch = 0; ch < C; ++ch) out[x * C + ch] = acc[ch];
   }
 }
 
-void horizontal_pass_any(const uint8_t* in, const std::vector<Taps>& taps, float* out, int c) {
-  for (size_t x = 0; x < taps.size(); ++x) {
-    const Taps& t = taps[x];
+void horizontal_pass_any(const uint8_t* in, const Taps& t, float* out, int c) {
+  const int ks = t.ksize;
+  for (size_t x = 0; x < t.first.size(); ++x) {
     for (int ch = 0; ch < c; ++ch) {
       float acc = 0.0f;
-      const uint8_t* p = in + static_cast<size_t>(t.first) * c + ch;
-      for (size_t k = 0; k < t.weights.size(); ++k) acc += t.weights[k] * p[k * c];
+      const uint8_t* p = in + static_cast<size_t>(t.first[x]) * c + ch;
+      for (int k = 0; k < ks; ++k) acc += t.weights[x * ks + k] * p[k * c];
       out[x * c + ch] = acc;
     }
   }
@@ -119,14 +125,15 @@ inline uint8_t to_u8(float v) { return static_cast<uint8_t>(std::clamp(v + 0.5f,
 Image resize_box(const Image& src, const Box& box, int out_w, int out_h) {
   STRIDE_CHECK(out_w > 0 && out_h > 0 && box.w > 0 && box.h > 0, "empty resize");
   const int c = src.channels;
-  const auto xt = make_taps(box.x, box.w, src.width, out_w);
-  const auto yt = make_taps(box.y, box.h, src.height, out_h);
-  const int row_lo = yt.front().first;
-  const int row_hi = yt.back().first + static_cast<int>(yt.back().weights.size());
+  const Taps xt = make_taps(box.x, box.w, src.width, out_w);
+  const Taps yt = make_taps(box.y, box.h, src.height, out_h);
+  const int row_lo = yt.first.front();
+  const int row_hi = std::min(src.height, yt.first.back() + yt.ksize);
   // Horizontal pass over the rows the vertical pass needs.
-  std::vector<float> mid(static_cast<size_t>(row_hi - row_lo) * out_w * c);
+  const size_t row = static_cast<size_t>(out_w) * c;
+  std::vector<float> mid(static_cast<size_t>(row_hi - row_lo) * row);
   for (int y = row_lo; y < row_hi; ++y) {
-    float* out = &mid[static_cast<size_t>(y - row_lo) * out_w * c];
+    float* out = &mid[static_cast<size_t>(y - row_lo) * row];
     switch (c) {
       case 1:
         horizontal_pass<1>(src.row(y), xt, out);
@@ -139,14 +146,14 @@ Image resize_box(const Image& src, const Box& box, int out_w, int out_h) {
     }
   }
   Image dst(out_h, out_w, c);
-  const size_t row = static_cast<size_t>(out_w) * c;
   std::vector<float> acc(row);
   for (int y = 0; y < out_h; ++y) {
-    const Taps& t = yt[y];
     std::fill(acc.begin(), acc.end(), 0.0f);
-    for (size_t k = 0; k < t.weights.size(); ++k) {
-      const float w = t.weights[k];
-      const float* in = &mid[(t.first - row_lo + k) * row];
+    for (int k = 0; k < yt.ksize; ++k) {
+      const float w = yt.weights[static_cast<size_t>(y) * yt.ksize + k];
+      const int sy = yt.first[y] + k;
+      if (w == 0.0f || sy >= row_hi) continue;
+      const float* in = &mid[static_cast<size_t>(sy - row_lo) * row];
       for (size_t i = 0; i < row; ++i) acc[i] += w * in[i];
     }
     uint8_t* out = dst.row(y);
