@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "data/shard_command.h"
 #include "models/models_command.h"
+#include "trainer/train_command.h"
 
 #ifndef STRIDE_VERSION
 #define STRIDE_VERSION "unknown"
@@ -41,6 +42,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("stride ") + STRIDE_VERSION);
   stride::models::add_models_command(app);
   stride::data::add_shard_command(app);
+  stride::trainer::add_train_command(app);
+  stride::trainer::add_ckpt_command(app);
   stride::bench::add_bench_command(app);
   add_version_command(app);
   try {

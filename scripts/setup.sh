@@ -14,7 +14,7 @@ PACKAGES=(
   libtorch-dev python3-torch python3-torchvision libopenblas0-pthread
   libopenmpi-dev openmpi-bin
   libboost-dev libprotobuf-dev protobuf-compiler
-  libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
   libturbojpeg0-dev libpng-dev zlib1g-dev
   dataset-fashion-mnist
 )

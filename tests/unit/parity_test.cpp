@@ -9,6 +9,7 @@
 #include "models/registry.h"
 #include "models/state_dict.h"
 #include "test_util.h"
+#include "trainer/checkpoint.h"
 #include "trainer/safetensors.h"
 
 namespace stride {
@@ -43,7 +44,7 @@ TEST(TorchvisionParity, SameWeightsSameLogits) {
   }
 }
 
-TEST(TorchvisionParity, StrideWeightsLoadIntoTorchvision) {
+TEST(TorchvisionParity, ExportedCheckpointLoadsIntoTorchvision) {
   ScratchDir dir("export");
   torch::manual_seed(5);
   auto model = models::make_model("resnet18");
@@ -62,7 +63,15 @@ TEST(TorchvisionParity, StrideWeightsLoadIntoTorchvision) {
     torch::NoGradGuard no_grad;
     logits = model->forward(x);
   }
-  trainer::write_safetensors(dir.file("w.safetensors"), models::state_dict(*model));
+  // Through a real checkpoint and `stride ckpt export`, as a user moving weights to Python would.
+  trainer::CheckpointData ckpt;
+  ckpt.model = models::state_dict(*model);
+  ckpt.manifest.set_step(3);
+  ckpt.manifest.set_model("resnet18");
+  trainer::CheckpointStore(dir.file("run")).commit(std::move(ckpt));
+  const auto exported =
+      run_command(std::string(STRIDE_BINARY) + " ckpt export " + dir.file("run") + " -o " + dir.file("w.safetensors"));
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
   trainer::write_safetensors(dir.file("io.safetensors"), {{"input", x}, {"logits", logits}});
   const auto r =
       run_command(std::string(STRIDE_REFERENCE_PYTHON) + " " + kScript + " check --model resnet18 --weights " +

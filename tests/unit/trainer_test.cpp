@@ -1,0 +1,381 @@
+// Trainer pieces: configuration, schedule, losses, optimizer, checkpoints (round trip, atomicity at every
+// write, corrupt fallback, garbage collection) and the TensorBoard writer.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fstream>
+
+#include "common/error.h"
+#include "models/registry.h"
+#include "models/state_dict.h"
+#include "test_util.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/loss.h"
+#include "trainer/schedule.h"
+#include "trainer/sgd.h"
+#include "trainer/tensorboard.h"
+
+namespace stride::trainer {
+namespace {
+
+using testing::ScratchDir;
+
+// ---------------------------------------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------------------------------------
+struct Parsed {
+  TrainConfig config;
+  std::string error;
+};
+
+Parsed parse(std::vector<std::string> args, const std::string& toml = "", const ScratchDir* dir = nullptr) {
+  Parsed p;
+  CLI::App app;
+  add_train_options(app, p.config);
+  if (!toml.empty()) {
+    std::ofstream(dir->file("run.toml")) << toml;
+    args.push_back("--config");
+    args.push_back(dir->file("run.toml"));
+  }
+  std::vector<const char*> argv{"train"};
+  std::reverse(args.begin(), args.end());
+  for (auto& a : args) argv.insert(argv.begin() + 1, a.c_str());
+  try {
+    app.parse(static_cast<int>(argv.size()), const_cast<char**>(argv.data()));
+    if (!p.config.config_file.empty()) apply_config_file(p.config.config_file, app, p.config);
+    validate(p.config);
+  } catch (const UsageError& e) {
+    p.error = e.what();
+  } catch (const CLI::ParseError& e) {
+    p.error = e.what();
+  }
+  return p;
+}
+
+TEST(TrainConfig, FileValuesYieldToTheCommandLine) {
+  ScratchDir dir("cfg");
+  auto p = parse({"--lr", "0.2", "--no-hflip"}, "lr = 0.5\nbatch-size = 64\nlr_milestones = [3, 6]\nnesterov = true\n",
+                 &dir);
+  ASSERT_EQ(p.error, "");
+  EXPECT_DOUBLE_EQ(p.config.lr, 0.2);
+  EXPECT_EQ(p.config.batch_size, 64);
+  EXPECT_EQ(p.config.lr_milestones, (std::vector<int64_t>{3, 6}));
+  EXPECT_TRUE(p.config.nesterov);
+  EXPECT_FALSE(p.config.hflip);
+}
+
+TEST(TrainConfig, ErrorsNameTheKey) {
+  ScratchDir dir("cfgbad");
+  EXPECT_NE(parse({}, "learning-rate = 0.1\n", &dir).error.find("unknown key 'learning-rate'"), std::string::npos);
+  EXPECT_NE(parse({}, "batch-size = \"big\"\n", &dir).error.find("key 'batch-size': expected an integer"),
+            std::string::npos);
+  EXPECT_NE(parse({}, "epochs = [\n", &dir).error.find("run.toml:"), std::string::npos);
+  EXPECT_NE(parse({"--batch-size", "0"}).error.find("--batch-size must be positive"), std::string::npos);
+  EXPECT_NE(parse({"--lr-scheduler", "poly"}).error.find("--lr-scheduler must be one of"), std::string::npos);
+  EXPECT_NE(parse({"--label-smoothing", "1.5"}).error.find("--label-smoothing"), std::string::npos);
+  EXPECT_NE(parse({"--lr-scheduler", "multistep"}).error.find("--lr-milestones"), std::string::npos);
+  EXPECT_NE(parse({"--mean", "0.5,0.5"}).error.find("--std"), std::string::npos);
+  EXPECT_NE(parse({}, "x = 1\n", &dir).error.find("unknown key 'x'"), std::string::npos);
+  EXPECT_FALSE(parse({"--batch-size", "abc"}).error.empty());
+}
+
+TEST(TrainConfig, ResolvedTomlRoundTrips) {
+  TrainConfig c;
+  c.lr = 0.37;
+  c.freeze = {"stem", "layer1"};
+  c.mean = {0.1, 0.2, 0.3};
+  c.std = {1, 2, 3};
+  TrainConfig back;
+  parse_toml(to_toml(c), "config.toml", back);
+  EXPECT_EQ(to_toml(back), to_toml(c));
+  EXPECT_DOUBLE_EQ(back.lr, 0.37);
+  EXPECT_EQ(back.freeze, c.freeze);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Schedule
+// ---------------------------------------------------------------------------------------------------------
+TEST(LrSchedule, WarmupThenCosine) {
+  ScheduleOptions o;
+  o.base_lr = 1.0;
+  o.steps_per_epoch = 10;
+  o.total_steps = 100;
+  o.warmup_steps = 10;
+  o.warmup_decay = 0.1;
+  o.lr_min = 0.0;
+  LrSchedule s(o);
+  EXPECT_DOUBLE_EQ(s.at(0), 0.1);
+  EXPECT_NEAR(s.at(5), 0.1 + 0.9 * 0.5, 1e-12);
+  EXPECT_DOUBLE_EQ(s.at(10), 1.0);
+  EXPECT_NEAR(s.at(55), 0.5, 1e-12);  // halfway through the 90 cosine steps
+  EXPECT_NEAR(s.at(100), 0.0, 1e-12);
+  for (int i = 11; i < 100; ++i) EXPECT_LE(s.at(i), s.at(i - 1));
+  o.warmup_method = "constant";
+  EXPECT_DOUBLE_EQ(LrSchedule(o).at(9), 0.1);
+}
+
+TEST(LrSchedule, StepAndMultiStep) {
+  ScheduleOptions o;
+  o.base_lr = 1.0;
+  o.steps_per_epoch = 4;
+  o.total_steps = 400;
+  o.kind = "step";
+  o.step_size_epochs = 30;
+  o.gamma = 0.1;
+  EXPECT_DOUBLE_EQ(LrSchedule(o).at(30 * 4 - 1), 1.0);
+  EXPECT_NEAR(LrSchedule(o).at(30 * 4), 0.1, 1e-12);
+  EXPECT_NEAR(LrSchedule(o).at(60 * 4 + 3), 0.01, 1e-12);
+  o.kind = "multistep";
+  o.milestones_epochs = {5, 8};
+  EXPECT_DOUBLE_EQ(LrSchedule(o).at(19), 1.0);
+  EXPECT_NEAR(LrSchedule(o).at(20), 0.1, 1e-12);
+  EXPECT_NEAR(LrSchedule(o).at(32), 0.01, 1e-12);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Losses and metrics
+// ---------------------------------------------------------------------------------------------------------
+TEST(Loss, LabelSmoothingMatchesTorch) {
+  torch::manual_seed(0);
+  auto logits = torch::randn({8, 5});
+  auto labels = torch::randint(5, {8}, torch::kLong);
+  for (double eps : {0.0, 0.1, 0.3}) {
+    auto expected = torch::nn::functional::cross_entropy(
+        logits, labels, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(eps));
+    EXPECT_NEAR(cross_entropy(logits, labels, eps).item<double>(), expected.item<double>(), 1e-6) << eps;
+  }
+}
+
+TEST(Loss, SoftTargetsAreTheMixtureOfTheTwoLosses) {
+  torch::manual_seed(1);
+  auto logits = torch::randn({6, 4});
+  auto a = torch::tensor({0, 1, 2, 3, 0, 1}, torch::kLong), b = torch::tensor({1, 1, 0, 2, 3, 3}, torch::kLong);
+  const double lam = 0.3;
+  auto soft = torch::one_hot(a, 4).to(torch::kFloat) * lam + torch::one_hot(b, 4).to(torch::kFloat) * (1 - lam);
+  const double mixed = cross_entropy(logits, soft, 0.0).item<double>();
+  const double expect = lam * cross_entropy(logits, a, 0.0).item<double>() +
+                        (1 - lam) * cross_entropy(logits, b, 0.0).item<double>();
+  EXPECT_NEAR(mixed, expect, 1e-6);
+  // Zero-weight samples do not count.
+  auto w = torch::tensor({1, 1, 1, 0, 0, 0}, torch::kBool);
+  EXPECT_NEAR(cross_entropy(logits, a, 0.0, w).item<double>(),
+              cross_entropy(logits.slice(0, 0, 3), a.slice(0, 0, 3), 0.0).item<double>(), 1e-6);
+}
+
+TEST(Loss, TopKCountsOnlyValidSamples) {
+  auto logits = torch::tensor({{9.f, 1.f, 2.f, 3.f, 4.f, 5.f}, {1.f, 9.f, 2.f, 3.f, 4.f, 5.f}, {1.f, 2.f, 3.f, 4.f, 5.f, 9.f}});
+  auto labels = torch::tensor({0, 0, 0}, torch::kLong);
+  auto r = count_correct(logits, labels, torch::tensor({true, true, false}));
+  EXPECT_EQ(r.count, 2);
+  EXPECT_EQ(r.top1, 1);
+  EXPECT_EQ(r.top5, 1);  // sample 1: label 0 has the lowest logit, outside its top 5
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Optimizer
+// ---------------------------------------------------------------------------------------------------------
+TEST(Sgd, WeightDecayGroupsSeparateNormAndBias) {
+  auto model = models::make_model("resnet20");
+  auto groups = weight_decay_groups(model->named_parameters().pairs(), 5e-4, 0.0);
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_DOUBLE_EQ(groups[0].weight_decay, 5e-4);
+  EXPECT_DOUBLE_EQ(groups[1].weight_decay, 0.0);
+  for (const auto& [name, p] : groups[0].params) EXPECT_GE(p.dim(), 2) << name;
+  bool has_bn = false, has_fc_bias = false;
+  for (const auto& [name, p] : groups[1].params) {
+    has_bn |= name == "bn1.weight";
+    has_fc_bias |= name == "fc.bias";
+  }
+  EXPECT_TRUE(has_bn && has_fc_bias);
+  EXPECT_DOUBLE_EQ(weight_decay_groups(model->named_parameters().pairs(), 5e-4, -1)[1].weight_decay, 5e-4);
+}
+
+TEST(Sgd, MatchesTorchOptimSgd) {
+  for (bool nesterov : {false, true}) {
+    torch::manual_seed(2);
+    auto w = torch::randn({4, 3}, torch::requires_grad());
+    auto w2 = w.detach().clone().requires_grad_(true);
+    Sgd mine({{"g", 0.01, {{"w", w}}}}, 0.9, nesterov);
+    torch::optim::SGD ref({w2}, torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(0.01).nesterov(nesterov));
+    auto x = torch::randn({5, 4});
+    for (int i = 0; i < 4; ++i) {
+      mine.zero_grad();
+      ref.zero_grad();
+      x.matmul(w).pow(2).sum().backward();
+      x.matmul(w2).pow(2).sum().backward();
+      mine.step(0.1);
+      ref.step();
+    }
+    EXPECT_TRUE(torch::allclose(w, w2, 1e-6, 1e-7)) << "nesterov " << nesterov;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Checkpoints
+// ---------------------------------------------------------------------------------------------------------
+CheckpointData sample_checkpoint(uint64_t step) {
+  CheckpointData d;
+  d.model = {{"fc.weight", torch::full({2, 3}, static_cast<float>(step))}, {"fc.bias", torch::zeros({2})}};
+  d.optimizer = {{"fc.weight", torch::ones({2, 3})}};
+  d.state = {{"rng", torch::arange(10).to(torch::kUInt8)}};
+  d.manifest.set_step(step);
+  d.manifest.set_epoch(step / 10);
+  d.manifest.mutable_cursor()->set_consumed(step * 7);
+  d.manifest.set_model("resnet20");
+  (*d.manifest.mutable_metrics())["acc1"] = 90.5;
+  return d;
+}
+
+TEST(Checkpoint, RoundTripListAndKeepLastK) {
+  ScratchDir dir("ckpt");
+  CheckpointStore store(dir.path().string(), 2);
+  for (uint64_t s : {10u, 20u, 30u}) store.commit(sample_checkpoint(s));
+  auto all = store.list();
+  ASSERT_EQ(all.size(), 2u);  // step 10 collected
+  EXPECT_EQ(all[0].step, 30u);
+  EXPECT_EQ(all[1].step, 20u);
+  auto back = load_checkpoint(all[0].path);
+  EXPECT_TRUE(torch::equal(back.model.at("fc.weight"), torch::full({2, 3}, 30.f)));
+  EXPECT_TRUE(torch::equal(back.state.at("rng"), torch::arange(10).to(torch::kUInt8)));
+  EXPECT_EQ(back.manifest.cursor().consumed(), 210u);
+  EXPECT_DOUBLE_EQ(back.manifest.metrics().at("acc1"), 90.5);
+  std::ifstream latest(dir.file("checkpoints/LATEST"));
+  std::string name;
+  latest >> name;
+  EXPECT_EQ(name, "step-00000030");
+}
+
+// Fails the n-th file operation, as a crash at that instant would; everything before it stays on disk.
+class CrashingOps : public FileOps {
+ public:
+  explicit CrashingOps(int fail_at) : fail_at_(fail_at) {}
+  int ops = 0;
+  void write_file(const std::string& p, const std::string& b) override {
+    tick();
+    FileOps::write_file(p, b);
+  }
+  void rename(const std::string& a, const std::string& b) override {
+    tick();
+    FileOps::rename(a, b);
+  }
+  void fsync_dir(const std::string& d) override {
+    tick();
+    FileOps::fsync_dir(d);
+  }
+  void make_dir(const std::string& d) override {
+    tick();
+    FileOps::make_dir(d);
+  }
+  void remove_all(const std::string& p) override {
+    tick();
+    FileOps::remove_all(p);
+  }
+
+ private:
+  void tick() {
+    if (++ops == fail_at_) throw Error("injected crash");
+  }
+  int fail_at_;
+};
+
+TEST(Checkpoint, InterruptedAtEveryOperationIsNeverPickedUp) {
+  // Count the operations of one commit.
+  ScratchDir probe("ckptprobe");
+  auto counter = std::make_shared<CrashingOps>(-1);
+  CheckpointStore(probe.path().string(), 2, counter).commit(sample_checkpoint(10));
+  const int total = counter->ops;
+  ASSERT_GT(total, 6);
+  for (int fail = 1; fail <= total; ++fail) {
+    SCOPED_TRACE(concat("crash at operation ", fail, " of ", total));
+    ScratchDir dir("ckptcrash");
+    CheckpointStore(dir.path().string(), 2).commit(sample_checkpoint(10));
+    auto ops = std::make_shared<CrashingOps>(fail);
+    bool crashed = false;
+    try {
+      CheckpointStore(dir.path().string(), 2, ops).commit(sample_checkpoint(20));
+    } catch (const Error&) {
+      crashed = true;
+    }
+    EXPECT_TRUE(crashed);
+    auto latest = CheckpointStore(dir.path().string(), 2).latest();
+    ASSERT_TRUE(latest.has_value());
+    // Either the new checkpoint is complete (the crash came after its MANIFEST landed) or the old one is it.
+    if (latest->step == 20u) {
+      EXPECT_TRUE(torch::equal(load_checkpoint(latest->path).model.at("fc.weight"), torch::full({2, 3}, 20.f)));
+    } else {
+      EXPECT_EQ(latest->step, 10u);
+      EXPECT_TRUE(torch::equal(load_checkpoint(latest->path).model.at("fc.weight"), torch::full({2, 3}, 10.f)));
+    }
+  }
+}
+
+TEST(Checkpoint, CorruptNewestFallsBackAndIsReported) {
+  ScratchDir dir("ckptcorrupt");
+  CheckpointStore store(dir.path().string(), 3);
+  store.commit(sample_checkpoint(10));
+  const auto newest = store.commit(sample_checkpoint(20));
+  {
+    std::fstream f(newest + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-2, std::ios::end);
+    f.put('\x7f');
+  }
+  std::vector<CheckpointInfo> skipped;
+  auto latest = store.latest(&skipped);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step, 10u);
+  ASSERT_EQ(skipped.size(), 1u);
+  EXPECT_NE(skipped[0].problem.find("model.safetensors: checksum mismatch"), std::string::npos) << skipped[0].problem;
+  // A truncated file and a missing MANIFEST are reported the same way.
+  std::filesystem::resize_file(newest + "/model.safetensors", 10);
+  EXPECT_NE(CheckpointStore(dir.path().string()).list()[0].problem.find("bytes, MANIFEST says"), std::string::npos);
+  std::filesystem::remove(newest + "/MANIFEST");
+  EXPECT_NE(CheckpointStore(dir.path().string()).list()[0].problem.find("no MANIFEST"), std::string::npos);
+  EXPECT_THROW(load_checkpoint(newest), Error);
+}
+
+TEST(Checkpoint, ModelWeightsRoundTripBitwise) {
+  ScratchDir dir("ckptmodel");
+  auto model = models::make_model("resnet20");
+  CheckpointData d;
+  d.model = models::state_dict(*model);
+  d.manifest.set_step(1);
+  CheckpointStore store(dir.path().string());
+  const auto path = store.commit(std::move(d));
+  auto other = models::make_model("resnet20");
+  models::load_state_dict(*other, load_checkpoint(path).model);
+  auto a = models::state_dict(*model), b = models::state_dict(*other);
+  for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << k;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// TensorBoard
+// ---------------------------------------------------------------------------------------------------------
+TEST(TensorBoard, EventsReadBackWithValidChecksums) {
+  ScratchDir dir("tb");
+  std::string path;
+  {
+    TensorBoardWriter w(dir.path().string());
+    path = w.path();
+    for (int i = 0; i < 5; ++i) w.scalar("train/loss", 1.0 / (i + 1), i * 10);
+    w.scalar("eval/acc1", 91.25, 40);
+  }
+  auto events = read_tensorboard_scalars(path);
+  ASSERT_EQ(events.size(), 6u);
+  EXPECT_EQ(events[2].tag, "train/loss");
+  EXPECT_EQ(events[2].step, 20);
+  EXPECT_NEAR(events[2].value, 1.0 / 3, 1e-6);
+  EXPECT_EQ(events[5].tag, "eval/acc1");
+  EXPECT_NEAR(events[5].value, 91.25, 1e-4);
+  // A flipped byte is detected.
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(60);
+  f.put('\x01');
+  f.close();
+  EXPECT_THROW(read_tensorboard_scalars(path), Error);
+}
+
+}  // namespace
+}  // namespace stride::trainer

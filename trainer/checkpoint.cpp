@@ -1,0 +1,237 @@
+#include "trainer/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "data/crc32c.h"
+#include "trainer/safetensors.h"
+
+namespace stride::trainer {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kMagic[8] = {'S', 'T', 'R', 'C', 'K', 'P', '1', '\n'};
+constexpr uint32_t kManifestVersion = 1;
+
+std::string read_whole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(concat("cannot open ", path, ": ", std::strerror(errno)));
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+std::string step_name(uint64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08llu", static_cast<unsigned long long>(step));
+  return name;
+}
+
+std::string frame(const std::string& payload) {
+  std::string out(kMagic, sizeof(kMagic));
+  const uint32_t crc = data::crc32c(payload.data(), payload.size());
+  const uint64_t n = payload.size();
+  out.append(reinterpret_cast<const char*>(&crc), 4);
+  out.append(reinterpret_cast<const char*>(&n), 8);
+  return out + payload;
+}
+
+proto::Manifest read_manifest(const std::string& path) {
+  const std::string bytes = read_whole(path);
+  if (bytes.size() < 20 || std::memcmp(bytes.data(), kMagic, 8) != 0) throw Error(concat(path, ": not a MANIFEST"));
+  uint32_t crc;
+  uint64_t n;
+  std::memcpy(&crc, bytes.data() + 8, 4);
+  std::memcpy(&n, bytes.data() + 12, 8);
+  if (n != bytes.size() - 20) throw Error(concat(path, ": truncated"));
+  if (data::crc32c(bytes.data() + 20, n) != crc) throw Error(concat(path, ": checksum mismatch"));
+  proto::Manifest m;
+  if (!m.ParseFromArray(bytes.data() + 20, static_cast<int>(n))) throw Error(concat(path, ": cannot parse"));
+  if (m.version() > kManifestVersion) throw Error(concat(path, ": version ", m.version(), " is newer than this build"));
+  return m;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+// Real file operations
+// ---------------------------------------------------------------------------------------------------------
+void FileOps::write_file(const std::string& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(concat("cannot create ", path, ": ", std::strerror(errno)));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = errno;
+      ::close(fd);
+      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(), " bytes: ",
+                         std::strerror(err), err == ENOSPC ? " (disk full)" : ""));
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw Error(concat("fsync of ", path, " failed: ", std::strerror(err)));
+  }
+  if (::close(fd) != 0) throw Error(concat("close of ", path, " failed: ", std::strerror(errno)));
+}
+
+void FileOps::rename(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    throw Error(concat("rename ", from, " -> ", to, " failed: ", std::strerror(errno)));
+  }
+}
+
+void FileOps::fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw Error(concat("cannot open directory ", dir, ": ", std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw Error(concat("fsync of directory ", dir, " failed: ", std::strerror(errno)));
+}
+
+void FileOps::make_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(concat("cannot create ", dir, ": ", ec.message()));
+}
+
+void FileOps::remove_all(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) throw Error(concat("cannot remove ", path, ": ", ec.message()));
+}
+
+std::shared_ptr<FileOps> real_file_ops() {
+  static auto ops = std::make_shared<FileOps>();
+  return ops;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Store
+// ---------------------------------------------------------------------------------------------------------
+CheckpointStore::CheckpointStore(std::string run_dir, int64_t keep, std::shared_ptr<FileOps> ops)
+    : dir_((fs::path(run_dir) / "checkpoints").string()), keep_(std::max<int64_t>(1, keep)), ops_(std::move(ops)) {}
+
+std::string CheckpointStore::commit(CheckpointData data) {
+  const std::string name = step_name(data.manifest.step());
+  const std::string path = (fs::path(dir_) / name).string();
+  ops_->make_dir(dir_);
+  // A leftover directory of the same step (an interrupted earlier attempt) is not a checkpoint: replace it.
+  if (fs::exists(path)) ops_->remove_all(path);
+  ops_->make_dir(path);
+  auto& m = data.manifest;
+  m.set_version(kManifestVersion);
+  m.clear_files();
+  const std::pair<const char*, NamedTensors*> parts[] = {
+      {"model.safetensors", &data.model},
+      {"optimizer.safetensors", &data.optimizer},
+      {"ema.safetensors", &data.ema},
+      {"state.safetensors", &data.state},
+  };
+  for (const auto& [file, tensors] : parts) {
+    if (tensors->empty() && std::string(file) != "model.safetensors") continue;
+    const std::string bytes = encode_safetensors(*tensors);
+    ops_->write_file((fs::path(path) / file).string(), bytes);
+    auto* e = m.add_files();
+    e->set_name(file);
+    e->set_size(bytes.size());
+    e->set_crc32c(data::crc32c(bytes.data(), bytes.size()));
+  }
+  const std::string tmp = (fs::path(path) / ".MANIFEST.tmp").string();
+  ops_->write_file(tmp, frame(m.SerializeAsString()));
+  ops_->rename(tmp, (fs::path(path) / "MANIFEST").string());
+  ops_->fsync_dir(path);
+  ops_->fsync_dir(dir_);
+  // LATEST is a convenience for people; readers scan for the newest valid MANIFEST instead.
+  ops_->write_file((fs::path(dir_) / ".LATEST.tmp").string(), name + "\n");
+  ops_->rename((fs::path(dir_) / ".LATEST.tmp").string(), (fs::path(dir_) / "LATEST").string());
+  ops_->fsync_dir(dir_);
+  garbage_collect();
+  return path;
+}
+
+std::vector<CheckpointInfo> CheckpointStore::list(bool deep) const {
+  std::vector<CheckpointInfo> out;
+  if (!fs::is_directory(dir_)) return out;
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || name.rfind("step-", 0) != 0) continue;
+    CheckpointInfo info;
+    info.path = e.path().string();
+    info.step = std::strtoull(name.c_str() + 5, nullptr, 10);
+    try {
+      info.manifest = verify_checkpoint(info.path, deep);
+      info.valid = true;
+    } catch (const Error& err) {
+      info.problem = err.what();
+    }
+    out.push_back(std::move(info));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.step > b.step; });
+  return out;
+}
+
+std::optional<CheckpointInfo> CheckpointStore::latest(std::vector<CheckpointInfo>* skipped) const {
+  for (auto& info : list()) {
+    if (info.valid) return info;
+    if (skipped) skipped->push_back(info);
+  }
+  return std::nullopt;
+}
+
+void CheckpointStore::garbage_collect() {
+  int64_t kept = 0;
+  for (const auto& info : list(/*deep=*/false)) {
+    if (info.valid && kept < keep_) {
+      ++kept;
+      continue;
+    }
+    // Older than the newest `keep` valid ones, or invalid and older than a valid commit: remove. Invalid
+    // directories newer than every valid one cannot exist here: we just committed the newest step.
+    ops_->remove_all(info.path);
+  }
+}
+
+proto::Manifest verify_checkpoint(const std::string& dir, bool deep) {
+  const std::string manifest_path = (fs::path(dir) / "MANIFEST").string();
+  if (!fs::exists(manifest_path)) throw Error(concat(dir, ": no MANIFEST (an interrupted checkpoint)"));
+  auto m = read_manifest(manifest_path);
+  for (const auto& f : m.files()) {
+    const std::string path = (fs::path(dir) / f.name()).string();
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (ec) throw Error(concat(path, ": listed in MANIFEST but missing"));
+    if (size != f.size()) throw Error(concat(path, ": ", size, " bytes, MANIFEST says ", f.size()));
+    if (!deep) continue;
+    const std::string bytes = read_whole(path);
+    if (data::crc32c(bytes.data(), bytes.size()) != f.crc32c()) throw Error(concat(path, ": checksum mismatch"));
+  }
+  return m;
+}
+
+CheckpointData load_checkpoint(const std::string& dir) {
+  CheckpointData d;
+  d.manifest = verify_checkpoint(dir);
+  for (const auto& f : d.manifest.files()) {
+    auto tensors = read_safetensors((fs::path(dir) / f.name()).string()).tensors;
+    if (f.name() == "model.safetensors") d.model = std::move(tensors);
+    if (f.name() == "optimizer.safetensors") d.optimizer = std::move(tensors);
+    if (f.name() == "ema.safetensors") d.ema = std::move(tensors);
+    if (f.name() == "state.safetensors") d.state = std::move(tensors);
+  }
+  return d;
+}
+
+}  // namespace stride::trainer

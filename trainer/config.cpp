@@ -1,0 +1,253 @@
+#include "trainer/config.h"
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "common/error.h"
+
+namespace stride::trainer {
+
+std::vector<OptionSpec> option_specs(TrainConfig& c) {
+  return {
+      {"model", "Model name (`stride models` lists them)", &c.model},
+      {"num-classes", "Classifier outputs; 0: the dataset's class count", &c.num_classes},
+      {"drop-path", "Stochastic depth rate of the last block (linear in depth)", &c.drop_path},
+      {"dropout", "Dropout before the classifier", &c.dropout},
+      {"zero-init-residual", "Zero-init the last BN of each residual branch", &c.zero_init_residual},
+      {"weights", "Initial weights: a checkpoint directory or a torchvision-named safetensors file", &c.weights},
+      {"freeze", "Stages to freeze (stem, layer1, ...); their BNs stay in eval mode", &c.freeze},
+      {"sync-bn", "Synchronised BatchNorm across ranks", &c.sync_bn},
+      {"data-path", "Dataset directory holding one folder per split (train/, test/) with index.pb", &c.data_path},
+      {"dataset", "shards | fashion-mnist | cifar10 | imagefolder: make the shards from dataset-source if missing",
+       &c.dataset},
+      {"dataset-source", "Raw dataset to shard when data-path has none (default: the format's usual place)",
+       &c.dataset_source},
+      {"train-split", "Training split folder under data-path", &c.train_split},
+      {"val-split", "Evaluation split folder under data-path", &c.val_split},
+      {"workers", "Loader worker threads", &c.workers},
+      {"prefetch", "Batches prefetched", &c.prefetch},
+      {"crop", "Training crop: pad-crop | random-resized | none", &c.crop},
+      {"pad", "pad-crop padding in pixels", &c.pad},
+      {"image-size", "Training crop side; 0: the images' own size (224 for random-resized)", &c.image_size},
+      {"hflip", "Random horizontal flips", &c.hflip},
+      {"cutout", "Cutout square side in pixels (0: off)", &c.cutout},
+      {"random-erase", "Random erasing probability", &c.random_erase},
+      {"mean", "Normalisation mean per channel (0..1); default: the dataset's", &c.mean},
+      {"std", "Normalisation std per channel (0..1); default: the dataset's", &c.std},
+      {"max-corrupt", "Corrupt samples tolerated before stopping", &c.max_corrupt},
+      {"batch-size", "Images per rank per step", &c.batch_size},
+      {"epochs", "Training epochs", &c.epochs},
+      {"max-steps", "Stop after this many optimizer steps in total (0: no limit)", &c.max_steps},
+      {"lr", "Base learning rate", &c.lr},
+      {"lr-scaling", "none | linear (lr x global batch / 256)", &c.lr_scaling},
+      {"momentum", "SGD momentum", &c.momentum},
+      {"nesterov", "Nesterov momentum", &c.nesterov},
+      {"weight-decay", "L2 weight decay", &c.weight_decay},
+      {"norm-weight-decay", "Weight decay for BN and bias parameters (<0: same as weight-decay)",
+       &c.norm_weight_decay},
+      {"label-smoothing", "Label smoothing epsilon", &c.label_smoothing},
+      {"mixup-alpha", "MixUp Beta(alpha, alpha); 0: off", &c.mixup_alpha},
+      {"cutmix-alpha", "CutMix Beta(alpha, alpha); 0: off", &c.cutmix_alpha},
+      {"lr-scheduler", "cosine | step | multistep | constant", &c.lr_scheduler},
+      {"lr-warmup-epochs", "Warmup length in epochs (fractions allowed)", &c.lr_warmup_epochs},
+      {"lr-warmup-method", "linear | constant", &c.lr_warmup_method},
+      {"lr-warmup-decay", "Warmup starts at lr x this", &c.lr_warmup_decay},
+      {"lr-step-size", "step: epochs between decays", &c.lr_step_size},
+      {"lr-milestones", "multistep: epochs at which lr is multiplied by lr-gamma", &c.lr_milestones},
+      {"lr-gamma", "step/multistep decay factor", &c.lr_gamma},
+      {"lr-min", "cosine: final learning rate", &c.lr_min},
+      {"clip-grad-norm", "Clip the global gradient norm to this (0: off)", &c.clip_grad_norm},
+      {"accum-steps", "Micro-batches accumulated per optimizer step", &c.accum_steps},
+      {"model-ema", "Keep an exponential moving average of the weights and evaluate it too", &c.model_ema},
+      {"model-ema-decay", "EMA decay per optimizer step", &c.model_ema_decay},
+      {"output-dir", "Run directory (config, metrics, checkpoints)", &c.output_dir},
+      {"resume", "auto (newest valid checkpoint in output-dir) or a checkpoint directory", &c.resume},
+      {"checkpoint-every", "Optimizer steps between checkpoints (0: end of each epoch)", &c.checkpoint_every},
+      {"keep-checkpoints", "Committed checkpoints kept", &c.keep_checkpoints},
+      {"print-freq", "Steps between progress lines", &c.print_freq},
+      {"test-only", "Only evaluate (with --weights or --resume)", &c.test_only},
+      {"seed", "Seed for weights, data order and augmentation", &c.seed},
+      {"threads", "Intra-op threads (0: LibTorch's default)", &c.threads},
+      {"amp", "Automatic mixed precision (GPU only)", &c.amp},
+  };
+}
+
+void add_train_options(CLI::App& cmd, TrainConfig& config) {
+  cmd.add_option("--config", config.config_file, "TOML file whose keys are these flag names");
+  for (auto& spec : option_specs(config)) {
+    const std::string flag = "--" + spec.name;
+    std::visit(
+        [&](auto* p) {
+          using T = std::remove_pointer_t<decltype(p)>;
+          if constexpr (std::is_same_v<T, bool>) {
+            cmd.add_flag(flag + ",!--no-" + spec.name, *p, spec.help);
+          } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
+                               std::is_same_v<T, std::vector<std::string>>) {
+            cmd.add_option(flag, *p, spec.help)->delimiter(',');
+          } else {
+            cmd.add_option(flag, *p, spec.help)->capture_default_str();
+          }
+        },
+        spec.target);
+  }
+}
+
+namespace {
+
+template <typename T>
+T get_as(const toml::node& node, const std::string& where, const char* type) {
+  if constexpr (std::is_same_v<T, double>) {
+    if (auto v = node.value<double>()) return *v;  // integers convert too
+  } else {
+    if (auto v = node.value_exact<T>()) return *v;
+  }
+  throw UsageError(concat(where, ": expected ", type, ", got ", toml::node_type(node.type())));
+}
+
+void assign(const toml::node& node, OptionTarget target, const std::string& where) {
+  std::visit(
+      [&](auto* p) {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, int64_t>) {
+          *p = get_as<int64_t>(node, where, "an integer");
+        } else if constexpr (std::is_same_v<T, double>) {
+          *p = get_as<double>(node, where, "a number");
+        } else if constexpr (std::is_same_v<T, bool>) {
+          *p = get_as<bool>(node, where, "true or false");
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          *p = get_as<std::string>(node, where, "a string");
+        } else {
+          const auto* arr = node.as_array();
+          if (!arr) throw UsageError(concat(where, ": expected an array"));
+          p->clear();
+          using E = typename T::value_type;
+          for (const auto& e : *arr) {
+            if constexpr (std::is_same_v<E, int64_t>) p->push_back(get_as<int64_t>(e, where, "integers"));
+            if constexpr (std::is_same_v<E, double>) p->push_back(get_as<double>(e, where, "numbers"));
+            if constexpr (std::is_same_v<E, std::string>) p->push_back(get_as<std::string>(e, where, "strings"));
+          }
+        }
+      },
+      target);
+}
+
+toml::table parse_file_or_text(const std::string& text_or_path, const std::string& source, bool is_path) {
+  try {
+    return is_path ? toml::parse_file(text_or_path) : toml::parse(text_or_path, source);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    throw UsageError(concat(source, ":", where.line, ":", where.column, ": ", e.description()));
+  }
+}
+
+void apply_table(const toml::table& table, const std::string& source, TrainConfig& config,
+                 const std::function<bool(const std::string&)>& skip) {
+  auto specs = option_specs(config);
+  for (const auto& [key, node] : table) {
+    std::string name(key.str());
+    std::replace(name.begin(), name.end(), '_', '-');
+    auto it = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == name; });
+    if (it == specs.end()) {
+      throw UsageError(concat(source, ": unknown key '", key.str(), "' (`stride train --help` lists the keys)"));
+    }
+    if (skip && skip(name)) continue;
+    assign(node, it->target, concat(source, ": key '", key.str(), "'"));
+  }
+}
+
+}  // namespace
+
+void apply_config_file(const std::string& path, CLI::App& cmd, TrainConfig& config) {
+  if (!std::filesystem::exists(path)) throw UsageError(concat("config file ", path, " does not exist"));
+  const auto table = parse_file_or_text(path, path, true);
+  apply_table(table, path, config, [&](const std::string& name) { return cmd.count("--" + name) > 0; });
+}
+
+void parse_toml(const std::string& text, const std::string& source, TrainConfig& config) {
+  apply_table(parse_file_or_text(text, source, false), source, config, {});
+}
+
+void validate(const TrainConfig& c) {
+  auto positive = [](const char* key, int64_t v) {
+    if (v <= 0) throw UsageError(concat("--", key, " must be positive, got ", v));
+  };
+  auto non_negative = [](const char* key, double v) {
+    if (!(v >= 0.0)) throw UsageError(concat("--", key, " must be >= 0, got ", v));
+  };
+  auto one_of = [](const char* key, const std::string& v, std::initializer_list<const char*> allowed) {
+    std::string list;
+    for (const char* a : allowed) {
+      if (v == a) return;
+      list += (list.empty() ? "" : ", ") + std::string(a);
+    }
+    throw UsageError(concat("--", key, " must be one of ", list, "; got '", v, "'"));
+  };
+  positive("batch-size", c.batch_size);
+  positive("epochs", c.epochs);
+  positive("workers", c.workers);
+  positive("prefetch", c.prefetch);
+  positive("accum-steps", c.accum_steps);
+  positive("keep-checkpoints", c.keep_checkpoints);
+  positive("print-freq", c.print_freq);
+  if (c.lr <= 0.0 || !std::isfinite(c.lr)) throw UsageError(concat("--lr must be positive, got ", c.lr));
+  non_negative("momentum", c.momentum);
+  non_negative("weight-decay", c.weight_decay);
+  non_negative("lr-warmup-epochs", c.lr_warmup_epochs);
+  non_negative("clip-grad-norm", c.clip_grad_norm);
+  non_negative("mixup-alpha", c.mixup_alpha);
+  non_negative("cutmix-alpha", c.cutmix_alpha);
+  non_negative("max-steps", static_cast<double>(c.max_steps));
+  non_negative("checkpoint-every", static_cast<double>(c.checkpoint_every));
+  non_negative("cutout", static_cast<double>(c.cutout));
+  non_negative("pad", static_cast<double>(c.pad));
+  if (c.label_smoothing < 0.0 || c.label_smoothing >= 1.0)
+    throw UsageError(concat("--label-smoothing must be in [0, 1), got ", c.label_smoothing));
+  if (c.momentum >= 1.0) throw UsageError(concat("--momentum must be < 1, got ", c.momentum));
+  if (c.nesterov && c.momentum <= 0.0) throw UsageError("--nesterov needs --momentum > 0");
+  if (c.model_ema_decay <= 0.0 || c.model_ema_decay >= 1.0)
+    throw UsageError(concat("--model-ema-decay must be in (0, 1), got ", c.model_ema_decay));
+  if (c.random_erase < 0.0 || c.random_erase > 1.0)
+    throw UsageError(concat("--random-erase must be in [0, 1], got ", c.random_erase));
+  one_of("lr-scheduler", c.lr_scheduler, {"cosine", "step", "multistep", "constant"});
+  one_of("lr-warmup-method", c.lr_warmup_method, {"linear", "constant"});
+  one_of("lr-scaling", c.lr_scaling, {"none", "linear"});
+  one_of("dataset", c.dataset, {"shards", "fashion-mnist", "cifar10", "imagefolder"});
+  one_of("crop", c.crop, {"pad-crop", "random-resized", "none"});
+  if (c.lr_scheduler == "step") positive("lr-step-size", c.lr_step_size);
+  if (c.lr_scheduler == "multistep" && c.lr_milestones.empty())
+    throw UsageError("--lr-milestones is required with --lr-scheduler multistep");
+  if (c.mean.size() != c.std.size()) {
+    throw UsageError(concat("--mean has ", c.mean.size(), " values but --std has ", c.std.size()));
+  }
+  for (double s : c.std) {
+    if (s <= 0.0) throw UsageError(concat("--std values must be positive, got ", s));
+  }
+  if (!c.resume.empty() && !c.weights.empty()) throw UsageError("--resume and --weights are exclusive");
+  if (c.output_dir.empty()) throw UsageError("--output-dir must not be empty");
+}
+
+std::string to_toml(TrainConfig config) {
+  toml::table t;
+  for (auto& spec : option_specs(config)) {
+    std::visit(
+        [&](auto* p) {
+          using T = std::remove_pointer_t<decltype(p)>;
+          if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
+                        std::is_same_v<T, std::vector<std::string>>) {
+            toml::array a;
+            for (const auto& v : *p) a.push_back(v);
+            t.insert(spec.name, std::move(a));
+          } else {
+            t.insert(spec.name, *p);
+          }
+        },
+        spec.target);
+  }
+  std::ostringstream out;
+  out << "# Resolved configuration of this run (defaults < --config file < command line).\n" << t << "\n";
+  return out.str();
+}
+
+}  // namespace stride::trainer

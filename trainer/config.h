@@ -1,0 +1,104 @@
+// `stride train` configuration: every flag, its default, and the TOML file form (`--config run.toml`, keys are
+// the flag names). Precedence: defaults < config file < command line. Not thread-safe; built once at start.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace stride::trainer {
+
+struct TrainConfig {
+  // Model
+  std::string model = "resnet20";
+  int64_t num_classes = 0;  // 0: the dataset's
+  double drop_path = 0.0;
+  double dropout = 0.0;
+  bool zero_init_residual = false;
+  std::string weights;               // checkpoint directory or torchvision-named safetensors file
+  std::vector<std::string> freeze;   // stages to freeze: stem, layer1, ...
+  bool sync_bn = false;
+  // Data
+  std::string data_path = "datasets/fashion-mnist";
+  std::string dataset = "shards";    // shards | fashion-mnist | cifar10 | imagefolder: shard from dataset-source if missing
+  std::string dataset_source;        // "" = the format's usual location
+  std::string train_split = "train";
+  std::string val_split = "test";
+  int64_t workers = 2;
+  int64_t prefetch = 4;
+  std::string crop = "pad-crop";
+  int64_t pad = 4;
+  int64_t image_size = 0;            // 0: the images' own size (pad-crop) / 224 (random-resized)
+  bool hflip = true;
+  int64_t cutout = 0;
+  double random_erase = 0.0;
+  std::vector<double> mean;          // per channel in [0, 1]; empty: the dataset's known statistics or none
+  std::vector<double> std;
+  int64_t max_corrupt = 100;
+  // Optimisation
+  int64_t batch_size = 128;          // per rank
+  int64_t epochs = 8;
+  int64_t max_steps = 0;             // stop after this many optimizer steps in total (0: no limit)
+  double lr = 0.1;
+  std::string lr_scaling = "none";   // none | linear: lr x global batch / 256
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 1e-4;
+  double norm_weight_decay = -1.0;   // weight decay for BN and bias parameters; < 0: same as weight-decay
+  double label_smoothing = 0.0;
+  double mixup_alpha = 0.0;
+  double cutmix_alpha = 0.0;
+  std::string lr_scheduler = "cosine";  // cosine | step | multistep | constant
+  double lr_warmup_epochs = 0.0;
+  std::string lr_warmup_method = "linear";  // linear | constant
+  double lr_warmup_decay = 0.01;
+  int64_t lr_step_size = 30;
+  std::vector<int64_t> lr_milestones;
+  double lr_gamma = 0.1;
+  double lr_min = 0.0;
+  double clip_grad_norm = 0.0;
+  int64_t accum_steps = 1;
+  bool model_ema = false;
+  double model_ema_decay = 0.999;
+  // Run
+  std::string output_dir = "runs/default";
+  std::string resume;                // "" | auto | PATH
+  int64_t checkpoint_every = 0;      // steps between checkpoints; 0: at the end of each epoch
+  int64_t keep_checkpoints = 3;
+  int64_t print_freq = 50;
+  bool test_only = false;
+  int64_t seed = 0;
+  int64_t threads = 0;               // intra-op threads; 0: LibTorch's default
+  bool amp = false;
+  std::string config_file;           // the --config file it came from (informational)
+};
+
+using OptionTarget = std::variant<int64_t*, double*, bool*, std::string*, std::vector<int64_t>*,
+                                  std::vector<double>*, std::vector<std::string>*>;
+struct OptionSpec {
+  std::string name;  // flag name without dashes, also the TOML key
+  std::string help;
+  OptionTarget target;
+};
+
+// Every option of `stride train`, bound to the fields of `config`.
+std::vector<OptionSpec> option_specs(TrainConfig& config);
+
+// Registers the options on `cmd` (a CLI11 subcommand). Call parse, then apply_config_file, then validate.
+void add_train_options(CLI::App& cmd, TrainConfig& config);
+// Applies a TOML file: keys the command line did not set take the file's value. Unknown keys and wrong types
+// are UsageErrors naming the file and key.
+void apply_config_file(const std::string& path, CLI::App& cmd, TrainConfig& config);
+// Range and consistency checks; UsageError naming the key.
+void validate(const TrainConfig& config);
+// The resolved configuration as TOML (what the run directory's config.toml holds).
+std::string to_toml(TrainConfig config);
+// Parses a TOML string into `config` (all keys; no command line). Used to read a run's config.toml back.
+void parse_toml(const std::string& text, const std::string& source, TrainConfig& config);
+
+}  // namespace stride::trainer

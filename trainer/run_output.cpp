@@ -1,0 +1,61 @@
+#include "trainer/run_output.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+
+#include "common/error.h"
+
+namespace stride::trainer {
+
+RunOutput::RunOutput(const std::string& run_dir, bool quiet_rank)
+    : enabled_(!quiet_rank), tty_(::isatty(STDOUT_FILENO) != 0) {
+  if (!enabled_) return;
+  const std::string path = run_dir + "/metrics.jsonl";
+  metrics_ = std::fopen(path.c_str(), "a");
+  if (!metrics_) throw Error(concat("cannot open ", path, ": ", std::strerror(errno)));
+  tb_ = std::make_unique<TensorBoardWriter>(run_dir + "/tensorboard");
+}
+
+RunOutput::~RunOutput() {
+  if (metrics_) std::fclose(metrics_);
+  if (live_line_) std::fputc('\n', stdout);
+}
+
+void RunOutput::record(const std::string& type, int64_t step, const nlohmann::json& fields) {
+  if (!enabled_) return;
+  nlohmann::json line = fields;
+  line["type"] = type;
+  line["step"] = step;
+  line["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  std::fprintf(metrics_, "%s\n", line.dump().c_str());
+  std::fflush(metrics_);
+  for (const auto& [key, value] : fields.items()) {
+    if (value.is_number()) tb_->scalar(type + "/" + key, value.get<double>(), step);
+  }
+  tb_->flush();
+}
+
+void RunOutput::progress(const std::string& line) {
+  if (!enabled_) return;
+  if (tty_) {
+    std::printf("\r\033[K%s", line.c_str());
+    live_line_ = true;
+  } else {
+    std::printf("%s\n", line.c_str());
+  }
+  std::fflush(stdout);
+}
+
+void RunOutput::print(const std::string& line) {
+  if (!enabled_) return;
+  if (live_line_) std::fputc('\n', stdout);
+  live_line_ = false;
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace stride::trainer

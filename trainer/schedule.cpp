@@ -1,0 +1,39 @@
+#include "trainer/schedule.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+
+namespace stride::trainer {
+
+LrSchedule::LrSchedule(ScheduleOptions options) : o_(std::move(options)) {
+  STRIDE_CHECK_GT(o_.steps_per_epoch, 0, "steps per epoch");
+  STRIDE_CHECK_GT(o_.total_steps, 0, "total steps");
+  STRIDE_CHECK_GE(o_.warmup_steps, 0, "warmup steps");
+}
+
+double LrSchedule::at(int64_t step) const {
+  if (step < o_.warmup_steps) {
+    if (o_.warmup_method == "constant") return o_.base_lr * o_.warmup_decay;
+    // torchvision's LinearLR: start_factor -> 1 over the warmup.
+    const double t = static_cast<double>(step) / static_cast<double>(o_.warmup_steps);
+    return o_.base_lr * (o_.warmup_decay + (1.0 - o_.warmup_decay) * t);
+  }
+  const int64_t s = step - o_.warmup_steps;
+  const int64_t main_steps = std::max<int64_t>(1, o_.total_steps - o_.warmup_steps);
+  if (o_.kind == "cosine") {
+    const double t = std::min(1.0, static_cast<double>(s) / static_cast<double>(main_steps));
+    return o_.lr_min + 0.5 * (o_.base_lr - o_.lr_min) * (1.0 + std::cos(M_PI * t));
+  }
+  const int64_t epoch = s / o_.steps_per_epoch;
+  if (o_.kind == "step") return o_.base_lr * std::pow(o_.gamma, static_cast<double>(epoch / o_.step_size_epochs));
+  if (o_.kind == "multistep") {
+    const auto passed = std::count_if(o_.milestones_epochs.begin(), o_.milestones_epochs.end(),
+                                      [&](int64_t m) { return epoch >= m; });
+    return o_.base_lr * std::pow(o_.gamma, static_cast<double>(passed));
+  }
+  return o_.base_lr;
+}
+
+}  // namespace stride::trainer

@@ -1,0 +1,37 @@
+// Learning-rate schedule as a pure function of the optimizer step, so a resumed run needs only the step.
+// Warmup (linear from lr x warmup_decay, or constant at that value) for the first warmup steps, then cosine
+// (to lr_min), step (x gamma every step_size epochs), multistep (x gamma at each milestone epoch) or constant.
+// Thread-safe (immutable).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace stride::trainer {
+
+struct ScheduleOptions {
+  double base_lr = 0.1;
+  std::string kind = "cosine";
+  int64_t steps_per_epoch = 1;
+  int64_t total_steps = 1;
+  int64_t warmup_steps = 0;
+  std::string warmup_method = "linear";
+  double warmup_decay = 0.01;
+  int64_t step_size_epochs = 30;
+  std::vector<int64_t> milestones_epochs;
+  double gamma = 0.1;
+  double lr_min = 0.0;
+};
+
+class LrSchedule {
+ public:
+  explicit LrSchedule(ScheduleOptions options);
+  // The learning rate for optimizer step `step` (0-based).
+  double at(int64_t step) const;
+
+ private:
+  ScheduleOptions o_;
+};
+
+}  // namespace stride::trainer

@@ -1,0 +1,410 @@
+#include "trainer/trainer.h"
+
+#include <ATen/core/Generator.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <optional>
+
+#include "common/error.h"
+#include "data/crc32c.h"
+#include "data/shard_index.h"
+#include "models/registry.h"
+#include "models/state_dict.h"
+#include "trainer/checkpoint.h"
+#include "trainer/loss.h"
+#include "trainer/run_output.h"
+#include "trainer/safetensors.h"
+#include "trainer/schedule.h"
+#include "trainer/sgd.h"
+
+#ifndef STRIDE_VERSION
+#define STRIDE_VERSION "unknown"
+#endif
+
+namespace stride::trainer {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string format_eta(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds);
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%lldh%02lldm", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s / 60 % 60));
+  } else {
+    std::snprintf(buf, sizeof(buf), "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  }
+  return buf;
+}
+
+torch::Tensor rng_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_rng_state(const torch::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+}  // namespace
+
+struct Trainer::State {
+  TrainConfig c;
+  // Note [Rank identity]: single process for now; the communicator will supply these.
+  uint64_t rank = 0, world = 1;
+  std::unique_ptr<RunOutput> out;
+  std::unique_ptr<data::ShardedLoader> train_data, eval_data;
+  models::ResNet model{nullptr}, ema{nullptr};
+  std::unique_ptr<Sgd> sgd;
+  std::unique_ptr<LrSchedule> schedule;
+  std::unique_ptr<CheckpointStore> store;
+  std::string config_digest;
+  int64_t step = 0;  // optimizer steps completed
+  data::Cursor cursor;
+  int64_t steps_per_epoch = 0;
+  int64_t total_steps = 0;
+  std::map<std::string, double> last_eval;
+
+  void setup();
+  void load_weights(const std::string& path);
+  void apply_freeze();
+  void resume();
+  void train();
+  EvalResult evaluate(models::ResNet& m);
+  void evaluate_and_record();
+  void checkpoint();
+  void update_ema();
+};
+
+Trainer::Trainer(TrainConfig config) : s_(std::make_unique<State>()) { s_->c = std::move(config); }
+Trainer::~Trainer() = default;
+
+int Trainer::run() {
+  s_->setup();
+  if (s_->c.test_only) {
+    auto r = s_->evaluate(s_->model);
+    s_->out->print(concat("test: acc1 ", r.acc1, "% acc5 ", r.acc5, "% loss ", r.loss, " (", r.count, " images)"));
+    s_->out->record("eval", s_->step, {{"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}, {"test_only", true}});
+    return 0;
+  }
+  s_->train();
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Setup
+// ---------------------------------------------------------------------------------------------------------
+void Trainer::State::setup() {
+  validate(c);
+  if (c.amp && !torch::cuda::is_available()) {
+    throw UsageError("--amp needs a CUDA device; this machine has none (run without --amp on CPU)");
+  }
+  if (c.sync_bn && world == 1) {
+    std::fprintf(stderr, "stride: note: --sync-bn with one rank is plain BatchNorm\n");
+  }
+  if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
+  fs::create_directories(c.output_dir);
+  const std::string config_text = to_toml(c);
+  config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
+  if (rank == 0) data::write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
+  out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
+
+  ensure_dataset(c);
+  eval_data = std::make_unique<data::ShardedLoader>(loader_options(c, false, rank, world));
+  if (!c.test_only) train_data = std::make_unique<data::ShardedLoader>(loader_options(c, true, rank, world));
+  const auto& index = (train_data ? train_data : eval_data)->index();
+
+  models::ModelOptions mo;
+  mo.num_classes = c.num_classes > 0 ? c.num_classes : index.num_classes();
+  if (mo.num_classes <= 0) throw UsageError(concat("the dataset does not record its classes: pass --num-classes"));
+  mo.in_channels = index.image_shape_size() == 3 ? index.image_shape(2) : 3;
+  mo.drop_path = c.drop_path;
+  mo.dropout = c.dropout;
+  mo.zero_init_residual = c.zero_init_residual;
+  torch::manual_seed(static_cast<uint64_t>(c.seed));
+  model = models::make_model(c.model, mo);
+  if (!c.weights.empty()) load_weights(c.weights);
+  for (const auto& item : model->named_parameters()) {
+    if (std::find(c.freeze.begin(), c.freeze.end(), models::stage_of(item.key())) != c.freeze.end()) {
+      item.value().set_requires_grad(false);
+    }
+  }
+  for (const auto& stage : c.freeze) {
+    const bool known = stage == "stem" || stage == "head" ||
+                       (stage.rfind("layer", 0) == 0 &&
+                        std::stoul("0" + stage.substr(5)) <= model->stages().size() && stage.size() > 5);
+    if (!known) throw UsageError(concat("--freeze: unknown stage '", stage, "' (stem, layer1..N, head)"));
+  }
+  if (c.model_ema) {
+    ema = models::make_model(c.model, mo);
+    models::load_state_dict(*ema, models::state_dict(*model));
+    for (auto& p : ema->parameters()) p.set_requires_grad(false);
+  }
+
+  const double lr = c.lr_scaling == "linear"
+                        ? c.lr * static_cast<double>(c.batch_size * static_cast<int64_t>(world)) / 256.0
+                        : c.lr;
+  sgd = std::make_unique<Sgd>(weight_decay_groups(model->named_parameters().pairs(), c.weight_decay,
+                                                  c.norm_weight_decay),
+                              c.momentum, c.nesterov);
+  if (train_data) {
+    steps_per_epoch = static_cast<int64_t>(train_data->steps_per_epoch()) / c.accum_steps;
+    if (steps_per_epoch <= 0) {
+      throw UsageError(concat("an epoch has ", train_data->steps_per_epoch(), " batches, fewer than --accum-steps ",
+                              c.accum_steps));
+    }
+  } else {
+    steps_per_epoch = 1;
+  }
+  total_steps = steps_per_epoch * c.epochs;
+  ScheduleOptions so;
+  so.base_lr = lr;
+  so.kind = c.lr_scheduler;
+  so.steps_per_epoch = steps_per_epoch;
+  so.total_steps = total_steps;
+  so.warmup_steps = static_cast<int64_t>(std::llround(c.lr_warmup_epochs * static_cast<double>(steps_per_epoch)));
+  so.warmup_method = c.lr_warmup_method;
+  so.warmup_decay = c.lr_warmup_decay;
+  so.step_size_epochs = c.lr_step_size;
+  so.milestones_epochs = c.lr_milestones;
+  so.gamma = c.lr_gamma;
+  so.lr_min = c.lr_min;
+  schedule = std::make_unique<LrSchedule>(so);
+  store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
+  cursor = {0, 0, static_cast<uint64_t>(c.seed)};
+  if (!c.resume.empty()) resume();
+}
+
+void Trainer::State::load_weights(const std::string& path) {
+  models::NamedTensors tensors;
+  if (fs::is_directory(path)) {
+    tensors = load_checkpoint(path).model;
+  } else if (fs::exists(path)) {
+    tensors = read_safetensors(path).tensors;
+  } else {
+    throw UsageError(concat("--weights ", path, " does not exist"));
+  }
+  models::LoadOptions lo;
+  lo.source = path;
+  auto fc = tensors.find("fc.weight");
+  if (fc != tensors.end() && fc->second.size(0) != model->num_classes()) {
+    lo.skip_prefixes = {"fc."};  // a new head for a different number of classes
+    out->print(concat("weights: ", path, " has ", fc->second.size(0), " classes; the head is new (", model->num_classes(),
+                      " classes)"));
+  }
+  auto report = models::load_state_dict(*model, tensors, lo);
+  out->print(concat("weights: loaded ", report.loaded.size(), " tensors from ", path));
+}
+
+void Trainer::State::resume() {
+  std::optional<std::string> path;
+  if (c.resume == "auto") {
+    std::vector<CheckpointInfo> skipped;
+    auto latest = store->latest(&skipped);
+    for (const auto& s : skipped) {
+      std::fprintf(stderr, "stride: warning: skipping checkpoint %s: %s\n", s.path.c_str(), s.problem.c_str());
+    }
+    if (!latest) {
+      out->print(concat("resume: no checkpoint in ", store->dir(), "; starting from scratch"));
+      return;
+    }
+    path = latest->path;
+  } else {
+    path = c.resume;
+  }
+  auto ckpt = load_checkpoint(*path);
+  const auto& m = ckpt.manifest;
+  if (m.model() != c.model) {
+    throw UsageError(concat("checkpoint ", *path, " is of model ", m.model(), ", not ", c.model));
+  }
+  models::load_state_dict(*model, ckpt.model, {true, {}, *path + "/model.safetensors"});
+  for (auto& [name, buf] : ckpt.optimizer) sgd->momentum_buffers()[name] = buf;
+  if (ema) {
+    if (ckpt.ema.empty()) {
+      models::load_state_dict(*ema, models::state_dict(*model));
+    } else {
+      models::load_state_dict(*ema, ckpt.ema, {true, {}, *path + "/ema.safetensors"});
+    }
+  }
+  if (ckpt.state.count("rng")) set_rng_state(ckpt.state.at("rng"));
+  step = static_cast<int64_t>(m.step());
+  cursor = {m.cursor().epoch(), m.cursor().consumed(), m.cursor().seed()};
+  const uint64_t global_batch = static_cast<uint64_t>(c.batch_size) * world;
+  if (m.global_batch() != global_batch) {
+    std::fprintf(stderr, "stride: warning: global batch changes from %llu to %llu on resume\n",
+                 static_cast<unsigned long long>(m.global_batch()), static_cast<unsigned long long>(global_batch));
+  }
+  for (const auto& [k, v] : m.metrics()) last_eval[k] = v;
+  out->print(concat("resume: ", *path, " (step ", step, ", epoch ", cursor.epoch, ", ", cursor.consumed,
+                    " samples into it)"));
+}
+
+void Trainer::State::apply_freeze() {
+  if (c.freeze.empty()) return;
+  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
+    if (item.value()->as<torch::nn::BatchNorm2d>() &&
+        std::find(c.freeze.begin(), c.freeze.end(), models::stage_of(item.key() + ".")) != c.freeze.end()) {
+      item.value()->eval();  // frozen BN keeps its running statistics
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Loop
+// ---------------------------------------------------------------------------------------------------------
+void Trainer::State::update_ema() {
+  torch::NoGradGuard no_grad;
+  const double d = c.model_ema_decay;
+  auto src = model->named_parameters();
+  for (auto& p : ema->named_parameters()) p.value().mul_(d).add_(src[p.key()], 1.0 - d);
+  auto bufs = model->named_buffers();
+  for (auto& b : ema->named_buffers()) b.value().copy_(bufs[b.key()]);
+}
+
+void Trainer::State::train() {
+  const int64_t limit = c.max_steps > 0 ? std::min(c.max_steps, total_steps) : total_steps;
+  out->print(concat("train: ", c.model, " (", models::count_parameters(*model), " parameters), ",
+                    train_data->num_samples(), " training images, ", steps_per_epoch, " steps/epoch x ", c.epochs,
+                    " epochs, global batch ", c.batch_size * static_cast<int64_t>(world) * c.accum_steps));
+  const auto run_start = Clock::now();
+  const int64_t first_step = step;
+  while (step < limit && cursor.epoch < static_cast<uint64_t>(c.epochs)) {
+    train_data->start(cursor);
+    model->train();
+    apply_freeze();
+    sgd->zero_grad();
+    int64_t micro = 0, images = 0;
+    double loss_sum = 0.0;
+    int64_t loss_count = 0;
+    auto interval_start = Clock::now();
+    while (auto batch = train_data->next()) {
+      const auto& target = batch->targets.defined() ? batch->targets : batch->labels;
+      auto logits = model->forward(batch->images);
+      auto loss = cross_entropy(logits, target, c.label_smoothing, batch->valid);
+      (c.accum_steps > 1 ? loss / static_cast<double>(c.accum_steps) : loss).backward();
+      loss_sum += loss.item<double>();
+      ++loss_count;
+      images += batch->images.size(0);
+      cursor = batch->cursor;
+      if (++micro % c.accum_steps != 0) continue;
+      if (c.clip_grad_norm > 0.0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip_grad_norm);
+      const double lr = schedule->at(step);
+      sgd->step(lr);
+      sgd->zero_grad();
+      ++step;
+      if (ema) update_ema();
+      if (step % c.print_freq == 0 || step == limit) {
+        const double secs = seconds_since(interval_start);
+        const double ips = static_cast<double>(images * static_cast<int64_t>(world)) / std::max(secs, 1e-9);
+        const double done_frac = static_cast<double>(step - first_step) / static_cast<double>(limit - first_step);
+        const double eta = seconds_since(run_start) * (1.0 - done_frac) / std::max(done_frac, 1e-9);
+        const double mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1));
+        char line[160];
+        std::snprintf(line, sizeof(line), "epoch %llu/%lld step %lld/%lld loss %.4f lr %.4g %.0f img/s eta %s",
+                      static_cast<unsigned long long>(cursor.epoch + 1), static_cast<long long>(c.epochs),
+                      static_cast<long long>(step), static_cast<long long>(total_steps), mean_loss, lr, ips,
+                      format_eta(eta).c_str());
+        out->progress(line);
+        out->record("train", step, {{"epoch", cursor.epoch}, {"loss", mean_loss}, {"lr", lr}, {"img_per_s", ips}});
+        loss_sum = 0.0;
+        loss_count = 0;
+        images = 0;
+        interval_start = Clock::now();
+      }
+      if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0) checkpoint();
+      if (step >= limit) break;
+    }
+    if (step >= limit && cursor.consumed < train_data->num_samples() &&
+        train_data->plan().steps(cursor.consumed) > 0) {
+      // Stopped mid-epoch by --max-steps: the cursor points into this epoch.
+      if (c.checkpoint_every == 0 || step % c.checkpoint_every != 0) checkpoint();
+      break;
+    }
+    cursor = {cursor.epoch + 1, 0, cursor.seed};
+    evaluate_and_record();
+    checkpoint();  // every epoch end (replacing a same-step mid-epoch one: its cursor now points past the epoch)
+  }
+  out->print(concat("done: ", step, " steps in ", format_eta(seconds_since(run_start)),
+                    last_eval.count("acc1") ? concat(", test acc1 ", std::round(last_eval["acc1"] * 100) / 100, "%")
+                                            : std::string()));
+}
+
+EvalResult Trainer::State::evaluate(models::ResNet& m) {
+  m->eval();
+  torch::NoGradGuard no_grad;
+  eval_data->start({0, 0, static_cast<uint64_t>(c.seed)});
+  TopK total;
+  while (auto b = eval_data->next()) {
+    auto r = count_correct(m->forward(b->images), b->labels, b->valid);
+    total.top1 += r.top1;
+    total.top5 += r.top5;
+    total.count += r.count;
+    total.loss_sum += r.loss_sum;
+  }
+  EvalResult e;
+  e.count = total.count;
+  const double n = static_cast<double>(std::max<int64_t>(total.count, 1));
+  e.acc1 = 100.0 * static_cast<double>(total.top1) / n;
+  e.acc5 = 100.0 * static_cast<double>(total.top5) / n;
+  e.loss = total.loss_sum / n;
+  return e;
+}
+
+void Trainer::State::evaluate_and_record() {
+  const auto t0 = Clock::now();
+  auto r = evaluate(model);
+  last_eval = {{"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}};
+  nlohmann::json fields = {{"epoch", cursor.epoch}, {"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}};
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "eval epoch %llu: acc1 %.2f%% acc5 %.2f%% loss %.4f (%lld images)",
+                static_cast<unsigned long long>(cursor.epoch), r.acc1, r.acc5, r.loss, static_cast<long long>(r.count));
+  std::string line = buf;
+  if (ema) {
+    auto re = evaluate(ema);
+    last_eval["ema_acc1"] = re.acc1;
+    fields["ema_acc1"] = re.acc1;
+    fields["ema_loss"] = re.loss;
+    std::snprintf(buf, sizeof(buf), " | ema acc1 %.2f%%", re.acc1);
+    line += buf;
+  }
+  fields["seconds"] = seconds_since(t0);
+  out->print(line);
+  out->record("eval", step, fields);
+}
+
+void Trainer::State::checkpoint() {
+  if (rank != 0) return;
+  CheckpointData d;
+  d.model = models::state_dict(*model);
+  d.optimizer = sgd->momentum_buffers();
+  if (ema) d.ema = models::state_dict(*ema);
+  d.state["rng"] = rng_state();
+  auto& m = d.manifest;
+  m.set_step(static_cast<uint64_t>(step));
+  m.set_epoch(cursor.epoch);
+  m.mutable_cursor()->set_epoch(cursor.epoch);
+  m.mutable_cursor()->set_consumed(cursor.consumed);
+  m.mutable_cursor()->set_seed(cursor.seed);
+  m.set_world_size(static_cast<uint32_t>(world));
+  m.set_global_batch(static_cast<uint64_t>(c.batch_size) * world);
+  m.set_model(c.model);
+  m.set_config_digest(config_digest);
+  m.set_created_unix(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+  m.set_stride_version(STRIDE_VERSION);
+  for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
+  const auto t0 = Clock::now();
+  const std::string path = store->commit(std::move(d));
+  out->record("checkpoint", step, {{"seconds", seconds_since(t0)}});
+  (void)path;
+}
+
+}  // namespace stride::trainer

@@ -1,0 +1,36 @@
+// The training loop of one rank: data, model, optimizer, schedule, evaluation and checkpoints, as configured by
+// TrainConfig. Single-process today; the data-parallel pieces (communicator, gradient reducer) plug in where
+// Note [Rank identity] says. Runs on the calling thread.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "data/loader.h"
+#include "trainer/config.h"
+
+namespace stride::trainer {
+
+struct EvalResult {
+  double acc1 = 0.0, acc5 = 0.0, loss = 0.0;
+  int64_t count = 0;
+};
+
+// Shards the dataset into config.data_path when it has no index and config.dataset names a raw format.
+void ensure_dataset(const TrainConfig& config);
+// Loader options for a split, from the config and what the dataset's index says (channels, statistics).
+data::LoaderOptions loader_options(const TrainConfig& config, bool train, uint64_t rank, uint64_t world_size);
+
+class Trainer {
+ public:
+  explicit Trainer(TrainConfig config);
+  ~Trainer();
+  // Trains (or evaluates with --test-only). Returns the process exit code.
+  int run();
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace stride::trainer
