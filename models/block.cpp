@@ -131,10 +131,10 @@ torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
   const size_t k = convs_.size();
   torch::Tensor out, pre;
   if (spec_.preact) {
-    pre = torch::relu(bns_[0](x));
+    pre = bns_[0](x).relu_();
     out = convs_[0](pre);
     for (size_t i = 1; i < k; ++i) {
-      out = torch::relu(bns_[i](out));
+      out = bns_[i](out).relu_();
       if (i == 1 && spec_.dropout > 0.0) out = torch::dropout(out, spec_.dropout, is_training());
       out = convs_[i](out);
     }
@@ -143,16 +143,17 @@ torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
     for (size_t i = 0; i < k; ++i) {
       out = bns_[i](convs_[i](out));
       if (i + 1 < k) {
-        out = torch::relu(out);
+        out.relu_();
         if (i == 0 && spec_.dropout > 0.0) out = torch::dropout(out, spec_.dropout, is_training());
       }
     }
   }
   if (se_) out = se_(out);
   if (spec_.shortcut != Shortcut::kNone) {
-    out = drop_path(out, spec_.drop_path, is_training()) + shortcut(x, pre);
+    out = drop_path(out, spec_.drop_path, is_training());
+    out.add_(shortcut(x, pre));  // in place, as torchvision's `out += identity`
   }
-  return spec_.preact ? out : torch::relu(out);
+  return spec_.preact ? out : out.relu_();
 }
 
 }  // namespace stride::models

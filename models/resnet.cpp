@@ -142,10 +142,10 @@ torch::Tensor ResNetImpl::features(torch::Tensor x) {
   STRIDE_CHECK(x.dim() == 4 && x.size(1) == options_.in_channels, "model '", spec_.name, "' expects input [N, ",
                options_.in_channels, ", H, W], got ", x.sizes());
   x = conv1_(x);
-  if (bn1_) x = torch::relu(bn1_(x));
+  if (bn1_) x = bn1_(x).relu_();
   if (spec_.stem == Stem::kImageNet) x = torch::max_pool2d(x, 3, 2, 1);
   for (auto& stage : stages_) x = stage->forward(x);
-  if (final_bn_) x = torch::relu(final_bn_(x));
+  if (final_bn_) x = final_bn_(x).relu_();
   return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
 }
 

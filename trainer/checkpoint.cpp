@@ -74,8 +74,8 @@ void FileOps::write_file(const std::string& path, const std::string& bytes) {
     if (w <= 0) {
       const int err = errno;
       ::close(fd);
-      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(), " bytes: ",
-                         std::strerror(err), err == ENOSPC ? " (disk full)" : ""));
+      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(),
+                         " bytes: ", std::strerror(err), err == ENOSPC ? " (disk full)" : ""));
     }
     done += static_cast<size_t>(w);
   }

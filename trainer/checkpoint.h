@@ -39,10 +39,10 @@ class FileOps {
 std::shared_ptr<FileOps> real_file_ops();
 
 struct CheckpointData {
-  NamedTensors model;      // torchvision-named weights and buffers
-  NamedTensors optimizer;  // momentum buffers by parameter name
-  NamedTensors ema;        // EMA weights (empty when off)
-  NamedTensors state;      // RNG state and other small tensors
+  NamedTensors model;        // torchvision-named weights and buffers
+  NamedTensors optimizer;    // momentum buffers by parameter name
+  NamedTensors ema;          // EMA weights (empty when off)
+  NamedTensors state;        // RNG state and other small tensors
   proto::Manifest manifest;  // training state; `files` is filled in by commit()
 };
 
@@ -56,8 +56,7 @@ struct CheckpointInfo {
 
 class CheckpointStore {
  public:
-  explicit CheckpointStore(std::string run_dir, int64_t keep = 3,
-                           std::shared_ptr<FileOps> ops = real_file_ops());
+  explicit CheckpointStore(std::string run_dir, int64_t keep = 3, std::shared_ptr<FileOps> ops = real_file_ops());
 
   // Writes and commits a checkpoint for manifest.step(); returns its directory. Throws on I/O failure, leaving
   // the previous commits untouched.

@@ -1,9 +1,9 @@
 #include "trainer/config.h"
 
+#include <toml++/toml.h>
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "common/error.h"
 
@@ -45,8 +45,7 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"momentum", "SGD momentum", &c.momentum},
       {"nesterov", "Nesterov momentum", &c.nesterov},
       {"weight-decay", "L2 weight decay", &c.weight_decay},
-      {"norm-weight-decay", "Weight decay for BN and bias parameters (<0: same as weight-decay)",
-       &c.norm_weight_decay},
+      {"norm-weight-decay", "Weight decay for BN and bias parameters (<0: same as weight-decay)", &c.norm_weight_decay},
       {"label-smoothing", "Label smoothing epsilon", &c.label_smoothing},
       {"mixup-alpha", "MixUp Beta(alpha, alpha); 0: off", &c.mixup_alpha},
       {"cutmix-alpha", "CutMix Beta(alpha, alpha); 0: off", &c.cutmix_alpha},
@@ -67,6 +66,7 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"checkpoint-every", "Optimizer steps between checkpoints (0: end of each epoch)", &c.checkpoint_every},
       {"keep-checkpoints", "Committed checkpoints kept", &c.keep_checkpoints},
       {"print-freq", "Steps between progress lines", &c.print_freq},
+      {"eval-freq", "Epochs between evaluations (0: only after the last epoch)", &c.eval_freq},
       {"test-only", "Only evaluate (with --weights or --resume)", &c.test_only},
       {"seed", "Seed for weights, data order and augmentation", &c.seed},
       {"threads", "Intra-op threads (0: LibTorch's default)", &c.threads},
@@ -201,6 +201,7 @@ void validate(const TrainConfig& c) {
   non_negative("max-steps", static_cast<double>(c.max_steps));
   non_negative("checkpoint-every", static_cast<double>(c.checkpoint_every));
   non_negative("cutout", static_cast<double>(c.cutout));
+  non_negative("eval-freq", static_cast<double>(c.eval_freq));
   non_negative("pad", static_cast<double>(c.pad));
   if (c.label_smoothing < 0.0 || c.label_smoothing >= 1.0)
     throw UsageError(concat("--label-smoothing must be in [0, 1), got ", c.label_smoothing));

@@ -20,36 +20,37 @@ struct TrainConfig {
   double drop_path = 0.0;
   double dropout = 0.0;
   bool zero_init_residual = false;
-  std::string weights;               // checkpoint directory or torchvision-named safetensors file
-  std::vector<std::string> freeze;   // stages to freeze: stem, layer1, ...
+  std::string weights;              // checkpoint directory or torchvision-named safetensors file
+  std::vector<std::string> freeze;  // stages to freeze: stem, layer1, ...
   bool sync_bn = false;
   // Data
   std::string data_path = "datasets/fashion-mnist";
-  std::string dataset = "shards";    // shards | fashion-mnist | cifar10 | imagefolder: shard from dataset-source if missing
-  std::string dataset_source;        // "" = the format's usual location
+  std::string dataset =
+      "shards";                // shards | fashion-mnist | cifar10 | imagefolder: shard from dataset-source if missing
+  std::string dataset_source;  // "" = the format's usual location
   std::string train_split = "train";
   std::string val_split = "test";
   int64_t workers = 2;
   int64_t prefetch = 4;
   std::string crop = "pad-crop";
   int64_t pad = 4;
-  int64_t image_size = 0;            // 0: the images' own size (pad-crop) / 224 (random-resized)
+  int64_t image_size = 0;  // 0: the images' own size (pad-crop) / 224 (random-resized)
   bool hflip = true;
   int64_t cutout = 0;
   double random_erase = 0.0;
-  std::vector<double> mean;          // per channel in [0, 1]; empty: the dataset's known statistics or none
+  std::vector<double> mean;  // per channel in [0, 1]; empty: the dataset's known statistics or none
   std::vector<double> std;
   int64_t max_corrupt = 100;
   // Optimisation
-  int64_t batch_size = 128;          // per rank
+  int64_t batch_size = 128;  // per rank
   int64_t epochs = 8;
-  int64_t max_steps = 0;             // stop after this many optimizer steps in total (0: no limit)
+  int64_t max_steps = 0;  // stop after this many optimizer steps in total (0: no limit)
   double lr = 0.1;
-  std::string lr_scaling = "none";   // none | linear: lr x global batch / 256
+  std::string lr_scaling = "none";  // none | linear: lr x global batch / 256
   double momentum = 0.9;
   bool nesterov = false;
   double weight_decay = 1e-4;
-  double norm_weight_decay = -1.0;   // weight decay for BN and bias parameters; < 0: same as weight-decay
+  double norm_weight_decay = -1.0;  // weight decay for BN and bias parameters; < 0: same as weight-decay
   double label_smoothing = 0.0;
   double mixup_alpha = 0.0;
   double cutmix_alpha = 0.0;
@@ -67,19 +68,20 @@ struct TrainConfig {
   double model_ema_decay = 0.999;
   // Run
   std::string output_dir = "runs/default";
-  std::string resume;                // "" | auto | PATH
-  int64_t checkpoint_every = 0;      // steps between checkpoints; 0: at the end of each epoch
+  std::string resume;            // "" | auto | PATH
+  int64_t checkpoint_every = 0;  // steps between checkpoints; 0: at the end of each epoch
   int64_t keep_checkpoints = 3;
   int64_t print_freq = 50;
+  int64_t eval_freq = 1;  // epochs between evaluations; 0: only after the last epoch
   bool test_only = false;
   int64_t seed = 0;
-  int64_t threads = 0;               // intra-op threads; 0: LibTorch's default
+  int64_t threads = 0;  // intra-op threads; 0: LibTorch's default
   bool amp = false;
-  std::string config_file;           // the --config file it came from (informational)
+  std::string config_file;  // the --config file it came from (informational)
 };
 
-using OptionTarget = std::variant<int64_t*, double*, bool*, std::string*, std::vector<int64_t>*,
-                                  std::vector<double>*, std::vector<std::string>*>;
+using OptionTarget = std::variant<int64_t*, double*, bool*, std::string*, std::vector<int64_t>*, std::vector<double>*,
+                                  std::vector<std::string>*>;
 struct OptionSpec {
   std::string name;  // flag name without dashes, also the TOML key
   std::string help;

@@ -82,8 +82,8 @@ data::LoaderOptions loader_options(const TrainConfig& c, bool train, uint64_t ra
     }
   }
   if (!o.mean.empty() && o.mean.size() != static_cast<size_t>(channels)) {
-    throw UsageError(concat("--mean/--std have ", o.mean.size(), " values but ", o.path, " has ", channels,
-                            "-channel images"));
+    throw UsageError(
+        concat("--mean/--std have ", o.mean.size(), " values but ", o.path, " has ", channels, "-channel images"));
   }
   return o;
 }

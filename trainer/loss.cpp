@@ -9,8 +9,8 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& ta
   STRIDE_CHECK(logits.dim() == 2, "logits must be [N, K], got ", logits.sizes());
   const int64_t k = logits.size(1);
   auto logp = torch::log_softmax(logits, 1);
-  torch::Tensor soft = targets.dim() == 1 ? torch::one_hot(targets, k).to(logp.scalar_type())
-                                          : targets.to(logp.scalar_type());
+  torch::Tensor soft =
+      targets.dim() == 1 ? torch::one_hot(targets, k).to(logp.scalar_type()) : targets.to(logp.scalar_type());
   if (label_smoothing > 0.0) soft = soft * (1.0 - label_smoothing) + label_smoothing / static_cast<double>(k);
   auto per_sample = -(soft * logp).sum(1);
   if (!weights.defined()) return per_sample.mean();
@@ -27,8 +27,8 @@ TopK count_correct(const torch::Tensor& logits, const torch::Tensor& labels, con
   r.top1 = hit.select(1, 0).logical_and(m).sum().item<int64_t>();
   r.top5 = hit.any(1).logical_and(m).sum().item<int64_t>();
   r.count = m.sum().item<int64_t>();
-  auto loss = torch::nn::functional::cross_entropy(logits, labels,
-                                                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  auto loss = torch::nn::functional::cross_entropy(
+      logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
   r.loss_sum = (loss * m.to(loss.scalar_type())).sum().item<double>();
   return r;
 }

@@ -29,8 +29,8 @@ double LrSchedule::at(int64_t step) const {
   const int64_t epoch = s / o_.steps_per_epoch;
   if (o_.kind == "step") return o_.base_lr * std::pow(o_.gamma, static_cast<double>(epoch / o_.step_size_epochs));
   if (o_.kind == "multistep") {
-    const auto passed = std::count_if(o_.milestones_epochs.begin(), o_.milestones_epochs.end(),
-                                      [&](int64_t m) { return epoch >= m; });
+    const auto passed =
+        std::count_if(o_.milestones_epochs.begin(), o_.milestones_epochs.end(), [&](int64_t m) { return epoch >= m; });
     return o_.base_lr * std::pow(o_.gamma, static_cast<double>(passed));
   }
   return o_.base_lr;

@@ -51,7 +51,8 @@ void TensorBoardWriter::write_record(const std::string& payload) {
   const uint32_t len_crc = masked_crc(header, 8);
   std::memcpy(header + 8, &len_crc, 4);
   const uint32_t data_crc = masked_crc(payload.data(), payload.size());
-  if (std::fwrite(header, 1, 12, file_) != 12 || std::fwrite(payload.data(), 1, payload.size(), file_) != payload.size() ||
+  if (std::fwrite(header, 1, 12, file_) != 12 ||
+      std::fwrite(payload.data(), 1, payload.size(), file_) != payload.size() ||
       std::fwrite(&data_crc, 1, 4, file_) != 4) {
     throw Error(concat("write to ", path_, " failed: ", std::strerror(errno)));
   }

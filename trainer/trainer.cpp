@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <optional>
+#include <set>
 
 #include "common/error.h"
 #include "data/crc32c.h"
@@ -138,11 +139,13 @@ void Trainer::State::setup() {
       item.value().set_requires_grad(false);
     }
   }
+  std::set<std::string> stages;
+  for (const auto& g : model->stage_parameters()) stages.insert(g.stage);
   for (const auto& stage : c.freeze) {
-    const bool known = stage == "stem" || stage == "head" ||
-                       (stage.rfind("layer", 0) == 0 &&
-                        std::stoul("0" + stage.substr(5)) <= model->stages().size() && stage.size() > 5);
-    if (!known) throw UsageError(concat("--freeze: unknown stage '", stage, "' (stem, layer1..N, head)"));
+    if (!stages.count(stage)) {
+      throw UsageError(concat("--freeze: unknown stage '", stage, "' (", c.model, " has stem, layer1..layer",
+                              model->stages().size(), ", head)"));
+    }
   }
   if (c.model_ema) {
     ema = models::make_model(c.model, mo);
@@ -150,17 +153,16 @@ void Trainer::State::setup() {
     for (auto& p : ema->parameters()) p.set_requires_grad(false);
   }
 
-  const double lr = c.lr_scaling == "linear"
-                        ? c.lr * static_cast<double>(c.batch_size * static_cast<int64_t>(world)) / 256.0
-                        : c.lr;
-  sgd = std::make_unique<Sgd>(weight_decay_groups(model->named_parameters().pairs(), c.weight_decay,
-                                                  c.norm_weight_decay),
-                              c.momentum, c.nesterov);
+  const double lr =
+      c.lr_scaling == "linear" ? c.lr * static_cast<double>(c.batch_size * static_cast<int64_t>(world)) / 256.0 : c.lr;
+  sgd =
+      std::make_unique<Sgd>(weight_decay_groups(model->named_parameters().pairs(), c.weight_decay, c.norm_weight_decay),
+                            c.momentum, c.nesterov);
   if (train_data) {
     steps_per_epoch = static_cast<int64_t>(train_data->steps_per_epoch()) / c.accum_steps;
     if (steps_per_epoch <= 0) {
-      throw UsageError(concat("an epoch has ", train_data->steps_per_epoch(), " batches, fewer than --accum-steps ",
-                              c.accum_steps));
+      throw UsageError(
+          concat("an epoch has ", train_data->steps_per_epoch(), " batches, fewer than --accum-steps ", c.accum_steps));
     }
   } else {
     steps_per_epoch = 1;
@@ -198,8 +200,8 @@ void Trainer::State::load_weights(const std::string& path) {
   auto fc = tensors.find("fc.weight");
   if (fc != tensors.end() && fc->second.size(0) != model->num_classes()) {
     lo.skip_prefixes = {"fc."};  // a new head for a different number of classes
-    out->print(concat("weights: ", path, " has ", fc->second.size(0), " classes; the head is new (", model->num_classes(),
-                      " classes)"));
+    out->print(concat("weights: ", path, " has ", fc->second.size(0), " classes; the head is new (",
+                      model->num_classes(), " classes)"));
   }
   auto report = models::load_state_dict(*model, tensors, lo);
   out->print(concat("weights: loaded ", report.loaded.size(), " tensors from ", path));
@@ -244,8 +246,8 @@ void Trainer::State::resume() {
                  static_cast<unsigned long long>(m.global_batch()), static_cast<unsigned long long>(global_batch));
   }
   for (const auto& [k, v] : m.metrics()) last_eval[k] = v;
-  out->print(concat("resume: ", *path, " (step ", step, ", epoch ", cursor.epoch, ", ", cursor.consumed,
-                    " samples into it)"));
+  out->print(
+      concat("resume: ", *path, " (step ", step, ", epoch ", cursor.epoch, ", ", cursor.consumed, " samples into it)"));
 }
 
 void Trainer::State::apply_freeze() {
@@ -283,16 +285,28 @@ void Trainer::State::train() {
     apply_freeze();
     sgd->zero_grad();
     int64_t micro = 0, images = 0;
-    double loss_sum = 0.0;
-    int64_t loss_count = 0;
+    double loss_sum = 0.0, epoch_loss_sum = 0.0;
+    int64_t loss_count = 0, epoch_batches = 0, epoch_correct = 0, epoch_seen = 0, interval_correct = 0,
+            interval_seen = 0;
     auto interval_start = Clock::now();
     while (auto batch = train_data->next()) {
       const auto& target = batch->targets.defined() ? batch->targets : batch->labels;
       auto logits = model->forward(batch->images);
       auto loss = cross_entropy(logits, target, c.label_smoothing, batch->valid);
       (c.accum_steps > 1 ? loss / static_cast<double>(c.accum_steps) : loss).backward();
-      loss_sum += loss.item<double>();
+      const double loss_value = loss.item<double>();
+      loss_sum += loss_value;
+      epoch_loss_sum += loss_value;
       ++loss_count;
+      ++epoch_batches;
+      if (!batch->targets.defined()) {  // training error is undefined under MixUp/CutMix
+        auto hit = logits.argmax(1).eq(batch->labels).logical_and(batch->valid);
+        const int64_t correct = hit.sum().item<int64_t>(), seen = batch->valid.sum().item<int64_t>();
+        epoch_correct += correct;
+        epoch_seen += seen;
+        interval_correct += correct;
+        interval_seen += seen;
+      }
       images += batch->images.size(0);
       cursor = batch->cursor;
       if (++micro % c.accum_steps != 0) continue;
@@ -314,7 +328,17 @@ void Trainer::State::train() {
                       static_cast<long long>(step), static_cast<long long>(total_steps), mean_loss, lr, ips,
                       format_eta(eta).c_str());
         out->progress(line);
-        out->record("train", step, {{"epoch", cursor.epoch}, {"loss", mean_loss}, {"lr", lr}, {"img_per_s", ips}});
+        nlohmann::json fields = {{"epoch", cursor.epoch},
+                                 {"epoch_progress", static_cast<double>(step) / static_cast<double>(steps_per_epoch)},
+                                 {"loss", mean_loss},
+                                 {"lr", lr},
+                                 {"img_per_s", ips}};
+        if (interval_seen > 0) {
+          fields["train_err"] =
+              100.0 * (1.0 - static_cast<double>(interval_correct) / static_cast<double>(interval_seen));
+        }
+        out->record("train", step, fields);
+        interval_correct = interval_seen = 0;
         loss_sum = 0.0;
         loss_count = 0;
         images = 0;
@@ -323,14 +347,23 @@ void Trainer::State::train() {
       if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0) checkpoint();
       if (step >= limit) break;
     }
-    if (step >= limit && cursor.consumed < train_data->num_samples() &&
-        train_data->plan().steps(cursor.consumed) > 0) {
+    if (step >= limit && cursor.consumed < train_data->num_samples() && train_data->plan().steps(cursor.consumed) > 0) {
       // Stopped mid-epoch by --max-steps: the cursor points into this epoch.
       if (c.checkpoint_every == 0 || step % c.checkpoint_every != 0) checkpoint();
       break;
     }
+    nlohmann::json summary = {{"epoch", cursor.epoch + 1},
+                              {"train_loss", epoch_loss_sum / static_cast<double>(std::max<int64_t>(epoch_batches, 1))},
+                              {"seconds", seconds_since(run_start)}};
+    if (epoch_seen > 0) {
+      summary["train_err"] = 100.0 * (1.0 - static_cast<double>(epoch_correct) / static_cast<double>(epoch_seen));
+    }
+    out->record("epoch", step, summary);
     cursor = {cursor.epoch + 1, 0, cursor.seed};
-    evaluate_and_record();
+    const bool last_epoch = cursor.epoch == static_cast<uint64_t>(c.epochs) || step >= limit;
+    if (last_epoch || (c.eval_freq > 0 && cursor.epoch % static_cast<uint64_t>(c.eval_freq) == 0)) {
+      evaluate_and_record();
+    }
     checkpoint();  // every epoch end (replacing a same-step mid-epoch one: its cursor now points past the epoch)
   }
   out->print(concat("done: ", step, " steps in ", format_eta(seconds_since(run_start)),

@@ -156,8 +156,8 @@ TEST(Loss, SoftTargetsAreTheMixtureOfTheTwoLosses) {
   const double lam = 0.3;
   auto soft = torch::one_hot(a, 4).to(torch::kFloat) * lam + torch::one_hot(b, 4).to(torch::kFloat) * (1 - lam);
   const double mixed = cross_entropy(logits, soft, 0.0).item<double>();
-  const double expect = lam * cross_entropy(logits, a, 0.0).item<double>() +
-                        (1 - lam) * cross_entropy(logits, b, 0.0).item<double>();
+  const double expect =
+      lam * cross_entropy(logits, a, 0.0).item<double>() + (1 - lam) * cross_entropy(logits, b, 0.0).item<double>();
   EXPECT_NEAR(mixed, expect, 1e-6);
   // Zero-weight samples do not count.
   auto w = torch::tensor({1, 1, 1, 0, 0, 0}, torch::kBool);
@@ -166,7 +166,8 @@ TEST(Loss, SoftTargetsAreTheMixtureOfTheTwoLosses) {
 }
 
 TEST(Loss, TopKCountsOnlyValidSamples) {
-  auto logits = torch::tensor({{9.f, 1.f, 2.f, 3.f, 4.f, 5.f}, {1.f, 9.f, 2.f, 3.f, 4.f, 5.f}, {1.f, 2.f, 3.f, 4.f, 5.f, 9.f}});
+  auto logits =
+      torch::tensor({{9.f, 1.f, 2.f, 3.f, 4.f, 5.f}, {1.f, 9.f, 2.f, 3.f, 4.f, 5.f}, {1.f, 2.f, 3.f, 4.f, 5.f, 9.f}});
   auto labels = torch::tensor({0, 0, 0}, torch::kLong);
   auto r = count_correct(logits, labels, torch::tensor({true, true, false}));
   EXPECT_EQ(r.count, 2);
