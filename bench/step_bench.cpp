@@ -53,10 +53,14 @@ void run_step_bench(const StepArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < a.steps; ++i) step();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  nlohmann::json out = {{"impl", "stride"},         {"model", a.model},
-                        {"batch", a.batch},         {"image_size", a.image_size},
-                        {"threads", torch::get_num_threads()}, {"channels_last", a.channels_last},
-                        {"steps", a.steps},         {"seconds", secs},
+  nlohmann::json out = {{"impl", "stride"},
+                        {"model", a.model},
+                        {"batch", a.batch},
+                        {"image_size", a.image_size},
+                        {"threads", torch::get_num_threads()},
+                        {"channels_last", a.channels_last},
+                        {"steps", a.steps},
+                        {"seconds", secs},
                         {"images_per_s", static_cast<double>(a.batch * a.steps) / secs}};
   std::printf("%s\n", out.dump().c_str());
 }

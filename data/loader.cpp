@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "common/file_io.h"
 #include "data/crc32c.h"
 #include "data/shard_index.h"
 
@@ -20,18 +21,6 @@ namespace {
 
 constexpr uint64_t kAugmentStream = 11;
 constexpr uint64_t kMixStream = 12;
-
-bool pread_full(int fd, char* p, size_t n, uint64_t offset) {
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, p, n, static_cast<off_t>(offset));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-    offset += static_cast<uint64_t>(r);
-  }
-  return true;
-}
 
 // Marks a sample that cannot be used; the batch keeps its shape and flags the slot invalid.
 struct CorruptData : Error {

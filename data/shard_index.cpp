@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/file_io.h"
 #include "data/crc32c.h"
 #include "data/tar.h"
 
@@ -30,54 +31,7 @@ uint64_t get_le(const std::string& s, size_t at, int bytes) {
   return v;
 }
 
-std::string read_whole(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(concat("cannot open ", path, ": ", std::strerror(errno)));
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
-void fsync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw Error(concat("cannot open directory ", dir, ": ", std::strerror(errno)));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error(concat("fsync of directory ", dir, " failed: ", std::strerror(errno)));
-}
-
 }  // namespace
-
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const fs::path target(path);
-  const std::string dir = target.has_parent_path() ? target.parent_path().string() : ".";
-  const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp")).string();
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(concat("cannot create ", tmp, ": ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw Error(concat("write to ", tmp, " failed: ", std::strerror(err)));
-    }
-    done += static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(concat("fsync of ", tmp, " failed: ", std::strerror(err)));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(concat("rename ", tmp, " -> ", path, " failed: ", std::strerror(err)));
-  }
-  fsync_dir(dir);
-}
 
 void write_index(const std::string& dir, const proto::DatasetIndex& index) {
   std::string payload;
@@ -96,7 +50,7 @@ proto::DatasetIndex read_index(const std::string& dir) {
     throw Error(concat(path, " does not exist: make it with `stride shard` (or `stride shard --index-only ", dir,
                        "` for existing WebDataset tars)"));
   }
-  const std::string bytes = read_whole(path);
+  const std::string bytes = read_file(path);
   if (bytes.size() < 20 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     throw Error(concat(path, ": not a Stride dataset index"));
   }
@@ -141,7 +95,7 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
   int64_t max_label = -1;
   for (const auto& file : tars) {
     const std::string path = (fs::path(dir) / file).string();
-    const std::string bytes = read_whole(path);
+    const std::string bytes = read_file(path);
     auto* shard = index.add_shards();
     shard->set_file(file);
     shard->set_size(bytes.size());

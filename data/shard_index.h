@@ -26,7 +26,4 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
 // Checks that every shard the index names exists with the recorded size. Throws naming the first bad file.
 void verify_shard_files(const std::string& dir, const proto::DatasetIndex& index);
 
-// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync the directory.
-void write_file_atomic(const std::string& path, const std::string& bytes);
-
 }  // namespace stride::data

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/file_io.h"
 
 namespace stride::data {
 namespace {
@@ -50,20 +51,6 @@ bool header_checksum_ok(const unsigned char* h) {
     signed_sum += in_field ? ' ' : static_cast<signed char>(h[i]);
   }
   return stored == unsigned_sum || static_cast<int64_t>(stored) == signed_sum;
-}
-
-// Reads exactly n bytes at offset; false at end of file.
-bool pread_full(int fd, void* buf, size_t n, uint64_t offset) {
-  auto* p = static_cast<char*>(buf);
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, p, n, static_cast<off_t>(offset));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-    offset += static_cast<uint64_t>(r);
-  }
-  return true;
 }
 
 }  // namespace

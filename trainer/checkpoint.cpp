@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/file_io.h"
 #include "data/crc32c.h"
 #include "trainer/safetensors.h"
 
@@ -20,14 +21,6 @@ namespace {
 
 constexpr char kMagic[8] = {'S', 'T', 'R', 'C', 'K', 'P', '1', '\n'};
 constexpr uint32_t kManifestVersion = 1;
-
-std::string read_whole(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(concat("cannot open ", path, ": ", std::strerror(errno)));
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
 
 std::string step_name(uint64_t step) {
   char name[32];
@@ -45,7 +38,7 @@ std::string frame(const std::string& payload) {
 }
 
 proto::Manifest read_manifest(const std::string& path) {
-  const std::string bytes = read_whole(path);
+  const std::string bytes = read_file(path);
   if (bytes.size() < 20 || std::memcmp(bytes.data(), kMagic, 8) != 0) throw Error(concat(path, ": not a MANIFEST"));
   uint32_t crc;
   uint64_t n;
@@ -64,28 +57,7 @@ proto::Manifest read_manifest(const std::string& path) {
 // ---------------------------------------------------------------------------------------------------------
 // Real file operations
 // ---------------------------------------------------------------------------------------------------------
-void FileOps::write_file(const std::string& path, const std::string& bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(concat("cannot create ", path, ": ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = errno;
-      ::close(fd);
-      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(),
-                         " bytes: ", std::strerror(err), err == ENOSPC ? " (disk full)" : ""));
-    }
-    done += static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw Error(concat("fsync of ", path, " failed: ", std::strerror(err)));
-  }
-  if (::close(fd) != 0) throw Error(concat("close of ", path, " failed: ", std::strerror(errno)));
-}
+void FileOps::write_file(const std::string& path, const std::string& bytes) { write_file_fsync(path, bytes); }
 
 void FileOps::rename(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) {
@@ -93,13 +65,7 @@ void FileOps::rename(const std::string& from, const std::string& to) {
   }
 }
 
-void FileOps::fsync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw Error(concat("cannot open directory ", dir, ": ", std::strerror(errno)));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error(concat("fsync of directory ", dir, " failed: ", std::strerror(errno)));
-}
+void FileOps::fsync_dir(const std::string& dir) { stride::fsync_dir(dir); }
 
 void FileOps::make_dir(const std::string& dir) {
   std::error_code ec;
@@ -215,7 +181,7 @@ proto::Manifest verify_checkpoint(const std::string& dir, bool deep) {
     if (ec) throw Error(concat(path, ": listed in MANIFEST but missing"));
     if (size != f.size()) throw Error(concat(path, ": ", size, " bytes, MANIFEST says ", f.size()));
     if (!deep) continue;
-    const std::string bytes = read_whole(path);
+    const std::string bytes = read_file(path);
     if (data::crc32c(bytes.data(), bytes.size()) != f.crc32c()) throw Error(concat(path, ": checksum mismatch"));
   }
   return m;

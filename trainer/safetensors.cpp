@@ -1,15 +1,11 @@
 #include "trainer/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "common/error.h"
+#include "common/file_io.h"
 
 namespace stride::trainer {
 namespace {
@@ -124,36 +120,9 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
 }
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
-  const std::string bytes = encode_safetensors(tensors, metadata);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(concat("cannot create ", path, ": ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = errno;
-      ::close(fd);
-      throw Error(
-          concat("write to ", path, " failed after ", done, " of ", bytes.size(), " bytes: ", std::strerror(err)));
-    }
-    done += static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw Error(concat("fsync of ", path, " failed: ", std::strerror(err)));
-  }
-  if (::close(fd) != 0) throw Error(concat("close of ", path, " failed: ", std::strerror(errno)));
+  write_file_fsync(path, encode_safetensors(tensors, metadata));
 }
 
-SafetensorsFile read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(concat("cannot open ", path, ": ", std::strerror(errno)));
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) throw Error(concat("read of ", path, " failed"));
-  return decode_safetensors(buf.str(), path);
-}
+SafetensorsFile read_safetensors(const std::string& path) { return decode_safetensors(read_file(path), path); }
 
 }  // namespace stride::trainer

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "common/file_io.h"
 #include "data/crc32c.h"
 #include "data/shard_index.h"
 #include "models/registry.h"
@@ -116,7 +117,7 @@ void Trainer::State::setup() {
   fs::create_directories(c.output_dir);
   const std::string config_text = to_toml(c);
   config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
-  if (rank == 0) data::write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
+  if (rank == 0) write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
 
   ensure_dataset(c);

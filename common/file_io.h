@@ -1,0 +1,24 @@
+// Whole-file I/O with the durability rules Stride relies on (see Note [Checkpoint commit] in
+// trainer/checkpoint.h). Every failure throws stride::Error naming the path and the OS error; ENOSPC says
+// "disk full". Thread-safe for distinct paths.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace stride {
+
+// The whole file.
+std::string read_file(const std::string& path);
+// Creates or truncates `path`, writes every byte, fsyncs and closes it.
+void write_file_fsync(const std::string& path, const std::string& bytes);
+// fsync of a directory, making renames and creations in it durable.
+void fsync_dir(const std::string& dir);
+// Replaces `path` atomically: a hidden temporary in the same directory, fsync, rename, fsync the directory.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+// Reads exactly n bytes at `offset` (retrying short reads and EINTR); false at end of file or on error (errno
+// says which).
+bool pread_full(int fd, void* buf, size_t n, uint64_t offset);
+
+}  // namespace stride
