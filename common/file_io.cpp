@@ -32,8 +32,8 @@ void write_file_fsync(const std::string& path, const std::string& bytes) {
     if (w <= 0) {
       const int err = errno;
       ::close(fd);
-      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(), " bytes: ",
-                         std::strerror(err), err == ENOSPC ? " (disk full)" : ""));
+      throw Error(concat("write to ", path, " failed after ", done, " of ", bytes.size(),
+                         " bytes: ", std::strerror(err), err == ENOSPC ? " (disk full)" : ""));
     }
     done += static_cast<size_t>(w);
   }

@@ -2,7 +2,7 @@
 # Fails when a tracked C++ file is not clang-formatted (.clang-format). `--fix` rewrites them instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files '*.cpp' '*.h' '*.cc' '*.hpp' '*.cu')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.cpp' '*.h' '*.cc' '*.hpp' '*.cu')
 ((${#files[@]})) || exit 0
 if [ "${1:-}" = "--fix" ]; then
   clang-format -i "${files[@]}"
