@@ -1,19 +1,16 @@
 #include "data/shard_index.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "common/error.h"
 #include "common/file_io.h"
 #include "data/crc32c.h"
+#include "data/framing.h"
 #include "data/tar.h"
 
 namespace stride::data {
@@ -22,25 +19,12 @@ namespace {
 
 constexpr char kMagic[8] = {'S', 'T', 'R', 'I', 'D', 'X', '1', '\n'};
 
-void put_le(std::string* out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-uint64_t get_le(const std::string& s, size_t at, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(s[at + i])) << (8 * i);
-  return v;
-}
-
 }  // namespace
 
 void write_index(const std::string& dir, const proto::DatasetIndex& index) {
   std::string payload;
   if (!index.SerializeToString(&payload)) throw Error("cannot serialize the dataset index");
-  std::string out(kMagic, sizeof(kMagic));
-  put_le(&out, crc32c(payload.data(), payload.size()), 4);
-  put_le(&out, payload.size(), 8);
-  out += payload;
-  write_file_atomic((fs::path(dir) / kIndexFile).string(), out);
+  write_file_atomic((fs::path(dir) / kIndexFile).string(), frame_payload(kMagic, payload));
 }
 
 proto::DatasetIndex read_index(const std::string& dir) {
@@ -50,16 +34,9 @@ proto::DatasetIndex read_index(const std::string& dir) {
     throw Error(concat(path, " does not exist: make it with `stride shard` (or `stride shard --index-only ", dir,
                        "` for existing WebDataset tars)"));
   }
-  const std::string bytes = read_file(path);
-  if (bytes.size() < 20 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
-    throw Error(concat(path, ": not a Stride dataset index"));
-  }
-  const uint32_t crc = static_cast<uint32_t>(get_le(bytes, 8, 4));
-  const uint64_t n = get_le(bytes, 12, 8);
-  if (n != bytes.size() - 20) throw Error(concat(path, ": truncated (", bytes.size() - 20, " of ", n, " bytes)"));
-  if (crc32c(bytes.data() + 20, n) != crc) throw Error(concat(path, ": checksum mismatch (damaged index)"));
+  const std::string payload = unframe_payload(kMagic, read_file(path), path, "Stride dataset index");
   proto::DatasetIndex index;
-  if (!index.ParseFromArray(bytes.data() + 20, static_cast<int>(n))) throw Error(concat(path, ": cannot parse"));
+  if (!index.ParseFromString(payload)) throw Error(concat(path, ": cannot parse"));
   if (index.version() > kIndexVersion) {
     throw Error(concat(path, ": index version ", index.version(), " is newer than this build understands (",
                        kIndexVersion, ")"));

@@ -1,18 +1,14 @@
 #include "trainer/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "common/error.h"
 #include "common/file_io.h"
 #include "data/crc32c.h"
+#include "data/framing.h"
 #include "trainer/safetensors.h"
 
 namespace stride::trainer {
@@ -28,26 +24,10 @@ std::string step_name(uint64_t step) {
   return name;
 }
 
-std::string frame(const std::string& payload) {
-  std::string out(kMagic, sizeof(kMagic));
-  const uint32_t crc = data::crc32c(payload.data(), payload.size());
-  const uint64_t n = payload.size();
-  out.append(reinterpret_cast<const char*>(&crc), 4);
-  out.append(reinterpret_cast<const char*>(&n), 8);
-  return out + payload;
-}
-
 proto::Manifest read_manifest(const std::string& path) {
-  const std::string bytes = read_file(path);
-  if (bytes.size() < 20 || std::memcmp(bytes.data(), kMagic, 8) != 0) throw Error(concat(path, ": not a MANIFEST"));
-  uint32_t crc;
-  uint64_t n;
-  std::memcpy(&crc, bytes.data() + 8, 4);
-  std::memcpy(&n, bytes.data() + 12, 8);
-  if (n != bytes.size() - 20) throw Error(concat(path, ": truncated"));
-  if (data::crc32c(bytes.data() + 20, n) != crc) throw Error(concat(path, ": checksum mismatch"));
+  const std::string payload = data::unframe_payload(kMagic, read_file(path), path, "MANIFEST");
   proto::Manifest m;
-  if (!m.ParseFromArray(bytes.data() + 20, static_cast<int>(n))) throw Error(concat(path, ": cannot parse"));
+  if (!m.ParseFromString(payload)) throw Error(concat(path, ": cannot parse"));
   if (m.version() > kManifestVersion) throw Error(concat(path, ": version ", m.version(), " is newer than this build"));
   return m;
 }
@@ -116,7 +96,7 @@ std::string CheckpointStore::commit(CheckpointData data) {
     e->set_crc32c(data::crc32c(bytes.data(), bytes.size()));
   }
   const std::string tmp = (fs::path(path) / ".MANIFEST.tmp").string();
-  ops_->write_file(tmp, frame(m.SerializeAsString()));
+  ops_->write_file(tmp, data::frame_payload(kMagic, m.SerializeAsString()));
   ops_->rename(tmp, (fs::path(path) / "MANIFEST").string());
   ops_->fsync_dir(path);
   ops_->fsync_dir(dir_);

@@ -436,9 +436,8 @@ void Trainer::State::checkpoint() {
   m.set_stride_version(STRIDE_VERSION);
   for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
   const auto t0 = Clock::now();
-  const std::string path = store->commit(std::move(d));
+  store->commit(std::move(d));
   out->record("checkpoint", step, {{"seconds", seconds_since(t0)}});
-  (void)path;
 }
 
 }  // namespace stride::trainer
