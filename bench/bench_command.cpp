@@ -6,12 +6,14 @@ namespace stride::bench {
 
 void add_loader_bench(CLI::App& bench);
 void add_step_bench(CLI::App& bench);
+void add_allreduce_bench(CLI::App& bench);
 
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (results and commands in docs/benchmarks.md)");
   bench->require_subcommand(1);
   add_loader_bench(*bench);
   add_step_bench(*bench);
+  add_allreduce_bench(*bench);
 }
 
 }  // namespace stride::bench

@@ -1,12 +1,19 @@
-// `stride bench step`: training steps per second of one replica on a fixed synthetic batch (forward,
-// cross-entropy, backward, SGD with momentum), the number `bench/train_compare.sh` compares with PyTorch eager.
+// `stride bench step`: training images per second of one replica on a fixed synthetic batch (forward,
+// cross-entropy, backward, SGD with momentum), the number `bench/train_compare.sh` (CPU) and
+// `bench/gpu_check.sh` (GPU) compare with PyTorch eager (`bench/torch_train_step.py`, same flags).
+#include <dlfcn.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "comm/communicator.h"
+#include "comm/reducer.h"
+#include "comm/sync_batch_norm.h"
 #include "common/error.h"
 #include "models/registry.h"
+#include "trainer/amp.h"
 #include "trainer/loss.h"
 #include "trainer/sgd.h"
 
@@ -23,46 +30,145 @@ struct StepArgs {
   int64_t warmup = 3;
   int64_t steps = 10;
   bool channels_last = false;
+  std::string device = "cpu";
+  bool amp = false;
+  std::string amp_dtype = "float16";
+  // Data parallel (run under mpirun): the communicator, and measurement switches.
+  std::string comm_backend = "auto";
+  bool no_comm = false;     // gradients are not communicated (the communication-free reference)
+  bool no_overlap = false;  // buckets are reduced after backward, not during it
+  bool sync_bn = false;
+  double bucket_cap_mb = 25.0;
+  std::string grad_compression = "none";
 };
 
+// The GPU's marketing name from the CUDA driver, looked up at run time so that the CPU LibTorch build needs
+// no CUDA headers. "unknown" when the driver library is not there.
+std::string cuda_device_name(int index) {
+  void* lib = ::dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (!lib) return "unknown";
+  using InitFn = int (*)(unsigned int);
+  using GetFn = int (*)(int*, int);
+  using NameFn = int (*)(char*, int, int);
+  auto init = reinterpret_cast<InitFn>(::dlsym(lib, "cuInit"));
+  auto get = reinterpret_cast<GetFn>(::dlsym(lib, "cuDeviceGet"));
+  auto name_of = reinterpret_cast<NameFn>(::dlsym(lib, "cuDeviceGetName"));
+  char name[256] = "unknown";
+  int dev = 0;
+  if (!init || !get || !name_of || init(0) != 0 || get(&dev, index) != 0 || name_of(name, sizeof name, dev) != 0) {
+    std::snprintf(name, sizeof name, "unknown");
+  }
+  ::dlclose(lib);
+  return name;
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
 void run_step_bench(const StepArgs& a) {
+  if (a.device != "cpu" && a.device != "cuda") throw UsageError(concat("--device must be cpu or cuda, not ", a.device));
+  comm::CommOptions co;
+  co.backend = a.comm_backend;
+  auto comm = comm::create_communicator(co);
+  const int world = comm->size();
+  const torch::Device device = a.device == "cuda"
+                                   ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank()))
+                                   : torch::Device(torch::kCPU);
+  if (device.is_cuda() && !torch::cuda::is_available()) throw Error("--device cuda: no CUDA device is available");
+  const torch::ScalarType amp_dtype = trainer::parse_amp_dtype(a.amp_dtype);
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
+  // torchvision's reference train.py turns cuDNN's autotuner on; torch_train_step.py does the same.
+  if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
+
   torch::manual_seed(0);
   models::ModelOptions mo;
   mo.num_classes = a.num_classes;
   mo.in_channels = a.in_channels;
   auto model = models::make_model(a.model, mo);
-  auto x = torch::randn({a.batch, a.in_channels, a.image_size, a.image_size});
-  auto y = torch::randint(a.num_classes, {a.batch}, torch::kLong);
+  model->to(device);
+  torch::manual_seed(static_cast<uint64_t>(comm->rank()));  // each rank its own batch
+  auto x = torch::randn({a.batch, a.in_channels, a.image_size, a.image_size}).to(device);
+  auto y = torch::randint(a.num_classes, {a.batch}, torch::kLong).to(device);
   if (a.channels_last) {
-    torch::NoGradGuard no_grad;
-    for (auto& p : model->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
-    }
+    trainer::to_channels_last(*model);
     x = x.contiguous(torch::MemoryFormat::ChannelsLast);
   }
   model->train();
+  std::unique_ptr<comm::GradientReducer> reducer;
+  // With one rank, --sync-bn measures the SyncBatchNorm arithmetic alone (its collectives are local no-ops).
+  if (a.sync_bn) comm::convert_sync_batchnorm(*model, comm);
+  if (world > 1) {
+    comm::broadcast_module_state(*model, *comm);
+    comm::ReducerOptions ro;
+    ro.bucket_cap_bytes = static_cast<int64_t>(a.bucket_cap_mb * 1024 * 1024);
+    ro.overlap = !a.no_overlap;
+    ro.skip_communication = a.no_comm;
+    ro.compression = a.grad_compression;
+    reducer = std::make_unique<comm::GradientReducer>(model->named_parameters().pairs(), comm, ro);
+  }
   trainer::Sgd sgd(trainer::weight_decay_groups(model->named_parameters().pairs(), 1e-4, 0.0), 0.9, false);
+  // Loss scaling guards fp16's narrow range; bf16 has float32's, so it trains unscaled (as PyTorch recommends).
+  trainer::GradScalerOptions so;
+  so.enabled = a.amp && amp_dtype == torch::kHalf;
+  trainer::GradScaler scaler(so);
+
+  int64_t skipped = 0;
+  torch::Tensor loss;
   auto step = [&] {
-    auto loss = trainer::cross_entropy(model->forward(x), y, 0.0);
-    loss.backward();
-    sgd.step(0.01);
+    {
+      trainer::AutocastGuard autocast(device, amp_dtype, a.amp);
+      loss = trainer::cross_entropy(model->forward(x), y, 0.0);
+    }
+    if (reducer) reducer->prepare();
+    scaler.scale(loss).backward();
+    if (reducer) reducer->finish();
+    if (!scaler.step(sgd, 0.01)) ++skipped;
     sgd.zero_grad();
   };
   for (int64_t i = 0; i < a.warmup; ++i) step();
+  synchronize(device);
+  if (reducer) reducer->reset_stats();
+  comm->barrier()->wait();
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < a.steps; ++i) step();
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  synchronize(device);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (world > 1) {  // the slowest rank's time is the job's
+    auto t = torch::tensor({secs}, torch::kDouble);
+    comm->allreduce(t, comm::ReduceOp::kMax)->wait();
+    secs = t.item<double>();
+  }
   nlohmann::json out = {{"impl", "stride"},
                         {"model", a.model},
                         {"batch", a.batch},
                         {"image_size", a.image_size},
+                        {"device", a.device},
+                        {"device_name", device.is_cuda() ? cuda_device_name(0) : std::string("cpu")},
                         {"threads", torch::get_num_threads()},
                         {"channels_last", a.channels_last},
+                        {"amp", a.amp},
+                        {"amp_dtype", a.amp ? a.amp_dtype : std::string("float32")},
                         {"steps", a.steps},
+                        {"skipped_steps", skipped},
+                        {"last_loss", loss.item<double>()},
                         {"seconds", secs},
-                        {"images_per_s", static_cast<double>(a.batch * a.steps) / secs}};
-  std::printf("%s\n", out.dump().c_str());
+                        {"ranks", world},
+                        {"images_per_s", static_cast<double>(a.batch * a.steps * world) / secs}};
+  if (reducer) {
+    const auto st = reducer->stats();
+    const double n = static_cast<double>(std::max<int64_t>(st.steps, 1));
+    out["comm"] = a.no_comm ? "skipped" : (a.no_overlap ? "after-backward" : "overlapped");
+    out["comm_backend"] = comm->backend();
+    out["sync_bn"] = a.sync_bn;
+    out["grad_compression"] = a.grad_compression;
+    out["buckets"] = st.buckets;
+    out["bytes_per_step"] = st.bytes;
+    out["comm_ms_per_step"] = 1e3 * st.comm_seconds / n;
+    out["exposed_comm_ms_per_step"] = 1e3 * st.exposed_seconds / n;
+    out["hidden_fraction"] = st.hidden_fraction();
+  }
+  if (comm->rank() == 0) std::printf("%s\n", out.dump().c_str());
 }
 
 }  // namespace
@@ -78,7 +184,17 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_option("--threads", a->threads, "Intra-op threads (0: LibTorch's default)")->capture_default_str();
   cmd->add_option("--warmup", a->warmup)->capture_default_str();
   cmd->add_option("--steps", a->steps)->capture_default_str();
-  cmd->add_flag("--channels-last", a->channels_last, "NHWC activations and weights");
+  cmd->add_flag("--channels-last", a->channels_last, "NHWC activations and 4-D weights");
+  cmd->add_option("--device", a->device, "cpu or cuda (GPU 0)")->capture_default_str();
+  cmd->add_flag("--amp", a->amp, "Autocast the forward pass; fp16 also scales the loss dynamically");
+  cmd->add_option("--amp-dtype", a->amp_dtype, "float16 or bfloat16")->capture_default_str();
+  cmd->add_option("--comm-backend", a->comm_backend, "auto | single | mpi | nccl (auto: mpi under mpirun)")
+      ->capture_default_str();
+  cmd->add_flag("--no-comm", a->no_comm, "Measurement only: skip gradient communication");
+  cmd->add_flag("--no-overlap", a->no_overlap, "Reduce buckets after backward instead of during it");
+  cmd->add_flag("--sync-bn", a->sync_bn, "Synchronised BatchNorm");
+  cmd->add_option("--bucket-cap-mb", a->bucket_cap_mb)->capture_default_str();
+  cmd->add_option("--grad-compression", a->grad_compression, "none | fp16 | bf16")->capture_default_str();
   cmd->callback([a] { run_step_bench(*a); });
 }
 

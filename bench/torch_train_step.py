@@ -1,7 +1,10 @@
 #!/usr/bin/python3
 """PyTorch eager baseline for `stride bench step`: the same model (torchvision's, or the CIFAR-style ResNet
-built the same way as Stride's), batch, threads and synthetic data; forward, cross-entropy, backward, SGD."""
+built the same way as Stride's), batch, threads, device and synthetic data; forward, cross-entropy, backward,
+SGD with momentum 0.9 and weight decay 1e-4 (not on 1-D parameters). Same flags as `stride bench step`:
+--device cuda, --amp (torch.autocast; fp16 adds torch.amp.GradScaler), --amp-dtype, --channels-last."""
 import argparse
+import contextlib
 import json
 import time
 
@@ -72,12 +75,19 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    device = torch.device("cuda", 0) if a.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as torchvision's reference train.py; stride bench step too
+    amp_dtype = torch.float16 if a.amp_dtype == "float16" else torch.bfloat16
     torch.manual_seed(0)
-    model = build(a.model, a.in_channels, a.num_classes)
-    x = torch.randn(a.batch_size, a.in_channels, a.image_size, a.image_size)
-    y = torch.randint(a.num_classes, (a.batch_size,))
+    model = build(a.model, a.in_channels, a.num_classes).to(device)
+    x = torch.randn(a.batch_size, a.in_channels, a.image_size, a.image_size).to(device)
+    y = torch.randint(a.num_classes, (a.batch_size,)).to(device)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -87,21 +97,45 @@ def main():
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=0.01, momentum=0.9)
 
+    # Loss scaling for fp16 only: bf16 has float32's range. torch.amp.GradScaler is torch >= 2.3's name.
+    scale = a.amp and amp_dtype == torch.float16
+    if hasattr(torch.amp, "GradScaler"):
+        scaler = torch.amp.GradScaler(device.type, enabled=scale)
+    else:
+        scaler = torch.cuda.amp.GradScaler(enabled=scale)
+    last = {}
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if a.amp else contextlib.nullcontext()
+
     def step():
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=False)
+        last["loss"] = loss
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     for _ in range(a.warmup):
         step()
+    sync()
     t0 = time.monotonic()
     for _ in range(a.steps):
         step()
+    sync()
     secs = time.monotonic() - t0
     print(json.dumps({"impl": "pytorch", "model": a.model, "batch": a.batch_size, "image_size": a.image_size,
-                      "threads": torch.get_num_threads(), "channels_last": a.channels_last, "steps": a.steps,
-                      "seconds": secs, "images_per_s": a.batch_size * a.steps / secs}))
+                      "device": a.device,
+                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                      "threads": torch.get_num_threads(), "channels_last": a.channels_last, "amp": a.amp,
+                      "amp_dtype": a.amp_dtype if a.amp else "float32", "steps": a.steps,
+                      "last_loss": last["loss"].item(), "torch": torch.__version__, "seconds": secs,
+                      "images_per_s": a.batch_size * a.steps / secs}))
 
 
 if __name__ == "__main__":

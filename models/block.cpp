@@ -96,7 +96,7 @@ ResidualBlockImpl::ResidualBlockImpl(const BlockSpec& spec) : spec_(spec) {
     const std::string n = std::to_string(++i);
     // Register in torchvision's order (conv1, bn1, conv2, bn2, ...) so parameters() order matches too.
     convs_.push_back(register_module("conv" + n, conv(c.in, c.out, c.kernel, c.stride, c.groups)));
-    bns_.push_back(register_module("bn" + n, nn::BatchNorm2d(c.bn_channels)));
+    bns_.push_back(register_module("bn" + n, Norm2d(c.bn_channels)));
   }
   if (spec.se_reduction > 0) se_ = register_module("se", SqueezeExcite(spec.out_channels(), spec.se_reduction));
 
@@ -104,7 +104,7 @@ ResidualBlockImpl::ResidualBlockImpl(const BlockSpec& spec) : spec_(spec) {
   if (has_projection(spec)) {
     downsample_ = nn::Sequential();
     downsample_->push_back(conv(spec.in_channels, spec.out_channels(), 1, spec.stride));
-    if (!spec.preact) downsample_->push_back(nn::BatchNorm2d(spec.out_channels()));
+    if (!spec.preact) downsample_->push_back(Norm2d(spec.out_channels()));
     register_module("downsample", downsample_);
   }
   if (shape_changes_ && spec.shortcut == Shortcut::kZeroPad) {
@@ -113,7 +113,7 @@ ResidualBlockImpl::ResidualBlockImpl(const BlockSpec& spec) : spec_(spec) {
   }
 }
 
-nn::BatchNorm2d ResidualBlockImpl::last_bn() const { return spec_.preact ? nn::BatchNorm2d(nullptr) : bns_.back(); }
+Norm2d ResidualBlockImpl::last_bn() const { return spec_.preact ? Norm2d(nullptr) : bns_.back(); }
 
 torch::Tensor ResidualBlockImpl::shortcut(const torch::Tensor& x, const torch::Tensor& preactivated) {
   if (!shape_changes_) return x;

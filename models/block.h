@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include "models/norm.h"
 
 namespace stride::models {
 
@@ -75,7 +76,7 @@ class ResidualBlockImpl : public torch::nn::Module {
 
   const BlockSpec& spec() const { return spec_; }
   // The BatchNorm whose gamma "zero-init residual" sets to 0 (post-activation), or nullptr (pre-activation).
-  torch::nn::BatchNorm2d last_bn() const;
+  Norm2d last_bn() const;
   // The branch's last convolution (zero-initialised instead of a BN in pre-activation blocks).
   torch::nn::Conv2d last_conv() const { return convs_.back(); }
 
@@ -84,7 +85,7 @@ class ResidualBlockImpl : public torch::nn::Module {
 
   BlockSpec spec_;
   std::vector<torch::nn::Conv2d> convs_;
-  std::vector<torch::nn::BatchNorm2d> bns_;
+  std::vector<Norm2d> bns_;
   SqueezeExcite se_{nullptr};
   torch::nn::Sequential downsample_{nullptr};
   bool shape_changes_ = false;

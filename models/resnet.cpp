@@ -84,7 +84,7 @@ ResNetImpl::ResNetImpl(ResNetSpec spec, ModelOptions options)
                                               .stride(imagenet ? 2 : 1)
                                               .padding(imagenet ? 3 : 1)
                                               .bias(false)));
-  if (!spec_.preact) bn1_ = register_module("bn1", nn::BatchNorm2d(spec_.stem_channels));
+  if (!spec_.preact) bn1_ = register_module("bn1", Norm2d(spec_.stem_channels));
   int64_t channels = spec_.stem_channels;
   int s = 0;
   for (const auto& block_specs : stage_block_specs(spec_, options_)) {
@@ -96,7 +96,7 @@ ResNetImpl::ResNetImpl(ResNetSpec spec, ModelOptions options)
     stages_.push_back(register_module("layer" + std::to_string(++s), stage));
   }
   feature_dim_ = channels;
-  if (spec_.preact) final_bn_ = register_module("final_bn", nn::BatchNorm2d(channels));
+  if (spec_.preact) final_bn_ = register_module("final_bn", Norm2d(channels));
   fc_ = register_module("fc", nn::Linear(feature_dim_, num_classes_));
   initialize();
 }
@@ -114,7 +114,7 @@ void ResNetImpl::initialize() {
     if (auto* c = m->as<nn::Conv2d>()) {
       nn::init::kaiming_normal_(c->weight, 0.0, mode, torch::kReLU);
       if (c->options.bias()) nn::init::zeros_(c->bias);
-    } else if (auto* bn = m->as<nn::BatchNorm2d>()) {
+    } else if (auto* bn = m->as<Norm2d>()) {
       nn::init::ones_(bn->weight);
       nn::init::zeros_(bn->bias);
     }

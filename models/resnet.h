@@ -90,8 +90,8 @@ class ResNetImpl : public torch::nn::Module {
   int64_t num_classes_ = 0;
   int64_t feature_dim_ = 0;
   torch::nn::Conv2d conv1_{nullptr};
-  torch::nn::BatchNorm2d bn1_{nullptr};       // post-activation stem only
-  torch::nn::BatchNorm2d final_bn_{nullptr};  // pre-activation only
+  Norm2d bn1_{nullptr};       // post-activation stem only
+  Norm2d final_bn_{nullptr};  // pre-activation only
   std::vector<torch::nn::Sequential> stages_;
   torch::nn::Linear fc_{nullptr};
 };

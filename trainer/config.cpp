@@ -71,6 +71,11 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"seed", "Seed for weights, data order and augmentation", &c.seed},
       {"threads", "Intra-op threads (0: LibTorch's default)", &c.threads},
       {"amp", "Automatic mixed precision (GPU only)", &c.amp},
+      {"comm-backend", "auto | single | mpi | nccl (auto: mpi when started by mpirun/srun with several ranks)",
+       &c.comm_backend},
+      {"comm-timeout", "Seconds a collective may take before the run stops with exit code 75", &c.comm_timeout},
+      {"bucket-cap-mb", "Gradient bucket size cap in MiB (the first bucket is 1 MiB at most)", &c.bucket_cap_mb},
+      {"grad-compression", "none | fp16 | bf16: communicate gradients in 16 bits", &c.grad_compression},
   };
 }
 
@@ -203,6 +208,10 @@ void validate(const TrainConfig& c) {
   non_negative("cutout", static_cast<double>(c.cutout));
   non_negative("eval-freq", static_cast<double>(c.eval_freq));
   non_negative("pad", static_cast<double>(c.pad));
+  one_of("comm-backend", c.comm_backend, {"auto", "single", "mpi", "nccl"});
+  one_of("grad-compression", c.grad_compression, {"none", "fp16", "bf16"});
+  if (!(c.comm_timeout > 0.0)) throw UsageError(concat("--comm-timeout must be positive, got ", c.comm_timeout));
+  if (!(c.bucket_cap_mb > 0.0)) throw UsageError(concat("--bucket-cap-mb must be positive, got ", c.bucket_cap_mb));
   if (c.label_smoothing < 0.0 || c.label_smoothing >= 1.0)
     throw UsageError(concat("--label-smoothing must be in [0, 1), got ", c.label_smoothing));
   if (c.momentum >= 1.0) throw UsageError(concat("--momentum must be < 1, got ", c.momentum));

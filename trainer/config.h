@@ -77,7 +77,12 @@ struct TrainConfig {
   int64_t seed = 0;
   int64_t threads = 0;  // intra-op threads; 0: LibTorch's default
   bool amp = false;
-  std::string config_file;  // the --config file it came from (informational)
+  // Data parallelism (docs/distributed.md)
+  std::string comm_backend = "auto";      // auto | single | mpi | nccl
+  double comm_timeout = 300.0;            // seconds a collective may take before the run fails (exit code 75)
+  double bucket_cap_mb = 25.0;            // gradient bucket cap
+  std::string grad_compression = "none";  // none | fp16 | bf16
+  std::string config_file;                // the --config file it came from (informational)
 };
 
 using OptionTarget = std::variant<int64_t*, double*, bool*, std::string*, std::vector<int64_t>*, std::vector<double>*,

@@ -2,6 +2,7 @@
 // name so checkpoints store it next to the weights. The update is PyTorch's torch.optim.SGD (dampening 0):
 //   d = g + wd * p;  buf = d (first step) or momentum * buf + d;  d = nesterov ? d + momentum * buf : buf;
 //   p -= lr * d
+// Parameters on a GPU are updated with multi-tensor (foreach) kernels, the same arithmetic in fewer launches.
 // Not thread-safe; one per replica.
 #pragma once
 
@@ -35,6 +36,8 @@ class Sgd {
   std::map<std::string, torch::Tensor>& momentum_buffers() { return buffers_; }
 
  private:
+  void step_group_foreach(ParamGroup& group, double lr);
+
   std::vector<ParamGroup> groups_;
   double momentum_;
   bool nesterov_;

@@ -4,10 +4,14 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <set>
 
+#include "comm/communicator.h"
+#include "comm/reducer.h"
+#include "comm/sync_batch_norm.h"
 #include "common/error.h"
 #include "common/file_io.h"
 #include "data/crc32c.h"
@@ -61,7 +65,9 @@ void set_rng_state(const torch::Tensor& state) {
 
 struct Trainer::State {
   TrainConfig c;
-  // Note [Rank identity]: single process for now; the communicator will supply these.
+  // Note [Rank identity]: from the communicator (MPI under mpirun/srun, else a single rank).
+  std::shared_ptr<comm::Communicator> comm;
+  std::unique_ptr<comm::GradientReducer> reducer;
   uint64_t rank = 0, world = 1;
   std::unique_ptr<RunOutput> out;
   std::unique_ptr<data::ShardedLoader> train_data, eval_data;
@@ -85,12 +91,30 @@ struct Trainer::State {
   void evaluate_and_record();
   void checkpoint();
   void update_ema();
+  // Element-wise sum of `values` over all ranks (one small collective).
+  std::vector<double> sum_over_ranks(std::vector<double> values);
+  // Plain BN keeps per-rank running statistics; average them before they are evaluated or saved.
+  void sync_buffers();
 };
 
 Trainer::Trainer(TrainConfig config) : s_(std::make_unique<State>()) { s_->c = std::move(config); }
 Trainer::~Trainer() = default;
 
 int Trainer::run() {
+  try {
+    return run_unchecked();
+  } catch (const comm::CommError& e) {
+    // A collective failed or timed out: a peer is dead or unreachable. Exit at once with the code a supervisor
+    // restarts on (the last committed checkpoint is intact); unwinding could block on the stuck collective.
+    std::fprintf(stderr, "stride: error: communication failure on %s: %s\n",
+                 s_->comm ? s_->comm->describe().c_str() : "this rank", e.what());
+    std::fflush(stderr);
+    std::fflush(stdout);
+    std::_Exit(comm::kCommFailureExitCode);
+  }
+}
+
+int Trainer::run_unchecked() {
   s_->setup();
   if (s_->c.test_only) {
     auto r = s_->evaluate(s_->model);
@@ -107,6 +131,12 @@ int Trainer::run() {
 // ---------------------------------------------------------------------------------------------------------
 void Trainer::State::setup() {
   validate(c);
+  comm::CommOptions co;
+  co.backend = c.comm_backend;
+  co.timeout = std::chrono::milliseconds(static_cast<int64_t>(c.comm_timeout * 1000.0));
+  comm = comm::create_communicator(co);
+  rank = static_cast<uint64_t>(comm->rank());
+  world = static_cast<uint64_t>(comm->size());
   if (c.amp && !torch::cuda::is_available()) {
     throw UsageError("--amp needs a CUDA device; this machine has none (run without --amp on CPU)");
   }
@@ -114,6 +144,10 @@ void Trainer::State::setup() {
     std::fprintf(stderr, "stride: note: --sync-bn with one rank is plain BatchNorm\n");
   }
   if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
+  if (world > 1 && rank == 0) {
+    std::fprintf(stderr, "stride: %llu ranks over %s\n", static_cast<unsigned long long>(world),
+                 comm->backend().c_str());
+  }
   fs::create_directories(c.output_dir);
   const std::string config_text = to_toml(c);
   config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
@@ -185,6 +219,32 @@ void Trainer::State::setup() {
   store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
   cursor = {0, 0, static_cast<uint64_t>(c.seed)};
   if (!c.resume.empty()) resume();
+  if (world > 1) {
+    // Every replica starts from rank 0's weights and buffers (after --weights / --resume, which all ranks read).
+    comm::broadcast_module_state(*model, *comm);
+    if (ema) comm::broadcast_module_state(*ema, *comm);
+    if (c.sync_bn) comm::convert_sync_batchnorm(*model, comm);
+    if (!c.test_only) {
+      comm::ReducerOptions ro;
+      ro.bucket_cap_bytes = static_cast<int64_t>(c.bucket_cap_mb * 1024.0 * 1024.0);
+      ro.compression = c.grad_compression;
+      reducer = std::make_unique<comm::GradientReducer>(model->named_parameters().pairs(), comm, ro);
+    }
+  }
+}
+
+std::vector<double> Trainer::State::sum_over_ranks(std::vector<double> values) {
+  if (world == 1) return values;
+  auto t = torch::tensor(values, torch::kDouble);
+  comm->allreduce(t, comm::ReduceOp::kSum)->wait();
+  auto a = t.accessor<double, 1>();
+  for (size_t i = 0; i < values.size(); ++i) values[i] = a[static_cast<int64_t>(i)];
+  return values;
+}
+
+void Trainer::State::sync_buffers() {
+  if (world == 1 || c.sync_bn) return;  // SyncBN's running statistics are identical on every rank
+  comm::average_buffers(*model, *comm);
 }
 
 void Trainer::State::load_weights(const std::string& path) {
@@ -254,7 +314,7 @@ void Trainer::State::resume() {
 void Trainer::State::apply_freeze() {
   if (c.freeze.empty()) return;
   for (const auto& item : model->named_modules("", /*include_self=*/false)) {
-    if (item.value()->as<torch::nn::BatchNorm2d>() &&
+    if (item.value()->as<models::Norm2d>() &&
         std::find(c.freeze.begin(), c.freeze.end(), models::stage_of(item.key() + ".")) != c.freeze.end()) {
       item.value()->eval();  // frozen BN keeps its running statistics
     }
@@ -294,7 +354,10 @@ void Trainer::State::train() {
       const auto& target = batch->targets.defined() ? batch->targets : batch->labels;
       auto logits = model->forward(batch->images);
       auto loss = cross_entropy(logits, target, c.label_smoothing, batch->valid);
+      const bool last_micro = (micro + 1) % c.accum_steps == 0;
+      if (reducer) reducer->prepare(/*reduce=*/last_micro);
       (c.accum_steps > 1 ? loss / static_cast<double>(c.accum_steps) : loss).backward();
+      if (reducer && last_micro) reducer->finish();
       const double loss_value = loss.item<double>();
       loss_sum += loss_value;
       epoch_loss_sum += loss_value;
@@ -318,8 +381,15 @@ void Trainer::State::train() {
       ++step;
       if (ema) update_ema();
       if (step % c.print_freq == 0 || step == limit) {
+        // Loss and training error over all ranks' samples (every rank reaches the same steps).
+        auto sums = sum_over_ranks({loss_sum, static_cast<double>(loss_count), static_cast<double>(interval_correct),
+                                    static_cast<double>(interval_seen)});
+        loss_sum = sums[0];
+        loss_count = static_cast<int64_t>(sums[1]);
+        interval_correct = static_cast<int64_t>(sums[2]);
+        interval_seen = static_cast<int64_t>(sums[3]);
         const double secs = seconds_since(interval_start);
-        const double ips = static_cast<double>(images * static_cast<int64_t>(world)) / std::max(secs, 1e-9);
+        const double ips = static_cast<double>(images) * static_cast<double>(world) / std::max(secs, 1e-9);
         const double done_frac = static_cast<double>(step - first_step) / static_cast<double>(limit - first_step);
         const double eta = seconds_since(run_start) * (1.0 - done_frac) / std::max(done_frac, 1e-9);
         const double mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1));
@@ -353,6 +423,14 @@ void Trainer::State::train() {
       if (c.checkpoint_every == 0 || step % c.checkpoint_every != 0) checkpoint();
       break;
     }
+    {
+      auto sums = sum_over_ranks({epoch_loss_sum, static_cast<double>(epoch_batches),
+                                  static_cast<double>(epoch_correct), static_cast<double>(epoch_seen)});
+      epoch_loss_sum = sums[0];
+      epoch_batches = static_cast<int64_t>(sums[1]);
+      epoch_correct = static_cast<int64_t>(sums[2]);
+      epoch_seen = static_cast<int64_t>(sums[3]);
+    }
     nlohmann::json summary = {{"epoch", cursor.epoch + 1},
                               {"train_loss", epoch_loss_sum / static_cast<double>(std::max<int64_t>(epoch_batches, 1))},
                               {"seconds", seconds_since(run_start)}};
@@ -384,6 +462,13 @@ EvalResult Trainer::State::evaluate(models::ResNet& m) {
     total.count += r.count;
     total.loss_sum += r.loss_sum;
   }
+  // Each rank evaluated its slice (padding flagged invalid): summing the counts counts every sample once.
+  auto sums = sum_over_ranks({static_cast<double>(total.top1), static_cast<double>(total.top5),
+                              static_cast<double>(total.count), total.loss_sum});
+  total.top1 = static_cast<int64_t>(sums[0]);
+  total.top5 = static_cast<int64_t>(sums[1]);
+  total.count = static_cast<int64_t>(sums[2]);
+  total.loss_sum = sums[3];
   EvalResult e;
   e.count = total.count;
   const double n = static_cast<double>(std::max<int64_t>(total.count, 1));
@@ -395,6 +480,7 @@ EvalResult Trainer::State::evaluate(models::ResNet& m) {
 
 void Trainer::State::evaluate_and_record() {
   const auto t0 = Clock::now();
+  sync_buffers();
   auto r = evaluate(model);
   last_eval = {{"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}};
   nlohmann::json fields = {{"epoch", cursor.epoch}, {"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}};
@@ -416,6 +502,7 @@ void Trainer::State::evaluate_and_record() {
 }
 
 void Trainer::State::checkpoint() {
+  sync_buffers();
   if (rank != 0) return;
   CheckpointData d;
   d.model = models::state_dict(*model);

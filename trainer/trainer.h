@@ -26,9 +26,11 @@ class Trainer {
   explicit Trainer(TrainConfig config);
   ~Trainer();
   // Trains (or evaluates with --test-only). Returns the process exit code.
+  // A communication failure (comm::CommError) ends the process with exit code 75 (see docs/distributed.md).
   int run();
 
  private:
+  int run_unchecked();
   struct State;
   std::unique_ptr<State> s_;
 };

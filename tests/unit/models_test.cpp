@@ -252,3 +252,33 @@ TEST(Dropout, BeforeTheClassifierOnlyInTraining) {
 
 }  // namespace
 }  // namespace stride::models
+
+namespace stride::models {
+namespace {
+
+// models::Norm2d is LibTorch's BatchNorm2d (names, defaults, numerics), with a sync hook on top.
+TEST(BatchNorm, Norm2dMatchesTorchBatchNorm2d) {
+  Norm2d ours(5);
+  torch::nn::BatchNorm2d theirs(5);
+  EXPECT_EQ(ours->named_parameters().keys(), theirs->named_parameters().keys());
+  EXPECT_EQ(ours->named_buffers().keys(), theirs->named_buffers().keys());
+  for (int step = 0; step < 3; ++step) {
+    auto x = torch::randn({4, 5, 3, 3}) * 2 + 1;
+    auto xa = x.clone().requires_grad_(true), xb = x.clone().requires_grad_(true);
+    auto ya = ours->forward(xa), yb = theirs->forward(xb);
+    EXPECT_TRUE(torch::allclose(ya, yb, 1e-5, 1e-6));
+    (ya * ya).sum().backward();
+    (yb * yb).sum().backward();
+    EXPECT_TRUE(torch::allclose(xa.grad(), xb.grad(), 1e-4, 1e-5));
+    EXPECT_TRUE(torch::allclose(ours->weight.grad(), theirs->weight.grad(), 1e-4, 1e-5));
+  }
+  EXPECT_TRUE(torch::allclose(ours->running_var, theirs->running_var));
+  EXPECT_EQ(ours->num_batches_tracked.item<int64_t>(), 3);
+  ours->eval();
+  theirs->eval();
+  auto probe = torch::randn({2, 5, 3, 3});
+  EXPECT_TRUE(torch::allclose(ours->forward(probe), theirs->forward(probe), 1e-5, 1e-6));
+}
+
+}  // namespace
+}  // namespace stride::models

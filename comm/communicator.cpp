@@ -1,0 +1,210 @@
+#include "comm/communicator.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <map>
+
+#include "comm/local/local_communicator.h"
+#ifdef STRIDE_WITH_MPI
+#include "comm/mpi/mpi_communicator.h"
+#endif
+#ifdef STRIDE_WITH_NCCL
+#include "comm/nccl/nccl_communicator.h"
+#endif
+
+namespace stride::comm {
+
+const char* reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// HostWork
+// ---------------------------------------------------------------------------------------------------------
+bool HostWork::wait_for(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return done_; });
+  if (error_) std::rethrow_exception(error_);
+  return done_;
+}
+
+void HostWork::wait() {
+  if (!wait_for(timeout_)) {
+    throw CommError(concat(what_, " did not complete within ", timeout_.count() / 1000.0,
+                           " s: a peer rank is probably dead, stuck or unreachable (raise --comm-timeout if a "
+                           "rank is legitimately slower)"));
+  }
+}
+
+bool HostWork::completed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+std::exception_ptr HostWork::error() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+void HostWork::start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  started_ = std::chrono::steady_clock::now();
+}
+
+double HostWork::run_seconds() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!done_ || started_ == std::chrono::steady_clock::time_point{}) return 0.0;
+  return std::chrono::duration<double>(finished_ - started_).count();
+}
+
+void HostWork::finish(std::exception_ptr error) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    finished_ = std::chrono::steady_clock::now();
+    error_ = std::move(error);
+  }
+  cv_.notify_all();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Communicator
+// ---------------------------------------------------------------------------------------------------------
+std::string Communicator::host() const {
+  char name[256] = {0};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
+  return name;
+}
+
+std::string Communicator::describe() const { return concat("rank ", rank(), "/", size(), " (", host(), ")"); }
+
+void Communicator::check_tensor(const char* op, const torch::Tensor& t) const {
+  if (!t.defined()) throw Error(concat(op, " on ", describe(), ": the tensor is undefined"));
+  if (!t.is_contiguous()) throw Error(concat(op, " on ", describe(), ": the tensor is not contiguous"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Factory
+// ---------------------------------------------------------------------------------------------------------
+namespace {
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  return std::atoi(v);
+}
+
+}  // namespace
+
+bool launched_as_multiple_ranks() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS", "SLURM_NPROCS"}) {
+    if (env_int(var, 1) > 1) return true;
+  }
+  return false;
+}
+
+std::string built_backends() {
+  std::string s = "single local";
+#ifdef STRIDE_WITH_MPI
+  s += " mpi";
+#endif
+#ifdef STRIDE_WITH_NCCL
+  s += " nccl";
+#endif
+  return s;
+}
+
+std::shared_ptr<Communicator> create_communicator(const CommOptions& options) {
+  std::string backend = options.backend;
+  if (backend == "auto") backend = launched_as_multiple_ranks() ? "mpi" : "single";
+  std::shared_ptr<Communicator> comm;
+  if (backend == "single") {
+    comm = LocalWorld::create(1)->communicator(0);
+  } else if (backend == "mpi" || backend == "nccl") {
+#ifdef STRIDE_WITH_MPI
+    comm = MpiCommunicator::create();
+#else
+    if (backend == "mpi" || launched_as_multiple_ranks()) {
+      throw UsageError(concat("--comm-backend ", options.backend, ": this stride was built without Open MPI (built: ",
+                              built_backends(), "); install libopenmpi-dev and rebuild, or run one rank"));
+    }
+    comm = LocalWorld::create(1)->communicator(0);
+#endif
+    if (backend == "nccl") {
+#ifdef STRIDE_WITH_NCCL
+      comm->set_timeout(options.timeout);
+      comm = make_nccl_communicator(comm);
+#else
+      throw UsageError(concat("--comm-backend nccl: this stride was built without NCCL (built: ", built_backends(),
+                              "); configure with -DSTRIDE_WITH_NCCL=ON"));
+#endif
+    }
+  } else {
+    throw UsageError(concat("--comm-backend: unknown back-end '", options.backend, "' (auto, single, mpi, nccl)"));
+  }
+  comm->set_timeout(options.timeout);
+  return comm;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Coalesced helpers
+// ---------------------------------------------------------------------------------------------------------
+namespace {
+
+std::map<c10::ScalarType, std::vector<torch::Tensor>> by_dtype(const std::vector<torch::Tensor>& tensors) {
+  std::map<c10::ScalarType, std::vector<torch::Tensor>> groups;
+  for (const auto& t : tensors) groups[t.scalar_type()].push_back(t);
+  return groups;
+}
+
+void scatter_back(const torch::Tensor& flat, const std::vector<torch::Tensor>& tensors) {
+  torch::NoGradGuard no_grad;
+  int64_t offset = 0;
+  for (const auto& t : tensors) {
+    const int64_t n = t.numel();
+    t.copy_(flat.narrow(0, offset, n).view(t.sizes()));
+    offset += n;
+  }
+}
+
+torch::Tensor flatten(const std::vector<torch::Tensor>& tensors) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> flat;
+  flat.reserve(tensors.size());
+  for (const auto& t : tensors) flat.push_back(t.detach().reshape({-1}));
+  return torch::cat(flat);
+}
+
+}  // namespace
+
+void broadcast_coalesced(Communicator& c, const std::vector<torch::Tensor>& tensors, int root) {
+  if (c.size() == 1) return;
+  for (auto& [dtype, group] : by_dtype(tensors)) {
+    auto flat = flatten(group);
+    c.broadcast(flat, root)->wait();
+    scatter_back(flat, group);
+  }
+}
+
+void average_coalesced(Communicator& c, const std::vector<torch::Tensor>& tensors) {
+  if (c.size() == 1) return;
+  for (auto& [dtype, group] : by_dtype(tensors)) {
+    if (!c10::isFloatingType(dtype)) continue;
+    auto flat = flatten(group);
+    c.allreduce(flat, ReduceOp::kAvg)->wait();
+    scatter_back(flat, group);
+  }
+}
+
+}  // namespace stride::comm

@@ -1,0 +1,255 @@
+#include "comm/mpi/mpi_communicator.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <mpi.h>
+
+#include <climits>
+#include <future>
+
+#include "comm/owner_thread.h"
+
+namespace stride::comm {
+namespace {
+
+template <typename T>
+void sum_16(void* in, void* inout, int* len, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
+std::string mpi_error_string(int rc) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, buf, &len) != MPI_SUCCESS) return concat("MPI error ", rc);
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+// The process-wide MPI state; MPI can be initialised once per process.
+std::mutex g_mu;
+std::weak_ptr<MpiCommunicator> g_instance;
+bool g_finalized = false;
+
+}  // namespace
+
+struct MpiCommunicator::Impl {
+  OwnerThread owner;
+  MPI_Comm comm = MPI_COMM_NULL;
+  MPI_Op half_sum = MPI_OP_NULL, bf16_sum = MPI_OP_NULL;
+  int rank = 0;
+  std::string host;
+  bool initialized_here = false;
+
+  void check(int rc, const char* call) const {
+    if (rc != MPI_SUCCESS) {
+      throw CommError(concat(call, " failed on MPI rank ", rank, " (", host, "): ", mpi_error_string(rc)));
+    }
+  }
+
+  MPI_Datatype datatype(const torch::Tensor& t) const {
+    switch (t.scalar_type()) {
+      case torch::kFloat:
+        return MPI_FLOAT;
+      case torch::kDouble:
+        return MPI_DOUBLE;
+      case torch::kLong:
+        return MPI_INT64_T;
+      case torch::kInt:
+        return MPI_INT32_T;
+      case torch::kShort:
+        return MPI_INT16_T;
+      case torch::kChar:
+        return MPI_INT8_T;
+      case torch::kByte:
+      case torch::kBool:
+        return MPI_UINT8_T;
+      case torch::kHalf:
+      case torch::kBFloat16:
+        return MPI_UINT16_T;
+      default:
+        throw Error(concat("MPI communicator: unsupported dtype ", t.scalar_type()));
+    }
+  }
+
+  MPI_Op op_for(const torch::Tensor& t, ReduceOp op) const {
+    const auto dt = t.scalar_type();
+    if (dt == torch::kHalf || dt == torch::kBFloat16) {
+      if (op != ReduceOp::kSum && op != ReduceOp::kAvg) {
+        throw Error(concat("MPI communicator: ", reduce_op_name(op), " of ", dt, " is not supported"));
+      }
+      return dt == torch::kHalf ? half_sum : bf16_sum;
+    }
+    if (dt == torch::kBool) throw Error("MPI communicator: reductions of bool tensors are not supported");
+    switch (op) {
+      case ReduceOp::kSum:
+      case ReduceOp::kAvg:
+        return MPI_SUM;
+      case ReduceOp::kMax:
+        return MPI_MAX;
+      case ReduceOp::kMin:
+        return MPI_MIN;
+    }
+    return MPI_SUM;
+  }
+
+  // MPI counts are int: large tensors go in chunks.
+  template <typename F>
+  static void chunked(const torch::Tensor& t, F fn) {
+    constexpr int64_t kChunk = int64_t{1} << 30;
+    const int64_t n = t.numel();
+    const int64_t elem = static_cast<int64_t>(t.element_size());
+    char* base = static_cast<char*>(t.data_ptr());
+    for (int64_t off = 0; off < n; off += kChunk) {
+      fn(base + off * elem, static_cast<int>(std::min(kChunk, n - off)));
+    }
+  }
+};
+
+std::shared_ptr<MpiCommunicator> MpiCommunicator::create() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (auto existing = g_instance.lock()) return existing;
+  if (g_finalized) throw CommError("MPI was already finalized in this process; it cannot be initialised again");
+  auto comm = std::shared_ptr<MpiCommunicator>(new MpiCommunicator());
+  g_instance = comm;
+  return comm;
+}
+
+MpiCommunicator::MpiCommunicator() : impl_(std::make_shared<Impl>()) {
+  struct Setup {
+    int rank = 0, size = 1, local_rank = 0;
+    std::string host;
+  };
+  std::promise<Setup> promise;
+  auto future = promise.get_future();
+  impl_->owner.post([impl = impl_, &promise] {
+    try {
+      int initialized = 0;
+      MPI_Initialized(&initialized);
+      if (!initialized) {
+        int provided = 0;
+        const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+        if (rc != MPI_SUCCESS) throw CommError(concat("MPI_Init_thread failed: ", mpi_error_string(rc)));
+        impl->initialized_here = true;
+      }
+      MPI_Comm_dup(MPI_COMM_WORLD, &impl->comm);
+      MPI_Comm_set_errhandler(impl->comm, MPI_ERRORS_RETURN);
+      Setup s;
+      MPI_Comm_rank(impl->comm, &s.rank);
+      MPI_Comm_size(impl->comm, &s.size);
+      char name[MPI_MAX_PROCESSOR_NAME];
+      int len = 0;
+      MPI_Get_processor_name(name, &len);
+      s.host.assign(name, static_cast<size_t>(len));
+      impl->rank = s.rank;
+      impl->host = s.host;
+      MPI_Comm local;
+      impl->check(MPI_Comm_split_type(impl->comm, MPI_COMM_TYPE_SHARED, s.rank, MPI_INFO_NULL, &local),
+                  "MPI_Comm_split_type");
+      MPI_Comm_rank(local, &s.local_rank);
+      MPI_Comm_free(&local);
+      MPI_Op_create(&sum_16<c10::Half>, 1, &impl->half_sum);
+      MPI_Op_create(&sum_16<c10::BFloat16>, 1, &impl->bf16_sum);
+      promise.set_value(s);
+    } catch (...) {
+      promise.set_exception(std::current_exception());
+    }
+  });
+  Setup s = future.get();
+  rank_ = s.rank;
+  size_ = s.size;
+  local_rank_ = s.local_rank;
+  host_ = s.host;
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  // Finalise on the owner thread after the queued collectives; if one is stuck (a dead peer), abandon it: the
+  // process is on its way out and MPI_Finalize would block too.
+  const bool clean = impl_->owner.stop(std::chrono::seconds(30), [impl = impl_] {
+    MPI_Op_free(&impl->half_sum);
+    MPI_Op_free(&impl->bf16_sum);
+    MPI_Comm_free(&impl->comm);
+    if (impl->initialized_here) MPI_Finalize();
+  });
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_finalized = true;
+  (void)clean;
+}
+
+WorkPtr MpiCommunicator::submit(std::string what, std::function<void()> fn) {
+  auto work = std::make_shared<HostWork>(concat(what, " on ", describe()), timeout());
+  impl_->owner.post([fn = std::move(fn), work] {
+    try {
+      work->start();
+      torch::NoGradGuard no_grad;
+      fn();
+      work->finish();
+    } catch (...) {
+      work->finish(std::current_exception());
+    }
+  });
+  return work;
+}
+
+WorkPtr MpiCommunicator::allreduce(torch::Tensor t, ReduceOp op) {
+  check_tensor("allreduce", t);
+  STRIDE_CHECK(t.device().is_cpu(), "the MPI communicator takes CPU tensors (use --comm-backend nccl on GPUs)");
+  if (op == ReduceOp::kAvg && !t.is_floating_point()) {
+    throw Error(concat("allreduce avg on ", describe(), ": needs a floating-point tensor, got ", t.scalar_type()));
+  }
+  const MPI_Datatype dt = impl_->datatype(t);
+  const MPI_Op mop = impl_->op_for(t, op);
+  return submit(concat("MPI_Allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
+                [impl = impl_, t, dt, mop, op, size = size_] {
+                  Impl::chunked(t, [&](void* p, int n) {
+                    impl->check(MPI_Allreduce(MPI_IN_PLACE, p, n, dt, mop, impl->comm), "MPI_Allreduce");
+                  });
+                  if (op == ReduceOp::kAvg) t.div_(size);
+                });
+}
+
+WorkPtr MpiCommunicator::broadcast(torch::Tensor t, int root) {
+  check_tensor("broadcast", t);
+  STRIDE_CHECK(t.device().is_cpu(), "the MPI communicator takes CPU tensors");
+  STRIDE_CHECK(root >= 0 && root < size_, "broadcast root ", root, " of ", size_, " ranks");
+  const MPI_Datatype dt = impl_->datatype(t);
+  return submit(
+      concat("MPI_Bcast of ", t.numel(), " x ", t.scalar_type(), " from rank ", root), [impl = impl_, t, dt, root] {
+        Impl::chunked(t, [&](void* p, int n) { impl->check(MPI_Bcast(p, n, dt, root, impl->comm), "MPI_Bcast"); });
+      });
+}
+
+WorkPtr MpiCommunicator::allgather(torch::Tensor in, torch::Tensor out) {
+  check_tensor("allgather", in);
+  check_tensor("allgather", out);
+  STRIDE_CHECK(in.device().is_cpu() && out.device().is_cpu(), "the MPI communicator takes CPU tensors");
+  STRIDE_CHECK_EQ(out.numel(), in.numel() * size_, "allgather output size on ", describe());
+  STRIDE_CHECK(in.scalar_type() == out.scalar_type(), "allgather dtypes differ: ", in.scalar_type(), " vs ",
+               out.scalar_type());
+  STRIDE_CHECK_LE(in.numel(), INT_MAX, "allgather input too large for one MPI call");
+  const MPI_Datatype dt = impl_->datatype(in);
+  return submit(concat("MPI_Allgather of ", in.numel(), " x ", in.scalar_type()), [impl = impl_, in, out, dt] {
+    const int n = static_cast<int>(in.numel());
+    impl->check(MPI_Allgather(in.data_ptr(), n, dt, out.data_ptr(), n, dt, impl->comm), "MPI_Allgather");
+  });
+}
+
+WorkPtr MpiCommunicator::barrier() {
+  return submit("MPI_Barrier", [impl = impl_] { impl->check(MPI_Barrier(impl->comm), "MPI_Barrier"); });
+}
+
+void MpiCommunicator::run_on_owner(std::function<void()> fn) {
+  std::promise<void> done;
+  auto future = done.get_future();
+  impl_->owner.post([&] {
+    try {
+      fn();
+      done.set_value();
+    } catch (...) {
+      done.set_exception(std::current_exception());
+    }
+  });
+  future.get();
+}
+
+}  // namespace stride::comm

@@ -1,0 +1,52 @@
+// Open MPI on CPU tensors.
+//
+// Every MPI call happens on one owner thread (MPI_THREAD_FUNNELED): MPI is initialised there, collectives run
+// there in the order they were issued, and it finalises MPI at shutdown. The owner thread makes the *blocking*
+// MPI call (MPI_Allreduce, MPI_Bcast, ...): that is the fastest path Open MPI has (its tuned collectives; the
+// non-blocking MPI_I* collectives go through libnbc, which progresses only inside MPI calls), and overlap with
+// backward comes from the owner thread running beside the autograd thread, not from non-blocking MPI. A blocking
+// call cannot be cancelled, so the timeout is enforced by the waiter: Work::wait() throws CommError and the
+// process exits (the owner thread is abandoned); see docs/distributed.md.
+//
+// Errors: the communicator uses MPI_ERRORS_RETURN and checks every call; a failure names the MPI call, the rank
+// and the host. Half and bfloat16 sums use user-defined MPI operations that accumulate in float.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "comm/communicator.h"
+
+namespace stride::comm {
+
+class MpiCommunicator : public Communicator {
+ public:
+  // Initialises MPI (once per process) on a new owner thread. Throws CommError when MPI_Init fails.
+  static std::shared_ptr<MpiCommunicator> create();
+  ~MpiCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  std::string backend() const override { return "mpi"; }
+  std::string host() const override { return host_; }
+
+  WorkPtr allreduce(torch::Tensor tensor, ReduceOp op) override;
+  WorkPtr broadcast(torch::Tensor tensor, int root) override;
+  WorkPtr allgather(torch::Tensor input, torch::Tensor output) override;
+  WorkPtr barrier() override;
+
+  // Runs `fn` on the owner thread (the only thread allowed to call MPI) and waits. For benchmarks that compare
+  // with raw MPI calls on the same buffers.
+  void run_on_owner(std::function<void()> fn);
+
+ private:
+  MpiCommunicator();
+  WorkPtr submit(std::string what, std::function<void()> fn);
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  std::string host_;
+};
+
+}  // namespace stride::comm

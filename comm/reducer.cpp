@@ -1,0 +1,271 @@
+#include "comm/reducer.h"
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+
+namespace stride::comm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Param {
+  std::string name;
+  torch::Tensor tensor;
+  torch::Tensor grad_view;  // the view into the bucket that .grad should be
+  size_t bucket = 0;
+  std::shared_ptr<torch::autograd::Node> accumulator;
+  uintptr_t hook = 0;
+};
+
+struct Bucket {
+  torch::Tensor flat;        // the gradients, in the parameters' dtype
+  torch::Tensor compressed;  // 16-bit copy when compressing
+  std::vector<size_t> params;
+  size_t pending = 0;  // parameters not yet ready this step
+  bool launched = false;
+  WorkPtr work;
+};
+
+// A view into `flat` at `offset` with `p`'s sizes and (dense) strides, so autograd's gradient layout contract
+// holds for channels-last parameters too.
+torch::Tensor view_like(const torch::Tensor& flat, int64_t offset, const torch::Tensor& p) {
+  if (p.is_non_overlapping_and_dense()) return flat.as_strided(p.sizes(), p.strides(), offset);
+  return flat.narrow(0, offset, p.numel()).view(p.sizes());
+}
+
+}  // namespace
+
+struct GradientReducer::State {
+  std::shared_ptr<Communicator> comm;
+  ReducerOptions options;
+  std::vector<Param> params;
+  std::vector<Bucket> buckets;
+  std::mutex mu;
+  bool reduce = true;  // this micro-batch communicates
+  bool alive = true;
+  size_t next_launch = 0;
+  std::vector<bool> ready;
+  ReducerStats stats;
+  std::vector<std::string> unused;
+
+  void mark_ready(size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!alive || !reduce || ready[i]) return;
+    ready[i] = true;
+    Bucket& b = buckets[params[i].bucket];
+    if (--b.pending == 0 && options.overlap) launch_ready();
+  }
+
+  // Launches, in index order, every bucket whose parameters are all ready.
+  void launch_ready() {
+    while (next_launch < buckets.size() && buckets[next_launch].pending == 0) launch(next_launch++);
+  }
+
+  void launch(size_t index) {
+    Bucket& b = buckets[index];
+    for (size_t i : b.params) {
+      // Someone replaced .grad (set_grad, a zero_grad that frees): copy it back into the bucket.
+      Param& p = params[i];
+      const auto& g = p.tensor.grad();
+      if (!g.defined()) {
+        p.grad_view.zero_();
+      } else if (!g.is_same(p.grad_view)) {
+        p.grad_view.copy_(g);
+      }
+      if (!g.defined() || !g.is_same(p.grad_view)) p.tensor.mutable_grad() = p.grad_view;
+    }
+    b.launched = true;
+    if (options.skip_communication || comm->size() == 1) return;
+    torch::NoGradGuard no_grad;
+    if (b.compressed.defined()) {
+      b.compressed.copy_(b.flat.div(comm->size()));
+      b.work = comm->allreduce(b.compressed, ReduceOp::kSum);
+    } else {
+      b.work = comm->allreduce(b.flat, ReduceOp::kAvg);
+    }
+  }
+
+  void reset() {
+    for (auto& b : buckets) {
+      b.pending = b.params.size();
+      b.launched = false;
+      b.work.reset();
+    }
+    std::fill(ready.begin(), ready.end(), false);
+    next_launch = 0;
+  }
+};
+
+GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_ptr<Communicator> comm,
+                                 ReducerOptions options)
+    : s_(std::make_shared<State>()) {
+  s_->comm = std::move(comm);
+  s_->options = options;
+  const auto& o = s_->options;
+  if (o.compression != "none" && o.compression != "fp16" && o.compression != "bf16") {
+    throw UsageError(concat("--grad-compression: unknown '", o.compression, "' (none, fp16, bf16)"));
+  }
+  STRIDE_CHECK_GT(o.bucket_cap_bytes, 0, "bucket cap");
+  torch::NoGradGuard no_grad;
+  // Reverse registration order: backward produces the last layers' gradients first.
+  for (auto it = parameters.rbegin(); it != parameters.rend(); ++it) {
+    if (!it->second.requires_grad()) continue;
+    Param p;
+    p.name = it->first;
+    p.tensor = it->second;
+    s_->params.push_back(std::move(p));
+  }
+  // Assign buckets: consecutive parameters of one dtype and device, up to the cap.
+  int64_t cap = std::min(o.first_bucket_bytes > 0 ? o.first_bucket_bytes : o.bucket_cap_bytes, o.bucket_cap_bytes);
+  std::vector<std::vector<size_t>> groups;
+  int64_t group_bytes = 0;
+  for (size_t i = 0; i < s_->params.size(); ++i) {
+    const auto& t = s_->params[i].tensor;
+    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+    const bool compatible = !groups.empty() &&
+                            s_->params[groups.back().front()].tensor.scalar_type() == t.scalar_type() &&
+                            s_->params[groups.back().front()].tensor.device() == t.device();
+    if (groups.empty() || !compatible || group_bytes + bytes > cap) {
+      if (!groups.empty()) cap = o.bucket_cap_bytes;
+      groups.emplace_back();
+      group_bytes = 0;
+    }
+    groups.back().push_back(i);
+    group_bytes += bytes;
+  }
+  for (auto& group : groups) {
+    Bucket b;
+    int64_t numel = 0;
+    for (size_t i : group) numel += s_->params[i].tensor.numel();
+    const auto& first = s_->params[group.front()].tensor;
+    b.flat = torch::zeros({numel}, first.options().requires_grad(false));
+    if (o.compression != "none" && !o.skip_communication) {
+      b.compressed =
+          torch::empty({numel}, b.flat.options().dtype(o.compression == "fp16" ? torch::kHalf : torch::kBFloat16));
+    }
+    int64_t offset = 0;
+    for (size_t i : group) {
+      Param& p = s_->params[i];
+      p.bucket = s_->buckets.size();
+      p.grad_view = view_like(b.flat, offset, p.tensor);
+      if (p.tensor.grad().defined()) p.grad_view.copy_(p.tensor.grad());
+      p.tensor.mutable_grad() = p.grad_view;
+      offset += p.tensor.numel();
+    }
+    b.params = group;
+    s_->buckets.push_back(std::move(b));
+  }
+  s_->ready.assign(s_->params.size(), false);
+  s_->reset();
+  // One post-hook per gradient accumulator; it runs after the gradient was added into .grad.
+  std::weak_ptr<State> weak = s_;
+  for (size_t i = 0; i < s_->params.size(); ++i) {
+    Param& p = s_->params[i];
+    p.accumulator = torch::autograd::impl::grad_accumulator(p.tensor);
+    STRIDE_CHECK(p.accumulator, "parameter ", p.name, " has no gradient accumulator (is it a leaf?)");
+    p.hook = p.accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [weak, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+          if (auto s = weak.lock()) s->mark_ready(i);
+          return outputs;
+        }));
+  }
+}
+
+GradientReducer::~GradientReducer() {
+  {
+    std::lock_guard<std::mutex> lock(s_->mu);
+    s_->alive = false;
+  }
+  for (auto& p : s_->params) p.accumulator->del_post_hook(p.hook);
+}
+
+void GradientReducer::prepare(bool reduce) {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  s_->reduce = reduce;
+}
+
+void GradientReducer::finish() {
+  std::unique_lock<std::mutex> lock(s_->mu);
+  if (!s_->reduce) {
+    s_->reduce = true;  // the default for the next micro-batch
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  s_->unused.clear();
+  for (size_t i = 0; i < s_->params.size(); ++i) {
+    if (!s_->ready[i]) s_->unused.push_back(s_->params[i].name);
+  }
+  // Buckets not launched yet (overlap off, or unused parameters): launch them now, in order.
+  for (auto& b : s_->buckets) b.pending = 0;
+  s_->launch_ready();
+  const auto t0 = Clock::now();
+  double comm = 0.0;
+  for (auto& b : s_->buckets) {
+    if (!b.work) continue;
+    lock.unlock();  // a failing wait must not leave the mutex held; hooks of other threads may run meanwhile
+    b.work->wait();
+    lock.lock();
+    comm += b.work->run_seconds();
+    if (b.compressed.defined()) b.flat.copy_(b.compressed);
+  }
+  auto& st = s_->stats;
+  st.exposed_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  st.comm_seconds += comm;
+  ++st.steps;
+  st.buckets = static_cast<int64_t>(s_->buckets.size());
+  st.bytes = 0;
+  for (auto& b : s_->buckets) {
+    st.bytes += b.compressed.defined() ? b.compressed.numel() * 2 : b.flat.numel() * b.flat.element_size();
+  }
+  st.unused_parameters = static_cast<int64_t>(s_->unused.size());
+  s_->reset();
+}
+
+std::vector<std::vector<std::string>> GradientReducer::bucket_names() const {
+  std::vector<std::vector<std::string>> out;
+  for (const auto& b : s_->buckets) {
+    out.emplace_back();
+    for (size_t i : b.params) out.back().push_back(s_->params[i].name);
+  }
+  return out;
+}
+
+std::vector<int64_t> GradientReducer::bucket_bytes() const {
+  std::vector<int64_t> out;
+  for (const auto& b : s_->buckets) out.push_back(b.flat.numel() * static_cast<int64_t>(b.flat.element_size()));
+  return out;
+}
+
+std::vector<std::string> GradientReducer::unused_parameters() const {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  return s_->unused;
+}
+
+ReducerStats GradientReducer::stats() const {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  return s_->stats;
+}
+
+void GradientReducer::reset_stats() {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  const auto keep = s_->stats;
+  s_->stats = {};
+  s_->stats.buckets = keep.buckets;
+  s_->stats.bytes = keep.bytes;
+}
+
+void broadcast_module_state(torch::nn::Module& module, Communicator& comm, int root) {
+  std::vector<torch::Tensor> tensors;
+  for (auto& p : module.parameters()) tensors.push_back(p);
+  for (auto& b : module.buffers()) tensors.push_back(b);
+  broadcast_coalesced(comm, tensors, root);
+}
+
+void average_buffers(torch::nn::Module& module, Communicator& comm) { average_coalesced(comm, module.buffers()); }
+
+}  // namespace stride::comm

@@ -1,0 +1,84 @@
+// GradientReducer: what PyTorch's DistributedDataParallel does, in C++.
+//
+// Parameters (those that require grad) are packed, in reverse registration order, into flat buckets: a small
+// first bucket (so communication starts early in backward) and then buckets up to a cap (default 25 MiB). Each
+// parameter's .grad is a view into its bucket, so autograd accumulates straight into the buffer that is
+// communicated and the averaged result needs no copy back. A post-hook on every parameter's gradient accumulator
+// marks it ready; when all of a bucket's parameters are ready the bucket is all-reduced (average) while backward
+// continues. Buckets are launched strictly in index order on every rank (a ready bucket waits for its
+// predecessors), which keeps the collective order identical across ranks even when ranks differ in which
+// parameters get gradients. finish() launches what is left (buckets holding parameters unused this iteration),
+// waits for everything, and leaves averaged gradients in .grad.
+//
+// Usage per optimizer step:
+//   for each micro-batch: reducer.prepare(/*reduce=*/is_last_micro_batch); loss.backward();
+//   reducer.finish(); optimizer.step(); zero_grad (in place: the .grad views must stay views)
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "comm/communicator.h"
+
+namespace stride::comm {
+
+struct ReducerOptions {
+  int64_t bucket_cap_bytes = int64_t{25} << 20;
+  int64_t first_bucket_bytes = int64_t{1} << 20;
+  // false: no bucket is launched during backward; finish() reduces them all (for measuring overlap).
+  bool overlap = true;
+  // none | fp16 | bf16: communicate gradients in 16 bits (pre-divided by the world size, so the sum cannot
+  // overflow where the average would not), then widen back into the float buckets.
+  std::string compression = "none";
+  // Measurement only: gradients are not communicated at all (results are per-rank, i.e. wrong).
+  bool skip_communication = false;
+};
+
+struct ReducerStats {
+  int64_t steps = 0;              // finish() calls that reduced
+  int64_t buckets = 0;            // buckets per step
+  int64_t bytes = 0;              // bytes communicated per step
+  int64_t unused_parameters = 0;  // parameters without a gradient in the last step
+  double comm_seconds = 0;        // total time the collectives ran (sum over steps)
+  double exposed_seconds = 0;     // total time finish() waited for them (not hidden behind backward)
+  double hidden_fraction() const {
+    return comm_seconds > 0 ? std::max(0.0, 1.0 - exposed_seconds / comm_seconds) : 0.0;
+  }
+};
+
+class GradientReducer {
+ public:
+  using NamedParameters = std::vector<std::pair<std::string, torch::Tensor>>;
+  GradientReducer(const NamedParameters& parameters, std::shared_ptr<Communicator> comm, ReducerOptions options = {});
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  // Before a micro-batch's backward: reduce=false accumulates locally without communication (all but the last
+  // micro-batch of gradient accumulation).
+  void prepare(bool reduce = true);
+  // After the last micro-batch's backward: completes the reduction; .grad holds the average over ranks.
+  void finish();
+
+  // Bucket layout: parameter names per bucket, in launch order.
+  std::vector<std::vector<std::string>> bucket_names() const;
+  std::vector<int64_t> bucket_bytes() const;
+  // Names of the parameters that got no gradient in the last reduced step.
+  std::vector<std::string> unused_parameters() const;
+  ReducerStats stats() const;
+  void reset_stats();
+
+  struct State;
+
+ private:
+  std::shared_ptr<State> s_;
+};
+
+// Copies rank 0's parameters and buffers into every rank's module (one collective per dtype).
+void broadcast_module_state(torch::nn::Module& module, Communicator& comm, int root = 0);
+// Averages floating-point buffers (BatchNorm running statistics) over ranks; see docs/distributed.md.
+void average_buffers(torch::nn::Module& module, Communicator& comm);
+
+}  // namespace stride::comm

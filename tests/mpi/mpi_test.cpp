@@ -1,0 +1,84 @@
+// Runs under mpirun (ctest label `mpi`): real Open MPI ranks, the same checks as the local-back-end unit tests,
+// plus what only real processes can show (host names, a peer killed with SIGKILL).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "comm/mpi/mpi_communicator.h"
+#include "tests/common/comm_checks.h"
+
+namespace stride::testing {
+namespace {
+
+std::shared_ptr<comm::Communicator> world() {
+  static std::shared_ptr<comm::Communicator> c = [] {
+    auto m = comm::MpiCommunicator::create();
+    m->set_timeout(std::chrono::seconds(120));
+    return std::shared_ptr<comm::Communicator>(m);
+  }();
+  return c;
+}
+
+TEST(Mpi, RanksAndHostAreKnown) {
+  auto c = world();
+  EXPECT_GE(c->size(), 2) << "run under mpirun -np 2 or more";
+  EXPECT_EQ(c->backend(), "mpi");
+  EXPECT_FALSE(c->host().empty());
+  EXPECT_GE(c->local_rank(), 0);
+  EXPECT_NE(c->describe().find(concat("rank ", c->rank(), "/", c->size())), std::string::npos);
+}
+
+TEST(Mpi, Collectives) { check_collectives(*world()); }
+
+TEST(Mpi, LargeAllreduceMatchesTheFormula) {
+  auto c = world();
+  auto t = torch::arange(int64_t{1} << 22, torch::kFloat).remainder(1000) + c->rank();
+  c->allreduce(t, comm::ReduceOp::kAvg)->wait();
+  auto expected = torch::arange(int64_t{1} << 22, torch::kFloat).remainder(1000) + (c->size() - 1) / 2.0;
+  EXPECT_LE(max_abs_diff(t, expected), 1e-4);
+}
+
+TEST(Mpi, DataParallelEqualsOneProcess) { check_data_parallel_equivalence(world(), false); }
+
+TEST(Mpi, Fp16CompressedDataParallelStaysClose) { check_data_parallel_equivalence(world(), false, "fp16"); }
+
+TEST(Mpi, SyncBatchNormDataParallelEqualsOneProcessOnTheWholeBatch) { check_data_parallel_equivalence(world(), true); }
+
+TEST(Mpi, SyncBatchNormWithUnequalBatchesIncludingAnEmptyRank) {
+  auto c = world();
+  std::vector<int64_t> sizes;
+  for (int r = 0; r < c->size(); ++r) sizes.push_back(r == 1 ? 0 : 2 + 3 * r);
+  check_sync_batch_norm(c, sizes);
+  std::vector<int64_t> equal(static_cast<size_t>(c->size()), 4);
+  check_sync_batch_norm(c, equal);
+}
+
+// Rank 1 is killed with SIGKILL in the middle of a collective sequence; the survivors must fail with CommError
+// (within the timeout), not hang. Run alone (the job cannot continue afterwards): STRIDE_MPI_KILL_TEST=1.
+TEST(MpiFailure, PeerKilledMidCollectiveFailsSurvivorsWithCommError) {
+  if (!std::getenv("STRIDE_MPI_KILL_TEST")) GTEST_SKIP() << "runs alone, with STRIDE_MPI_KILL_TEST=1";
+  auto c = world();
+  c->set_timeout(std::chrono::seconds(5));
+  auto t = torch::ones({1 << 20});
+  c->allreduce(t, comm::ReduceOp::kSum)->wait();
+  if (c->rank() == 1) {
+    std::fflush(stdout);
+    ::kill(::getpid(), SIGKILL);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    for (int i = 0; i < 100; ++i) c->allreduce(t, comm::ReduceOp::kSum)->wait();
+    FAIL() << "collectives with a dead peer succeeded";
+  } catch (const comm::CommError& e) {
+    std::printf("survivor rank %d got CommError after %.1f s: %s\n", c->rank(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), e.what());
+    std::fflush(stdout);
+  }
+  // The job is broken: leave without MPI_Finalize (which would wait for the dead peer).
+  std::_Exit(::testing::Test::HasFailure() ? 1 : 0);
+}
+
+}  // namespace
+}  // namespace stride::testing

@@ -1,0 +1,324 @@
+// Communicator, reducer and SyncBatchNorm over the local back-end (ranks as threads). The same checks run over
+// real MPI ranks in tests/mpi.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "comm/local/local_communicator.h"
+#include "tests/common/comm_checks.h"
+
+namespace stride::testing {
+namespace {
+
+// Runs fn(rank, communicator) on `n` threads of one LocalWorld and rethrows the first failure.
+template <typename F>
+void run_ranks(int n, F fn, std::shared_ptr<comm::LocalWorld> world = nullptr) {
+  if (!world) world = comm::LocalWorld::create(n);
+  std::vector<std::shared_ptr<comm::Communicator>> comms;
+  for (int r = 0; r < n; ++r) comms.push_back(world->communicator(r));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(r, comms[static_cast<size_t>(r)]);
+      } catch (...) {
+        errors[static_cast<size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+// Records every collective a rank issues (for ordering and counting assertions).
+class RecordingCommunicator : public comm::Communicator {
+ public:
+  explicit RecordingCommunicator(std::shared_ptr<comm::Communicator> inner) : inner_(std::move(inner)) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string backend() const override { return inner_->backend(); }
+  comm::WorkPtr allreduce(torch::Tensor t, comm::ReduceOp op) override {
+    log("allreduce", t);
+    return inner_->allreduce(t, op);
+  }
+  comm::WorkPtr broadcast(torch::Tensor t, int root) override {
+    log("broadcast", t);
+    return inner_->broadcast(t, root);
+  }
+  comm::WorkPtr allgather(torch::Tensor in, torch::Tensor out) override {
+    log("allgather", in);
+    return inner_->allgather(in, out);
+  }
+  comm::WorkPtr barrier() override { return inner_->barrier(); }
+  std::vector<std::pair<std::string, int64_t>> calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.clear();
+  }
+  std::atomic<bool> backward_done{false};
+  std::atomic<int> launched_during_backward{0};
+
+ private:
+  void log(const char* what, const torch::Tensor& t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.emplace_back(what, t.numel());
+    if (!backward_done) ++launched_during_backward;
+  }
+  std::shared_ptr<comm::Communicator> inner_;
+  std::mutex mu_;
+  std::vector<std::pair<std::string, int64_t>> calls_;
+};
+
+TEST(LocalComm, CollectivesFromOneToFourRanks) {
+  for (int n = 1; n <= 4; ++n) {
+    run_ranks(n, [](int, std::shared_ptr<comm::Communicator> c) { check_collectives(*c); });
+  }
+}
+
+TEST(LocalComm, MismatchedCollectivesAreReportedNotHung) {
+  EXPECT_THROW(run_ranks(2,
+                         [](int r, std::shared_ptr<comm::Communicator> c) {
+                           auto t = torch::ones({r == 0 ? 3 : 4});
+                           c->allreduce(t, comm::ReduceOp::kSum)->wait();
+                         }),
+               comm::CommError);
+}
+
+TEST(LocalComm, DeadPeerFailsSurvivorsWithCommError) {
+  auto world = comm::LocalWorld::create(3);
+  std::atomic<int> comm_errors{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  run_ranks(
+      3,
+      [&](int r, std::shared_ptr<comm::Communicator> c) {
+        c->set_timeout(std::chrono::seconds(60));
+        auto t = torch::ones({10});
+        c->allreduce(t, comm::ReduceOp::kSum)->wait();  // all alive
+        if (r == 2) {
+          world->kill(2);  // dies before the second collective
+          return;
+        }
+        try {
+          c->allreduce(t, comm::ReduceOp::kSum)->wait();
+        } catch (const comm::CommError& e) {
+          EXPECT_NE(std::string(e.what()).find("rank 2 died"), std::string::npos) << e.what();
+          ++comm_errors;
+        }
+      },
+      world);
+  EXPECT_EQ(comm_errors, 2);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30)) << "survivors waited for the timeout";
+}
+
+TEST(LocalComm, MissingPeerTimesOutWithCommError) {
+  auto world = comm::LocalWorld::create(2);
+  auto c0 = world->communicator(0);
+  c0->set_timeout(std::chrono::milliseconds(300));
+  auto t = torch::ones({4});
+  try {
+    c0->allreduce(t, comm::ReduceOp::kSum)->wait();
+    FAIL() << "no error";
+  } catch (const comm::CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("timed out"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank(s) 1"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Reducer, BucketsFollowReverseRegistrationOrderWithSmallFirstBucket) {
+  auto model = models::make_model("resnet20", {});
+  auto c = comm::LocalWorld::create(1)->communicator(0);
+  comm::ReducerOptions o;
+  o.first_bucket_bytes = 4 << 10;
+  o.bucket_cap_bytes = 256 << 10;
+  comm::GradientReducer reducer(model->named_parameters().pairs(), c, o);
+  auto names = reducer.bucket_names();
+  auto bytes = reducer.bucket_bytes();
+  ASSERT_GE(names.size(), 3u);
+  EXPECT_EQ(names.front().front(), "fc.bias");  // the last registered parameter comes first
+  EXPECT_EQ(names.back().back(), "conv1.weight");
+  EXPECT_LE(bytes.front(), 4 << 10);
+  int64_t total = 0;
+  size_t count = 0;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    total += bytes[i];
+    count += names[i].size();
+    if (i > 0) {
+      EXPECT_LE(bytes[i], 256 << 10);
+    }
+  }
+  EXPECT_EQ(total, models::count_parameters(*model) * 4);
+  EXPECT_EQ(count, model->parameters().size());
+  // .grad of every parameter is a view into its bucket.
+  for (auto& p : model->parameters()) EXPECT_TRUE(p.grad().defined());
+}
+
+TEST(Reducer, LaunchesBucketsDuringBackwardInTheSameOrderOnEveryRank) {
+  std::vector<std::vector<std::pair<std::string, int64_t>>> calls(2);
+  std::vector<int> during(2);
+  run_ranks(2, [&](int r, std::shared_ptr<comm::Communicator> inner) {
+    auto rec = std::make_shared<RecordingCommunicator>(inner);
+    auto model = models::make_model("resnet20", {});
+    comm::ReducerOptions o;
+    o.first_bucket_bytes = 16 << 10;
+    o.bucket_cap_bytes = 128 << 10;
+    comm::GradientReducer reducer(model->named_parameters().pairs(), rec, o);
+    auto x = torch::randn({2, 3, 32, 32});
+    reducer.prepare();
+    model->forward(x).sum().backward();
+    rec->backward_done = true;
+    reducer.finish();
+    calls[static_cast<size_t>(r)] = rec->calls();
+    during[static_cast<size_t>(r)] = rec->launched_during_backward;
+    EXPECT_EQ(rec->calls().size(), reducer.bucket_names().size());
+  });
+  EXPECT_EQ(calls[0], calls[1]);
+  EXPECT_GE(during[0], 2) << "buckets should be launched while backward runs";
+}
+
+TEST(Reducer, OverlapOffLaunchesEverythingAfterBackward) {
+  run_ranks(2, [&](int, std::shared_ptr<comm::Communicator> inner) {
+    auto rec = std::make_shared<RecordingCommunicator>(inner);
+    auto model = models::make_model("resnet20", {});
+    comm::ReducerOptions o;
+    o.bucket_cap_bytes = 64 << 10;
+    o.overlap = false;
+    comm::GradientReducer reducer(model->named_parameters().pairs(), rec, o);
+    reducer.prepare();
+    model->forward(torch::randn({2, 3, 32, 32})).sum().backward();
+    rec->backward_done = true;
+    reducer.finish();
+    EXPECT_EQ(rec->launched_during_backward, 0);
+    EXPECT_EQ(rec->calls().size(), reducer.bucket_names().size());
+  });
+}
+
+TEST(Reducer, AveragesGradientsAcrossRanks) {
+  run_ranks(3, [&](int r, std::shared_ptr<comm::Communicator> c) {
+    torch::nn::Linear lin(4, 2);
+    comm::broadcast_module_state(*lin, *c);
+    comm::GradientReducer reducer(lin->named_parameters().pairs(), c);
+    reducer.prepare();
+    (lin->forward(torch::full({1, 4}, static_cast<float>(r + 1)))).sum().backward();
+    reducer.finish();
+    // d/dW of sum(W x + b) = x: average of (1, 2, 3) = 2.
+    EXPECT_NEAR(lin->weight.grad()[1][3].item<float>(), 2.0f, 1e-6);
+    EXPECT_NEAR(lin->bias.grad()[0].item<float>(), 1.0f, 1e-6);
+  });
+}
+
+TEST(Reducer, AccumulationCommunicatesOnlyOnTheLastMicroBatch) {
+  run_ranks(2, [&](int r, std::shared_ptr<comm::Communicator> inner) {
+    auto rec = std::make_shared<RecordingCommunicator>(inner);
+    torch::nn::Linear lin(3, 1);
+    comm::broadcast_module_state(*lin, *inner);
+    comm::GradientReducer reducer(lin->named_parameters().pairs(), rec);
+    reducer.prepare(false);
+    lin->forward(torch::full({1, 3}, 1.0f)).sum().backward();
+    reducer.finish();
+    EXPECT_TRUE(rec->calls().empty());
+    reducer.prepare(true);
+    lin->forward(torch::full({1, 3}, static_cast<float>(2 + r))).sum().backward();
+    reducer.finish();
+    EXPECT_EQ(rec->calls().size(), 1u);
+    // rank 0: 1 + 2 = 3, rank 1: 1 + 3 = 4 -> average 3.5
+    EXPECT_NEAR(lin->weight.grad()[0][0].item<float>(), 3.5f, 1e-6);
+  });
+}
+
+// A parameter that gets no gradient on one rank (a branch taken on the other only) neither hangs nor breaks the
+// collective order; it is reported as unused and its average includes a zero from the rank that skipped it.
+struct TwoHeads : torch::nn::Module {
+  TwoHeads() {
+    a = register_module("a", torch::nn::Linear(2, 1));
+    b = register_module("b", torch::nn::Linear(2, 1));
+  }
+  torch::nn::Linear a{nullptr}, b{nullptr};
+};
+
+TEST(Reducer, UnusedParametersAreDetectedNotHungOn) {
+  run_ranks(2, [&](int r, std::shared_ptr<comm::Communicator> c) {
+    auto m = std::make_shared<TwoHeads>();
+    comm::broadcast_module_state(*m, *c);
+    comm::ReducerOptions o;
+    o.first_bucket_bytes = 8;  // b's and a's parameters land in different buckets
+    o.bucket_cap_bytes = 8;
+    comm::GradientReducer reducer(m->named_parameters().pairs(), c, o);
+    auto x = torch::ones({1, 2});
+    reducer.prepare();
+    auto out = m->a->forward(x);
+    if (r == 1) out = out + m->b->forward(x);
+    out.sum().backward();
+    reducer.finish();
+    auto unused = reducer.unused_parameters();
+    if (r == 0) {
+      EXPECT_EQ(unused, (std::vector<std::string>{"b.bias", "b.weight"}));
+    } else {
+      EXPECT_TRUE(unused.empty());
+    }
+    EXPECT_NEAR(m->b->bias.grad()[0].item<float>(), 0.5f, 1e-6);
+    EXPECT_NEAR(m->a->bias.grad()[0].item<float>(), 1.0f, 1e-6);
+  });
+}
+
+TEST(Reducer, Fp16CompressionStaysWithinHalfPrecision) {
+  run_ranks(2, [&](int r, std::shared_ptr<comm::Communicator> c) {
+    torch::nn::Linear lin(64, 64);
+    comm::broadcast_module_state(*lin, *c);
+    comm::ReducerOptions o;
+    o.compression = "fp16";
+    comm::GradientReducer reducer(lin->named_parameters().pairs(), c, o);
+    auto gen = seeded(static_cast<uint64_t>(r));
+    auto x = torch::randn({8, 64}, gen, torch::kFloat);
+    reducer.prepare();
+    lin->forward(x).pow(2).sum().backward();
+    // exact average, computed independently
+    auto exact = lin->weight.grad().clone();
+    c->allreduce(exact, comm::ReduceOp::kAvg)->wait();
+    reducer.finish();
+    const double scale = exact.abs().max().item<double>();
+    // fp16 keeps 11 significant bits: relative rounding error <= 2^-11 per rounding; two roundings.
+    EXPECT_LE(max_abs_diff(lin->weight.grad(), exact), scale * 2 * std::pow(2.0, -11));
+    EXPECT_GT(max_abs_diff(lin->weight.grad(), exact), 0.0) << "compression did not happen";
+  });
+}
+
+TEST(Reducer, DataParallelEqualsOneProcessForOneToFourRanks) {
+  for (int n = 1; n <= 4; ++n) {
+    SCOPED_TRACE(concat(n, " ranks"));
+    run_ranks(n, [](int, std::shared_ptr<comm::Communicator> c) { check_data_parallel_equivalence(c, false); });
+  }
+}
+
+TEST(SyncBatchNorm, EqualsBatchNormOnTheConcatenatedBatch) {
+  run_ranks(1, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm(c, {5}); });
+  run_ranks(2, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm(c, {4, 4}); });
+  run_ranks(3, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm(c, {3, 5, 1}); });
+  run_ranks(4, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm(c, {2, 0, 6, 3}); });
+}
+
+TEST(Reducer, Fp16CompressedDataParallelStaysClose) {
+  run_ranks(3, [](int, std::shared_ptr<comm::Communicator> c) { check_data_parallel_equivalence(c, false, "fp16"); });
+}
+
+TEST(SyncBatchNorm, DataParallelResNetEqualsOneProcessOnTheWholeBatch) {
+  for (int n : {2, 3}) {
+    SCOPED_TRACE(concat(n, " ranks"));
+    run_ranks(n, [](int, std::shared_ptr<comm::Communicator> c) { check_data_parallel_equivalence(c, true); });
+  }
+}
+
+TEST(SyncBatchNorm, ConvertsEveryNormLayerAndBack) {
+  auto model = models::make_model("resnet20", {});
+  auto c = comm::LocalWorld::create(1)->communicator(0);
+  EXPECT_EQ(comm::convert_sync_batchnorm(*model, c), 19);
+  EXPECT_EQ(comm::convert_sync_batchnorm(*model, nullptr), 19);
+}
+
+}  // namespace
+}  // namespace stride::testing
