@@ -8,13 +8,14 @@
 #                                  # configure against the pip torch's LibTorch (CUDA) and NCCL, build, run the
 #                                  # GPU unit tests, then `stride bench step` and bench/torch_train_step.py on
 #                                  # resnet50 (batch 256, 224x224, AMP fp16 + channels-last), alternating, and
-#                                  # print the ratio. Logs and JSON go to $OUT (or gpu-check-out/).
+#                                  # print the ratio; then a short real `stride train` on the GPU (Fashion-MNIST,
+#                                  # AMP + channels-last). Logs and JSON go to $OUT (or gpu-check-out/).
 #
 # The GPU machine has CUDA, nvcc, cmake, ninja and a python3 with torch, and none of the Debian libraries above; the
 # build needs neither MPI nor Boost (on the H100 image of 2026-11-27 CMake did find an Open MPI there and built the
 # MPI communicator too). Measured there: configure 15 s, build 128 s (16 cores), whole `run` 200 s. Knobs for `run`: STRIDE_GPU_BUILD (build directory, default
 # /tmp/stride-gpu-build), STEPS (timed steps per benchmark, default 40), ROUNDS (alternations, default 2),
-# BATCH (default 256), OTHER_TESTS_TIMEOUT (seconds for the non-GPU unit tests afterwards, default 90; 0 skips).
+# BATCH (default 256), TRAIN_EPOCHS (default 1; 0 skips the training run), OTHER_TESTS_TIMEOUT (seconds for the non-GPU unit tests afterwards, default 90; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -68,6 +69,11 @@ EOF
   exclude=$(git rev-parse --git-path info/exclude)
   mkdir -p "$(dirname "$exclude")"
   grep -qxF '/.gpudeps/' "$exclude" 2>/dev/null || echo '/.gpudeps/' >>"$exclude"
+  # The real Fashion-MNIST (30 MB) for a short GPU training run, when Debian's dataset-fashion-mnist is installed.
+  if [[ -d /usr/share/datasets/fashion-mnist ]]; then
+    mkdir -p "$DEPS/fashion-mnist"
+    cp /usr/share/datasets/fashion-mnist/*.gz "$DEPS/fashion-mnist/"
+  fi
   "$DEPS/bin/protoc" --version
   du -sh "$DEPS"
 }
@@ -182,6 +188,18 @@ print(f"pytorch img/s: {', '.join(f'{x:.0f}' for x in p)}  (median {statistics.m
 print(f"stride/pytorch per round: {', '.join(f'{x:.3f}' for x in ratios)}  median {statistics.median(ratios):.3f}")
 EOF
   echo "benchmarks done: $((SECONDS - t0)) s"
+
+  local epochs=${TRAIN_EPOCHS:-1}
+  if ((epochs > 0)) && [[ -d $DEPS/fashion-mnist ]]; then
+    echo "== stride train on the GPU: resnet20, Fashion-MNIST, $epochs epoch(s), AMP fp16 + channels-last"
+    local t1=$SECONDS
+    "$build/stride" train --config configs/fashion_mnist_resnet20.toml --epochs "$epochs" --device cuda --amp \
+      --channels-last --threads 4 --workers 4 --dataset-source "$DEPS/fashion-mnist" --data-path /tmp/stride-fm \
+      --output-dir /tmp/stride-fm-run --print-freq 100 2>&1 | tr '\r' '\n' | tail -8 || echo "train rc=$?"
+    cp /tmp/stride-fm-run/metrics.jsonl "$OUT/train_metrics.jsonl" 2>/dev/null || true
+    "$build/stride" ckpt verify /tmp/stride-fm-run 2>&1 | tail -2 || echo "ckpt verify rc=$?"
+    echo "train: $((SECONDS - t1)) s"
+  fi
 
   local other=${OTHER_TESTS_TIMEOUT:-90}
   if ((other > 0)); then

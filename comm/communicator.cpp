@@ -127,7 +127,12 @@ std::string built_backends() {
 
 std::shared_ptr<Communicator> create_communicator(const CommOptions& options) {
   std::string backend = options.backend;
-  if (backend == "auto") backend = launched_as_multiple_ranks() ? "mpi" : "single";
+  if (backend == "auto") {
+    backend = launched_as_multiple_ranks() ? "mpi" : "single";
+#if defined(STRIDE_WITH_NCCL) && defined(STRIDE_TORCH_CUDA)
+    if (backend == "mpi" && options.prefer_gpu) backend = "nccl";
+#endif
+  }
   std::shared_ptr<Communicator> comm;
   if (backend == "single") {
     comm = LocalWorld::create(1)->communicator(0);

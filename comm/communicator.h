@@ -119,6 +119,8 @@ struct CommOptions {
   // single: one rank, no transport. mpi, nccl: as named.
   std::string backend = "auto";
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  // Training on GPUs: auto picks nccl for several ranks when this build can (NCCL + a CUDA LibTorch).
+  bool prefer_gpu = false;
 };
 
 // The communicator for this process, chosen from the options and the environment (OMPI_COMM_WORLD_SIZE,

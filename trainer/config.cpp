@@ -70,7 +70,11 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"test-only", "Only evaluate (with --weights or --resume)", &c.test_only},
       {"seed", "Seed for weights, data order and augmentation", &c.seed},
       {"threads", "Intra-op threads (0: LibTorch's default)", &c.threads},
-      {"amp", "Automatic mixed precision (GPU only)", &c.amp},
+      {"amp", "Automatic mixed precision (GPU only): autocast + dynamic loss scaling for float16", &c.amp},
+      {"amp-dtype", "float16 | bfloat16", &c.amp_dtype},
+      {"device", "auto (a GPU when one is visible; rank r uses GPU local_rank) | cpu | cuda", &c.device},
+      {"channels-last", "NHWC memory format for activations and convolution weights (faster with AMP on GPUs)",
+       &c.channels_last},
       {"comm-backend", "auto | single | mpi | nccl (auto: mpi when started by mpirun/srun with several ranks)",
        &c.comm_backend},
       {"comm-timeout", "Seconds a collective may take before the run stops with exit code 75", &c.comm_timeout},
@@ -209,6 +213,8 @@ void validate(const TrainConfig& c) {
   non_negative("eval-freq", static_cast<double>(c.eval_freq));
   non_negative("pad", static_cast<double>(c.pad));
   one_of("comm-backend", c.comm_backend, {"auto", "single", "mpi", "nccl"});
+  one_of("device", c.device, {"auto", "cpu", "cuda"});
+  one_of("amp-dtype", c.amp_dtype, {"float16", "bfloat16"});
   one_of("grad-compression", c.grad_compression, {"none", "fp16", "bf16"});
   if (!(c.comm_timeout > 0.0)) throw UsageError(concat("--comm-timeout must be positive, got ", c.comm_timeout));
   if (!(c.bucket_cap_mb > 0.0)) throw UsageError(concat("--bucket-cap-mb must be positive, got ", c.bucket_cap_mb));

@@ -77,6 +77,9 @@ struct TrainConfig {
   int64_t seed = 0;
   int64_t threads = 0;  // intra-op threads; 0: LibTorch's default
   bool amp = false;
+  std::string amp_dtype = "float16";  // float16 (with dynamic loss scaling) | bfloat16
+  std::string device = "auto";        // auto (CUDA when available) | cpu | cuda
+  bool channels_last = false;
   // Data parallelism (docs/distributed.md)
   std::string comm_backend = "auto";      // auto | single | mpi | nccl
   double comm_timeout = 300.0;            // seconds a collective may take before the run fails (exit code 75)

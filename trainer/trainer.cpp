@@ -18,6 +18,7 @@
 #include "data/shard_index.h"
 #include "models/registry.h"
 #include "models/state_dict.h"
+#include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/loss.h"
 #include "trainer/run_output.h"
@@ -69,6 +70,10 @@ struct Trainer::State {
   std::shared_ptr<comm::Communicator> comm;
   std::unique_ptr<comm::GradientReducer> reducer;
   uint64_t rank = 0, world = 1;
+  torch::Device device{torch::kCPU};
+  torch::ScalarType amp_dtype = torch::kHalf;
+  std::unique_ptr<GradScaler> scaler;
+  torch::Tensor norm_scale, norm_shift;  // uint8 -> normalised float on the device: x * scale + shift
   std::unique_ptr<RunOutput> out;
   std::unique_ptr<data::ShardedLoader> train_data, eval_data;
   models::ResNet model{nullptr}, ema{nullptr};
@@ -95,6 +100,11 @@ struct Trainer::State {
   std::vector<double> sum_over_ranks(std::vector<double> values);
   // Plain BN keeps per-rank running statistics; average them before they are evaluated or saved.
   void sync_buffers();
+  // The batch's images on the training device, normalised and in the training memory format.
+  torch::Tensor device_images(const data::Batch& batch);
+  torch::Tensor to_device(const torch::Tensor& t) const;
+  // Tensors for a checkpoint: device tensors copied to pinned host memory asynchronously, one sync at the end.
+  models::NamedTensors to_host(const models::NamedTensors& tensors) const;
 };
 
 Trainer::Trainer(TrainConfig config) : s_(std::make_unique<State>()) { s_->c = std::move(config); }
@@ -131,15 +141,27 @@ int Trainer::run_unchecked() {
 // ---------------------------------------------------------------------------------------------------------
 void Trainer::State::setup() {
   validate(c);
+  const bool cuda = c.device == "cuda" || (c.device == "auto" && torch::cuda::is_available());
+  if (cuda && !torch::cuda::is_available()) {
+    throw UsageError("--device cuda: no CUDA device is visible (this LibTorch build has CUDA: " +
+                     std::string(torch::cuda::is_available() ? "yes" : "no or no GPU") + ")");
+  }
   comm::CommOptions co;
   co.backend = c.comm_backend;
+  co.prefer_gpu = cuda;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(c.comm_timeout * 1000.0));
   comm = comm::create_communicator(co);
   rank = static_cast<uint64_t>(comm->rank());
   world = static_cast<uint64_t>(comm->size());
-  if (c.amp && !torch::cuda::is_available()) {
+  if (c.amp && !cuda) {
     throw UsageError("--amp needs a CUDA device; this machine has none (run without --amp on CPU)");
   }
+  if (cuda) {
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank() %
+                                                                       static_cast<int>(torch::cuda::device_count())));
+    at::globalContext().setBenchmarkCuDNN(true);
+  }
+  amp_dtype = parse_amp_dtype(c.amp_dtype);
   if (c.sync_bn && world == 1) {
     std::fprintf(stderr, "stride: note: --sync-bn with one rank is plain BatchNorm\n");
   }
@@ -155,8 +177,25 @@ void Trainer::State::setup() {
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
 
   ensure_dataset(c);
-  eval_data = std::make_unique<data::ShardedLoader>(loader_options(c, false, rank, world));
-  if (!c.test_only) train_data = std::make_unique<data::ShardedLoader>(loader_options(c, true, rank, world));
+  auto make_loader = [&](bool train) {
+    auto o = loader_options(c, train, rank, world);
+    // On a GPU the loader hands over uint8 (4x less to copy) and normalisation runs on the device; MixUp/CutMix
+    // mix float images in the loader.
+    if (device.is_cuda() && !o.mix.enabled()) {
+      std::vector<double> scale, shift;
+      for (size_t i = 0; i < std::max<size_t>(o.mean.size(), 1); ++i) {
+        const double m = o.mean.empty() ? 0.0 : o.mean[i], sd = o.std.empty() ? 1.0 : o.std[i];
+        scale.push_back(1.0 / (255.0 * sd));
+        shift.push_back(-m / sd);
+      }
+      norm_scale = torch::tensor(scale, torch::kFloat).view({1, -1, 1, 1}).to(device);
+      norm_shift = torch::tensor(shift, torch::kFloat).view({1, -1, 1, 1}).to(device);
+      o.float_output = false;
+    }
+    return std::make_unique<data::ShardedLoader>(o);
+  };
+  eval_data = make_loader(false);
+  if (!c.test_only) train_data = make_loader(true);
   const auto& index = (train_data ? train_data : eval_data)->index();
 
   models::ModelOptions mo;
@@ -182,11 +221,18 @@ void Trainer::State::setup() {
                               model->stages().size(), ", head)"));
     }
   }
+  model->to(device);
+  if (c.channels_last) to_channels_last(*model);
   if (c.model_ema) {
     ema = models::make_model(c.model, mo);
+    ema->to(device);
+    if (c.channels_last) to_channels_last(*ema);
     models::load_state_dict(*ema, models::state_dict(*model));
     for (auto& p : ema->parameters()) p.set_requires_grad(false);
   }
+  GradScalerOptions gso;
+  gso.enabled = c.amp && amp_dtype == torch::kHalf;  // bfloat16 has float32's range: no scaling needed
+  scaler = std::make_unique<GradScaler>(gso);
 
   const double lr =
       c.lr_scaling == "linear" ? c.lr * static_cast<double>(c.batch_size * static_cast<int64_t>(world)) / 256.0 : c.lr;
@@ -290,7 +336,14 @@ void Trainer::State::resume() {
     throw UsageError(concat("checkpoint ", *path, " is of model ", m.model(), ", not ", c.model));
   }
   models::load_state_dict(*model, ckpt.model, {true, {}, *path + "/model.safetensors"});
-  for (auto& [name, buf] : ckpt.optimizer) sgd->momentum_buffers()[name] = buf;
+  for (auto& [name, buf] : ckpt.optimizer) sgd->momentum_buffers()[name] = buf.to(device);
+  {
+    std::map<std::string, torch::Tensor> amp_state;
+    for (const auto& [k, v] : ckpt.state) {
+      if (k.rfind("amp.", 0) == 0) amp_state[k] = v;
+    }
+    if (!amp_state.empty() && scaler->enabled()) scaler->load_state(amp_state);
+  }
   if (ema) {
     if (ckpt.ema.empty()) {
       models::load_state_dict(*ema, models::state_dict(*model));
@@ -345,42 +398,64 @@ void Trainer::State::train() {
     model->train();
     apply_freeze();
     sgd->zero_grad();
-    int64_t micro = 0, images = 0;
+    int64_t micro = 0, images = 0, skipped_steps = 0;
     double loss_sum = 0.0, epoch_loss_sum = 0.0;
     int64_t loss_count = 0, epoch_batches = 0, epoch_correct = 0, epoch_seen = 0, interval_correct = 0,
             interval_seen = 0;
     auto interval_start = Clock::now();
+    // Running sums stay on the device and are read at print time: no host synchronisation per step on a GPU.
+    auto dev_sums = torch::zeros({4}, torch::TensorOptions().dtype(torch::kDouble).device(device));
+    auto take_sums = [&] {  // {loss sum, batches, correct, seen} since the last call
+      auto host = dev_sums.cpu();
+      dev_sums.zero_();
+      auto a = host.accessor<double, 1>();
+      return std::array<double, 4>{a[0], a[1], a[2], a[3]};
+    };
     while (auto batch = train_data->next()) {
-      const auto& target = batch->targets.defined() ? batch->targets : batch->labels;
-      auto logits = model->forward(batch->images);
-      auto loss = cross_entropy(logits, target, c.label_smoothing, batch->valid);
+      auto x = device_images(*batch);
+      auto labels = to_device(batch->labels), valid = to_device(batch->valid);
+      auto target = batch->targets.defined() ? to_device(batch->targets) : labels;
+      torch::Tensor logits, loss;
+      {
+        AutocastGuard autocast(device, amp_dtype, c.amp);
+        logits = model->forward(x);
+        loss = cross_entropy(logits, target, c.label_smoothing, valid);
+      }
       const bool last_micro = (micro + 1) % c.accum_steps == 0;
       if (reducer) reducer->prepare(/*reduce=*/last_micro);
-      (c.accum_steps > 1 ? loss / static_cast<double>(c.accum_steps) : loss).backward();
+      scaler->scale(c.accum_steps > 1 ? loss / static_cast<double>(c.accum_steps) : loss).backward();
       if (reducer && last_micro) reducer->finish();
-      const double loss_value = loss.item<double>();
-      loss_sum += loss_value;
-      epoch_loss_sum += loss_value;
-      ++loss_count;
-      ++epoch_batches;
-      if (!batch->targets.defined()) {  // training error is undefined under MixUp/CutMix
-        auto hit = logits.argmax(1).eq(batch->labels).logical_and(batch->valid);
-        const int64_t correct = hit.sum().item<int64_t>(), seen = batch->valid.sum().item<int64_t>();
-        epoch_correct += correct;
-        epoch_seen += seen;
-        interval_correct += correct;
-        interval_seen += seen;
+      {
+        torch::NoGradGuard no_grad;
+        dev_sums[0] += loss.detach().to(torch::kDouble);
+        dev_sums[1] += 1.0;
+        if (!batch->targets.defined()) {  // training error is undefined under MixUp/CutMix
+          dev_sums[2] += logits.argmax(1).eq(labels).logical_and(valid).sum().to(torch::kDouble);
+          dev_sums[3] += valid.sum().to(torch::kDouble);
+        }
       }
       images += batch->images.size(0);
       cursor = batch->cursor;
       if (++micro % c.accum_steps != 0) continue;
-      if (c.clip_grad_norm > 0.0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip_grad_norm);
+      if (c.clip_grad_norm > 0.0) {
+        if (scaler->enabled()) scaler->unscale(model->parameters());
+        torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip_grad_norm);
+      }
       const double lr = schedule->at(step);
-      sgd->step(lr);
+      if (!scaler->step(*sgd, lr)) ++skipped_steps;
       sgd->zero_grad();
       ++step;
       if (ema) update_ema();
       if (step % c.print_freq == 0 || step == limit) {
+        const auto t = take_sums();
+        loss_sum += t[0];
+        epoch_loss_sum += t[0];
+        loss_count += static_cast<int64_t>(t[1]);
+        epoch_batches += static_cast<int64_t>(t[1]);
+        interval_correct += static_cast<int64_t>(t[2]);
+        epoch_correct += static_cast<int64_t>(t[2]);
+        interval_seen += static_cast<int64_t>(t[3]);
+        epoch_seen += static_cast<int64_t>(t[3]);
         // Loss and training error over all ranks' samples (every rank reaches the same steps).
         auto sums = sum_over_ranks({loss_sum, static_cast<double>(loss_count), static_cast<double>(interval_correct),
                                     static_cast<double>(interval_seen)});
@@ -408,6 +483,10 @@ void Trainer::State::train() {
           fields["train_err"] =
               100.0 * (1.0 - static_cast<double>(interval_correct) / static_cast<double>(interval_seen));
         }
+        if (scaler->enabled()) {
+          fields["loss_scale"] = scaler->current_scale();
+          fields["skipped_steps"] = skipped_steps;
+        }
         out->record("train", step, fields);
         interval_correct = interval_seen = 0;
         loss_sum = 0.0;
@@ -424,6 +503,11 @@ void Trainer::State::train() {
       break;
     }
     {
+      const auto t = take_sums();
+      epoch_loss_sum += t[0];
+      epoch_batches += static_cast<int64_t>(t[1]);
+      epoch_correct += static_cast<int64_t>(t[2]);
+      epoch_seen += static_cast<int64_t>(t[3]);
       auto sums = sum_over_ranks({epoch_loss_sum, static_cast<double>(epoch_batches),
                                   static_cast<double>(epoch_correct), static_cast<double>(epoch_seen)});
       epoch_loss_sum = sums[0];
@@ -450,13 +534,45 @@ void Trainer::State::train() {
                                             : std::string()));
 }
 
+torch::Tensor Trainer::State::to_device(const torch::Tensor& t) const {
+  if (!t.defined() || t.device() == device) return t;
+  return t.to(device, /*non_blocking=*/true);
+}
+
+torch::Tensor Trainer::State::device_images(const data::Batch& batch) {
+  auto x = to_device(batch.images);
+  if (x.scalar_type() == torch::kByte) {
+    // uint8 from pinned host memory: normalise on the device, (x / 255 - mean) / std in one fused multiply-add.
+    x = torch::addcmul(norm_shift, x.to(torch::kFloat), norm_scale);
+  }
+  if (c.channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  return x;
+}
+
+models::NamedTensors Trainer::State::to_host(const models::NamedTensors& tensors) const {
+  if (!device.is_cuda()) return tensors;
+  models::NamedTensors host;
+  for (const auto& [name, t] : tensors) {
+    auto h = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true));
+    h.copy_(t.contiguous(), /*non_blocking=*/true);
+    host[name] = h;
+  }
+  torch::cuda::synchronize(device.index());  // one wait for all the copies
+  return host;
+}
+
 EvalResult Trainer::State::evaluate(models::ResNet& m) {
   m->eval();
   torch::NoGradGuard no_grad;
   eval_data->start({0, 0, static_cast<uint64_t>(c.seed)});
   TopK total;
   while (auto b = eval_data->next()) {
-    auto r = count_correct(m->forward(b->images), b->labels, b->valid);
+    torch::Tensor logits;
+    {
+      AutocastGuard autocast(device, amp_dtype, c.amp);
+      logits = m->forward(device_images(*b));
+    }
+    auto r = count_correct(logits.to(torch::kFloat), to_device(b->labels), to_device(b->valid));
     total.top1 += r.top1;
     total.top5 += r.top5;
     total.count += r.count;
@@ -505,10 +621,16 @@ void Trainer::State::checkpoint() {
   sync_buffers();
   if (rank != 0) return;
   CheckpointData d;
-  d.model = models::state_dict(*model);
-  d.optimizer = sgd->momentum_buffers();
-  if (ema) d.ema = models::state_dict(*ema);
+  d.model = to_host(models::state_dict(*model));
+  {
+    models::NamedTensors opt(sgd->momentum_buffers().begin(), sgd->momentum_buffers().end());
+    d.optimizer = to_host(opt);
+  }
+  if (ema) d.ema = to_host(models::state_dict(*ema));
   d.state["rng"] = rng_state();
+  if (scaler->enabled()) {
+    for (auto& [k, v] : scaler->state()) d.state[k] = v;
+  }
   auto& m = d.manifest;
   m.set_step(static_cast<uint64_t>(step));
   m.set_epoch(cursor.epoch);

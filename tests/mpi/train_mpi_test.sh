@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Data-parallel training with real Open MPI ranks (ctest label `mpi`):
+#  1. `mpirun -np 2 stride train` runs, logs once (rank 0), checkpoints with world_size 2;
+#  2. the same run killed (mpirun and its ranks, SIGKILL) after a checkpoint and resumed with --resume auto ends
+#     with model and optimizer state bitwise identical to the uninterrupted run;
+#  3. the 2-rank checkpoint resumes on 1 rank with the same global batch (64 per rank instead of 32).
+#   train_mpi_test.sh STRIDE_BINARY WORK_DIR MPIRUN [MPIRUN FLAGS...]
+set -euo pipefail
+STRIDE=$1
+WORK=$2
+shift 2
+MPIRUN=("$@")
+rm -rf "$WORK" && mkdir -p "$WORK"
+trap 'pkill -9 -f "$WORK/" 2>/dev/null || true' EXIT
+
+"$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
+  --samples-per-shard 5000 > /dev/null
+
+common=(--model resnet20 --data-path "$WORK/data" --epochs 1 --checkpoint-every 10 --lr 0.1
+        --lr-warmup-epochs 0.01 --label-smoothing 0.1 --seed 3 --threads 1 --workers 1 --print-freq 10)
+
+echo "== 2 ranks, uninterrupted"
+"${MPIRUN[@]}" -np 2 "$STRIDE" train "${common[@]}" --max-steps 30 --batch-size 32 --output-dir "$WORK/full" > "$WORK/full.log" 2>&1 ||
+  { echo "FAIL: 2-rank run"; cat "$WORK/full.log"; exit 1; }
+grep -q "2 ranks over mpi" "$WORK/full.log" || { echo "FAIL: not 2 MPI ranks"; cat "$WORK/full.log"; exit 1; }
+[[ $(grep -c '^train: ' "$WORK/full.log") == 1 ]] || { echo "FAIL: more than one rank logged"; exit 1; }
+world=$("$STRIDE" ckpt list --json "$WORK/full" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["world_size"])')
+[[ $world == 2 ]] || { echo "FAIL: checkpoint world_size $world"; exit 1; }
+"$STRIDE" ckpt verify "$WORK/full" > /dev/null
+
+echo "== 2 ranks, killed with SIGKILL after the step-10 checkpoint, then resumed"
+setsid "${MPIRUN[@]}" -np 2 "$STRIDE" train "${common[@]}" --max-steps 30 --batch-size 32 --output-dir "$WORK/killed" \
+  > "$WORK/killed.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 1200); do
+  [ -f "$WORK/killed/checkpoints/step-00000010/MANIFEST" ] && break
+  kill -0 "$pid" 2>/dev/null || { echo "FAIL: the run ended before it could be killed"; cat "$WORK/killed.log"; exit 1; }
+  sleep 0.05
+done
+kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid"
+wait "$pid" 2>/dev/null || true
+pkill -9 -f "$WORK/killed" 2>/dev/null || true
+last=$(ls "$WORK/killed/checkpoints" | grep '^step-' | sort | tail -1)
+echo "killed; newest checkpoint: $last"
+[ "$last" != "step-00000030" ] || { echo "FAIL: the run finished before the kill"; exit 1; }
+"${MPIRUN[@]}" -np 2 "$STRIDE" train "${common[@]}" --max-steps 30 --batch-size 32 --output-dir "$WORK/killed" --resume auto \
+  > "$WORK/resumed.log" 2>&1 || { echo "FAIL: resume"; cat "$WORK/resumed.log"; exit 1; }
+grep "^resume: " "$WORK/resumed.log"
+for f in model.safetensors optimizer.safetensors; do
+  cmp "$WORK/full/checkpoints/step-00000030/$f" "$WORK/killed/checkpoints/step-00000030/$f" ||
+    { echo "FAIL: $f differs between the uninterrupted and the killed+resumed 2-rank run"; exit 1; }
+done
+
+echo "== the 2-rank checkpoint continues on 1 rank (same global batch)"
+"$STRIDE" train "${common[@]}" --max-steps 40 --batch-size 64 --output-dir "$WORK/full" --resume auto \
+  > "$WORK/one.log" 2>&1 || { echo "FAIL: 1-rank resume"; cat "$WORK/one.log"; exit 1; }
+grep -q "^resume: .*step 30" "$WORK/one.log" || { echo "FAIL: did not resume at step 30"; cat "$WORK/one.log"; exit 1; }
+[ -f "$WORK/full/checkpoints/step-00000040/MANIFEST" ] || { echo "FAIL: no step-40 checkpoint"; exit 1; }
+echo "PASS: 2-rank training, bitwise kill/resume, 2 -> 1 rank resume"
