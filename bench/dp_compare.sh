@@ -10,7 +10,7 @@ STRIDE=${STRIDE:-build/stride}
 PY=/usr/bin/python3
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPI=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS)
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 OUTF=$(mktemp)
 run_case() {
   local label=$1; shift
@@ -23,9 +23,13 @@ run_case() {
         no-overlap) line=$("${MPI[@]}" "$STRIDE" bench step "${args[@]}" --threads 1 --no-overlap) ;;
         sync-bn) line=$("${MPI[@]}" "$STRIDE" bench step "${args[@]}" --threads 1 --sync-bn) ;;
         one-rank) line=$("$STRIDE" bench step "${args[@]}" --threads 1 --comm-backend single) ;;
-        ddp) line=$("${MPI[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 2>/dev/null | grep '^{') ;;
-        ddp-nosync) line=$("${MPI[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 --no-sync 2>/dev/null | grep '^{') ;;
+        # A fresh rendezvous port each time (a port still in TIME_WAIT from the last run can stall gloo's store).
+        ddp) line=$(timeout 600 "${MPI[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 \
+                      --port $((20000 + RANDOM % 20000)) 2>"$OUTF.err" | grep '^{') ;;
+        ddp-nosync) line=$(timeout 600 "${MPI[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 --no-sync \
+                      --port $((20000 + RANDOM % 20000)) 2>"$OUTF.err" | grep '^{') ;;
       esac
+      pkill -9 -f bench/torch_ddp_step.py 2>/dev/null || true  # never let a straggler steal a core from the next run
       echo "$label|$v|$line" | tee -a "$OUTF" | cut -c1-220
     done
   done
@@ -58,4 +62,4 @@ for label in dict.fromkeys(k[0] for k in rows):
         print(f"  hidden fraction of comm time (overlap)            {statistics.median(x[0] for x in h):.3f} "
               f"(comm {statistics.median(x[1] for x in h):.1f} ms/step, exposed {statistics.median(x[2] for x in h):.1f} ms/step)")
 PYEOF
-rm -f "$OUTF"
+rm -f "$OUTF" "$OUTF.err"

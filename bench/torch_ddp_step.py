@@ -8,6 +8,7 @@ Prints one JSON line (rank 0): global images/s = world x batch x steps / the slo
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -71,7 +72,11 @@ def main():
                           "batch": a.batch_size, "image_size": a.image_size, "threads": a.threads, "steps": a.steps,
                           "seconds": secs.item(),
                           "images_per_s": world * a.batch_size * a.steps / secs.item()}), flush=True)
-    dist.destroy_process_group()
+    dist.barrier()
+    # Leave without tearing down gloo's threads: a rank left spinning after its peer exits would steal a core from
+    # the next measurement.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <map>
+#include <thread>
 
 #include "comm/local/local_communicator.h"
 #ifdef STRIDE_WITH_MPI
@@ -33,6 +34,11 @@ const char* reduce_op_name(ReduceOp op) {
 // HostWork
 // ---------------------------------------------------------------------------------------------------------
 bool HostWork::wait_for(std::chrono::milliseconds timeout) {
+  // Small collectives finish within microseconds: poll briefly before sleeping on the condition variable.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+  while (!done_flag_.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_for(lock, timeout, [&] { return done_; });
   if (error_) std::rethrow_exception(error_);
@@ -72,6 +78,7 @@ void HostWork::finish(std::exception_ptr error) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     done_ = true;
+    done_flag_.store(true, std::memory_order_release);
     finished_ = std::chrono::steady_clock::now();
     error_ = std::move(error);
   }

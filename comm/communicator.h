@@ -16,6 +16,7 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
@@ -77,6 +78,7 @@ class HostWork : public Work {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> done_flag_{false};  // done_, readable without the mutex
   std::exception_ptr error_;
   std::chrono::steady_clock::time_point started_{}, finished_{};
 };

@@ -406,7 +406,7 @@ void Trainer::State::train() {
     // Running sums stay on the device and are read at print time: no host synchronisation per step on a GPU.
     auto dev_sums = torch::zeros({4}, torch::TensorOptions().dtype(torch::kDouble).device(device));
     auto take_sums = [&] {  // {loss sum, batches, correct, seen} since the last call
-      auto host = dev_sums.cpu();
+      auto host = dev_sums.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);  // .cpu() would alias on CPU
       dev_sums.zero_();
       auto a = host.accessor<double, 1>();
       return std::array<double, 4>{a[0], a[1], a[2], a[3]};

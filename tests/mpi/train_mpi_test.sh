@@ -24,6 +24,15 @@ echo "== 2 ranks, uninterrupted"
   { echo "FAIL: 2-rank run"; cat "$WORK/full.log"; exit 1; }
 grep -q "2 ranks over mpi" "$WORK/full.log" || { echo "FAIL: not 2 MPI ranks"; cat "$WORK/full.log"; exit 1; }
 [[ $(grep -c '^train: ' "$WORK/full.log") == 1 ]] || { echo "FAIL: more than one rank logged"; exit 1; }
+# Logged loss and training error are real numbers summed over both ranks.
+/usr/bin/python3 - "$WORK/full/metrics.jsonl" <<'PYEOF' || { echo "FAIL: bad training metrics"; exit 1; }
+import json, sys
+train = [json.loads(l) for l in open(sys.argv[1]) if '"type":"train"' in l]
+assert len(train) == 3, train
+for r in train:
+    assert 0.1 < r["loss"] < 5 and 0 < r["train_err"] < 100, r
+print("metrics ok:", [round(r["loss"], 3) for r in train])
+PYEOF
 world=$("$STRIDE" ckpt list --json "$WORK/full" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["world_size"])')
 [[ $world == 2 ]] || { echo "FAIL: checkpoint world_size $world"; exit 1; }
 "$STRIDE" ckpt verify "$WORK/full" > /dev/null
