@@ -143,8 +143,7 @@ void Trainer::State::setup() {
   validate(c);
   const bool cuda = c.device == "cuda" || (c.device == "auto" && torch::cuda::is_available());
   if (cuda && !torch::cuda::is_available()) {
-    throw UsageError("--device cuda: no CUDA device is visible (this LibTorch build has CUDA: " +
-                     std::string(torch::cuda::is_available() ? "yes" : "no or no GPU") + ")");
+    throw UsageError("--device cuda: no CUDA device is visible (or this LibTorch build has no CUDA)");
   }
   comm::CommOptions co;
   co.backend = c.comm_backend;
@@ -622,10 +621,7 @@ void Trainer::State::checkpoint() {
   if (rank != 0) return;
   CheckpointData d;
   d.model = to_host(models::state_dict(*model));
-  {
-    models::NamedTensors opt(sgd->momentum_buffers().begin(), sgd->momentum_buffers().end());
-    d.optimizer = to_host(opt);
-  }
+  d.optimizer = to_host(sgd->momentum_buffers());
   if (ema) d.ema = to_host(models::state_dict(*ema));
   d.state["rng"] = rng_state();
   if (scaler->enabled()) {

@@ -170,7 +170,7 @@ MpiCommunicator::MpiCommunicator() : impl_(std::make_shared<Impl>()) {
 MpiCommunicator::~MpiCommunicator() {
   // Finalise on the owner thread after the queued collectives; if one is stuck (a dead peer), abandon it: the
   // process is on its way out and MPI_Finalize would block too.
-  const bool clean = impl_->owner.stop(std::chrono::seconds(30), [impl = impl_] {
+  impl_->owner.stop(std::chrono::seconds(30), [impl = impl_] {
     MPI_Op_free(&impl->half_sum);
     MPI_Op_free(&impl->bf16_sum);
     MPI_Comm_free(&impl->comm);
@@ -178,7 +178,6 @@ MpiCommunicator::~MpiCommunicator() {
   });
   std::lock_guard<std::mutex> lock(g_mu);
   g_finalized = true;
-  (void)clean;
 }
 
 WorkPtr MpiCommunicator::submit(std::string what, std::function<void()> fn) {

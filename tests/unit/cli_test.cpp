@@ -42,6 +42,16 @@ TEST(CliModels, JsonHonoursOptions) {
   }
 }
 
+TEST(CliTrain, DeviceCudaWithoutAGpuExitsWithTwo) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a CUDA device is visible";
+  auto r = run_command(kStride + " train --device cuda --comm-backend single --data-path /nonexistent");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device cuda: no CUDA device is visible"), std::string::npos) << r.output;
+  r = run_command(kStride + " train --amp --device cpu --comm-backend single --data-path /nonexistent");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--amp needs a CUDA device"), std::string::npos) << r.output;
+}
+
 TEST(CliModels, ErrorsExitWithTwoAndSayWhat) {
   auto r = run_command(kStride + " models --grad-norms resnet5");
   EXPECT_EQ(r.exit_code, 2);

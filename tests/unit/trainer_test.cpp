@@ -80,6 +80,12 @@ TEST(TrainConfig, ErrorsNameTheKey) {
   EXPECT_NE(parse({"--mean", "0.5,0.5"}).error.find("--std"), std::string::npos);
   EXPECT_NE(parse({}, "x = 1\n", &dir).error.find("unknown key 'x'"), std::string::npos);
   EXPECT_FALSE(parse({"--batch-size", "abc"}).error.empty());
+  EXPECT_NE(parse({"--comm-backend", "gloo"}).error.find("--comm-backend must be one of"), std::string::npos);
+  EXPECT_NE(parse({"--grad-compression", "int8"}).error.find("--grad-compression must be one of"), std::string::npos);
+  EXPECT_NE(parse({"--comm-timeout", "0"}).error.find("--comm-timeout must be positive"), std::string::npos);
+  EXPECT_NE(parse({"--bucket-cap-mb", "0"}).error.find("--bucket-cap-mb must be positive"), std::string::npos);
+  EXPECT_NE(parse({"--device", "tpu"}).error.find("--device must be one of"), std::string::npos);
+  EXPECT_NE(parse({"--amp-dtype", "fp8"}).error.find("--amp-dtype must be one of"), std::string::npos);
 }
 
 TEST(TrainConfig, ResolvedTomlRoundTrips) {
