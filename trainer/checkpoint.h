@@ -1,14 +1,7 @@
-// Checkpoints on disk: RUN/checkpoints/step-XXXXXXXX/{model,optimizer,ema,state}.safetensors + MANIFEST.
-//
-// Note [Checkpoint commit]
-// Files are written and fsynced first; MANIFEST (every file's name, size and CRC32C plus the training state)
-// is written last to a temporary name, fsynced, renamed, and the directory fsynced. A directory without a valid
-// MANIFEST, or whose files do not match it, is not a checkpoint: readers skip it and fall back to the newest
-// one that verifies. LATEST names the newest commit for people and scripts; readers do not trust it. Only after
-// a commit are checkpoints beyond the newest `keep` deleted, so the newest committed one always survives.
-//
-// All file operations go through FileOps so tests can fail any single operation (a crash at that instant).
-// CheckpointStore is not thread-safe; use one per run directory.
+// Checkpoints on disk: RUN/checkpoints/step-XXXXXXXX/{model,optimizer,ema,state}.safetensors + MANIFEST. What a
+// checkpoint contains lives here; how it is committed (Note [Checkpoint commit]) lives in
+// cluster/checkpoint_files.h, shared with the coordinator, which commits the checkpoints of a multi-rank job.
+// CheckpointStore is the synchronous one-process path (tests, tools); it is not thread-safe.
 #pragma once
 
 #include <torch/torch.h>
@@ -20,23 +13,17 @@
 #include <string>
 #include <vector>
 
+#include "cluster/checkpoint_files.h"
 #include "proto/checkpoint.pb.h"
 
 namespace stride::trainer {
 
 using NamedTensors = std::map<std::string, torch::Tensor>;
 
-// The seam for fault injection. The real implementation fsyncs every file it writes.
-class FileOps {
- public:
-  virtual ~FileOps() = default;
-  virtual void write_file(const std::string& path, const std::string& bytes);  // create/truncate, write, fsync
-  virtual void rename(const std::string& from, const std::string& to);
-  virtual void fsync_dir(const std::string& dir);
-  virtual void make_dir(const std::string& dir);
-  virtual void remove_all(const std::string& path);
-};
-std::shared_ptr<FileOps> real_file_ops();
+using cluster::CheckpointInfo;
+using cluster::FileOps;
+using cluster::real_file_ops;
+using cluster::verify_checkpoint;
 
 struct CheckpointData {
   NamedTensors model;        // torchvision-named weights and buffers
@@ -44,14 +31,6 @@ struct CheckpointData {
   NamedTensors ema;          // EMA weights (empty when off)
   NamedTensors state;        // RNG state and other small tensors
   proto::Manifest manifest;  // training state; `files` is filled in by commit()
-};
-
-struct CheckpointInfo {
-  std::string path;
-  uint64_t step = 0;
-  bool valid = false;
-  std::string problem;  // why it is not valid
-  proto::Manifest manifest;
 };
 
 class CheckpointStore {
@@ -69,14 +48,13 @@ class CheckpointStore {
   const std::string& dir() const { return dir_; }
 
  private:
-  void garbage_collect();
   std::string dir_;
   int64_t keep_;
   std::shared_ptr<FileOps> ops_;
 };
 
-// Checks MANIFEST and (deep) every file it lists. Throws stride::Error naming the file on any mismatch.
-proto::Manifest verify_checkpoint(const std::string& dir, bool deep = true);
+// The tensor files of a checkpoint: {file name, tensors}, empty parts (other than the model) left out.
+std::vector<std::pair<std::string, const NamedTensors*>> checkpoint_parts(const CheckpointData& d);
 // Verifies, then reads every tensor file.
 CheckpointData load_checkpoint(const std::string& dir);
 

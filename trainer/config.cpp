@@ -80,6 +80,20 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"comm-timeout", "Seconds a collective may take before the run stops with exit code 75", &c.comm_timeout},
       {"bucket-cap-mb", "Gradient bucket size cap in MiB (the first bucket is 1 MiB at most)", &c.bucket_cap_mb},
       {"grad-compression", "none | fp16 | bf16: communicate gradients in 16 bits", &c.grad_compression},
+      {"job", "Job name shown by the status endpoint (default: the output directory's name)", &c.job},
+      {"status-port",
+       "Port of the HTTP status endpoint (0: any free port, -1: off; a taken port falls back to a free one)",
+       &c.status_port},
+      {"status-bind", "Address the status endpoint listens on", &c.status_bind},
+      {"coordinator-bind",
+       "Address rank 0's coordinator listens on for the ranks (another host's ranks need an "
+       "address they can reach, e.g. 0.0.0.0)",
+       &c.coordinator_bind},
+      {"heartbeat-interval", "Seconds between a rank's heartbeats to the coordinator", &c.heartbeat_interval},
+      {"heartbeat-timeout", "Seconds of silence after which a rank is declared dead and the job stops (exit code 75)",
+       &c.heartbeat_timeout},
+      {"control-every", "Steps between the ranks' agreement on checkpoint/stop requests (a tiny collective)",
+       &c.control_every},
   };
 }
 
@@ -217,6 +231,13 @@ void validate(const TrainConfig& c) {
   one_of("amp-dtype", c.amp_dtype, {"float16", "bfloat16"});
   one_of("grad-compression", c.grad_compression, {"none", "fp16", "bf16"});
   if (!(c.comm_timeout > 0.0)) throw UsageError(concat("--comm-timeout must be positive, got ", c.comm_timeout));
+  if (c.status_port < -1 || c.status_port > 65535)
+    throw UsageError(concat("--status-port must be -1 (off), 0 (any) or a port number, got ", c.status_port));
+  if (!(c.heartbeat_interval > 0.0))
+    throw UsageError(concat("--heartbeat-interval must be positive, got ", c.heartbeat_interval));
+  if (!(c.heartbeat_timeout > c.heartbeat_interval))
+    throw UsageError(concat("--heartbeat-timeout must exceed --heartbeat-interval, got ", c.heartbeat_timeout));
+  if (c.control_every < 1) throw UsageError(concat("--control-every must be positive, got ", c.control_every));
   if (!(c.bucket_cap_mb > 0.0)) throw UsageError(concat("--bucket-cap-mb must be positive, got ", c.bucket_cap_mb));
   if (c.label_smoothing < 0.0 || c.label_smoothing >= 1.0)
     throw UsageError(concat("--label-smoothing must be in [0, 1), got ", c.label_smoothing));

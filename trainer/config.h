@@ -85,7 +85,15 @@ struct TrainConfig {
   double comm_timeout = 300.0;            // seconds a collective may take before the run fails (exit code 75)
   double bucket_cap_mb = 25.0;            // gradient bucket cap
   std::string grad_compression = "none";  // none | fp16 | bf16
-  std::string config_file;                // the --config file it came from (informational)
+  // Coordination (docs/cluster.md)
+  std::string job;             // job name (default: the output directory's name)
+  int64_t status_port = 8470;  // HTTP status endpoint of the coordinator rank 0 hosts; 0: any, -1: off
+  std::string status_bind = "127.0.0.1";
+  std::string coordinator_bind = "127.0.0.1";  // where rank 0's coordinator listens for the ranks
+  double heartbeat_interval = 1.0;             // seconds between heartbeats
+  double heartbeat_timeout = 30.0;             // a rank silent this long is declared dead
+  int64_t control_every = 10;                  // steps between the ranks' agreement on checkpoint/stop requests
+  std::string config_file;                     // the --config file it came from (informational)
 };
 
 using OptionTarget = std::variant<int64_t*, double*, bool*, std::string*, std::vector<int64_t>*, std::vector<double>*,

@@ -1,14 +1,21 @@
 #include "trainer/trainer.h"
 
 #include <ATen/core/Generator.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <set>
+#include <thread>
 
+#include "cluster/client.h"
+#include "cluster/coordinator.h"
 #include "comm/communicator.h"
 #include "comm/reducer.h"
 #include "comm/sync_batch_norm.h"
@@ -20,6 +27,7 @@
 #include "models/state_dict.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
+#include "trainer/checkpoint_writer.h"
 #include "trainer/loss.h"
 #include "trainer/run_output.h"
 #include "trainer/safetensors.h"
@@ -62,6 +70,25 @@ void set_rng_state(const torch::Tensor& state) {
   gen.set_state(state);
 }
 
+// SIGTERM, SIGINT and SIGUSR2 (Slurm's warning before the time limit) ask for a checkpoint and a clean stop; a
+// second SIGINT exits at once.
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) {
+  if (sig == SIGINT && g_stop_signal.load() != 0) std::_Exit(130);
+  g_stop_signal.store(sig);
+}
+
+std::string hostname() {
+  char buf[256] = {0};
+  ::gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -86,8 +113,21 @@ struct Trainer::State {
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
   std::map<std::string, double> last_eval;
+  // Coordination (Note [Coordinated checkpoints] in cluster/coordinator_core.h).
+  std::unique_ptr<cluster::Coordinator> coordinator;  // rank 0 hosts one unless a launcher provides it
+  std::unique_ptr<cluster::CoordinatorClient> client;
+  std::unique_ptr<CheckpointWriter> writer;
+  int64_t last_checkpoint_step = -1;  // the newest step checkpointed (or resumed from): never rewritten
+  int64_t submitted_step = -1;        // the newest checkpoint this run handed to the writer
+  proto::Heartbeat hb;
+  bool stopped = false;
 
   void setup();
+  void start_coordination();
+  // Every `control_every` steps: do the ranks agree to checkpoint or stop now? Returns true to stop.
+  bool control_point();
+  // Waits for the newest checkpoint to be committed (end of run, stop). Throws when it was not.
+  void finish_checkpoints();
   void load_weights(const std::string& path);
   void apply_freeze();
   void resume();
@@ -133,6 +173,15 @@ int Trainer::run_unchecked() {
     return 0;
   }
   s_->train();
+  s_->finish_checkpoints();
+  if (s_->client) s_->client->goodbye(!s_->stopped, s_->stopped ? "stopped on request" : "training finished");
+  if (s_->coordinator) {
+    // Stay up (rank 0 hosts the coordinator) until every rank said goodbye, so none loses its connection early.
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (!s_->coordinator->finished() && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
   return 0;
 }
 
@@ -174,6 +223,7 @@ void Trainer::State::setup() {
   config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
   if (rank == 0) write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
+  if (!c.test_only) start_coordination();
 
   ensure_dataset(c);
   auto make_loader = [&](bool train) {
@@ -264,6 +314,7 @@ void Trainer::State::setup() {
   store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
   cursor = {0, 0, static_cast<uint64_t>(c.seed)};
   if (!c.resume.empty()) resume();
+  if (!c.resume.empty() && step > 0) last_checkpoint_step = step;
   if (world > 1) {
     // Every replica starts from rank 0's weights and buffers (after --weights / --resume, which all ranks read).
     comm::broadcast_module_state(*model, *comm);
@@ -276,6 +327,125 @@ void Trainer::State::setup() {
       reducer = std::make_unique<comm::GradientReducer>(model->named_parameters().pairs(), comm, ro);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Coordination
+// ---------------------------------------------------------------------------------------------------------
+void Trainer::State::start_coordination() {
+  const char* env_addr = std::getenv("STRIDE_COORDINATOR");
+  const char* env_token = std::getenv("STRIDE_JOB_TOKEN");
+  std::string address = env_addr ? env_addr : "", token = env_token ? env_token : "";
+  const std::string ckpt_root = (fs::path(c.output_dir) / "checkpoints").string();
+  if (address.empty()) {
+    // Started by a bare mpirun/srun (or one process): rank 0 hosts the coordinator and tells the others where it
+    // is over the communicator (the job's ranks already trust each other).
+    std::string blob;
+    if (rank == 0) {
+      cluster::CoordinatorOptions co;
+      co.core.job = !c.job.empty() ? c.job : fs::path(c.output_dir).filename().string();
+      co.core.world_size = static_cast<uint32_t>(world);
+      co.core.heartbeat_interval_s = c.heartbeat_interval;
+      co.core.heartbeat_timeout_s = c.heartbeat_timeout;
+      co.core.reconnect_grace_s = std::min(10.0, c.heartbeat_timeout);
+      co.core.checkpoint_root = ckpt_root;
+      co.core.keep = c.keep_checkpoints;
+      co.core.restarts = env_int("STRIDE_RESTART_COUNT", env_int("SLURM_RESTART_COUNT", 0));
+      co.bind = c.coordinator_bind;
+      co.status_bind = c.status_bind;
+      co.status_port = static_cast<int>(c.status_port);
+      coordinator = std::make_unique<cluster::Coordinator>(co);
+      const std::string host =
+          c.coordinator_bind == "0.0.0.0" || c.coordinator_bind == "::" ? hostname() : c.coordinator_bind;
+      blob = concat(host, ":", coordinator->port(), "\n", coordinator->token());
+      if (coordinator->status_port() >= 0) {
+        out->print(
+            concat("status: ", coordinator->status_url(), " (stride status --url ", coordinator->status_url(), ")"));
+      }
+      nlohmann::json info = {{"status_url", coordinator->status_url()},
+                             {"coordinator", concat(host, ":", coordinator->port())},
+                             {"pid", ::getpid()},
+                             {"host", hostname()}};
+      write_file_atomic((fs::path(c.output_dir) / "coordinator.json").string(), info.dump(2) + "\n");
+      // The token authorises POST /stop and /checkpoint: readable by the owner only.
+      const std::string token_path = (fs::path(c.output_dir) / "job_token").string();
+      write_file_atomic(token_path, coordinator->token() + "\n");
+      fs::permissions(token_path, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+    }
+    if (world > 1) {
+      auto t = torch::zeros({512}, torch::kByte);
+      if (rank == 0) std::memcpy(t.data_ptr(), blob.data(), std::min<size_t>(blob.size(), 511));
+      comm->broadcast(t, 0)->wait();
+      blob = std::string(static_cast<const char*>(t.data_ptr()));
+    }
+    const auto nl = blob.find('\n');
+    address = blob.substr(0, nl);
+    token = nl == std::string::npos ? "" : blob.substr(nl + 1);
+  } else if (token.empty()) {
+    throw UsageError("STRIDE_COORDINATOR is set but STRIDE_JOB_TOKEN is not (both come from stride launch)");
+  }
+  cluster::ClientOptions o;
+  o.address = address;
+  o.token = token;
+  o.rank = static_cast<uint32_t>(rank);
+  o.world_size = static_cast<uint32_t>(world);
+  o.host = hostname();
+  o.pid = static_cast<uint32_t>(::getpid());
+  o.give_up_s = c.heartbeat_timeout;
+  const uint64_t r = rank;
+  client = std::make_unique<cluster::CoordinatorClient>(o, [r](const std::string& why) {
+    // A peer is dead or the coordinator is gone: the last committed checkpoint is intact; exit with the code
+    // supervisors restart on, without unwinding through a collective that will never complete.
+    std::fprintf(stderr, "stride: error: rank %llu: %s\n", static_cast<unsigned long long>(r), why.c_str());
+    std::fflush(stderr);
+    std::fflush(stdout);
+    std::_Exit(comm::kCommFailureExitCode);
+  });
+  writer = std::make_unique<CheckpointWriter>(ckpt_root, [this](proto::CheckpointReport rep) {
+    if (!rep.ok()) {
+      std::fprintf(stderr, "stride: error: rank %llu: checkpoint at step %llu failed: %s\n",
+                   static_cast<unsigned long long>(rank), static_cast<unsigned long long>(rep.step()),
+                   rep.error().c_str());
+    }
+    client->report(std::move(rep));
+  });
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGUSR2, on_stop_signal);
+}
+
+bool Trainer::State::control_point() {
+  if (!client) return false;
+  const int sig = g_stop_signal.load();
+  double ckpt = client->take_checkpoint_request() ? 1.0 : 0.0;
+  double stop = client->stop_requested() || sig != 0 ? 1.0 : 0.0;
+  if (world > 1) {
+    auto sums = sum_over_ranks({ckpt, stop});
+    ckpt = sums[0];
+    stop = sums[1];
+  }
+  if (stop > 0) {
+    out->print(concat("stop requested", sig ? concat(" (signal ", sig, ")") : std::string(), ": checkpointing at step ",
+                      step));
+    checkpoint();
+    return true;
+  }
+  if (ckpt > 0) checkpoint();
+  return false;
+}
+
+void Trainer::State::finish_checkpoints() {
+  if (!writer || submitted_step < 0) return;
+  writer->drain();
+  std::string detail;
+  const auto verdict = client->wait_commit(static_cast<uint64_t>(submitted_step), 300.0, &detail);
+  if (verdict == cluster::CoordinatorClient::Commit::kCommitted) {
+    if (stopped) {
+      out->print(concat("stopped at step ", step, ": checkpoint ", detail, " committed; continue with --resume auto"));
+    }
+    return;
+  }
+  throw Error(concat("rank ", rank, ": the checkpoint at step ", submitted_step, " was not committed: ", detail));
 }
 
 std::vector<double> Trainer::State::sum_over_ranks(std::vector<double> values) {
@@ -392,7 +562,10 @@ void Trainer::State::train() {
                     " epochs, global batch ", c.batch_size * static_cast<int64_t>(world) * c.accum_steps));
   const auto run_start = Clock::now();
   const int64_t first_step = step;
-  while (step < limit && cursor.epoch < static_cast<uint64_t>(c.epochs)) {
+  hb.set_total_steps(static_cast<uint64_t>(limit));
+  double data_wait_mark = 0.0, comm_wait_mark = 0.0;
+  int64_t interval_first_step = step;
+  while (!stopped && step < limit && cursor.epoch < static_cast<uint64_t>(c.epochs)) {
     train_data->start(cursor);
     model->train();
     apply_freeze();
@@ -445,6 +618,11 @@ void Trainer::State::train() {
       sgd->zero_grad();
       ++step;
       if (ema) update_ema();
+      if (client) {
+        hb.set_step(static_cast<uint64_t>(step));
+        hb.set_epoch(cursor.epoch);
+        client->update(hb);
+      }
       if (step % c.print_freq == 0 || step == limit) {
         const auto t = take_sums();
         loss_sum += t[0];
@@ -487,18 +665,41 @@ void Trainer::State::train() {
           fields["skipped_steps"] = skipped_steps;
         }
         out->record("train", step, fields);
+        if (client) {
+          const double data_wait = train_data->wait_seconds();
+          const double comm_wait = reducer ? reducer->stats().exposed_seconds : 0.0;
+          hb.set_loss(mean_loss);
+          hb.set_has_loss(true);
+          hb.set_img_per_s(ips);
+          hb.set_step_time_s(secs / static_cast<double>(std::max<int64_t>(1, step - interval_first_step)));
+          hb.set_data_wait_s(data_wait >= data_wait_mark ? data_wait - data_wait_mark : data_wait);
+          hb.set_comm_wait_s(comm_wait - comm_wait_mark);
+          hb.set_eta_seconds(eta);
+          data_wait_mark = data_wait;
+          comm_wait_mark = comm_wait;
+          interval_first_step = step;
+          client->update(hb, /*new_interval=*/true);
+        }
         interval_correct = interval_seen = 0;
         loss_sum = 0.0;
         loss_count = 0;
         images = 0;
         interval_start = Clock::now();
       }
-      if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0) checkpoint();
+      // The epoch's last step is checkpointed at the epoch end (with the cursor past the epoch).
+      const bool epoch_has_more =
+          cursor.consumed < train_data->num_samples() && train_data->plan().steps(cursor.consumed) > 0;
+      if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && epoch_has_more) checkpoint();
+      if (step % c.control_every == 0 && control_point()) {
+        stopped = true;
+        break;
+      }
       if (step >= limit) break;
     }
+    if (stopped) break;
     if (step >= limit && cursor.consumed < train_data->num_samples() && train_data->plan().steps(cursor.consumed) > 0) {
       // Stopped mid-epoch by --max-steps: the cursor points into this epoch.
-      if (c.checkpoint_every == 0 || step % c.checkpoint_every != 0) checkpoint();
+      checkpoint();
       break;
     }
     {
@@ -612,37 +813,59 @@ void Trainer::State::evaluate_and_record() {
     line += buf;
   }
   fields["seconds"] = seconds_since(t0);
+  hb.set_has_eval(true);
+  hb.set_eval_acc1(r.acc1);
+  hb.set_eval_step(static_cast<uint64_t>(step));
+  if (client) client->update(hb);
   out->print(line);
   out->record("eval", step, fields);
 }
 
 void Trainer::State::checkpoint() {
-  sync_buffers();
-  if (rank != 0) return;
-  CheckpointData d;
-  d.model = to_host(models::state_dict(*model));
-  d.optimizer = to_host(sgd->momentum_buffers());
-  if (ema) d.ema = to_host(models::state_dict(*ema));
-  d.state["rng"] = rng_state();
-  if (scaler->enabled()) {
-    for (auto& [k, v] : scaler->state()) d.state[k] = v;
-  }
-  auto& m = d.manifest;
-  m.set_step(static_cast<uint64_t>(step));
-  m.set_epoch(cursor.epoch);
-  m.mutable_cursor()->set_epoch(cursor.epoch);
-  m.mutable_cursor()->set_consumed(cursor.consumed);
-  m.mutable_cursor()->set_seed(cursor.seed);
-  m.set_world_size(static_cast<uint32_t>(world));
-  m.set_global_batch(static_cast<uint64_t>(c.batch_size) * world);
-  m.set_model(c.model);
-  m.set_config_digest(config_digest);
-  m.set_created_unix(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
-  m.set_stride_version(STRIDE_VERSION);
-  for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
+  if (step == last_checkpoint_step) return;  // already checkpointed (or resumed from): never rewrite a commit
   const auto t0 = Clock::now();
-  store->commit(std::move(d));
-  out->record("checkpoint", step, {{"seconds", seconds_since(t0)}});
+  sync_buffers();
+  // Replicas are identical after the step, so the files are shared out: rank r writes the parts with
+  // index % world == r (model on rank 0, optimizer on rank 1, ...); rank 0 also sends the training state.
+  const int64_t w = static_cast<int64_t>(world), me = static_cast<int64_t>(rank);
+  CheckpointJob job;
+  job.step = static_cast<uint64_t>(step);
+  auto snapshot = [&](const models::NamedTensors& tensors) {
+    if (device.is_cuda()) return to_host(tensors);  // pinned copies: fresh memory already
+    models::NamedTensors copy;
+    for (const auto& [name, t] : tensors) copy[name] = t.detach().clone();
+    return copy;
+  };
+  if (0 % w == me) job.files.emplace_back("model.safetensors", snapshot(models::state_dict(*model)));
+  if (1 % w == me) job.files.emplace_back("optimizer.safetensors", snapshot(sgd->momentum_buffers()));
+  if (ema && 2 % w == me) job.files.emplace_back("ema.safetensors", snapshot(models::state_dict(*ema)));
+  if (rank == 0) {
+    NamedTensors state;
+    state["rng"] = rng_state();
+    if (scaler->enabled()) {
+      for (auto& [k, v] : scaler->state()) state[k] = to_host({{k, v}}).at(k).clone();
+    }
+    job.files.emplace_back("state.safetensors", std::move(state));
+    proto::Manifest m;
+    m.set_step(static_cast<uint64_t>(step));
+    m.set_epoch(cursor.epoch);
+    m.mutable_cursor()->set_epoch(cursor.epoch);
+    m.mutable_cursor()->set_consumed(cursor.consumed);
+    m.mutable_cursor()->set_seed(cursor.seed);
+    m.set_world_size(static_cast<uint32_t>(world));
+    m.set_global_batch(static_cast<uint64_t>(c.batch_size) * world);
+    m.set_model(c.model);
+    m.set_config_digest(config_digest);
+    m.set_created_unix(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+    m.set_stride_version(STRIDE_VERSION);
+    for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
+    job.manifest = std::move(m);
+  }
+  // Bound the memory held by snapshots: at most one checkpoint queued behind the one being written.
+  while (writer->queued() >= 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  writer->submit(std::move(job));
+  last_checkpoint_step = submitted_step = step;
+  out->record("checkpoint", step, {{"stall_seconds", seconds_since(t0)}});
 }
 
 }  // namespace stride::trainer

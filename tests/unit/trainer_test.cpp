@@ -86,6 +86,9 @@ TEST(TrainConfig, ErrorsNameTheKey) {
   EXPECT_NE(parse({"--bucket-cap-mb", "0"}).error.find("--bucket-cap-mb must be positive"), std::string::npos);
   EXPECT_NE(parse({"--device", "tpu"}).error.find("--device must be one of"), std::string::npos);
   EXPECT_NE(parse({"--amp-dtype", "fp8"}).error.find("--amp-dtype must be one of"), std::string::npos);
+  EXPECT_NE(parse({"--status-port", "70000"}).error.find("--status-port must be"), std::string::npos);
+  EXPECT_NE(parse({"--heartbeat-timeout", "0.5"}).error.find("--heartbeat-timeout must exceed"), std::string::npos);
+  EXPECT_NE(parse({"--control-every", "0"}).error.find("--control-every must be positive"), std::string::npos);
 }
 
 TEST(TrainConfig, ResolvedTomlRoundTrips) {

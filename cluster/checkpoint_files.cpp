@@ -1,0 +1,160 @@
+#include "cluster/checkpoint_files.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/file_io.h"
+#include "data/crc32c.h"
+#include "data/framing.h"
+
+namespace stride::cluster {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kMagic[8] = {'S', 'T', 'R', 'C', 'K', 'P', '1', '\n'};
+
+proto::Manifest read_manifest(const std::string& path) {
+  const std::string payload = data::unframe_payload(kMagic, read_file(path), path, "MANIFEST");
+  proto::Manifest m;
+  if (!m.ParseFromString(payload)) throw Error(concat(path, ": cannot parse"));
+  if (m.version() > kManifestVersion) throw Error(concat(path, ": version ", m.version(), " is newer than this build"));
+  return m;
+}
+
+}  // namespace
+
+void FileOps::write_file(const std::string& path, const std::string& bytes) { write_file_fsync(path, bytes); }
+
+void FileOps::rename(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    throw Error(concat("rename ", from, " -> ", to, " failed: ", std::strerror(errno)));
+  }
+}
+
+void FileOps::fsync_dir(const std::string& dir) { stride::fsync_dir(dir); }
+
+void FileOps::make_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(concat("cannot create ", dir, ": ", ec.message()));
+}
+
+void FileOps::remove_all(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) throw Error(concat("cannot remove ", path, ": ", ec.message()));
+}
+
+std::shared_ptr<FileOps> real_file_ops() {
+  static auto ops = std::make_shared<FileOps>();
+  return ops;
+}
+
+std::string step_name(uint64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08llu", static_cast<unsigned long long>(step));
+  return name;
+}
+
+std::string step_dir(const std::string& root, uint64_t step) { return (fs::path(root) / step_name(step)).string(); }
+
+proto::FileEntry write_checkpoint_file(FileOps& ops, const std::string& dir, const std::string& name,
+                                       const std::string& bytes) {
+  ops.write_file((fs::path(dir) / name).string(), bytes);
+  proto::FileEntry e;
+  e.set_name(name);
+  e.set_size(bytes.size());
+  e.set_crc32c(data::crc32c(bytes.data(), bytes.size()));
+  return e;
+}
+
+void prepare_step_dir(FileOps& ops, const std::string& root, uint64_t step) {
+  const std::string dir = step_dir(root, step);
+  ops.make_dir(dir);
+  const std::string manifest = (fs::path(dir) / "MANIFEST").string();
+  std::error_code ec;
+  if (fs::exists(manifest, ec)) {
+    // An earlier attempt at this step (a run that crashed after committing it and resumed from an older one):
+    // the directory stops being a checkpoint before any of its files change.
+    ops.remove_all(manifest);
+    ops.fsync_dir(dir);
+  }
+}
+
+std::string commit_manifest(FileOps& ops, const std::string& root, proto::Manifest m, int64_t keep) {
+  const std::string name = step_name(m.step());
+  const std::string dir = (fs::path(root) / name).string();
+  m.set_version(kManifestVersion);
+  const std::string tmp = (fs::path(dir) / ".MANIFEST.tmp").string();
+  ops.write_file(tmp, data::frame_payload(kMagic, m.SerializeAsString()));
+  ops.rename(tmp, (fs::path(dir) / "MANIFEST").string());
+  ops.fsync_dir(dir);
+  ops.fsync_dir(root);
+  // LATEST is a convenience for people; readers scan for the newest valid MANIFEST instead.
+  ops.write_file((fs::path(root) / ".LATEST.tmp").string(), name + "\n");
+  ops.rename((fs::path(root) / ".LATEST.tmp").string(), (fs::path(root) / "LATEST").string());
+  ops.fsync_dir(root);
+  garbage_collect(ops, root, keep);
+  return dir;
+}
+
+std::vector<CheckpointInfo> list_checkpoints(const std::string& root, bool deep) {
+  std::vector<CheckpointInfo> out;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return out;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || name.rfind("step-", 0) != 0) continue;
+    CheckpointInfo info;
+    info.path = e.path().string();
+    info.step = std::strtoull(name.c_str() + 5, nullptr, 10);
+    try {
+      info.manifest = verify_checkpoint(info.path, deep);
+      info.valid = true;
+    } catch (const Error& err) {
+      info.problem = err.what();
+    }
+    out.push_back(std::move(info));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.step > b.step; });
+  return out;
+}
+
+void garbage_collect(FileOps& ops, const std::string& root, int64_t keep) {
+  keep = std::max<int64_t>(1, keep);
+  int64_t kept = 0;
+  bool seen_valid = false;
+  for (const auto& info : list_checkpoints(root, /*deep=*/false)) {
+    if (info.valid && kept < keep) {
+      ++kept;
+      seen_valid = true;
+      continue;
+    }
+    // Invalid and newer than every commit: possibly being written right now.
+    if (!info.valid && !seen_valid) continue;
+    ops.remove_all(info.path);
+  }
+}
+
+proto::Manifest verify_checkpoint(const std::string& dir, bool deep) {
+  const std::string manifest_path = (fs::path(dir) / "MANIFEST").string();
+  if (!fs::exists(manifest_path)) throw Error(concat(dir, ": no MANIFEST (an interrupted checkpoint)"));
+  auto m = read_manifest(manifest_path);
+  for (const auto& f : m.files()) {
+    const std::string path = (fs::path(dir) / f.name()).string();
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (ec) throw Error(concat(path, ": listed in MANIFEST but missing"));
+    if (size != f.size()) throw Error(concat(path, ": ", size, " bytes, MANIFEST says ", f.size()));
+    if (!deep) continue;
+    const std::string bytes = read_file(path);
+    if (data::crc32c(bytes.data(), bytes.size()) != f.crc32c()) throw Error(concat(path, ": checksum mismatch"));
+  }
+  return m;
+}
+
+}  // namespace stride::cluster

@@ -1,0 +1,72 @@
+// The on-disk checkpoint commit, without LibTorch: RUN/checkpoints/step-XXXXXXXX/ holds the tensor files
+// written by the ranks and, once every file is durable, a MANIFEST listing them.
+//
+// Note [Checkpoint commit]
+// Files are written and fsynced first (by each rank's background writer, or by CheckpointStore in one
+// process). MANIFEST (every file's name, size and CRC32C plus the training state) is written last to a
+// temporary name, fsynced, renamed, and the directory fsynced; only then is the checkpoint committed. A
+// directory without a valid MANIFEST, or whose files do not match it, is not a checkpoint: readers skip it and
+// fall back to the newest one that verifies. LATEST names the newest commit for people and scripts; readers do
+// not trust it. Garbage collection runs only after a commit and removes valid checkpoints beyond the newest
+// `keep`, and invalid directories *older* than the newest commit (crashed attempts); directories newer than it
+// may be checkpoints still being written and are left alone. So the newest committed checkpoint always survives.
+//
+// All file operations go through FileOps so tests can fail any single operation (a crash at that instant).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proto/checkpoint.pb.h"
+
+namespace stride::cluster {
+
+// The seam for fault injection. The real implementation fsyncs every file it writes.
+class FileOps {
+ public:
+  virtual ~FileOps() = default;
+  virtual void write_file(const std::string& path, const std::string& bytes);  // create/truncate, write, fsync
+  virtual void rename(const std::string& from, const std::string& to);
+  virtual void fsync_dir(const std::string& dir);
+  virtual void make_dir(const std::string& dir);
+  virtual void remove_all(const std::string& path);
+};
+std::shared_ptr<FileOps> real_file_ops();
+
+constexpr uint32_t kManifestVersion = 1;
+
+// "step-00000042".
+std::string step_name(uint64_t step);
+// RUN/checkpoints/step-XXXXXXXX.
+std::string step_dir(const std::string& checkpoint_root, uint64_t step);
+
+// Writes (fsynced) one file of a checkpoint and returns its MANIFEST entry.
+proto::FileEntry write_checkpoint_file(FileOps& ops, const std::string& dir, const std::string& name,
+                                       const std::string& bytes);
+// Creates the step directory and removes a MANIFEST left there by an earlier attempt at the same step, so the
+// directory is invisible while files are (re)written.
+void prepare_step_dir(FileOps& ops, const std::string& checkpoint_root, uint64_t step);
+// Phase two: writes `manifest` (its files already durable) as MANIFEST, atomically, then LATEST, then garbage
+// collects beyond the newest `keep`. Returns the checkpoint directory. Throws stride::Error on I/O failure;
+// the checkpoint is then not committed and the previous ones are untouched.
+std::string commit_manifest(FileOps& ops, const std::string& checkpoint_root, proto::Manifest manifest, int64_t keep);
+
+struct CheckpointInfo {
+  std::string path;
+  uint64_t step = 0;
+  bool valid = false;
+  std::string problem;  // why it is not valid
+  proto::Manifest manifest;
+};
+
+// Every step-* directory under checkpoint_root, newest first. `deep` verifies every file's size and checksum;
+// otherwise only the MANIFEST and file sizes are checked.
+std::vector<CheckpointInfo> list_checkpoints(const std::string& checkpoint_root, bool deep = true);
+// Removes what Note [Checkpoint commit] says may go. Never removes the newest valid checkpoint.
+void garbage_collect(FileOps& ops, const std::string& checkpoint_root, int64_t keep);
+// Checks MANIFEST and (deep) every file it lists. Throws stride::Error naming the file on any mismatch.
+proto::Manifest verify_checkpoint(const std::string& dir, bool deep = true);
+
+}  // namespace stride::cluster

@@ -1,0 +1,89 @@
+// A rank's connection to the coordinator: a background thread that connects (with back-off, reconnecting
+// after a drop), authenticates with the job token, sends heartbeats every interval with the latest state
+// the training thread handed over, delivers checkpoint reports, and turns commands into flags the training
+// thread polls. If the coordinator stays unreachable for `give_up_s`, or sends ABORT, or rejects this rank,
+// `on_abort` runs on the client thread (the trainer exits with code 75 there). Thread-safe.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "proto/cluster.pb.h"
+
+namespace stride::cluster {
+
+struct ClientOptions {
+  std::string address;  // host:port
+  std::string token;
+  uint32_t rank = 0, world_size = 1;
+  std::string host;
+  uint32_t pid = 0;
+  uint64_t step = 0;        // where this rank starts (a resume)
+  double give_up_s = 30.0;  // coordinator unreachable this long: abort
+};
+
+class CoordinatorClient {
+ public:
+  using AbortFn = std::function<void(const std::string& reason)>;
+  CoordinatorClient(ClientOptions options, AbortFn on_abort);
+  ~CoordinatorClient();
+  CoordinatorClient(const CoordinatorClient&) = delete;
+  CoordinatorClient& operator=(const CoordinatorClient&) = delete;
+
+  // The state the next heartbeat carries. `new_interval`: loss, throughput and timings describe a new
+  // interval (the coordinator plots them once).
+  void update(const proto::Heartbeat& hb, bool new_interval = false);
+  // Queued; delivered in order, also across a reconnect.
+  void report(proto::CheckpointReport report);
+  // Sends Goodbye after everything queued, waits up to `timeout_s` for it to be written, and stops the thread.
+  void goodbye(bool finished, const std::string& reason, double timeout_s = 5.0);
+
+  bool wait_connected(double timeout_s);
+  bool connected() const;
+  // True once for every CHECKPOINT command received.
+  bool take_checkpoint_request();
+  bool stop_requested() const;
+
+  enum class Commit { kCommitted, kDiscarded, kTimeout };
+  // Waits for the coordinator's verdict on checkpoint `step`; `detail` gets the path or the reason.
+  Commit wait_commit(uint64_t step, double timeout_s, std::string* detail = nullptr);
+
+ private:
+  void run();
+  int connect_once(std::string* why);
+  bool send_all(int fd, const std::string& bytes);
+  void handle(const proto::Envelope& e);
+  void wake();
+
+  ClientOptions o_;
+  AbortFn on_abort_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  proto::Heartbeat hb_;
+  bool hb_fresh_ = false;
+  std::deque<std::string> outbox_;
+  bool bye_queued_ = false, bye_sent_ = false, stop_ = false, connected_ = false, aborted_ = false;
+  bool checkpoint_flag_ = false, stop_flag_ = false;
+  double interval_s_ = 1.0;
+  std::map<uint64_t, std::pair<Commit, std::string>> verdicts_;
+  int wake_fd_[2] = {-1, -1};
+  std::thread thread_;
+};
+
+// A minimal HTTP/1.1 client for the status endpoint (the `stride status` command and tests).
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+  std::string content_type;
+};
+// `url` is http://host:port/path. Throws stride::Error naming the URL when it cannot connect or times out.
+HttpResponse http_request(const std::string& method, const std::string& url, const std::string& body = "",
+                          const std::string& bearer_token = "", double timeout_s = 10.0);
+
+}  // namespace stride::cluster

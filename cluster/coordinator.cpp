@@ -1,0 +1,541 @@
+#include "cluster/coordinator.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <chrono>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "cluster/dashboard_html.h"
+#include "cluster/wire.h"
+#include "common/error.h"
+
+namespace stride::cluster {
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+double steady_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+double wall_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+}  // namespace
+
+struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
+  CoordinatorOptions o;
+  asio::io_context ioc;
+  tcp::acceptor ranks_acceptor{ioc};
+  tcp::acceptor http_acceptor{ioc};
+  asio::steady_timer tick_timer{ioc};
+  std::thread thread;
+  mutable std::mutex mu;  // guards core (the io thread and callers of the public methods)
+  std::unique_ptr<CoordinatorCore> core;
+  int http_port = -1;
+  bool failure_reported = false;
+
+  struct RankSession;
+  std::map<uint32_t, std::shared_ptr<RankSession>> by_rank;  // io thread only
+  std::set<std::shared_ptr<RankSession>> sessions;           // io thread only
+  size_t http_sessions = 0;                                  // io thread only
+  struct HttpSession;
+  std::set<HttpSession*> http_open;  // io thread only
+
+  explicit Impl(CoordinatorOptions options) : o(std::move(options)) {}
+
+  // ---------------------------------------------------------------------------------------------------------
+  struct RankSession : std::enable_shared_from_this<RankSession> {
+    Impl* impl;
+    tcp::socket socket;
+    asio::steady_timer hello_timer;
+    std::string peer;
+    int rank = -1;
+    unsigned char header[4];
+    std::string body;
+    std::deque<std::string> queue;
+    bool writing = false, closing = false;
+
+    RankSession(Impl* i, tcp::socket s) : impl(i), socket(std::move(s)), hello_timer(i->ioc) {
+      boost::system::error_code ec;
+      auto ep = socket.remote_endpoint(ec);
+      peer = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+      socket.set_option(tcp::no_delay(true), ec);
+    }
+
+    void start() {
+      auto self = shared_from_this();
+      hello_timer.expires_after(std::chrono::milliseconds(static_cast<int64_t>(impl->o.hello_timeout_s * 1000)));
+      hello_timer.async_wait([self](const boost::system::error_code& ec) {
+        if (!ec && self->rank < 0) self->reject("no Hello within the timeout");
+      });
+      read_header();
+    }
+
+    void read_header() {
+      auto self = shared_from_this();
+      asio::async_read(socket, asio::buffer(header, 4), [self](const boost::system::error_code& ec, size_t) {
+        if (ec) return self->closed();
+        uint32_t n = 0;
+        try {
+          n = frame_length(self->header);
+        } catch (const WireError& e) {
+          return self->reject(e.what());
+        }
+        self->body.resize(n);
+        asio::async_read(self->socket, asio::buffer(self->body), [self](const boost::system::error_code& ec2, size_t) {
+          if (ec2) return self->closed();
+          proto::Envelope e;
+          try {
+            e = parse_envelope(self->body.data(), self->body.size());
+          } catch (const WireError& err) {
+            return self->reject(err.what());
+          }
+          self->handle(e);
+          if (!self->closing) self->read_header();
+        });
+      });
+    }
+
+    void handle(const proto::Envelope& e) {
+      const double now = steady_now();
+      if (rank < 0) {
+        if (e.body_case() != proto::Envelope::kHello) return reject("the first message must be Hello");
+        std::string why;
+        {
+          std::lock_guard<std::mutex> lock(impl->mu);
+          why = impl->core->admit(e.hello(), now);
+        }
+        if (!why.empty()) return reject(why);
+        hello_timer.cancel();
+        rank = static_cast<int>(e.hello().rank());
+        auto old = impl->by_rank[e.hello().rank()];
+        if (old && old.get() != this) old->close();  // a reconnect replaces the stale connection
+        impl->by_rank[e.hello().rank()] = shared_from_this();
+        proto::Envelope w;
+        {
+          std::lock_guard<std::mutex> lock(impl->mu);
+          w.mutable_welcome()->set_job(impl->o.core.job);
+          w.mutable_welcome()->set_heartbeat_interval_s(impl->o.core.heartbeat_interval_s);
+          w.mutable_welcome()->set_last_committed_step(impl->core->last_committed_step());
+        }
+        send(encode_frame(w));
+        impl->flush();
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(impl->mu);
+        const auto r = static_cast<uint32_t>(rank);
+        switch (e.body_case()) {
+          case proto::Envelope::kHeartbeat:
+            impl->core->heartbeat(r, e.heartbeat(), now);
+            break;
+          case proto::Envelope::kCheckpointReport:
+            impl->core->report(r, e.checkpoint_report(), now);
+            break;
+          case proto::Envelope::kGoodbye:
+            impl->core->goodbye(r, e.goodbye(), now);
+            break;
+          default:
+            break;  // messages only the coordinator sends: ignore
+        }
+      }
+      impl->flush();
+    }
+
+    void reject(const std::string& why) {
+      {
+        std::lock_guard<std::mutex> lock(impl->mu);
+        ++impl->core->rejected_connections;
+        impl->core->note("warning", concat("rejected connection from ", peer, ": ", why), steady_now());
+      }
+      proto::Envelope e;
+      e.mutable_reject()->set_reason(why);
+      send(encode_frame(e));
+      closing = true;  // close once the Reject is out
+    }
+
+    void send(std::string frame) {
+      queue.push_back(std::move(frame));
+      if (!writing) write_next();
+    }
+
+    void write_next() {
+      if (queue.empty()) {
+        writing = false;
+        if (closing) close();
+        return;
+      }
+      writing = true;
+      auto self = shared_from_this();
+      asio::async_write(socket, asio::buffer(queue.front()), [self](const boost::system::error_code& ec, size_t) {
+        if (ec) return self->closed();
+        self->queue.pop_front();
+        self->write_next();
+      });
+    }
+
+    void close() {
+      boost::system::error_code ec;
+      socket.shutdown(tcp::socket::shutdown_both, ec);
+      socket.close(ec);
+      hello_timer.cancel();
+    }
+
+    void closed() {
+      close();
+      auto self = shared_from_this();
+      if (rank >= 0) {
+        auto it = impl->by_rank.find(static_cast<uint32_t>(rank));
+        if (it != impl->by_rank.end() && it->second == self) {
+          impl->by_rank.erase(it);
+          std::lock_guard<std::mutex> lock(impl->mu);
+          impl->core->disconnected(static_cast<uint32_t>(rank), steady_now());
+        }
+      }
+      impl->sessions.erase(self);
+    }
+  };
+
+  // ---------------------------------------------------------------------------------------------------------
+  struct HttpSession : std::enable_shared_from_this<HttpSession> {
+    Impl* impl;
+    beast::tcp_stream stream;
+    beast::flat_buffer buffer;
+    std::optional<http::request_parser<http::string_body>> parser;
+    http::response<http::string_body> res;
+
+    HttpSession(Impl* i, tcp::socket s) : impl(i), stream(std::move(s)) {
+      ++impl->http_sessions;
+      impl->http_open.insert(this);
+    }
+    ~HttpSession() {
+      --impl->http_sessions;
+      impl->http_open.erase(this);
+    }
+
+    void read() {
+      parser.emplace();
+      parser->header_limit(8 * 1024);
+      parser->body_limit(64 * 1024);
+      stream.expires_after(std::chrono::milliseconds(static_cast<int64_t>(impl->o.http_timeout_s * 1000)));
+      auto self = shared_from_this();
+      http::async_read(stream, buffer, *parser, [self](beast::error_code ec, size_t) {
+        if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset) {
+          return self->close();
+        }
+        if (ec == beast::error::timeout) return self->close();
+        if (ec) {
+          {
+            std::lock_guard<std::mutex> lock(self->impl->mu);
+            ++self->impl->core->http_bad_requests;
+          }
+          return self->reply_error(http::status::bad_request, concat("bad request: ", ec.message(), "\n"));
+        }
+        self->handle(self->parser->release());
+      });
+    }
+
+    void reply_error(http::status st, const std::string& text) {
+      res = {};
+      res.result(st);
+      res.version(11);
+      res.set(http::field::content_type, "text/plain; charset=utf-8");
+      res.keep_alive(false);
+      res.body() = text;
+      res.prepare_payload();
+      write(false);
+    }
+
+    void handle(http::request<http::string_body> req) {
+      const double now = steady_now();
+      std::string target(req.target());
+      const auto q = target.find('?');
+      const std::string path = q == std::string::npos ? target : target.substr(0, q);
+      res = {};
+      res.version(req.version());
+      res.set(http::field::server, "stride");
+      res.set(http::field::cache_control, "no-store");
+      auto set = [&](http::status st, const char* type, std::string body) {
+        res.result(st);
+        res.set(http::field::content_type, type);
+        res.body() = std::move(body);
+      };
+      bool bad = false;
+      if (req.method() == http::verb::get || req.method() == http::verb::head) {
+        std::lock_guard<std::mutex> lock(impl->mu);
+        auto& core = *impl->core;
+        if (path == "/status") {
+          set(http::status::ok, "application/json", core.status_json(now));
+        } else if (path == "/history") {
+          set(http::status::ok, "application/json", core.history_json());
+        } else if (path == "/metrics") {
+          set(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", core.metrics_text(now));
+        } else if (path == "/healthz") {
+          if (core.failure()) {
+            set(http::status::service_unavailable, "text/plain; charset=utf-8", "failed: " + *core.failure() + "\n");
+          } else {
+            set(http::status::ok, "text/plain; charset=utf-8", "ok\n");
+          }
+        } else if (path == "/" || path == "/index.html") {
+          set(http::status::ok, "text/html; charset=utf-8", kDashboardHtml);
+        } else {
+          set(http::status::not_found, "text/plain; charset=utf-8", "not found\n");
+        }
+      } else if (req.method() == http::verb::post) {
+        const std::string auth(req[http::field::authorization]);
+        const std::string want = "Bearer " + impl->o.core.token;
+        if (path != "/checkpoint" && path != "/stop") {
+          set(http::status::not_found, "text/plain; charset=utf-8", "not found\n");
+        } else if (!token_equal(auth, want)) {
+          bad = true;
+          res.set(http::field::www_authenticate, "Bearer");
+          set(http::status::unauthorized, "text/plain; charset=utf-8",
+              "unauthorized: send the job token as 'Authorization: Bearer TOKEN'\n");
+        } else {
+          const bool stop = path == "/stop";
+          {
+            std::lock_guard<std::mutex> lock(impl->mu);
+            impl->core->request(stop ? proto::Command::STOP : proto::Command::CHECKPOINT,
+                                concat("HTTP POST ", path, " from ", remote()), now);
+          }
+          impl->flush();
+          set(http::status::accepted, "application/json",
+              stop ? R"({"accepted":"stop"})" : R"({"accepted":"checkpoint"})");
+        }
+      } else {
+        bad = true;
+        set(http::status::method_not_allowed, "text/plain; charset=utf-8", "method not allowed\n");
+      }
+      if (bad) {
+        std::lock_guard<std::mutex> lock(impl->mu);
+        ++impl->core->http_bad_requests;
+      }
+      const bool head = req.method() == http::verb::head;
+      res.keep_alive(req.keep_alive());
+      res.prepare_payload();
+      if (head) res.body().clear();
+      write(res.keep_alive());
+    }
+
+    std::string remote() {
+      boost::system::error_code ec;
+      auto ep = stream.socket().remote_endpoint(ec);
+      return ec ? "?" : ep.address().to_string();
+    }
+
+    void write(bool keep_alive) {
+      auto self = shared_from_this();
+      http::async_write(stream, res, [self, keep_alive](beast::error_code ec, size_t) {
+        if (ec || !keep_alive) return self->close();
+        self->read();
+      });
+    }
+
+    void close() {
+      beast::error_code ec;
+      stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+      stream.socket().close(ec);
+    }
+  };
+
+  // ---------------------------------------------------------------------------------------------------------
+  void listen(tcp::acceptor& acc, const std::string& host, uint16_t port) {
+    boost::system::error_code ec;
+    auto addr = asio::ip::make_address(host, ec);
+    if (ec) throw UsageError(concat("cannot listen on '", host, "': not an IP address"));
+    tcp::endpoint ep(addr, port);
+    acc.open(ep.protocol(), ec);
+    if (!ec) acc.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acc.bind(ep, ec);
+    if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      boost::system::error_code ignored;
+      acc.close(ignored);
+      throw Error(concat("cannot listen on ", host, ":", port, ": ", ec.message()));
+    }
+  }
+
+  void start() {
+    core = std::make_unique<CoordinatorCore>(o.core, steady_now(), wall_now());
+    listen(ranks_acceptor, o.bind, o.port);
+    if (o.status_port >= 0) {
+      try {
+        listen(http_acceptor, o.status_bind, static_cast<uint16_t>(o.status_port));
+      } catch (const Error& e) {
+        if (!o.status_port_fallback || o.status_port == 0) throw;
+        listen(http_acceptor, o.status_bind, 0);
+        core->note(
+            "warning",
+            concat(e.what(), "; the status endpoint uses port ", http_acceptor.local_endpoint().port(), " instead"),
+            steady_now());
+      }
+      http_port = http_acceptor.local_endpoint().port();
+      accept_http();
+    }
+    accept_ranks();
+    tick();
+    thread = std::thread([self = shared_from_this()] {
+      for (;;) {
+        try {
+          self->ioc.run();
+          break;
+        } catch (const std::exception& e) {  // a handler threw: log it and keep serving
+          std::fprintf(stderr, "stride: coordinator: internal error: %s\n", e.what());
+        }
+      }
+    });
+  }
+
+  void stop() {
+    asio::post(ioc, [this] {
+      boost::system::error_code ec;
+      ranks_acceptor.close(ec);
+      http_acceptor.close(ec);
+      tick_timer.cancel();
+      for (auto& s : sessions) s->close();
+      for (auto* h : http_open) h->close();
+    });
+    if (thread.joinable()) thread.join();
+  }
+
+  void accept_ranks() {
+    ranks_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec == asio::error::operation_aborted) return;
+      if (!ec) {
+        const size_t cap = 4 * static_cast<size_t>(self->o.core.world_size) + 16;
+        if (self->sessions.size() >= cap) {
+          boost::system::error_code ignored;
+          s.close(ignored);
+          std::lock_guard<std::mutex> lock(self->mu);
+          ++self->core->rejected_connections;
+        } else {
+          auto session = std::make_shared<RankSession>(self.get(), std::move(s));
+          self->sessions.insert(session);
+          session->start();
+        }
+      }
+      self->accept_ranks();
+    });
+  }
+
+  void accept_http() {
+    http_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec == asio::error::operation_aborted) return;
+      if (!ec) {
+        if (self->http_sessions >= self->o.max_http_connections) {
+          boost::system::error_code ignored;
+          s.close(ignored);
+          std::lock_guard<std::mutex> lock(self->mu);
+          ++self->core->http_bad_requests;
+        } else {
+          std::make_shared<HttpSession>(self.get(), std::move(s))->read();
+        }
+      }
+      self->accept_http();
+    });
+  }
+
+  void tick() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      core->tick(steady_now());
+    }
+    flush();
+    tick_timer.expires_after(std::chrono::milliseconds(200));
+    tick_timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (!ec) self->tick();
+    });
+  }
+
+  // Sends what the core queued. Io thread only.
+  void flush() {
+    std::vector<Outbound> out;
+    std::optional<std::string> failed;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      out = core->take_outbound();
+      if (core->failure() && !failure_reported) {
+        failure_reported = true;
+        failed = core->failure();
+      }
+    }
+    for (const auto& m : out) {
+      proto::Envelope e;
+      *e.mutable_command() = m.command;
+      const std::string frame = encode_frame(e);
+      if (m.rank >= 0) {
+        auto it = by_rank.find(static_cast<uint32_t>(m.rank));
+        if (it != by_rank.end()) it->second->send(frame);
+      } else {
+        for (auto& [r, s] : by_rank) s->send(frame);
+        if (o.on_broadcast) o.on_broadcast(m.command);
+      }
+    }
+    if (failed && o.on_failure) o.on_failure(*failed);
+  }
+};
+
+Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
+  if (impl_->o.core.token.empty()) impl_->o.core.token = random_token();
+  impl_->start();
+}
+
+Coordinator::~Coordinator() { impl_->stop(); }
+
+std::string Coordinator::address() const { return concat(impl_->o.bind, ":", port()); }
+uint16_t Coordinator::port() const { return impl_->ranks_acceptor.local_endpoint().port(); }
+int Coordinator::status_port() const { return impl_->http_port; }
+std::string Coordinator::status_url() const {
+  if (impl_->http_port < 0) return "";
+  return concat("http://", impl_->o.status_bind, ":", impl_->http_port, "/");
+}
+const std::string& Coordinator::token() const { return impl_->o.core.token; }
+
+void Coordinator::request(proto::Command::Kind kind, const std::string& reason) {
+  asio::post(impl_->ioc, [impl = impl_, kind, reason] {
+    {
+      std::lock_guard<std::mutex> lock(impl->mu);
+      impl->core->request(kind, reason, steady_now());
+    }
+    impl->flush();
+  });
+}
+
+std::optional<std::string> Coordinator::failure() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->core->failure();
+}
+
+bool Coordinator::finished() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->core->finished();
+}
+
+uint64_t Coordinator::last_committed_step() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->core->last_committed_step();
+}
+
+std::string Coordinator::status_json() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->core->status_json(steady_now());
+}
+
+void Coordinator::set_restarts(int restarts) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->core->set_restarts(restarts);
+}
+
+void Coordinator::with_core(const std::function<void(CoordinatorCore&)>& fn) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  fn(*impl_->core);
+}
+
+}  // namespace stride::cluster

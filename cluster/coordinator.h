@@ -1,0 +1,66 @@
+// The job coordinator: a Boost.Asio server on its own thread and io_context that ranks connect to
+// (length-prefixed protobuf frames, cluster/wire.h) and the HTTP status endpoint (Boost.Beast): GET /status,
+// /history, /metrics (Prometheus), /healthz, / (dashboard); POST /checkpoint and /stop with
+// "Authorization: Bearer <job token>". Both listen on 127.0.0.1 unless told otherwise.
+//
+// The logic (liveness, checkpoint commit, what the endpoint shows) is CoordinatorCore; this class owns the
+// sockets and feeds it. Bad peers (wrong token, oversized or malformed frames, unknown ranks, silent
+// connections, too many connections) are rejected, counted and logged; they never stop the server.
+// All public methods are thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "cluster/coordinator_core.h"
+
+namespace stride::cluster {
+
+struct CoordinatorOptions {
+  CoreOptions core;
+  std::string bind = "127.0.0.1";  // rank listener
+  uint16_t port = 0;               // 0: any free port
+  std::string status_bind = "127.0.0.1";
+  int status_port = 0;               // -1: no HTTP endpoint; 0: any free port
+  bool status_port_fallback = true;  // the port is taken: use a free one (and say so) instead of failing
+  size_t max_http_connections = 64;
+  double hello_timeout_s = 10.0;  // a connection must authenticate within this
+  double http_timeout_s = 10.0;
+  // Called once, on the coordinator thread, when a rank is declared dead (the job failed).
+  std::function<void(const std::string&)> on_failure;
+  // Called on the coordinator thread for every command sent to all ranks (tests, the launcher).
+  std::function<void(const proto::Command&)> on_broadcast;
+};
+
+class Coordinator {
+ public:
+  // Binds both listeners and starts the thread. Throws stride::Error when a port cannot be bound.
+  explicit Coordinator(CoordinatorOptions options);
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  std::string address() const;  // host:port for ranks
+  uint16_t port() const;
+  int status_port() const;         // -1 when off
+  std::string status_url() const;  // http://host:port/ ("" when off)
+  const std::string& token() const;
+
+  void request(proto::Command::Kind kind, const std::string& reason);
+  std::optional<std::string> failure() const;
+  bool finished() const;
+  uint64_t last_committed_step() const;
+  std::string status_json() const;
+  void set_restarts(int restarts);
+  // Runs `fn` with the core under the coordinator's lock (tests and the launcher inspect state this way).
+  void with_core(const std::function<void(CoordinatorCore&)>& fn);
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace stride::cluster

@@ -1,0 +1,409 @@
+#include "cluster/coordinator_core.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+#include "cluster/wire.h"
+#include "common/error.h"
+
+namespace stride::cluster {
+namespace {
+
+constexpr size_t kMaxEvents = 200;
+constexpr size_t kMaxSeriesPoints = 2000;
+
+proto::Command command(proto::Command::Kind kind, uint64_t step = 0, const std::string& reason = "") {
+  proto::Command c;
+  c.set_kind(kind);
+  c.set_step(step);
+  c.set_reason(reason);
+  return c;
+}
+
+std::string fixed(double v, int digits = 1) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+// Label values in the Prometheus text format escape backslash, quote and newline.
+std::string prom_label(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+void CoordinatorCore::Series::add(double xv, double yv) {
+  if (!std::isfinite(yv)) return;
+  x.push_back(xv);
+  y.push_back(yv);
+  if (x.size() >= kMaxSeriesPoints) {  // keep every other point: bounded memory, the whole run stays visible
+    size_t j = 0;
+    for (size_t i = 0; i < x.size(); i += 2, ++j) {
+      x[j] = x[i];
+      y[j] = y[i];
+    }
+    x.resize(j);
+    y.resize(j);
+  }
+}
+
+CoordinatorCore::CoordinatorCore(CoreOptions options, double now, double wall)
+    : o_(std::move(options)), t0_(now), wall0_(wall), ranks_(o_.world_size) {
+  STRIDE_CHECK_GT(o_.world_size, 0u, "world size");
+  if (!o_.ops) o_.ops = real_file_ops();
+  // Resume: the newest commit on disk is the starting point of "last committed".
+  if (!o_.checkpoint_root.empty()) {
+    for (const auto& info : list_checkpoints(o_.checkpoint_root, /*deep=*/true)) {
+      if (!info.valid) continue;
+      has_commit_ = true;
+      last_committed_step_ = info.step;
+      last_committed_path_ = info.path;
+      break;
+    }
+  }
+  add_event("info", concat("job ", o_.job, " started: waiting for ", o_.world_size, " rank(s)"), now);
+}
+
+std::string CoordinatorCore::rank_name(uint32_t rank) const {
+  const auto& r = ranks_[rank];
+  if (!r.joined) return concat("rank ", rank);
+  return concat("rank ", rank, " on ", r.host, " (pid ", r.pid, ")");
+}
+
+void CoordinatorCore::add_event(const std::string& level, const std::string& message, double now) {
+  events_.push_back({wall(now), level, message});
+  while (events_.size() > kMaxEvents) events_.pop_front();
+  std::fprintf(stderr, "stride: coordinator: %s%s\n", level == "info" ? "" : (level + ": ").c_str(), message.c_str());
+  std::fflush(stderr);
+}
+
+void CoordinatorCore::note(const std::string& level, const std::string& message, double now) {
+  add_event(level, message, now);
+}
+
+std::string CoordinatorCore::admit(const proto::Hello& h, double now) {
+  if (!token_equal(h.token(), o_.token)) return "wrong job token";
+  if (h.world_size() != o_.world_size) {
+    return concat("world size ", h.world_size(), " does not match the job's ", o_.world_size);
+  }
+  if (h.rank() >= o_.world_size) return concat("rank ", h.rank(), " is outside the world of ", o_.world_size);
+  if (failure_) return concat("the job has failed: ", *failure_);
+  auto& r = ranks_[h.rank()];
+  if (r.joined && r.pid != h.pid()) {
+    if (r.alive && r.connected) return concat("rank ", h.rank(), " is already connected from ", r.host, " pid ", r.pid);
+    if (!r.alive) return concat("rank ", h.rank(), " was declared dead");
+  }
+  const bool rejoin = r.joined;
+  r.joined = r.alive = r.connected = true;
+  r.finished = false;
+  r.host = h.host();
+  r.pid = h.pid();
+  r.last_seen = now;
+  if (!rejoin) r.joined_at = now;
+  r.hb.set_step(h.step());
+  add_event("info", concat(rejoin ? "reconnected: " : "joined: ", rank_name(h.rank()), " at step ", h.step()), now);
+  if (stopping_) outbound_.push_back({static_cast<int>(h.rank()), command(proto::Command::STOP, 0, "stop requested")});
+  return "";
+}
+
+void CoordinatorCore::heartbeat(uint32_t rank, const proto::Heartbeat& hb, double now) {
+  auto& r = ranks_.at(rank);
+  r.last_seen = now;
+  r.hb = hb;
+  if (hb.has_loss() && hb.step() > 0) {
+    step_time_[rank].add(static_cast<double>(hb.step()), hb.step_time_s());
+    if (rank == 0 && hb.step() != last_recorded_step_) {
+      last_recorded_step_ = hb.step();
+      loss_.add(static_cast<double>(hb.step()), hb.loss());
+      ips_.add(static_cast<double>(hb.step()), hb.img_per_s());
+    }
+  }
+  if (rank == 0 && hb.has_eval() && hb.eval_step() != last_eval_step_) {
+    last_eval_step_ = hb.eval_step();
+    acc_.add(static_cast<double>(hb.eval_step()), hb.eval_acc1());
+  }
+}
+
+void CoordinatorCore::goodbye(uint32_t rank, const proto::Goodbye& bye, double now) {
+  auto& r = ranks_.at(rank);
+  r.finished = true;
+  r.connected = false;
+  add_event(
+      "info",
+      concat(rank_name(rank), bye.finished() ? " finished" : " left", bye.reason().empty() ? "" : ": ", bye.reason()),
+      now);
+}
+
+void CoordinatorCore::disconnected(uint32_t rank, double now) {
+  auto& r = ranks_.at(rank);
+  if (!r.connected) return;
+  r.connected = false;
+  r.disconnected_at = now;
+  if (!r.finished && r.alive) add_event("warning", concat(rank_name(rank), ": connection lost"), now);
+}
+
+void CoordinatorCore::tick(double now) {
+  for (uint32_t i = 0; i < ranks_.size(); ++i) {
+    const auto& r = ranks_[i];
+    if (!r.joined || !r.alive || r.finished) continue;
+    if (now - r.last_seen > o_.heartbeat_timeout_s) {
+      declare_dead(i, concat("no heartbeat for ", fixed(now - r.last_seen), " s"), now);
+    } else if (!r.connected && now - r.disconnected_at > o_.reconnect_grace_s) {
+      declare_dead(i, concat("connection lost ", fixed(now - r.disconnected_at), " s ago"), now);
+    }
+  }
+}
+
+void CoordinatorCore::declare_dead(uint32_t rank, const std::string& why, double now) {
+  auto& r = ranks_[rank];
+  r.alive = false;
+  const std::string what = concat(rank_name(rank), " is dead: ", why, " (last step ", r.hb.step(), ")");
+  add_event("error", what, now);
+  if (!failure_) failure_ = what;
+  std::vector<uint64_t> steps;
+  for (const auto& [step, p] : pending_) steps.push_back(step);
+  for (uint64_t s : steps) discard(s, concat("rank ", rank, " died"), now);
+  outbound_.push_back({-1, command(proto::Command::ABORT, 0, what)});
+}
+
+void CoordinatorCore::request(proto::Command::Kind kind, const std::string& reason, double now) {
+  if (kind == proto::Command::STOP) stopping_ = true;
+  add_event("info", concat(kind == proto::Command::STOP ? "stop" : "checkpoint", " requested: ", reason), now);
+  outbound_.push_back({-1, command(kind, 0, reason)});
+}
+
+void CoordinatorCore::report(uint32_t rank, const proto::CheckpointReport& rep, double now) {
+  const uint64_t step = rep.step();
+  if (!ranks_.at(rank).alive) return;  // declared dead: its work no longer counts
+  if (has_commit_ && step <= last_committed_step_ && !pending_.count(step)) {
+    // Rewriting a committed step (or an older one) could destroy the newest commit: refuse.
+    outbound_.push_back({static_cast<int>(rank), command(proto::Command::DISCARDED, step,
+                                                         concat("step ", step, " is not newer than the newest commit (",
+                                                                last_committed_step_, ")"))});
+    return;
+  }
+  auto& p = pending_[step];
+  if (p.reports.empty()) {
+    p.started = now;
+    add_event("info", concat("checkpoint at step ", step, " started"), now);
+  }
+  if (!rep.ok()) {
+    discard(step, concat(rank_name(rank), ": ", rep.error()), now);
+    return;
+  }
+  p.reports[rank] = rep;
+  try_commit(step, now);
+}
+
+void CoordinatorCore::try_commit(uint64_t step, double now) {
+  auto it = pending_.find(step);
+  if (it == pending_.end() || it->second.reports.size() < o_.world_size) return;
+  const auto& reports = it->second.reports;
+  const proto::CheckpointReport* main = nullptr;
+  for (const auto& [r, rep] : reports) {
+    if (rep.has_manifest()) main = &rep;
+  }
+  if (!main) {
+    discard(step, "no rank sent the training state", now);
+    return;
+  }
+  proto::Manifest m = main->manifest();
+  m.set_step(step);
+  m.clear_files();
+  std::set<std::string> names;
+  for (const auto& [r, rep] : reports) {
+    for (const auto& f : rep.files()) {
+      if (!names.insert(f.name()).second) {
+        discard(step, concat("two ranks wrote ", f.name()), now);
+        return;
+      }
+      *m.add_files() = f;
+    }
+  }
+  std::string path;
+  try {
+    path = commit_manifest(*o_.ops, o_.checkpoint_root, m, o_.keep);
+  } catch (const Error& e) {
+    discard(step, concat("writing the MANIFEST failed: ", e.what()), now);
+    return;
+  }
+  uint64_t bytes = 0;
+  double write_s = 0;
+  for (const auto& f : m.files()) bytes += f.size();
+  for (const auto& [r, rep] : reports) write_s = std::max(write_s, rep.write_seconds());
+  last_commit_seconds_ = now - it->second.started;
+  pending_.erase(it);
+  has_commit_ = true;
+  last_committed_step_ = step;
+  last_committed_path_ = path;
+  ++commits_;
+  add_event("info",
+            concat("checkpoint at step ", step, " committed: ", path, " (", fixed(bytes / 1e6), " MB, writes ",
+                   fixed(write_s, 2), " s, ", fixed(bytes / 1e6 / std::max(write_s, 1e-6), 0), " MB/s)"),
+            now);
+  outbound_.push_back({-1, command(proto::Command::COMMITTED, step, path)});
+}
+
+void CoordinatorCore::discard(uint64_t step, const std::string& reason, double now) {
+  pending_.erase(step);
+  ++discards_;
+  add_event("error", concat("checkpoint at step ", step, " discarded: ", reason), now);
+  outbound_.push_back({-1, command(proto::Command::DISCARDED, step, reason)});
+}
+
+std::vector<Outbound> CoordinatorCore::take_outbound() {
+  std::vector<Outbound> out;
+  out.swap(outbound_);
+  return out;
+}
+
+bool CoordinatorCore::finished() const {
+  return std::all_of(ranks_.begin(), ranks_.end(), [](const RankState& r) { return r.finished; });
+}
+
+bool CoordinatorCore::rank_alive(uint32_t rank) const { return rank < ranks_.size() && ranks_[rank].alive; }
+
+std::string CoordinatorCore::state(double now) const {
+  if (failure_) return "failed";
+  if (finished()) return "finished";
+  if (stopping_) return "stopping";
+  for (const auto& r : ranks_) {
+    if (!r.joined) return "starting";
+  }
+  return pending_.empty() ? "running" : "checkpointing";
+}
+
+std::string CoordinatorCore::status_json(double now) const {
+  using nlohmann::json;
+  const auto& h0 = ranks_[0].hb;
+  json j = {{"job", o_.job},
+            {"state", state(now)},
+            {"world_size", o_.world_size},
+            {"step", h0.step()},
+            {"total_steps", h0.total_steps()},
+            {"epoch", h0.epoch()},
+            {"loss", h0.has_loss() || h0.loss() != 0 ? json(h0.loss()) : json(nullptr)},
+            {"accuracy", h0.has_eval() ? json(h0.eval_acc1()) : json(nullptr)},
+            {"img_per_s", h0.img_per_s()},
+            {"eta_seconds", h0.eta_seconds()},
+            {"restarts", o_.restarts},
+            {"uptime_seconds", now - t0_}};
+  json ck = {{"last_committed_step", has_commit_ ? json(last_committed_step_) : json(nullptr)},
+             {"last_committed_path", has_commit_ ? json(last_committed_path_) : json(nullptr)},
+             {"in_progress_step", pending_.empty() ? json(nullptr) : json(pending_.begin()->first)},
+             {"commits", commits_},
+             {"discarded", discards_},
+             {"last_commit_seconds", last_commit_seconds_}};
+  j["checkpoint"] = ck;
+  json ranks = json::array();
+  for (uint32_t i = 0; i < ranks_.size(); ++i) {
+    const auto& r = ranks_[i];
+    ranks.push_back({{"rank", i},
+                     {"host", r.host},
+                     {"pid", r.pid},
+                     {"joined", r.joined},
+                     {"alive", r.alive},
+                     {"connected", r.connected},
+                     {"finished", r.finished},
+                     {"step", r.hb.step()},
+                     {"last_heartbeat_age_s", r.joined ? json(now - r.last_seen) : json(nullptr)},
+                     {"step_time_s", r.hb.step_time_s()},
+                     {"img_per_s", r.hb.img_per_s()},
+                     {"data_wait_s", r.hb.data_wait_s()},
+                     {"comm_wait_s", r.hb.comm_wait_s()}});
+  }
+  j["ranks"] = ranks;
+  json ev = json::array();
+  for (auto it = events_.rbegin(); it != events_.rend() && ev.size() < 50; ++it) {
+    ev.push_back({{"time", it->wall_time}, {"level", it->level}, {"message", it->message}});
+  }
+  j["events"] = ev;
+  if (failure_) j["failure"] = *failure_;
+  return j.dump();
+}
+
+std::string CoordinatorCore::history_json() const {
+  using nlohmann::json;
+  json rst = json::object();
+  for (const auto& [rank, s] : step_time_) rst[std::to_string(rank)] = {{"step", s.x}, {"seconds", s.y}};
+  json j = {{"step", loss_.x},     {"loss", loss_.y},    {"img_per_s", ips_.y},
+            {"eval_step", acc_.x}, {"accuracy", acc_.y}, {"rank_step_time", rst}};
+  return j.dump();
+}
+
+std::string CoordinatorCore::metrics_text(double now) const {
+  std::string out;
+  auto gauge = [&](const char* name, const char* help, double v, const char* type = "gauge") {
+    out += concat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ", v, "\n");
+  };
+  const auto& h0 = ranks_[0].hb;
+  int alive = 0;
+  for (const auto& r : ranks_) alive += r.alive ? 1 : 0;
+  gauge("stride_world_size", "Ranks in the job.", o_.world_size);
+  gauge("stride_ranks_alive", "Ranks that joined and are not declared dead.", alive);
+  gauge("stride_up", "1 while the job runs, 0 once it failed.", failure_ ? 0 : 1);
+  gauge("stride_step", "Optimizer steps completed (rank 0).", static_cast<double>(h0.step()));
+  gauge("stride_total_steps", "Optimizer steps the run will take.", static_cast<double>(h0.total_steps()));
+  gauge("stride_epoch", "Current epoch (0-based).", static_cast<double>(h0.epoch()));
+  gauge("stride_loss", "Mean training loss of the last interval.", h0.loss());
+  gauge("stride_images_per_second", "Training throughput of the whole job.", h0.img_per_s());
+  gauge("stride_eta_seconds", "Estimated time to the end of the run.", h0.eta_seconds());
+  if (h0.has_eval()) gauge("stride_eval_accuracy_percent", "Top-1 accuracy of the latest evaluation.", h0.eval_acc1());
+  gauge("stride_restarts_total", "Restarts of the job.", o_.restarts, "counter");
+  gauge("stride_checkpoints_committed_total", "Checkpoints committed by this coordinator.",
+        static_cast<double>(commits_), "counter");
+  gauge("stride_checkpoints_discarded_total", "Checkpoints discarded (a rank failed before the commit).",
+        static_cast<double>(discards_), "counter");
+  gauge("stride_last_checkpoint_step", "Step of the newest committed checkpoint.",
+        static_cast<double>(last_committed_step_));
+  gauge("stride_checkpoint_commit_seconds", "Latency of the last commit (first report to MANIFEST).",
+        last_commit_seconds_);
+  gauge("stride_http_bad_requests_total", "Malformed or rejected HTTP requests.",
+        static_cast<double>(http_bad_requests), "counter");
+  gauge("stride_rejected_connections_total", "Rank connections rejected (token, size, format).",
+        static_cast<double>(rejected_connections), "counter");
+  struct PerRank {
+    const char* name;
+    const char* help;
+    double (*get)(const RankState&, double);
+  };
+  const PerRank per_rank[] = {
+      {"stride_rank_step", "Steps completed by the rank.",
+       [](const RankState& r, double) { return static_cast<double>(r.hb.step()); }},
+      {"stride_rank_alive", "1 while the rank is alive.",
+       [](const RankState& r, double) { return r.alive ? 1.0 : 0.0; }},
+      {"stride_rank_heartbeat_age_seconds", "Seconds since the rank's last message.",
+       [](const RankState& r, double t) { return t - r.last_seen; }},
+      {"stride_rank_step_seconds", "Mean step time over the last interval.",
+       [](const RankState& r, double) { return r.hb.step_time_s(); }},
+      {"stride_rank_data_wait_seconds", "Time waiting for data over the last interval.",
+       [](const RankState& r, double) { return r.hb.data_wait_s(); }},
+      {"stride_rank_comm_wait_seconds", "Time waiting for gradient collectives over the last interval.",
+       [](const RankState& r, double) { return r.hb.comm_wait_s(); }},
+  };
+  for (const auto& m : per_rank) {
+    out += concat("# HELP ", m.name, " ", m.help, "\n# TYPE ", m.name, " gauge\n");
+    for (uint32_t i = 0; i < ranks_.size(); ++i) {
+      const auto& r = ranks_[i];
+      if (!r.joined) continue;
+      out += concat(m.name, "{rank=\"", i, "\",host=\"", prom_label(r.host), "\"} ", m.get(r, now), "\n");
+    }
+  }
+  return out;
+}
+
+}  // namespace stride::cluster

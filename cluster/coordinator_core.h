@@ -1,0 +1,132 @@
+// The coordinator's logic without sockets or threads: which ranks joined and are alive, the checkpoint commit
+// protocol, and what /status and /metrics show. Time is passed in (seconds on a steady clock), so tests drive
+// it with a fake clock. The network side (cluster/coordinator.h) calls it from one thread; it is not
+// thread-safe.
+//
+// Note [Coordinated checkpoints]
+// 1. A checkpoint step is chosen by the ranks themselves: every K steps (deterministic), at epoch ends, or at the
+//    first control point (every `control_every` steps, a tiny collective on the training thread) after any rank
+//    saw a CHECKPOINT/STOP command or a signal. Every rank takes its in-memory snapshot at that same step and
+//    trains on; its background writer writes and fsyncs its share of the files and sends a CheckpointReport.
+// 2. When every rank of the world has reported the step, the core writes the MANIFEST (rank 0's report carries
+//    the training state; the files of all reports are listed) via commit_manifest(), then tells every rank
+//    COMMITTED. A failed report, a dead rank or a failed MANIFEST write discards the step instead (DISCARDED):
+//    its directory has no MANIFEST and stays invisible; the previous commit stays the newest.
+// 3. Garbage collection runs only after a commit (cluster/checkpoint_files.h).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cluster/checkpoint_files.h"
+#include "proto/cluster.pb.h"
+
+namespace stride::cluster {
+
+struct CoreOptions {
+  std::string job = "stride";
+  std::string token;
+  uint32_t world_size = 1;
+  double heartbeat_interval_s = 1.0;
+  double heartbeat_timeout_s = 30.0;  // a joined rank silent this long is dead
+  double reconnect_grace_s = 10.0;    // a rank whose connection dropped must reconnect within this
+  std::string checkpoint_root;        // RUN/checkpoints
+  int64_t keep = 3;
+  std::shared_ptr<FileOps> ops = real_file_ops();
+  int restarts = 0;  // how often the job was restarted (shown in /status)
+};
+
+// A message for one rank (rank >= 0) or for every connected rank (rank == -1).
+struct Outbound {
+  int rank = -1;
+  proto::Command command;
+};
+
+struct Event {
+  double wall_time = 0;  // unix seconds
+  std::string level;     // info | warning | error
+  std::string message;
+};
+
+class CoordinatorCore {
+ public:
+  // `now` is the steady-clock time in seconds at construction; `wall` the matching unix time.
+  CoordinatorCore(CoreOptions options, double now, double wall);
+
+  // A connection's first frame. Returns the reason to reject it, or empty to accept it (the rank is then live).
+  std::string admit(const proto::Hello& hello, double now);
+  void heartbeat(uint32_t rank, const proto::Heartbeat& hb, double now);
+  void report(uint32_t rank, const proto::CheckpointReport& report, double now);
+  void goodbye(uint32_t rank, const proto::Goodbye& bye, double now);
+  void disconnected(uint32_t rank, double now);
+  // Declares silent ranks dead. Call a few times per second.
+  void tick(double now);
+  // From HTTP or a signal: ask every rank to checkpoint (stop = then stop).
+  void request(proto::Command::Kind kind, const std::string& reason, double now);
+  void note(const std::string& level, const std::string& message, double now);
+
+  std::vector<Outbound> take_outbound();
+  // Set once: why the job failed ("rank 1 on vm (pid 42) silent for 30.0 s at step 120").
+  const std::optional<std::string>& failure() const { return failure_; }
+  bool finished() const;
+  uint64_t last_committed_step() const { return last_committed_step_; }
+  int64_t commits() const { return commits_; }
+  bool rank_alive(uint32_t rank) const;
+  const CoreOptions& options() const { return o_; }
+  void set_restarts(int restarts) { o_.restarts = restarts; }
+
+  std::string status_json(double now) const;
+  std::string history_json() const;
+  std::string metrics_text(double now) const;
+  std::vector<Event> events() const { return {events_.begin(), events_.end()}; }
+  int64_t http_bad_requests = 0;  // counted by the HTTP server, shown in /metrics
+  int64_t rejected_connections = 0;
+
+ private:
+  struct RankState {
+    bool joined = false, alive = false, connected = false, finished = false;
+    std::string host;
+    uint32_t pid = 0;
+    double joined_at = 0, last_seen = 0, disconnected_at = 0;
+    proto::Heartbeat hb;
+  };
+  struct Pending {
+    std::map<uint32_t, proto::CheckpointReport> reports;
+    double started = 0;
+  };
+  struct Series {  // a bounded plot series: halves its resolution when full
+    std::vector<double> x, y;
+    void add(double xv, double yv);
+  };
+  void declare_dead(uint32_t rank, const std::string& why, double now);
+  void discard(uint64_t step, const std::string& reason, double now);
+  void try_commit(uint64_t step, double now);
+  void add_event(const std::string& level, const std::string& message, double now);
+  double wall(double now) const { return now - t0_ + wall0_; }
+  std::string rank_name(uint32_t rank) const;
+  std::string state(double now) const;
+
+  CoreOptions o_;
+  double t0_, wall0_;
+  std::vector<RankState> ranks_;
+  std::map<uint64_t, Pending> pending_;
+  std::vector<Outbound> outbound_;
+  std::deque<Event> events_;
+  std::optional<std::string> failure_;
+  bool stopping_ = false;
+  uint64_t last_committed_step_ = 0;
+  bool has_commit_ = false;
+  std::string last_committed_path_;
+  double last_commit_seconds_ = 0;
+  int64_t commits_ = 0, discards_ = 0;
+  uint64_t last_recorded_step_ = 0, last_eval_step_ = 0;
+  Series loss_, ips_, acc_;
+  std::map<uint32_t, Series> step_time_;
+};
+
+}  // namespace stride::cluster

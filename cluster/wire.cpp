@@ -1,0 +1,86 @@
+#include "cluster/wire.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace stride::cluster {
+
+std::string encode_frame(proto::Envelope e) {
+  e.set_version(kProtocolVersion);
+  const std::string payload = e.SerializeAsString();
+  if (payload.size() > kMaxFrameBytes) {
+    throw WireError(concat("message of ", payload.size(), " bytes exceeds the frame limit ", kMaxFrameBytes));
+  }
+  const auto n = static_cast<uint32_t>(payload.size());
+  std::string frame(4, '\0');
+  frame[0] = static_cast<char>((n >> 24) & 0xff);
+  frame[1] = static_cast<char>((n >> 16) & 0xff);
+  frame[2] = static_cast<char>((n >> 8) & 0xff);
+  frame[3] = static_cast<char>(n & 0xff);
+  return frame + payload;
+}
+
+uint32_t frame_length(const unsigned char h[4], size_t max) {
+  const uint32_t n = (uint32_t{h[0]} << 24) | (uint32_t{h[1]} << 16) | (uint32_t{h[2]} << 8) | uint32_t{h[3]};
+  if (n > max) throw WireError(concat("frame of ", n, " bytes exceeds the limit of ", max));
+  return n;
+}
+
+proto::Envelope parse_envelope(const char* data, size_t n) {
+  proto::Envelope e;
+  if (!e.ParseFromArray(data, static_cast<int>(n))) throw WireError(concat("malformed frame (", n, " bytes)"));
+  if (e.version() != kProtocolVersion) {
+    throw WireError(concat("protocol version ", e.version(), ", this build speaks ", kProtocolVersion));
+  }
+  if (e.body_case() == proto::Envelope::BODY_NOT_SET) throw WireError("frame without a message");
+  return e;
+}
+
+std::optional<proto::Envelope> FrameDecoder::next() {
+  if (buf_.size() - pos_ < 4) return std::nullopt;
+  const uint32_t n = frame_length(reinterpret_cast<const unsigned char*>(buf_.data() + pos_), max_);
+  if (buf_.size() - pos_ - 4 < n) return std::nullopt;
+  auto e = parse_envelope(buf_.data() + pos_ + 4, n);
+  pos_ += 4 + n;
+  if (pos_ > 65536 && pos_ * 2 > buf_.size()) {  // compact now and then
+    buf_.erase(0, pos_);
+    pos_ = 0;
+  }
+  return e;
+}
+
+bool token_equal(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+std::string random_token() {
+  unsigned char bytes[16];
+  const int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(concat("cannot open /dev/urandom: ", std::strerror(errno)));
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    const ssize_t r = ::read(fd, bytes + got, sizeof(bytes) - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      ::close(fd);
+      throw Error("cannot read /dev/urandom");
+    }
+    got += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out += hex[b >> 4];
+    out += hex[b & 15];
+  }
+  return out;
+}
+
+}  // namespace stride::cluster

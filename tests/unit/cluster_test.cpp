@@ -1,0 +1,593 @@
+// The coordinator: wire framing, liveness with a fake clock, the two-phase checkpoint commit (a rank dying at
+// every phase, a MANIFEST write failing at every operation), garbage collection, and the real server on
+// loopback (bad peers, clients, HTTP endpoint).
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "cluster/client.h"
+#include "cluster/coordinator.h"
+#include "cluster/wire.h"
+#include "tests/unit/test_util.h"
+
+namespace stride::cluster {
+namespace {
+
+using testing::ScratchDir;
+namespace fs = std::filesystem;
+
+proto::Envelope hello(const std::string& token, uint32_t rank, uint32_t world) {
+  proto::Envelope e;
+  auto* h = e.mutable_hello();
+  h->set_token(token);
+  h->set_rank(rank);
+  h->set_world_size(world);
+  h->set_host("testhost");
+  h->set_pid(1000 + rank);
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------------------------
+TEST(Wire, FramesSurviveAnySplitOfTheStream) {
+  std::string stream;
+  for (uint32_t r = 0; r < 3; ++r) stream += encode_frame(hello("tok", r, 3));
+  FrameDecoder dec;
+  std::vector<uint32_t> ranks;
+  for (char c : stream) {  // one byte at a time: every partial read
+    dec.feed(&c, 1);
+    while (auto e = dec.next()) ranks.push_back(e->hello().rank());
+  }
+  EXPECT_EQ(ranks, (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(dec.buffered(), 0u);
+  FrameDecoder all;  // and all at once
+  all.feed(stream.data(), stream.size());
+  int n = 0;
+  while (all.next()) ++n;
+  EXPECT_EQ(n, 3);
+}
+
+TEST(Wire, OversizedGarbageAndWrongVersionAreErrors) {
+  FrameDecoder dec;
+  const unsigned char big[4] = {0x7f, 0xff, 0xff, 0xff};
+  dec.feed(reinterpret_cast<const char*>(big), 4);  // the length alone is enough to refuse
+  try {
+    dec.next();
+    FAIL() << "oversized frame accepted";
+  } catch (const WireError& e) {
+    EXPECT_NE(std::string(e.what()).find("exceeds the limit"), std::string::npos) << e.what();
+  }
+  FrameDecoder garbage;
+  const std::string junk = std::string("\0\0\0\x08", 4) + "\xff\xff\xff\xff\xff\xff\xff\xff";
+  garbage.feed(junk.data(), junk.size());
+  EXPECT_THROW(garbage.next(), WireError);
+  // Another protocol version: a valid protobuf whose version field is not ours.
+  proto::Envelope e = hello("t", 0, 1);
+  e.set_version(kProtocolVersion + 1);
+  const std::string payload = e.SerializeAsString();
+  const uint32_t n = static_cast<uint32_t>(payload.size());
+  const char header[4] = {0, 0, static_cast<char>(n >> 8), static_cast<char>(n & 0xff)};
+  FrameDecoder wrong;
+  wrong.feed(header, 4);
+  wrong.feed(payload.data(), payload.size());
+  try {
+    wrong.next();
+    FAIL() << "wrong version accepted";
+  } catch (const WireError& err) {
+    EXPECT_NE(std::string(err.what()).find("protocol version"), std::string::npos) << err.what();
+  }
+  EXPECT_TRUE(token_equal("abc", "abc"));
+  EXPECT_FALSE(token_equal("abc", "abd"));
+  EXPECT_FALSE(token_equal("abc", "abcd"));
+  EXPECT_EQ(random_token().size(), 32u);
+  EXPECT_NE(random_token(), random_token());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Core: liveness with a fake clock
+// ---------------------------------------------------------------------------------------------------------
+CoreOptions core_options(const std::string& root, uint32_t world) {
+  CoreOptions o;
+  o.job = "test";
+  o.token = "secret";
+  o.world_size = world;
+  o.heartbeat_timeout_s = 5.0;
+  o.reconnect_grace_s = 2.0;
+  o.checkpoint_root = root;
+  o.keep = 2;
+  return o;
+}
+
+bool has_command(const std::vector<Outbound>& out, proto::Command::Kind kind, uint64_t step = 0) {
+  for (const auto& m : out) {
+    if (m.command.kind() == kind && (step == 0 || m.command.step() == step)) return true;
+  }
+  return false;
+}
+
+TEST(CoordinatorCore, AdmitsOnlyTheJobsRanks) {
+  ScratchDir dir("core");
+  CoordinatorCore core(core_options(dir.file("ckpt"), 2), 0.0, 1e9);
+  EXPECT_NE(core.admit(hello("wrong", 0, 2).hello(), 0.1).find("token"), std::string::npos);
+  EXPECT_NE(core.admit(hello("secret", 2, 2).hello(), 0.1).find("outside the world"), std::string::npos);
+  EXPECT_NE(core.admit(hello("secret", 0, 3).hello(), 0.1).find("world size"), std::string::npos);
+  EXPECT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.1), "");
+  auto other = hello("secret", 0, 2);
+  other.mutable_hello()->set_pid(4242);  // a second process claiming rank 0
+  EXPECT_NE(core.admit(other.hello(), 0.2).find("already connected"), std::string::npos);
+}
+
+TEST(CoordinatorCore, SilentRankIsDeclaredDeadAfterTheTimeout) {
+  ScratchDir dir("core");
+  CoordinatorCore core(core_options(dir.file("ckpt"), 2), 0.0, 1e9);
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+  proto::Heartbeat hb;
+  hb.set_step(7);
+  core.heartbeat(1, hb, 0.5);  // rank 1's last word
+  for (double t = 1.0; t <= 5.4; t += 0.5) {
+    hb.set_step(static_cast<uint64_t>(t * 10));
+    core.heartbeat(0, hb, t);
+    core.tick(t);
+  }
+  EXPECT_FALSE(core.failure().has_value()) << *core.failure();  // 4.9 s of silence: still alive
+  EXPECT_TRUE(core.rank_alive(1));
+  core.heartbeat(0, hb, 5.6);
+  core.tick(5.6);  // 5.1 s of silence
+  ASSERT_TRUE(core.failure().has_value());
+  EXPECT_FALSE(core.rank_alive(1));
+  EXPECT_TRUE(core.rank_alive(0));
+  const std::string& f = *core.failure();
+  EXPECT_NE(f.find("rank 1 on testhost (pid 1001)"), std::string::npos) << f;
+  EXPECT_NE(f.find("last step 7"), std::string::npos) << f;
+  EXPECT_TRUE(has_command(core.take_outbound(), proto::Command::ABORT));
+  auto status = nlohmann::json::parse(core.status_json(6.0));
+  EXPECT_EQ(status["state"], "failed");
+  EXPECT_EQ(status["ranks"][1]["alive"], false);
+  EXPECT_NE(core.metrics_text(6.0).find("stride_ranks_alive 1"), std::string::npos);
+}
+
+TEST(CoordinatorCore, DroppedConnectionMustComeBackWithinTheGrace) {
+  ScratchDir dir("core");
+  CoordinatorCore core(core_options(dir.file("ckpt"), 1), 0.0, 1e9);
+  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+  core.disconnected(0, 1.0);
+  core.tick(2.5);  // 1.5 s < 2 s grace
+  EXPECT_FALSE(core.failure());
+  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 2.8), "");  // reconnect (same pid)
+  core.tick(4.0);
+  EXPECT_FALSE(core.failure());
+  core.disconnected(0, 4.0);
+  core.tick(6.1);
+  ASSERT_TRUE(core.failure());
+  EXPECT_NE(core.failure()->find("connection lost"), std::string::npos);
+  // A finished rank is never declared dead.
+  CoordinatorCore done(core_options(dir.file("ckpt2"), 1), 0.0, 1e9);
+  ASSERT_EQ(done.admit(hello("secret", 0, 1).hello(), 0.0), "");
+  proto::Goodbye bye;
+  bye.set_finished(true);
+  done.goodbye(0, bye, 1.0);
+  done.disconnected(0, 1.0);
+  done.tick(100.0);
+  EXPECT_FALSE(done.failure());
+  EXPECT_TRUE(done.finished());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Core: two-phase commit
+// ---------------------------------------------------------------------------------------------------------
+// What rank `rank` of a 2-rank job writes for `step`: its file, fsynced, and the report.
+proto::CheckpointReport write_rank_files(const std::string& root, uint64_t step, uint32_t rank) {
+  auto& ops = *real_file_ops();
+  prepare_step_dir(ops, root, step);
+  proto::CheckpointReport r;
+  r.set_step(step);
+  r.set_ok(true);
+  *r.add_files() = write_checkpoint_file(ops, step_dir(root, step), concat("part", rank, ".bin"),
+                                         std::string(100 + rank, static_cast<char>('a' + step % 26)));
+  if (rank == 0) {
+    r.mutable_manifest()->set_step(step);
+    r.mutable_manifest()->set_model("resnet20");
+  }
+  return r;
+}
+
+uint64_t newest_valid(const std::string& root) {
+  for (const auto& info : list_checkpoints(root)) {
+    if (info.valid) return info.step;
+  }
+  return 0;
+}
+
+TEST(CoordinatorCore, CommitsWhenEveryRankReported) {
+  ScratchDir dir("commit");
+  const std::string root = dir.file("ckpt");
+  CoordinatorCore core(core_options(root, 2), 0.0, 1e9);
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+  core.report(1, write_rank_files(root, 10, 1), 1.0);
+  EXPECT_EQ(newest_valid(root), 0u);  // one of two: invisible
+  EXPECT_FALSE(has_command(core.take_outbound(), proto::Command::COMMITTED));
+  core.report(0, write_rank_files(root, 10, 0), 1.2);
+  EXPECT_TRUE(has_command(core.take_outbound(), proto::Command::COMMITTED, 10));
+  EXPECT_EQ(newest_valid(root), 10u);
+  const auto m = verify_checkpoint(step_dir(root, 10));
+  EXPECT_EQ(m.files_size(), 2);  // both ranks' files listed
+  EXPECT_EQ(m.model(), "resnet20");
+  EXPECT_EQ(core.last_committed_step(), 10u);
+  // A report for a step that is not newer than the newest commit is refused (it could destroy it).
+  core.report(0, write_rank_files(root + "-other", 10, 0), 2.0);
+  auto out = core.take_outbound();
+  EXPECT_TRUE(has_command(out, proto::Command::DISCARDED, 10));
+  EXPECT_EQ(newest_valid(root), 10u);
+}
+
+// A rank dies before reporting, after one report, and after the commit: the checkpoint never becomes visible
+// unless it was committed, and the previous commit stays the newest.
+TEST(CoordinatorCore, RankDyingAtEveryPhaseNeverExposesAPartialCheckpoint) {
+  for (int phase = 0; phase < 4; ++phase) {
+    SCOPED_TRACE(concat("rank 1 dies at phase ", phase));
+    ScratchDir dir("phase");
+    const std::string root = dir.file("ckpt");
+    CoordinatorCore core(core_options(root, 2), 0.0, 1e9);
+    ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
+    ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+    core.report(0, write_rank_files(root, 10, 0), 0.1);
+    core.report(1, write_rank_files(root, 10, 1), 0.1);
+    ASSERT_EQ(newest_valid(root), 10u);
+    core.take_outbound();
+    // Checkpoint 20: phase 0 nothing written; 1 rank 1 wrote but did not report; 2 rank 0 reported;
+    // 3 both reported (committed before the death).
+    if (phase >= 1) write_rank_files(root, 20, 1);
+    if (phase >= 2) core.report(0, write_rank_files(root, 20, 0), 0.2);
+    if (phase >= 3) core.report(1, write_rank_files(root, 20, 1), 0.3);
+    core.disconnected(1, 0.4);
+    core.tick(10.0);  // past the grace: rank 1 is dead
+    ASSERT_TRUE(core.failure());
+    auto out = core.take_outbound();
+    EXPECT_TRUE(has_command(out, proto::Command::ABORT));
+    if (phase == 3) {
+      EXPECT_EQ(newest_valid(root), 20u);
+    } else {
+      EXPECT_EQ(newest_valid(root), 10u);
+      if (phase == 2) {
+        EXPECT_TRUE(has_command(out, proto::Command::DISCARDED, 20));
+      }
+      // A late report after the death changes nothing.
+      core.report(1, write_rank_files(root, 20, 1), 11.0);
+      EXPECT_EQ(newest_valid(root), 10u);
+    }
+    EXPECT_TRUE(verify_checkpoint(step_dir(root, 10)).files_size() == 2);
+  }
+}
+
+TEST(CoordinatorCore, FailedReportDiscardsTheStep) {
+  ScratchDir dir("failrep");
+  const std::string root = dir.file("ckpt");
+  CoordinatorCore core(core_options(root, 2), 0.0, 1e9);
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+  core.report(0, write_rank_files(root, 10, 0), 0.1);
+  proto::CheckpointReport bad;
+  bad.set_step(10);
+  bad.set_ok(false);
+  bad.set_error("write /x: disk full");
+  core.report(1, bad, 0.2);
+  auto out = core.take_outbound();
+  ASSERT_TRUE(has_command(out, proto::Command::DISCARDED, 10));
+  for (const auto& m : out) {
+    if (m.command.kind() == proto::Command::DISCARDED) {
+      EXPECT_NE(m.command.reason().find("disk full"), std::string::npos);
+    }
+  }
+  EXPECT_EQ(newest_valid(root), 0u);
+  EXPECT_FALSE(core.failure());  // a failed checkpoint does not fail the job
+}
+
+// Fails the n-th file operation of the MANIFEST commit, as a crash or a full disk would.
+class FailingOps : public FileOps {
+ public:
+  explicit FailingOps(int fail_at) : fail_at_(fail_at) {}
+  int ops = 0;
+  void write_file(const std::string& p, const std::string& b) override { tick(), FileOps::write_file(p, b); }
+  void rename(const std::string& a, const std::string& b) override { tick(), FileOps::rename(a, b); }
+  void fsync_dir(const std::string& d) override { tick(), FileOps::fsync_dir(d); }
+  void make_dir(const std::string& d) override { tick(), FileOps::make_dir(d); }
+  void remove_all(const std::string& p) override { tick(), FileOps::remove_all(p); }
+
+ private:
+  void tick() {
+    if (++ops == fail_at_) throw Error("injected failure (No space left on device)");
+  }
+  int fail_at_;
+};
+
+TEST(CoordinatorCore, ManifestWriteFailingAtEveryOperationKeepsThePreviousCommit) {
+  int total = 0;
+  {
+    ScratchDir dir("probe");
+    auto counter = std::make_shared<FailingOps>(-1);
+    auto o = core_options(dir.file("ckpt"), 1);
+    o.ops = counter;
+    CoordinatorCore core(o, 0.0, 1e9);
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+    core.report(0, write_rank_files(dir.file("ckpt"), 10, 0), 0.1);
+    total = counter->ops;
+  }
+  ASSERT_GE(total, 6);
+  for (int fail = 1; fail <= total; ++fail) {
+    SCOPED_TRACE(concat("failure at operation ", fail, " of ", total));
+    ScratchDir dir("mfail");
+    const std::string root = dir.file("ckpt");
+    auto ops = std::make_shared<FailingOps>(-1);
+    auto o = core_options(root, 1);
+    o.ops = ops;
+    CoordinatorCore core(o, 0.0, 1e9);
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+    core.report(0, write_rank_files(root, 10, 0), 0.1);
+    ASSERT_EQ(newest_valid(root), 10u);
+    *ops = FailingOps(fail);
+    core.take_outbound();
+    core.report(0, write_rank_files(root, 20, 0), 0.2);
+    auto out = core.take_outbound();
+    const uint64_t newest = newest_valid(root);
+    // Either the MANIFEST landed before the failure (committed, and said so) or the step was discarded.
+    if (has_command(out, proto::Command::COMMITTED, 20)) {
+      EXPECT_EQ(newest, 20u);
+    } else {
+      EXPECT_TRUE(has_command(out, proto::Command::DISCARDED, 20) || newest == 20u);
+      EXPECT_TRUE(newest == 10u || newest == 20u);
+    }
+    EXPECT_NO_THROW(verify_checkpoint(step_dir(root, newest)));
+  }
+}
+
+TEST(CheckpointFiles, GarbageCollectionKeepsTheNewestAndInFlightDirectories) {
+  ScratchDir dir("gc");
+  const std::string root = dir.file("ckpt");
+  auto& ops = *real_file_ops();
+  auto commit = [&](uint64_t step) {
+    proto::Manifest m;
+    m.set_step(step);
+    prepare_step_dir(ops, root, step);
+    *m.add_files() = write_checkpoint_file(ops, step_dir(root, step), "a.bin", "abc");
+    commit_manifest(ops, root, m, 1);
+  };
+  commit(10);
+  ops.make_dir(step_dir(root, 15));  // a crashed attempt, older than the next commit
+  commit(20);
+  ops.make_dir(step_dir(root, 40));  // in flight: newer than every commit
+  commit(30);
+  std::vector<uint64_t> steps;
+  for (const auto& info : list_checkpoints(root)) steps.push_back(info.step);
+  EXPECT_EQ(steps, (std::vector<uint64_t>{40, 30}));
+  EXPECT_EQ(newest_valid(root), 30u);
+  // keep = 1 with a corrupt newest: the valid one below it is what survives.
+  garbage_collect(ops, root, 1);
+  EXPECT_EQ(newest_valid(root), 30u);
+  std::ifstream latest(root + "/LATEST");
+  std::string name;
+  latest >> name;
+  EXPECT_EQ(name, "step-00000030");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The real server on loopback
+// ---------------------------------------------------------------------------------------------------------
+int raw_connect(uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Everything the server sends until it closes the connection (or 5 s pass).
+std::string read_until_closed(int fd) {
+  std::string all;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    all.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return all;
+}
+
+std::unique_ptr<Coordinator> start(const std::string& root, uint32_t world, double hello_timeout = 10.0) {
+  CoordinatorOptions o;
+  o.core = core_options(root, world);
+  o.core.heartbeat_interval_s = 0.05;
+  o.status_port = 0;
+  o.hello_timeout_s = hello_timeout;
+  return std::make_unique<Coordinator>(o);
+}
+
+TEST(Coordinator, BadPeersAreRejectedAndTheServerKeepsServing) {
+  ScratchDir dir("server");
+  auto coord = start(dir.file("ckpt"), 1, /*hello_timeout=*/0.5);
+  const uint16_t port = coord->port();
+  auto send_and_read = [&](const std::string& bytes) {
+    const int fd = raw_connect(port);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+    return read_until_closed(fd);
+  };
+  // Wrong token: a Reject frame, then the server closes.
+  const std::string reply = send_and_read(encode_frame(hello("wrong", 0, 1)));
+  FrameDecoder dec;
+  dec.feed(reply.data(), reply.size());
+  auto e = dec.next();
+  ASSERT_TRUE(e.has_value());
+  ASSERT_EQ(e->body_case(), proto::Envelope::kReject);
+  EXPECT_NE(e->reject().reason().find("token"), std::string::npos);
+  // Unknown rank, oversized frame, garbage, another version, a non-Hello first message: closed.
+  send_and_read(encode_frame(hello("secret", 5, 1)));
+  send_and_read(std::string("\x10\x00\x00\x00", 4));
+  send_and_read(std::string("\0\0\0\x06garbag", 10));
+  {
+    proto::Envelope v = hello("secret", 0, 1);
+    v.set_version(99);
+    const std::string p = v.SerializeAsString();
+    send_and_read(std::string("\0\0\0", 3) + static_cast<char>(p.size()) + p);
+  }
+  {
+    proto::Envelope hb;
+    hb.mutable_heartbeat()->set_step(1);
+    send_and_read(encode_frame(hb));
+  }
+  // Silent connection: closed after the Hello timeout.
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int fd = raw_connect(port);
+    read_until_closed(fd);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+  }
+  int64_t rejected = 0;
+  coord->with_core([&](CoordinatorCore& c) { rejected = c.rejected_connections; });
+  EXPECT_EQ(rejected, 7);
+  // Still serving: a real client joins.
+  ClientOptions co;
+  co.address = coord->address();
+  co.token = coord->token();
+  co.host = "h";
+  co.pid = 1;
+  CoordinatorClient client(co, nullptr);
+  EXPECT_TRUE(client.wait_connected(5.0));
+  EXPECT_FALSE(coord->failure());
+}
+
+TEST(Coordinator, ClientsCheckpointStopAndSeeAPeerDie) {
+  ScratchDir dir("clients");
+  const std::string root = dir.file("ckpt");
+  auto coord = start(root, 2);
+  std::atomic<int> aborted{0};
+  std::string abort_reason;
+  std::mutex mu;
+  auto make = [&](uint32_t rank) {
+    ClientOptions co;
+    co.address = coord->address();
+    co.token = coord->token();
+    co.rank = rank;
+    co.world_size = 2;
+    co.host = "h";
+    co.pid = 100 + rank;
+    return std::make_unique<CoordinatorClient>(co, [&](const std::string& why) {
+      std::lock_guard<std::mutex> lock(mu);
+      abort_reason = why;
+      ++aborted;
+    });
+  };
+  auto c0 = make(0), c1 = make(1);
+  ASSERT_TRUE(c0->wait_connected(5.0));
+  ASSERT_TRUE(c1->wait_connected(5.0));
+  c1->report(write_rank_files(root, 10, 1));
+  c0->report(write_rank_files(root, 10, 0));
+  std::string detail;
+  EXPECT_EQ(c0->wait_commit(10, 10.0, &detail), CoordinatorClient::Commit::kCommitted) << detail;
+  EXPECT_EQ(c1->wait_commit(10, 10.0), CoordinatorClient::Commit::kCommitted);
+  EXPECT_NE(detail.find("step-00000010"), std::string::npos);
+  EXPECT_EQ(coord->last_committed_step(), 10u);
+
+  coord->request(proto::Command::CHECKPOINT, "test");
+  coord->request(proto::Command::STOP, "test");
+  for (int i = 0; i < 500 && !(c0->stop_requested() && c1->stop_requested()); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(c0->stop_requested());
+  EXPECT_TRUE(c1->take_checkpoint_request());
+  EXPECT_FALSE(c1->take_checkpoint_request());  // consumed
+
+  // Rank 1's process vanishes (no goodbye): after the reconnect grace, rank 0 is told to abort.
+  c1.reset();
+  for (int i = 0; i < 600 && aborted.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(aborted.load(), 1);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_NE(abort_reason.find("rank 1 on h (pid 101)"), std::string::npos) << abort_reason;
+  }
+  ASSERT_TRUE(coord->failure());
+}
+
+TEST(Coordinator, HttpEndpointServesStatusMetricsAndGuardsControl) {
+  ScratchDir dir("http");
+  auto coord = start(dir.file("ckpt"), 1);
+  ClientOptions co;
+  co.address = coord->address();
+  co.token = coord->token();
+  co.host = "h";
+  co.pid = 7;
+  CoordinatorClient client(co, nullptr);
+  ASSERT_TRUE(client.wait_connected(5.0));
+  proto::Heartbeat hb;
+  hb.set_step(12);
+  hb.set_total_steps(100);
+  hb.set_loss(0.75);
+  hb.set_img_per_s(321);
+  client.update(hb, true);
+  const std::string url = coord->status_url();
+  nlohmann::json st;
+  for (int i = 0; i < 200; ++i) {  // until the heartbeat arrived
+    st = nlohmann::json::parse(http_request("GET", url + "status").body);
+    if (st["step"] == 12) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(st["step"], 12);
+  EXPECT_EQ(st["job"], "test");
+  EXPECT_EQ(st["state"], "running");
+  EXPECT_EQ(st["ranks"][0]["host"], "h");
+  EXPECT_EQ(st["ranks"][0]["pid"], 7);
+  auto metrics = http_request("GET", url + "metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("stride_step 12"), std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("stride_rank_step{rank=\"0\",host=\"h\"} 12"), std::string::npos);
+  EXPECT_EQ(http_request("GET", url + "healthz").body, "ok\n");
+  auto page = http_request("GET", url);
+  EXPECT_NE(page.content_type.find("text/html"), std::string::npos);
+  EXPECT_NE(page.body.find("<title>Stride status</title>"), std::string::npos);
+  EXPECT_EQ(http_request("GET", url + "nope").status, 404);
+  EXPECT_EQ(http_request("DELETE", url + "status").status, 405);
+  // Control needs the token.
+  EXPECT_EQ(http_request("POST", url + "stop").status, 401);
+  EXPECT_EQ(http_request("POST", url + "stop", "", "wrong-token").status, 401);
+  EXPECT_FALSE(client.stop_requested());
+  EXPECT_EQ(http_request("POST", url + "checkpoint", "", coord->token()).status, 202);
+  EXPECT_EQ(http_request("POST", url + "stop", "", coord->token()).status, 202);
+  for (int i = 0; i < 500 && !client.stop_requested(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(client.stop_requested());
+  EXPECT_TRUE(client.take_checkpoint_request());
+  // Malformed requests: answered or closed, never a crash.
+  const uint16_t port = static_cast<uint16_t>(coord->status_port());
+  const std::string junk[] = {"GARBAGE\r\n\r\n", "GET / HTTP/9.9\r\n\r\n", std::string(20000, 'A') + "\r\n\r\n",
+                              "GET /status HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", "\x01\x02\x03\r\n\r\n"};
+  for (const auto& j : junk) {
+    const int fd = raw_connect(port);
+    ASSERT_GE(fd, 0);
+    ::send(fd, j.data(), j.size(), MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+    read_until_closed(fd);
+  }
+  EXPECT_EQ(http_request("GET", url + "healthz").status, 200);
+  auto after = http_request("GET", url + "metrics").body;
+  EXPECT_EQ(after.find("stride_http_bad_requests_total 0"), std::string::npos);  // counted
+}
+
+}  // namespace
+}  // namespace stride::cluster
