@@ -17,6 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
   libturbojpeg0-dev libpng-dev zlib1g-dev
   dataset-fashion-mnist
+  chromium
 )
 
 missing=()

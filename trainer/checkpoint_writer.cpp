@@ -2,11 +2,29 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <optional>
 
 #include "common/error.h"
 #include "trainer/safetensors.h"
 
 namespace stride::trainer {
+
+NamedTensors snapshot_to_host(const NamedTensors& tensors) {
+  NamedTensors copy;
+  std::optional<torch::Device> cuda;
+  for (const auto& [name, t] : tensors) {
+    if (t.is_cuda()) {
+      auto h = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true));
+      h.copy_(t.contiguous(), /*non_blocking=*/true);
+      copy[name] = h;
+      cuda = t.device();
+    } else {
+      copy[name] = t.detach().clone();
+    }
+  }
+  if (cuda) torch::cuda::synchronize(cuda->index());
+  return copy;
+}
 
 CheckpointWriter::CheckpointWriter(std::string checkpoint_root, Sink sink, std::shared_ptr<FileOps> ops)
     : root_(std::move(checkpoint_root)), sink_(std::move(sink)), ops_(std::move(ops)) {

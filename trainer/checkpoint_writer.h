@@ -27,6 +27,10 @@ struct CheckpointJob {
   std::optional<proto::Manifest> manifest;                  // the training state (rank 0)
 };
 
+// A copy of `tensors` in host memory that training can no longer change: a clone on the CPU, pinned host copies
+// (asynchronous, one synchronisation for all) on a GPU. This is the training thread's whole share of a checkpoint.
+NamedTensors snapshot_to_host(const NamedTensors& tensors);
+
 class CheckpointWriter {
  public:
   using Sink = std::function<void(proto::CheckpointReport)>;

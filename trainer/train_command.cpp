@@ -91,11 +91,18 @@ void add_ckpt_command(CLI::App& app) {
   verify->callback([a] {
     int bad = 0;
     const auto infos = checkpoints_of(a->path);
+    int interrupted = 0;
     for (const auto& info : infos) {
+      // A directory without a MANIFEST never was a checkpoint (an interrupted or in-flight one): not an error.
+      if (!info.valid && !fs::exists(fs::path(info.path) / "MANIFEST")) {
+        std::printf("%s: interrupted (no MANIFEST): not a checkpoint, ignored\n", info.path.c_str());
+        ++interrupted;
+        continue;
+      }
       std::printf("%s: %s\n", info.path.c_str(), info.valid ? "ok" : info.problem.c_str());
       bad += info.valid ? 0 : 1;
     }
-    if (infos.empty()) throw Error(concat("no checkpoints under ", a->path));
+    if (infos.size() == static_cast<size_t>(interrupted)) throw Error(concat("no checkpoints under ", a->path));
     if (bad) throw Error(concat(bad, " of ", infos.size(), " checkpoints failed verification"));
   });
 

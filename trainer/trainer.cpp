@@ -143,8 +143,6 @@ struct Trainer::State {
   // The batch's images on the training device, normalised and in the training memory format.
   torch::Tensor device_images(const data::Batch& batch);
   torch::Tensor to_device(const torch::Tensor& t) const;
-  // Tensors for a checkpoint: device tensors copied to pinned host memory asynchronously, one sync at the end.
-  models::NamedTensors to_host(const models::NamedTensors& tensors) const;
 };
 
 Trainer::Trainer(TrainConfig config) : s_(std::make_unique<State>()) { s_->c = std::move(config); }
@@ -181,6 +179,9 @@ int Trainer::run_unchecked() {
     while (!s_->coordinator->finished() && Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
+    // coordinator.json describes a live job.
+    std::error_code ec;
+    fs::remove(fs::path(s_->c.output_dir) / "coordinator.json", ec);
   }
   return 0;
 }
@@ -749,18 +750,6 @@ torch::Tensor Trainer::State::device_images(const data::Batch& batch) {
   return x;
 }
 
-models::NamedTensors Trainer::State::to_host(const models::NamedTensors& tensors) const {
-  if (!device.is_cuda()) return tensors;
-  models::NamedTensors host;
-  for (const auto& [name, t] : tensors) {
-    auto h = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true));
-    h.copy_(t.contiguous(), /*non_blocking=*/true);
-    host[name] = h;
-  }
-  torch::cuda::synchronize(device.index());  // one wait for all the copies
-  return host;
-}
-
 EvalResult Trainer::State::evaluate(models::ResNet& m) {
   m->eval();
   torch::NoGradGuard no_grad;
@@ -830,12 +819,7 @@ void Trainer::State::checkpoint() {
   const int64_t w = static_cast<int64_t>(world), me = static_cast<int64_t>(rank);
   CheckpointJob job;
   job.step = static_cast<uint64_t>(step);
-  auto snapshot = [&](const models::NamedTensors& tensors) {
-    if (device.is_cuda()) return to_host(tensors);  // pinned copies: fresh memory already
-    models::NamedTensors copy;
-    for (const auto& [name, t] : tensors) copy[name] = t.detach().clone();
-    return copy;
-  };
+  auto snapshot = [](const models::NamedTensors& tensors) { return snapshot_to_host(tensors); };
   if (0 % w == me) job.files.emplace_back("model.safetensors", snapshot(models::state_dict(*model)));
   if (1 % w == me) job.files.emplace_back("optimizer.safetensors", snapshot(sgd->momentum_buffers()));
   if (ema && 2 % w == me) job.files.emplace_back("ema.safetensors", snapshot(models::state_dict(*ema)));
@@ -843,7 +827,7 @@ void Trainer::State::checkpoint() {
     NamedTensors state;
     state["rng"] = rng_state();
     if (scaler->enabled()) {
-      for (auto& [k, v] : scaler->state()) state[k] = to_host({{k, v}}).at(k).clone();
+      for (auto& [k, v] : snapshot_to_host(scaler->state())) state[k] = v;
     }
     job.files.emplace_back("state.safetensors", std::move(state));
     proto::Manifest m;

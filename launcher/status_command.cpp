@@ -1,0 +1,188 @@
+#include "launcher/status_command.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cluster/client.h"
+#include "common/error.h"
+#include "common/file_io.h"
+
+namespace stride::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct StatusArgs {
+  std::string url, run_dir, token;
+  bool json_out = false, checkpoint = false, stop = false;
+  double watch = 0.0;
+  bool watch_set = false;
+};
+
+std::string duration(double s) {
+  if (!(s >= 0)) return "-";
+  const auto t = static_cast<long long>(s + 0.5);
+  char buf[32];
+  if (t >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%lldh%02lldm%02llds", t / 3600, (t / 60) % 60, t % 60);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%lldm%02llds", t / 60, t % 60);
+  }
+  return buf;
+}
+
+double num(const json& j, const char* key, double fallback = 0.0) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : fallback;
+}
+std::string str(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : "-";
+}
+
+std::string resolve_url(const StatusArgs& a) {
+  std::string url = a.url;
+  if (url.empty() && !a.run_dir.empty()) {
+    const std::string path = (fs::path(a.run_dir) / "coordinator.json").string();
+    if (!fs::exists(path)) throw UsageError(concat(path, " not found: is a job running in ", a.run_dir, "?"));
+    url = json::parse(read_file(path)).value("status_url", "");
+    if (url.empty()) throw UsageError(concat(path, ": the job runs without a status endpoint (--status-port -1)"));
+  }
+  if (url.empty()) {
+    const char* env = std::getenv("STRIDE_STATUS_URL");
+    url = env && *env ? env : "http://127.0.0.1:8470/";
+  }
+  if (url.back() != '/') url += '/';
+  return url;
+}
+
+std::string resolve_token(const StatusArgs& a) {
+  if (!a.token.empty()) return a.token;
+  if (!a.run_dir.empty()) {
+    const std::string path = (fs::path(a.run_dir) / "job_token").string();
+    if (fs::exists(path)) {
+      std::string t = read_file(path);
+      while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
+      return t;
+    }
+  }
+  const char* env = std::getenv("STRIDE_JOB_TOKEN");
+  if (env && *env) return env;
+  throw UsageError(
+      "--checkpoint/--stop need the job token: --token T, --run-dir DIR (reads DIR/job_token) or "
+      "STRIDE_JOB_TOKEN");
+}
+
+void print_summary(const json& s) {
+  std::printf("job %s  state %s  world %d  restarts %d  up %s\n", str(s, "job").c_str(), str(s, "state").c_str(),
+              static_cast<int>(num(s, "world_size")), static_cast<int>(num(s, "restarts")),
+              duration(num(s, "uptime_seconds", -1)).c_str());
+  const double step = num(s, "step"), total = num(s, "total_steps");
+  std::printf(
+      "step %.0f/%.0f (%.1f%%)  epoch %.0f  loss %s  acc1 %s  %.0f img/s  eta %s\n", step, total,
+      total > 0 ? 100.0 * step / total : 0.0, num(s, "epoch") + 1,
+      s.contains("loss") && s["loss"].is_number() ? concat(s["loss"].get<double>()).c_str() : "-",
+      s.contains("accuracy") && s["accuracy"].is_number() ? concat(s["accuracy"].get<double>(), "%").c_str() : "-",
+      num(s, "img_per_s"), duration(num(s, "eta_seconds", -1)).c_str());
+  if (s.contains("checkpoint")) {
+    const auto& c = s["checkpoint"];
+    std::printf(
+        "checkpoint: last committed %s, %d committed, %d discarded, in progress %s\n",
+        c["last_committed_step"].is_number()
+            ? concat("step ", c["last_committed_step"].get<uint64_t>(), " (", str(c, "last_committed_path"), ")")
+                  .c_str()
+            : "none",
+        static_cast<int>(num(c, "commits")), static_cast<int>(num(c, "discarded")),
+        c["in_progress_step"].is_number() ? concat("step ", c["in_progress_step"].get<uint64_t>()).c_str() : "-");
+  }
+  if (s.contains("failure")) std::printf("FAILURE: %s\n", str(s, "failure").c_str());
+  std::printf("\n%-5s %-16s %-8s %-6s %-8s %-10s %-10s %-10s %-10s\n", "RANK", "HOST", "PID", "ALIVE", "STEP",
+              "HEARTBEAT", "STEP TIME", "DATA WAIT", "COMM WAIT");
+  for (const auto& r : s.value("ranks", json::array())) {
+    const bool joined = r.value("joined", false);
+    std::printf("%-5d %-16s %-8d %-6s %-8.0f %-10s %-10s %-10s %-10s\n", static_cast<int>(num(r, "rank")),
+                joined ? str(r, "host").c_str() : "-", static_cast<int>(num(r, "pid")),
+                !joined ? "-" : (r.value("alive", false) ? (r.value("finished", false) ? "done" : "yes") : "DEAD"),
+                num(r, "step"),
+                joined ? concat(static_cast<int>(num(r, "last_heartbeat_age_s") * 10) / 10.0, "s").c_str() : "-",
+                concat(num(r, "step_time_s"), "s").c_str(), concat(num(r, "data_wait_s"), "s").c_str(),
+                concat(num(r, "comm_wait_s"), "s").c_str());
+  }
+  const auto events = s.value("events", json::array());
+  if (!events.empty()) {
+    std::printf("\nrecent events:\n");
+    int n = 0;
+    for (const auto& e : events) {
+      if (++n > 8) break;
+      const auto t = static_cast<std::time_t>(num(e, "time"));
+      char when[16];
+      std::strftime(when, sizeof(when), "%H:%M:%S", std::localtime(&t));
+      std::printf("  %s %-7s %s\n", when, str(e, "level").c_str(), str(e, "message").c_str());
+    }
+  }
+}
+
+int run_status(const StatusArgs& a) {
+  const std::string url = resolve_url(a);
+  if (a.checkpoint || a.stop) {
+    const std::string token = resolve_token(a);
+    const std::string what = a.stop ? "stop" : "checkpoint";
+    auto r = cluster::http_request("POST", url + what, "", token);
+    if (r.status != 202) throw Error(concat(url, what, ": HTTP ", r.status, ": ", r.body));
+    std::printf("%s requested: %s\n", what.c_str(), url.c_str());
+    return 0;
+  }
+  const bool tty = ::isatty(STDOUT_FILENO) != 0;
+  for (;;) {
+    cluster::HttpResponse r;
+    try {
+      r = cluster::http_request("GET", url + "status");
+    } catch (const Error& e) {
+      throw Error(concat("no status endpoint at ", url, " (", e.what(), "); pass --url or --run-dir"));
+    }
+    if (r.status != 200) throw Error(concat(url, "status: HTTP ", r.status));
+    const json s = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+    if (s.is_discarded()) throw Error(concat(url, "status: not JSON"));
+    if (a.watch_set && tty) std::printf("\033[H\033[2J");
+    if (a.json_out) {
+      std::printf("%s\n", s.dump(2).c_str());
+    } else {
+      print_summary(s);
+    }
+    std::fflush(stdout);
+    const std::string state = s.value("state", "");
+    if (!a.watch_set || state == "finished" || state == "failed") return state == "failed" ? 1 : 0;
+    std::this_thread::sleep_for(std::chrono::duration<double>(a.watch));
+    if (!tty) std::printf("\n");
+  }
+}
+
+}  // namespace
+
+void add_status_command(CLI::App& app) {
+  auto args = std::make_shared<StatusArgs>();
+  auto* cmd = app.add_subcommand("status", "Show a running job's state from its status endpoint");
+  cmd->add_option("--url", args->url,
+                  "Status endpoint (default: from --run-dir, $STRIDE_STATUS_URL, "
+                  "or http://127.0.0.1:8470/)");
+  cmd->add_option("--run-dir", args->run_dir, "Run directory of the job (reads coordinator.json, job_token)");
+  cmd->add_option("--watch", args->watch, "Refresh every SECONDS until the job ends")->expected(0, 1)->default_str("2");
+  cmd->add_flag("--json", args->json_out, "Print the raw /status JSON");
+  cmd->add_flag("--checkpoint", args->checkpoint, "Ask the job to checkpoint now (needs the job token)");
+  cmd->add_flag("--stop", args->stop, "Ask the job to checkpoint and stop (needs the job token)");
+  cmd->add_option("--token", args->token, "Job token (default: RUN_DIR/job_token or $STRIDE_JOB_TOKEN)");
+  cmd->callback([args, cmd] {
+    args->watch_set = cmd->count("--watch") > 0;
+    if (args->watch_set && !(args->watch > 0)) args->watch = 2.0;
+    const int rc = run_status(*args);
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+}  // namespace stride::launcher

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The status dashboard in a real browser (ctest label `system`): a 1-rank training run serves it; headless
+# Chromium (Debian's chromium) loads it, its script fetches /status and /history and renders (the DOM gets
+# data-ready="1", the job name and the rank table); a screenshot is written and its path printed.
+#   dashboard_test.sh STRIDE_BINARY WORK_DIR
+set -euo pipefail
+STRIDE=$1
+WORK=$2
+CHROMIUM=$(command -v chromium || command -v chromium-browser || true)
+if [ -z "$CHROMIUM" ]; then
+  echo "SKIP: chromium is not installed (scripts/setup.sh installs it)"
+  exit 77
+fi
+rm -rf "$WORK" && mkdir -p "$WORK"
+trap 'pkill -9 -f "$WORK/" 2>/dev/null || true' EXIT
+fail() {
+  echo "FAIL: $*"
+  tail -30 "$WORK/run.log" || true
+  exit 1
+}
+"$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
+  --samples-per-shard 5000 > /dev/null
+"$STRIDE" train --model resnet20 --data-path "$WORK/data" --epochs 1 --batch-size 64 --threads 1 --workers 1 \
+  --print-freq 5 --status-port 0 --heartbeat-interval 0.25 --job dashboard-test --output-dir "$WORK/run" \
+  > "$WORK/run.log" 2>&1 &
+for _ in $(seq 1 1200); do [ -f "$WORK/run/coordinator.json" ] && break; sleep 0.05; done
+url=$(/usr/bin/python3 -c "import json; print(json.load(open('$WORK/run/coordinator.json'))['status_url'])")
+# Let a few intervals of training reach the plots.
+for _ in $(seq 1 300); do
+  step=$("$STRIDE" status --url "$url" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["step"])')
+  [ "$step" -ge 20 ] && break
+  sleep 0.1
+done
+flags=(--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run --hide-scrollbars
+       --user-data-dir="$WORK/chromium-profile" --window-size=1280,900 --virtual-time-budget=6000)
+timeout 120 "$CHROMIUM" "${flags[@]}" --dump-dom "$url" > "$WORK/dom.html" 2> "$WORK/chromium.log" ||
+  fail "chromium --dump-dom failed: $(tail -5 "$WORK/chromium.log")"
+grep -q 'data-ready="1"' "$WORK/dom.html" || fail "the dashboard did not render (no data-ready)"
+grep -q 'dashboard-test' "$WORK/dom.html" || fail "the job name is not on the page"
+grep -q '<canvas' "$WORK/dom.html" || fail "no plots"
+timeout 120 "$CHROMIUM" "${flags[@]}" --screenshot="$WORK/dashboard.png" "$url" >> "$WORK/chromium.log" 2>&1 ||
+  fail "chromium --screenshot failed"
+size=$(stat -c %s "$WORK/dashboard.png")
+# A blank or error page compresses to a few KB; plots, tables and text make it far larger.
+[ "$size" -gt 30000 ] || fail "screenshot is only $size bytes"
+echo "screenshot: $WORK/dashboard.png ($size bytes, 1280x900, step $step)"
