@@ -122,6 +122,7 @@ void run(const CkptArgs& a) {
   }
   writer.drain();
   for (auto& t : waiters) t.join();
+  client.goodbye(true, "benchmark done");
   const double step_med = median(plain), stall_med = median(stalls);
   nlohmann::json r = {{"model", a.model},
                       {"batch", a.batch},
@@ -131,6 +132,7 @@ void run(const CkptArgs& a) {
                       {"step_s", step_med},
                       {"stall_s", stall_med},
                       {"stall_fraction_of_step", step_med > 0 ? stall_med / step_med : 0.0},
+                      {"step_while_writing_s", median(during)},
                       {"commit_latency_s", median(commits)},
                       {"write_mb_per_s", median(bandwidth)},
                       {"checkpoints", stalls.size()}};

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -92,7 +93,10 @@ CoordinatorClient::CoordinatorClient(ClientOptions options, AbortFn on_abort)
     : o_(std::move(options)), on_abort_(std::move(on_abort)) {
   split_address(o_.address);  // a bad address is a usage error now, not a retry loop later
   if (::pipe2(wake_fd_, O_CLOEXEC | O_NONBLOCK) != 0) throw Error(concat("pipe: ", std::strerror(errno)));
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "stride-client");
+    run();
+  });
 }
 
 CoordinatorClient::~CoordinatorClient() {

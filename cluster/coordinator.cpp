@@ -4,8 +4,15 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <deque>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -47,6 +54,11 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
   size_t http_sessions = 0;                                  // io thread only
   struct HttpSession;
   std::set<HttpSession*> http_open;  // io thread only
+  struct CachedDoc {
+    double at = 0;
+    std::string body;
+  };
+  std::map<std::string, CachedDoc> http_cache;  // io thread only
 
   explicit Impl(CoordinatorOptions options) : o(std::move(options)) {}
 
@@ -271,12 +283,23 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       if (req.method() == http::verb::get || req.method() == http::verb::head) {
         std::lock_guard<std::mutex> lock(impl->mu);
         auto& core = *impl->core;
+        // Rendered documents are reused for a quarter of a second: a dashboard or a scraper polling hard costs
+        // the training process a few renders per second, not one per request.
+        auto cached = [&](const std::string& key, const std::function<std::string()>& render) -> std::string {
+          auto& c = impl->http_cache[key];
+          if (c.body.empty() || now - c.at > 0.25) {
+            c.body = render();
+            c.at = now;
+          }
+          return c.body;
+        };
         if (path == "/status") {
-          set(http::status::ok, "application/json", core.status_json(now));
+          set(http::status::ok, "application/json", cached(path, [&] { return core.status_json(now); }));
         } else if (path == "/history") {
-          set(http::status::ok, "application/json", core.history_json());
+          set(http::status::ok, "application/json", cached(path, [&] { return core.history_json(); }));
         } else if (path == "/metrics") {
-          set(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", core.metrics_text(now));
+          set(http::status::ok, "text/plain; version=0.0.4; charset=utf-8",
+              cached(path, [&] { return core.metrics_text(now); }));
         } else if (path == "/healthz") {
           if (core.failure()) {
             set(http::status::service_unavailable, "text/plain; charset=utf-8", "failed: " + *core.failure() + "\n");
@@ -306,6 +329,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
                                 concat("HTTP POST ", path, " from ", remote()), now);
           }
           impl->flush();
+          impl->http_cache.clear();
           set(http::status::accepted, "application/json",
               stop ? R"({"accepted":"stop"})" : R"({"accepted":"checkpoint"})");
         }
@@ -382,6 +406,11 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     accept_ranks();
     tick();
     thread = std::thread([self = shared_from_this()] {
+      ::pthread_setname_np(::pthread_self(), "stride-coord");
+      // Serving people and scrapers must not take cores from training (bench/status_load.sh): run at a lower
+      // priority. Ranks' heartbeats are sent from their own normal-priority threads, and this thread's share
+      // under full load (~10% of a core at nice 10) is far more than its work needs.
+      ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 10);
       for (;;) {
         try {
           self->ioc.run();

@@ -1,4 +1,5 @@
 // A minimal blocking HTTP/1.1 client (Connection: close) for the status endpoint.
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -28,6 +29,13 @@ HttpResponse http_request(const std::string& method, const std::string& url, con
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
+  // A numeric address skips the resolver (and its per-call configuration reads) entirely.
+  in_addr v4{};
+  in6_addr v6{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1 || ::inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    hints.ai_flags |= AI_NUMERICHOST;
+  }
+  hints.ai_flags |= AI_NUMERICSERV;
   addrinfo* res = nullptr;
   if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) {
     throw Error(concat(url, ": cannot resolve ", host, ": ", gai_strerror(rc)));

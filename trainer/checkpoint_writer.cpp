@@ -1,5 +1,7 @@
 #include "trainer/checkpoint_writer.h"
 
+#include <pthread.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <optional>
@@ -29,7 +31,10 @@ NamedTensors snapshot_to_host(const NamedTensors& tensors) {
 CheckpointWriter::CheckpointWriter(std::string checkpoint_root, Sink sink, std::shared_ptr<FileOps> ops)
     : root_(std::move(checkpoint_root)), sink_(std::move(sink)), ops_(std::move(ops)) {
   if (const char* d = std::getenv("STRIDE_FAULT_CHECKPOINT_DELAY_S")) fault_delay_s_ = std::atof(d);
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "stride-ckpt");
+    run();
+  });
 }
 
 CheckpointWriter::~CheckpointWriter() {
