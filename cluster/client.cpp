@@ -225,6 +225,7 @@ int CoordinatorClient::connect_once(std::string* why) {
   h->set_world_size(o_.world_size);
   h->set_host(o_.host);
   h->set_pid(o_.pid);
+  h->set_attempt(o_.attempt);
   {
     std::lock_guard<std::mutex> lock(mu_);
     h->set_step(hb_.step() ? hb_.step() : o_.step);
@@ -315,7 +316,9 @@ void CoordinatorClient::run() {
           break;
         }
         pollfd p{wake_fd_[0], POLLIN, 0};
-        ::poll(&p, 1, static_cast<int>(backoff * 1000));
+        // Never sleep past the moment this rank must give up.
+        const double left = last_contact + o_.give_up_s - now_s();
+        ::poll(&p, 1, static_cast<int>(std::max(0.0, std::min(backoff, left + 0.01)) * 1000));
         char drain[64];
         while (::read(wake_fd_[0], drain, sizeof(drain)) > 0) {
         }

@@ -25,6 +25,7 @@ struct ClientOptions {
   std::string host;
   uint32_t pid = 0;
   uint64_t step = 0;        // where this rank starts (a resume)
+  uint32_t attempt = 0;     // the job's restart count (STRIDE_RESTART_COUNT from the launcher)
   double give_up_s = 30.0;  // coordinator unreachable this long: abort
 };
 

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -560,6 +561,22 @@ std::string Coordinator::status_json() const {
 void Coordinator::set_restarts(int restarts) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->core->set_restarts(restarts);
+}
+
+void Coordinator::restart(uint32_t world_size, uint32_t attempt, const std::string& reason) {
+  std::promise<void> done;
+  asio::post(impl_->ioc, [impl = impl_, world_size, attempt, reason, &done] {
+    for (auto& [r, s] : impl->by_rank) s->close();
+    impl->by_rank.clear();
+    {
+      std::lock_guard<std::mutex> lock(impl->mu);
+      impl->core->restart(world_size, attempt, reason, steady_now());
+    }
+    impl->http_cache.clear();
+    impl->failure_reported = false;
+    done.set_value();
+  });
+  done.get_future().wait();
 }
 
 void Coordinator::with_core(const std::function<void(CoordinatorCore&)>& fn) {

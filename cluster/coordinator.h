@@ -55,6 +55,8 @@ class Coordinator {
   uint64_t last_committed_step() const;
   std::string status_json() const;
   void set_restarts(int restarts);
+  // A new start of the job: closes every rank connection and resets the core (CoordinatorCore::restart).
+  void restart(uint32_t world_size, uint32_t attempt, const std::string& reason);
   // Runs `fn` with the core under the coordinator's lock (tests and the launcher inspect state this way).
   void with_core(const std::function<void(CoordinatorCore&)>& fn);
 

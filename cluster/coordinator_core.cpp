@@ -101,6 +101,9 @@ std::string CoordinatorCore::admit(const proto::Hello& h, double now) {
     return concat("world size ", h.world_size(), " does not match the job's ", o_.world_size);
   }
   if (h.rank() >= o_.world_size) return concat("rank ", h.rank(), " is outside the world of ", o_.world_size);
+  if (h.attempt() != attempt_) {
+    return concat("rank ", h.rank(), " belongs to start ", h.attempt(), " of the job; the job is at start ", attempt_);
+  }
   if (failure_) return concat("the job has failed: ", *failure_);
   auto& r = ranks_[h.rank()];
   if (r.joined && r.pid != h.pid()) {
@@ -168,6 +171,20 @@ void CoordinatorCore::tick(double now) {
   }
 }
 
+void CoordinatorCore::restart(uint32_t world_size, uint32_t attempt, const std::string& reason, double now) {
+  STRIDE_CHECK_GT(world_size, 0u, "world size");
+  o_.world_size = world_size;
+  ranks_.assign(world_size, RankState{});
+  pending_.clear();
+  outbound_.clear();
+  failure_.reset();
+  stopping_ = false;
+  attempt_ = attempt;
+  ++o_.restarts;
+  step_time_.clear();
+  add_event("warning", concat("restart ", o_.restarts, " (", world_size, " ranks): ", reason), now);
+}
+
 void CoordinatorCore::declare_dead(uint32_t rank, const std::string& why, double now) {
   auto& r = ranks_[rank];
   r.alive = false;
@@ -189,11 +206,10 @@ void CoordinatorCore::request(proto::Command::Kind kind, const std::string& reas
 void CoordinatorCore::report(uint32_t rank, const proto::CheckpointReport& rep, double now) {
   const uint64_t step = rep.step();
   if (!ranks_.at(rank).alive) return;  // declared dead: its work no longer counts
-  if (has_commit_ && step <= last_committed_step_ && !pending_.count(step)) {
-    // Rewriting a committed step (or an older one) could destroy the newest commit: refuse.
-    outbound_.push_back({static_cast<int>(rank), command(proto::Command::DISCARDED, step,
-                                                         concat("step ", step, " is not newer than the newest commit (",
-                                                                last_committed_step_, ")"))});
+  if (committed_.count(step) && !pending_.count(step)) {
+    // This job committed the step already: a second copy (a confused or stale rank) must not rewrite it.
+    outbound_.push_back({static_cast<int>(rank),
+                         command(proto::Command::DISCARDED, step, concat("step ", step, " is already committed"))});
     return;
   }
   auto& p = pending_[step];
@@ -250,6 +266,7 @@ void CoordinatorCore::try_commit(uint64_t step, double now) {
   has_commit_ = true;
   last_committed_step_ = step;
   last_committed_path_ = path;
+  committed_.insert(step);
   ++commits_;
   add_event("info",
             concat("checkpoint at step ", step, " committed: ", path, " (", fixed(bytes / 1e6), " MB, writes ",

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,10 @@ class CoordinatorCore {
   void disconnected(uint32_t rank, double now);
   // Declares silent ranks dead. Call a few times per second.
   void tick(double now);
+  // A new start of the job (the launcher restarts every rank): forgets the ranks, the failure and checkpoints
+  // in flight, keeps the commits, history and events, counts the restart. Ranks of older attempts are refused.
+  void restart(uint32_t world_size, uint32_t attempt, const std::string& reason, double now);
+  uint32_t attempt() const { return attempt_; }
   // From HTTP or a signal: ask every rank to checkpoint (stop = then stop).
   void request(proto::Command::Kind kind, const std::string& reason, double now);
   void note(const std::string& level, const std::string& message, double now);
@@ -115,10 +120,12 @@ class CoordinatorCore {
   double t0_, wall0_;
   std::vector<RankState> ranks_;
   std::map<uint64_t, Pending> pending_;
+  std::set<uint64_t> committed_;  // steps this coordinator committed
   std::vector<Outbound> outbound_;
   std::deque<Event> events_;
   std::optional<std::string> failure_;
   bool stopping_ = false;
+  uint32_t attempt_ = 0;
   uint64_t last_committed_step_ = 0;
   bool has_commit_ = false;
   std::string last_committed_path_;

@@ -12,6 +12,7 @@
 #include "comm/build_info.h"
 #include "common/error.h"
 #include "data/shard_command.h"
+#include "launcher/launch.h"
 #include "launcher/status_command.h"
 #include "models/models_command.h"
 #include "trainer/train_command.h"
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   stride::trainer::add_train_command(app);
   stride::trainer::add_ckpt_command(app);
   stride::bench::add_bench_command(app);
+  stride::launcher::add_launch_command(app);
   stride::launcher::add_status_command(app);
   add_version_command(app);
   try {

@@ -8,11 +8,27 @@
 
 #include "common/error.h"
 #include "trainer/checkpoint.h"
+#include "trainer/config.h"
 #include "trainer/safetensors.h"
 #include "trainer/trainer.h"
 
 namespace stride::trainer {
 namespace fs = std::filesystem;
+
+TrainConfig parse_train_flags(const std::vector<std::string>& args) {
+  TrainConfig config;
+  CLI::App app{"stride train", "stride train"};
+  add_train_options(app, config);
+  std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 takes them last-first
+  try {
+    app.parse(reversed);
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(concat("train flags: ", e.what()));
+  }
+  if (!config.config_file.empty()) apply_config_file(config.config_file, app, config);
+  validate(config);
+  return config;
+}
 
 void add_train_command(CLI::App& app) {
   auto config = std::make_shared<TrainConfig>();

@@ -314,6 +314,14 @@ void Trainer::State::setup() {
   schedule = std::make_unique<LrSchedule>(so);
   store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
   cursor = {0, 0, static_cast<uint64_t>(c.seed)};
+  if (c.resume.empty() && !c.test_only) {
+    // Starting from scratch would checkpoint over the steps of an earlier run: make the user choose.
+    for (const auto& info : store->list(/*deep=*/false)) {
+      if (!info.valid) continue;
+      throw UsageError(concat(c.output_dir, " already holds checkpoints of a run (newest: step ", info.step,
+                              "): continue it with --resume auto, or train into another --output-dir"));
+    }
+  }
   if (!c.resume.empty()) resume();
   if (!c.resume.empty() && step > 0) last_checkpoint_step = step;
   if (world > 1) {
@@ -393,6 +401,8 @@ void Trainer::State::start_coordination() {
   o.host = hostname();
   o.pid = static_cast<uint32_t>(::getpid());
   o.give_up_s = c.heartbeat_timeout;
+  // A launcher's coordinator counts the job's starts; one hosted here is always at its first.
+  o.attempt = env_addr ? static_cast<uint32_t>(env_int("STRIDE_RESTART_COUNT", 0)) : 0;
   const uint64_t r = rank;
   client = std::make_unique<cluster::CoordinatorClient>(o, [r](const std::string& why) {
     // A peer is dead or the coordinator is gone: the last committed checkpoint is intact; exit with the code
@@ -530,6 +540,17 @@ void Trainer::State::resume() {
                  static_cast<unsigned long long>(m.global_batch()), static_cast<unsigned long long>(global_batch));
   }
   for (const auto& [k, v] : m.metrics()) last_eval[k] = v;
+  if (c.resume != "auto") {
+    for (const auto& info : store->list(/*deep=*/false)) {
+      if (info.valid && info.step > m.step()) {
+        std::fprintf(stderr,
+                     "stride: warning: %s holds newer checkpoints (up to step %llu); they are replaced as training "
+                     "passes their steps\n",
+                     store->dir().c_str(), static_cast<unsigned long long>(info.step));
+        break;
+      }
+    }
+  }
   out->print(
       concat("resume: ", *path, " (step ", step, ", epoch ", cursor.epoch, ", ", cursor.consumed, " samples into it)"));
 }

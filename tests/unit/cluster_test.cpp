@@ -224,7 +224,7 @@ TEST(CoordinatorCore, CommitsWhenEveryRankReported) {
   EXPECT_EQ(m.files_size(), 2);  // both ranks' files listed
   EXPECT_EQ(m.model(), "resnet20");
   EXPECT_EQ(core.last_committed_step(), 10u);
-  // A report for a step that is not newer than the newest commit is refused (it could destroy it).
+  // A second report for a step this job committed is refused (it could destroy the commit).
   core.report(0, write_rank_files(root + "-other", 10, 0), 2.0);
   auto out = core.take_outbound();
   EXPECT_TRUE(has_command(out, proto::Command::DISCARDED, 10));

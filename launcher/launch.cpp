@@ -1,0 +1,351 @@
+#include "launcher/launch.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "cluster/coordinator.h"
+#include "common/error.h"
+#include "common/file_io.h"
+#include "trainer/config.h"
+#include "trainer/train_command.h"
+
+namespace stride::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<int> g_signal{0};
+std::atomic<int> g_signal_count{0};
+extern "C" void on_signal(int sig) {
+  g_signal.store(sig);
+  g_signal_count.fetch_add(1);
+}
+
+std::string hostname() {
+  char buf[256] = {0};
+  ::gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+bool is_local_host(const std::string& h) {
+  return h.empty() || h == "localhost" || h == "127.0.0.1" || h == hostname();
+}
+
+// Host names of --hosts "a:2,b:2" or of a hostfile ("a slots=2").
+std::vector<std::string> host_names(const LaunchOptions& o) {
+  std::vector<std::string> out;
+  if (!o.hosts.empty()) {
+    std::stringstream ss(o.hosts);
+    std::string item;
+    while (std::getline(ss, item, ',')) out.push_back(item.substr(0, item.find(':')));
+  }
+  if (!o.hostfile.empty()) {
+    std::ifstream in(o.hostfile);
+    if (!in) throw UsageError(concat("--hostfile ", o.hostfile, ": cannot read it"));
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto start = line.find_first_not_of(" \t");
+      if (start == std::string::npos || line[start] == '#') continue;
+      out.push_back(line.substr(start, line.find_first_of(" \t", start) - start));
+    }
+  }
+  return out;
+}
+
+bool remote_hosts(const LaunchOptions& o) {
+  for (const auto& h : host_names(o)) {
+    if (!is_local_host(h)) return true;
+  }
+  return false;
+}
+
+bool alive(pid_t pid) {
+  // A zombie still answers kill(0): look at its state.
+  std::ifstream in(concat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("State:", 0) == 0) return line.find('Z') == std::string::npos && line.find('X') == std::string::npos;
+  }
+  return false;
+}
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return concat("exited with code ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return concat("was killed by signal ", WTERMSIG(status));
+  return "ended";
+}
+
+void print(const std::string& line) {
+  std::printf("launch: %s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+std::string resolve_launcher(const LaunchOptions& o) {
+  if (o.launcher != "auto") return o.launcher;
+  const char* job = std::getenv("SLURM_JOB_ID");
+  return job && *job && o.hostfile.empty() && o.hosts.empty() ? "srun" : "mpirun";
+}
+
+std::vector<std::string> rank_command(const LaunchOptions& o, bool resume) {
+  std::vector<std::string> cmd;
+  const std::string starter = resolve_launcher(o);
+  if (starter == "srun") {
+    // Debian's Open MPI 4.1 works under Slurm 22.05 with pmix (not pmi2). --kill-on-bad-exit ends the step
+    // when one rank fails, as mpirun does.
+    cmd = {o.srun, "--mpi=pmix", "--kill-on-bad-exit=1", "--label", concat("--ntasks=", o.ranks)};
+  } else {
+    cmd = {o.mpirun, "-np", std::to_string(o.ranks), "--bind-to", "none", "--tag-output"};
+    if (o.oversubscribe) cmd.push_back("--oversubscribe");
+    if (!o.hostfile.empty()) cmd.insert(cmd.end(), {"--hostfile", o.hostfile});
+    if (!o.hosts.empty()) cmd.insert(cmd.end(), {"--host", o.hosts});
+    if (!o.iface.empty()) {
+      cmd.insert(cmd.end(), {"--mca", "btl_tcp_if_include", o.iface, "--mca", "oob_tcp_if_include", o.iface});
+    }
+    // Remote ranks get the coordinator's address and token from mpirun; local ones inherit them anyway.
+    for (const char* v : {"STRIDE_COORDINATOR", "STRIDE_JOB_TOKEN", "STRIDE_RESTART_COUNT"}) {
+      cmd.insert(cmd.end(), {"-x", v});
+    }
+  }
+  cmd.insert(cmd.end(), o.launcher_args.begin(), o.launcher_args.end());
+  cmd.push_back(o.stride_binary);
+  cmd.push_back("train");
+  // On a restart every rank resumes from the newest committed checkpoint, whatever --resume said first.
+  for (size_t i = 0; i < o.train_args.size(); ++i) {
+    const std::string& a = o.train_args[i];
+    if (resume && a == "--resume") {
+      ++i;
+      continue;
+    }
+    if (resume && a.rfind("--resume=", 0) == 0) continue;
+    cmd.push_back(a);
+  }
+  if (resume) cmd.insert(cmd.end(), {"--resume", "auto"});
+  return cmd;
+}
+
+int launch(LaunchOptions o) {
+  const std::string starter = resolve_launcher(o);
+  if (starter != "mpirun" && starter != "srun") throw UsageError(concat("--launcher must be auto, mpirun or srun"));
+  if (o.ranks <= 0) {
+    const char* n = starter == "srun" ? std::getenv("SLURM_NTASKS") : nullptr;
+    o.ranks = n && *n ? std::atoi(n) : 1;
+  }
+  if (o.stride_binary.empty()) o.stride_binary = fs::read_symlink("/proc/self/exe").string();
+  // The ranks' flags are checked here, before anything starts (exit 2 names the flag or key).
+  const trainer::TrainConfig tc = trainer::parse_train_flags(o.train_args);
+  fs::create_directories(tc.output_dir);
+
+  const bool remote = starter == "srun" || remote_hosts(o);
+  cluster::CoordinatorOptions co;
+  co.core.job = !tc.job.empty() ? tc.job : fs::path(tc.output_dir).filename().string();
+  co.core.world_size = static_cast<uint32_t>(o.ranks);
+  co.core.heartbeat_interval_s = tc.heartbeat_interval;
+  co.core.heartbeat_timeout_s = tc.heartbeat_timeout;
+  co.core.reconnect_grace_s = std::min(10.0, tc.heartbeat_timeout);
+  co.core.checkpoint_root = (fs::path(tc.output_dir) / "checkpoints").string();
+  co.core.keep = tc.keep_checkpoints;
+  co.bind = remote ? "0.0.0.0" : "127.0.0.1";
+  co.status_bind = o.status_bind;
+  co.status_port = o.status_port;
+  cluster::Coordinator coordinator(co);
+  const std::string coord_host = !o.coordinator_host.empty() ? o.coordinator_host : (remote ? hostname() : "127.0.0.1");
+  const std::string coord_addr = concat(coord_host, ":", coordinator.port());
+  ::setenv("STRIDE_COORDINATOR", coord_addr.c_str(), 1);
+  ::setenv("STRIDE_JOB_TOKEN", coordinator.token().c_str(), 1);
+  if (::geteuid() == 0) {  // Open MPI refuses root unless told; the env form also reaches nested launches
+    ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+    ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+  }
+  nlohmann::json info = {{"status_url", coordinator.status_url()},
+                         {"coordinator", coord_addr},
+                         {"pid", ::getpid()},
+                         {"host", hostname()},
+                         {"launcher", true}};
+  write_file_atomic((fs::path(tc.output_dir) / "coordinator.json").string(), info.dump(2) + "\n");
+  const std::string token_path = (fs::path(tc.output_dir) / "job_token").string();
+  write_file_atomic(token_path, coordinator.token() + "\n");
+  fs::permissions(token_path, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  print(concat(o.ranks, " rank(s) via ", starter, "; run directory ", tc.output_dir,
+               coordinator.status_port() >= 0 ? concat("; status ", coordinator.status_url()) : std::string()));
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int s : {SIGINT, SIGTERM, SIGUSR2}) ::sigaction(s, &sa, nullptr);
+
+  int exit_code = 1;
+  for (int attempt = 0;; ++attempt) {
+    ::setenv("STRIDE_RESTART_COUNT", std::to_string(attempt).c_str(), 1);
+    const auto cmd = rank_command(o, /*resume=*/attempt > 0);
+    std::string shown;
+    for (const auto& a : cmd) shown += (shown.empty() ? "" : " ") + a;
+    print(concat("start ", attempt + 1, ": ", shown));
+    const pid_t pid = ::fork();
+    if (pid < 0) throw Error(concat("fork: ", std::strerror(errno)));
+    if (pid == 0) {
+      ::setpgid(0, 0);  // its own process group: stopped or killed as one, Ctrl-C reaches only the launcher
+      // The coordinator's sockets must die with the launcher: an inherited listening socket would accept the
+      // ranks' reconnects after the launcher is gone and leave them waiting for an answer.
+      if (::close_range(3, ~0U, 0) != 0) {
+        for (int fd = 3; fd < 4096; ++fd) ::close(fd);
+      }
+      for (int s : {SIGINT, SIGTERM, SIGUSR2}) ::signal(s, SIG_DFL);
+      std::vector<char*> argv;
+      for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execvp(argv[0], argv.data());
+      std::fprintf(stderr, "stride: error: cannot run %s: %s\n", argv[0], std::strerror(errno));
+      std::_Exit(127);
+    }
+    ::setpgid(pid, pid);
+    bool stopping = false, failed = false, killed = false;
+    Clock::time_point deadline{};
+    int status = 0;
+    int seen_signals = 0;
+    std::string reason;
+    auto kill_job = [&](int sig) {
+      ::kill(-pid, SIGCONT);  // a SIGSTOPped rank must run to die of SIGTERM
+      ::kill(-pid, sig);
+    };
+    for (;;) {
+      const pid_t r = ::waitpid(pid, &status, WNOHANG);
+      if (r == pid) break;
+      const auto now = Clock::now();
+      const int count = g_signal_count.load();
+      if (count != seen_signals) {
+        seen_signals = count;
+        const int sig = g_signal.load();
+        if (!stopping) {
+          stopping = true;
+          deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.stop_timeout_s));
+          print(concat("signal ", sig, ": asking every rank to checkpoint and stop (again to kill)"));
+          coordinator.request(proto::Command::STOP, concat("the launcher got signal ", sig));
+        } else {
+          print("second signal: killing the job");
+          kill_job(SIGKILL);
+          killed = true;
+        }
+      }
+      if (!failed && coordinator.failure()) {
+        failed = true;
+        reason = *coordinator.failure();
+        // The survivors exit with code 75 on their own; give mpirun a moment before stopping it.
+        deadline = now + std::chrono::seconds(10);
+      }
+      if ((stopping || failed) && !killed && now > deadline) {
+        kill_job(SIGTERM);
+        killed = true;
+        deadline = now + std::chrono::seconds(5);
+      } else if (killed && now > deadline) {
+        kill_job(SIGKILL);
+        deadline = now + std::chrono::hours(1);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    // No orphans: ranks on this host that outlived mpirun (a stopped one, say) are killed by pid.
+    coordinator.with_core([&](cluster::CoordinatorCore& core) {
+      auto s = nlohmann::json::parse(core.status_json(0));
+      for (const auto& rank : s["ranks"]) {
+        const auto rpid = rank.value("pid", 0);
+        if (rpid > 0 && is_local_host(rank.value("host", "")) && alive(rpid) && rpid != ::getpid()) {
+          ::kill(rpid, SIGCONT);
+          ::kill(rpid, SIGKILL);
+        }
+      }
+    });
+    ::kill(-pid, SIGKILL);  // anything left in the job's process group
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    const uint64_t committed = coordinator.last_committed_step();
+    if (stopping) {
+      print(
+          concat("stopped: ", starter, " ", describe_status(status), "; last committed checkpoint: step ", committed));
+      exit_code = code == 0 ? 0 : code;
+      break;
+    }
+    if (code == 0 && !coordinator.failure()) {
+      print(concat("finished: last committed checkpoint: step ", committed));
+      exit_code = 0;
+      break;
+    }
+    if (code == 2) {
+      print("the ranks rejected their flags (exit code 2): not restarting");
+      exit_code = 2;
+      break;
+    }
+    if (reason.empty()) reason = concat(starter, " ", describe_status(status));
+    if (attempt >= o.max_restarts) {
+      print(concat("giving up after ", attempt, " restart(s): ", reason));
+      exit_code = code == 0 ? 1 : code;
+      break;
+    }
+    const double backoff = std::min(60.0, o.restart_backoff_s * std::pow(2.0, attempt));
+    print(concat(reason, "; restarting every rank from the last commit (step ", committed, ") in ", backoff,
+                 " s (restart ", attempt + 1, " of ", o.max_restarts, ")"));
+    const auto until =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff));
+    while (Clock::now() < until && g_signal_count.load() == seen_signals) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (g_signal_count.load() != seen_signals) {
+      print("signal during the back-off: not restarting");
+      exit_code = 1;
+      break;
+    }
+    coordinator.restart(static_cast<uint32_t>(o.ranks), static_cast<uint32_t>(attempt + 1), reason);
+  }
+  std::error_code ec;
+  fs::remove(fs::path(tc.output_dir) / "coordinator.json", ec);
+  return exit_code;
+}
+
+void add_launch_command(CLI::App& app) {
+  auto o = std::make_shared<LaunchOptions>();
+  auto* cmd = app.add_subcommand("launch",
+                                 "Start and supervise a data-parallel job: coordinator, status endpoint, "
+                                 "mpirun/srun, restarts from the last commit (docs/launch.md)");
+  cmd->add_option("-n,--ranks", o->ranks, "Ranks (default: SLURM_NTASKS inside an allocation, else 1)");
+  cmd->add_option("--hostfile", o->hostfile, "mpirun hostfile");
+  cmd->add_option("--hosts", o->hosts, "mpirun hosts, e.g. node1:4,node2:4");
+  cmd->add_option("--max-restarts", o->max_restarts, "Restarts after a failure before giving up")
+      ->capture_default_str();
+  cmd->add_option("--restart-backoff", o->restart_backoff_s, "Seconds before the first restart (doubles each time)")
+      ->capture_default_str();
+  cmd->add_option("--status-port", o->status_port, "HTTP status endpoint port (0: any, -1: off)")
+      ->capture_default_str();
+  cmd->add_option("--status-bind", o->status_bind, "Address of the status endpoint")->capture_default_str();
+  cmd->add_option("--iface", o->iface, "Network for MPI's TCP traffic (CIDR such as 10.0.0.0/24, or a name)");
+  cmd->add_option("--coordinator-host", o->coordinator_host,
+                  "Address the ranks use to reach the coordinator (default: 127.0.0.1, or this host's name for "
+                  "multi-host jobs)");
+  cmd->add_flag("--oversubscribe", o->oversubscribe, "Allow more ranks than cores (mpirun)");
+  cmd->add_option("--launcher", o->launcher, "auto | mpirun | srun")->capture_default_str();
+  cmd->add_option("--mpirun", o->mpirun, "mpirun executable")->capture_default_str();
+  cmd->add_option("--launcher-arg", o->launcher_args, "Extra argument for mpirun/srun (repeat)");
+  cmd->add_option("--stop-timeout", o->stop_timeout_s, "Seconds the ranks get to checkpoint after a stop request")
+      ->capture_default_str();
+  cmd->add_option("train_args", o->train_args, "stride train flags, after --");
+  cmd->callback([o] {
+    const int rc = launch(*o);
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+}  // namespace stride::launcher

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# `stride launch` supervising real Open MPI ranks (ctest label `system`), one scenario per call:
+#   chaos          kill -9 a random rank at random moments (checkpoint writes slowed so some kills land inside
+#                  them) three times, then SIGSTOP a rank (a hang): the launcher restarts every rank from the
+#                  last commit each time; the job finishes, every committed checkpoint verifies, the final weights
+#                  and optimizer state are bitwise identical to an uninterrupted run, and no process is left.
+#   launcher_kill  kill -9 the launcher itself: its ranks exit on their own within the heartbeat timeout, and a
+#                  new `stride launch ... --resume auto` finishes the job, again bitwise identical.
+#   stop           SIGTERM to the launcher: every rank checkpoints and stops, the launcher exits 0, and
+#                  --resume auto continues from that checkpoint to the identical end.
+#   launch_test.sh STRIDE_BINARY WORK_DIR SCENARIO
+set -euo pipefail
+STRIDE=$1
+WORK=$2
+SCENARIO=$3
+PY=/usr/bin/python3
+rm -rf "$WORK" && mkdir -p "$WORK"
+cleanup() {
+  pkill -CONT -f "$WORK/" 2>/dev/null || true
+  pkill -9 -f "$WORK/" 2>/dev/null || true
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f"; grep -v "step [0-9]*/[0-9]* loss" "$f" | tail -40; }; done
+  exit 1
+}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+
+"$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
+  --samples-per-shard 5000 > /dev/null
+STEPS=120
+flags=(--model resnet20 --data-path "$WORK/data" --epochs 1 --batch-size 32 --lr 0.1 --lr-warmup-epochs 0.01
+       --seed 11 --threads 1 --workers 1 --print-freq 10 --checkpoint-every 10 --max-steps $STEPS
+       --heartbeat-interval 0.25 --heartbeat-timeout 3)
+
+echo "== reference: uninterrupted 2-rank run"
+mpirun -np 2 --bind-to none "$STRIDE" train "${flags[@]}" --status-port -1 --output-dir "$WORK/ref" \
+  > "$WORK/ref.log" 2>&1 || fail "reference run"
+
+status_field() {  # status_field RUN_DIR PYTHON_EXPR(s)
+  "$STRIDE" status --run-dir "$1" --json 2>/dev/null | $PY -c "import json,sys; s=json.load(sys.stdin); print($2)" 2>/dev/null
+}
+# Waits until both ranks of the current start have joined and rank 0 is past step $2; prints rank pids.
+wait_running() {
+  for _ in $(seq 1 1200); do
+    r=$(status_field "$1" "' '.join(str(x['pid']) for x in s['ranks']) if all(x['joined'] and x['alive'] for x in s['ranks']) and s['ranks'][0]['step'] >= $2 else ''" || true)
+    [ -n "$r" ] && { echo "$r"; return 0; }
+    sleep 0.05
+  done
+  return 1
+}
+same_as_reference() {
+  local last
+  last=$(printf "step-%08d" $STEPS)
+  for f in model.safetensors optimizer.safetensors; do
+    cmp "$WORK/ref/checkpoints/$last/$f" "$1/checkpoints/$last/$f" ||
+      fail "$f at step $STEPS differs from the uninterrupted run"
+  done
+  "$STRIDE" ckpt verify "$1" > "$WORK/verify.log" 2>&1 || fail "a committed checkpoint does not verify"
+}
+no_orphans() {
+  for _ in $(seq 1 100); do
+    pgrep -f "$STRIDE train.*$1" > /dev/null || return 0
+    sleep 0.1
+  done
+  ps aux | grep "stride train" | grep -v grep
+  fail "ranks of $1 outlived the job"
+}
+
+case $SCENARIO in
+chaos)
+  run=$WORK/chaos
+  STRIDE_FAULT_CHECKPOINT_DELAY_S=0.15 "$STRIDE" launch -n 2 --max-restarts 8 --restart-backoff 0.2 \
+    --status-port 0 -- "${flags[@]}" --output-dir "$run" > "$WORK/launch.log" 2>&1 &
+  launcher=$!
+  kills=0
+  for round in 1 2 3 4; do
+    pids=$(wait_running "$run" $((round * 12))) || fail "round $round: the job is not running"
+    sleep "0.$((RANDOM % 9 + 1))"
+    victim=$(echo "$pids" | tr ' ' '\n' | shuf -n 1)
+    if [ "$round" -lt 4 ]; then
+      kill -9 "$victim" 2>/dev/null && kills=$((kills + 1))
+      echo "round $round: kill -9 rank pid $victim"
+    else
+      kill -STOP "$victim"
+      echo "round $round: SIGSTOP rank pid $victim (a hang)"
+    fi
+    # Wait for the launcher to notice and restart (or for the end).
+    for _ in $(seq 1 600); do
+      [ "$(grep -c '^launch: start ' "$WORK/launch.log")" -gt "$round" ] && break
+      kill -0 "$launcher" 2>/dev/null || break
+      sleep 0.05
+    done
+  done
+  rc=0
+  timeout 300 tail --pid="$launcher" -f /dev/null || fail "the launcher did not finish"
+  wait "$launcher" || rc=$?
+  [ "$rc" == 0 ] || fail "launch exited $rc"
+  grep "^launch: " "$WORK/launch.log" | grep -v "^launch: start" || true
+  restarts=$(grep -c "restarting every rank" "$WORK/launch.log" || true)
+  [ "$restarts" -ge 3 ] || fail "only $restarts restarts"
+  grep -q "is dead: no heartbeat" "$WORK/launch.log" || fail "the hung rank was not declared dead"
+  same_as_reference "$run"
+  no_orphans "$run"
+  echo "ok: $restarts restarts ($kills kills + 1 hang); final state bitwise identical to the uninterrupted run"
+  ;;
+launcher_kill)
+  run=$WORK/lk
+  setsid "$STRIDE" launch -n 2 --status-port 0 -- "${flags[@]}" --output-dir "$run" > "$WORK/launch1.log" 2>&1 &
+  launcher=$!
+  wait_running "$run" 30 > /dev/null || fail "the job is not running"
+  kill -9 "$launcher"
+  t0=$(date +%s.%N)
+  echo "killed the launcher (pid $launcher)"
+  for _ in $(seq 1 300); do
+    pgrep -f "$STRIDE train.*$run" > /dev/null || break
+    sleep 0.1
+  done
+  pgrep -f "$STRIDE train.*$run" > /dev/null && fail "ranks still running 30 s after the launcher died"
+  $PY -c "import time; print(f'ranks and mpirun gone {time.time() - $t0:.1f} s after the launcher died')"
+  grep -q "lost the coordinator for 3 s" "$WORK/launch1.log" || fail "the ranks did not give up after the heartbeat timeout"
+  pkill -9 -f "mpirun.*$run" 2>/dev/null || true
+  "$STRIDE" launch -n 2 --status-port 0 -- "${flags[@]}" --output-dir "$run" --resume auto \
+    > "$WORK/launch2.log" 2>&1 || fail "the relaunch"
+  grep -q "resume: .*step-000000" "$WORK/launch2.log" || fail "the relaunch did not resume"
+  same_as_reference "$run"
+  no_orphans "$run"
+  echo "ok: ranks exited on their own; --resume auto finished the job identically"
+  ;;
+stop)
+  run=$WORK/stop
+  "$STRIDE" launch -n 2 --status-port 0 -- "${flags[@]}" --output-dir "$run" > "$WORK/launch1.log" 2>&1 &
+  launcher=$!
+  wait_running "$run" 25 > /dev/null || fail "the job is not running"
+  kill -TERM "$launcher"
+  rc=0
+  wait "$launcher" || rc=$?
+  [ "$rc" == 0 ] || fail "stopped launch exited $rc"
+  grep -q "stopped at step" "$WORK/launch1.log" || fail "no stop checkpoint"
+  stopped=$(cat "$run/checkpoints/LATEST")
+  echo "stopped with $stopped committed"
+  no_orphans "$run"
+  "$STRIDE" launch -n 2 --status-port 0 -- "${flags[@]}" --output-dir "$run" --resume auto \
+    > "$WORK/launch2.log" 2>&1 || fail "the continuation"
+  grep -q "resume: .*$stopped" "$WORK/launch2.log" || fail "did not resume from $stopped"
+  same_as_reference "$run"
+  echo "ok: SIGTERM checkpointed and stopped the job; the continuation ended identical"
+  ;;
+*)
+  echo "unknown scenario $SCENARIO"
+  exit 2
+  ;;
+esac
