@@ -153,7 +153,8 @@ int launch(LaunchOptions o) {
   const trainer::TrainConfig tc = trainer::parse_train_flags(o.train_args);
   fs::create_directories(tc.output_dir);
 
-  const bool remote = starter == "srun" || remote_hosts(o);
+  const char* slurm_nodes = std::getenv("SLURM_JOB_NUM_NODES");
+  const bool remote = (starter == "srun" && slurm_nodes && std::atoi(slurm_nodes) > 1) || remote_hosts(o);
   cluster::CoordinatorOptions co;
   co.core.job = !tc.job.empty() ? tc.job : fs::path(tc.output_dir).filename().string();
   co.core.world_size = static_cast<uint32_t>(o.ranks);
@@ -162,6 +163,7 @@ int launch(LaunchOptions o) {
   co.core.reconnect_grace_s = std::min(10.0, tc.heartbeat_timeout);
   co.core.checkpoint_root = (fs::path(tc.output_dir) / "checkpoints").string();
   co.core.keep = tc.keep_checkpoints;
+  if (const char* rc = std::getenv("SLURM_RESTART_COUNT")) co.core.restarts = std::atoi(rc);  // requeues
   co.bind = remote ? "0.0.0.0" : "127.0.0.1";
   co.status_bind = o.status_bind;
   co.status_port = o.status_port;

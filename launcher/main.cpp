@@ -14,6 +14,7 @@
 #include "data/shard_command.h"
 #include "launcher/launch.h"
 #include "launcher/status_command.h"
+#include "launcher/submit.h"
 #include "models/models_command.h"
 #include "trainer/train_command.h"
 
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   stride::trainer::add_ckpt_command(app);
   stride::bench::add_bench_command(app);
   stride::launcher::add_launch_command(app);
+  stride::launcher::add_submit_command(app);
   stride::launcher::add_status_command(app);
   add_version_command(app);
   try {

@@ -18,6 +18,7 @@ PACKAGES=(
   libturbojpeg0-dev libpng-dev zlib1g-dev
   dataset-fashion-mnist
   chromium
+  slurmctld slurmd slurm-client munge
 )
 
 missing=()

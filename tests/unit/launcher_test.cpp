@@ -1,0 +1,81 @@
+// The launcher's pure parts: the command that starts the ranks, and the sbatch script.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "launcher/launch.h"
+#include "launcher/submit.h"
+
+namespace stride::launcher {
+namespace {
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& a : v) s += (s.empty() ? "" : " ") + a;
+  return s;
+}
+
+TEST(Launch, MpirunCommandCarriesHostsNetworkAndTheCoordinatorEnvironment) {
+  ::unsetenv("SLURM_JOB_ID");
+  LaunchOptions o;
+  o.ranks = 4;
+  o.hosts = "h1:2,h2:2";
+  o.iface = "10.77.0.0/24";
+  o.oversubscribe = true;
+  o.stride_binary = "/opt/stride";
+  o.train_args = {"--model", "resnet20", "--resume", "runs/x/checkpoints/step-00000010"};
+  EXPECT_EQ(resolve_launcher(o), "mpirun");
+  const std::string first = joined(rank_command(o, /*resume=*/false));
+  EXPECT_EQ(first,
+            "mpirun -np 4 --bind-to none --tag-output --oversubscribe --host h1:2,h2:2 --mca btl_tcp_if_include "
+            "10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 -x STRIDE_COORDINATOR -x STRIDE_JOB_TOKEN -x "
+            "STRIDE_RESTART_COUNT /opt/stride train --model resnet20 --resume runs/x/checkpoints/step-00000010");
+  // A restart resumes from the newest commit, whatever --resume said at first.
+  const std::string again = joined(rank_command(o, /*resume=*/true));
+  EXPECT_NE(again.find("/opt/stride train --model resnet20 --resume auto"), std::string::npos) << again;
+  EXPECT_EQ(again.find("step-00000010"), std::string::npos) << again;
+}
+
+TEST(Launch, InsideASlurmAllocationRanksStartWithSrunPmix) {
+  ::setenv("SLURM_JOB_ID", "42", 1);
+  LaunchOptions o;
+  o.ranks = 2;
+  o.stride_binary = "/opt/stride";
+  o.train_args = {"--epochs", "1"};
+  EXPECT_EQ(resolve_launcher(o), "srun");
+  EXPECT_EQ(joined(rank_command(o, false)),
+            "srun --mpi=pmix --kill-on-bad-exit=1 --label --ntasks=2 /opt/stride train --epochs 1");
+  o.hostfile = "hosts.txt";  // an explicit hostfile means mpirun, even inside an allocation
+  EXPECT_EQ(resolve_launcher(o), "mpirun");
+  ::unsetenv("SLURM_JOB_ID");
+}
+
+TEST(Submit, ScriptRequeuesOnTheWarningSignalAndResumes) {
+  SubmitOptions o;
+  o.nodes = 2;
+  o.ntasks_per_node = 4;
+  o.gpus_per_node = 4;
+  o.time = "1:00:00";
+  o.partition = "gpu";
+  o.signal_seconds = 300;
+  o.train_args = {"--model", "resnet50", "--job", "it's"};
+  const std::string s = sbatch_script(o, "/runs/r50", "/opt/stride");
+  for (const char* want :
+       {"#SBATCH --nodes=2\n", "#SBATCH --ntasks-per-node=4\n", "#SBATCH --gpus-per-node=4\n",
+        "#SBATCH --time=1:00:00\n", "#SBATCH --partition=gpu\n", "#SBATCH --requeue\n", "#SBATCH --open-mode=append\n",
+        "#SBATCH --signal=B:USR2@300\n", "#SBATCH --output=/runs/r50/slurm/%x-%j.out\n", "--launcher srun",
+        "--output-dir '/runs/r50' --resume auto", "'it'\\''s'", "trap 'requeue=1; kill -USR2", "scontrol requeue"}) {
+    EXPECT_NE(s.find(want), std::string::npos) << want << "\n" << s;
+  }
+  o.array = "0-3";
+  const std::string a = sbatch_script(o, "/runs/r50", "/opt/stride");
+  EXPECT_NE(a.find("#SBATCH --array=0-3\n"), std::string::npos);
+  EXPECT_NE(a.find("--output-dir '/runs/r50'/task-${SLURM_ARRAY_TASK_ID}"), std::string::npos) << a;
+  EXPECT_NE(a.find("%x-%A_%a.out"), std::string::npos);
+  o.nodes = 0;
+  EXPECT_THROW(sbatch_script(o, "/runs/r50", "/opt/stride"), std::exception);
+}
+
+}  // namespace
+}  // namespace stride::launcher
