@@ -121,6 +121,21 @@ bool launched_as_multiple_ranks() {
   return false;
 }
 
+// Started by srun in a way Open MPI cannot join: say so before MPI_Init aborts with an internal error.
+void check_slurm_launch() {
+  const char* step = std::getenv("SLURM_STEP_ID");
+  if (!step || env_int("SLURM_NTASKS", 1) <= 1) return;
+  if (std::getenv("PMIX_RANK") || std::getenv("OMPI_COMM_WORLD_SIZE")) return;  // srun --mpi=pmix, or mpirun
+  const int rank = env_int("SLURM_PROCID", 0), size = env_int("SLURM_NTASKS", 1);
+  if (std::getenv("PMI_FD") || std::getenv("PMI_RANK")) {
+    throw UsageError(concat("rank ", rank, "/", size, ": started by srun with PMI-2 (--mpi=pmi2), which this Open MPI ",
+                            "cannot use (Debian builds it with PMIx only): start the ranks with `srun --mpi=pmix` or ",
+                            "`stride launch`"));
+  }
+  throw UsageError(concat("rank ", rank, "/", size, ": started by srun without an MPI plugin (--mpi=none), so the ",
+                          size, " tasks cannot find each other: start them with `srun --mpi=pmix` or `stride launch`"));
+}
+
 std::string built_backends() {
   std::string s = "single local";
 #ifdef STRIDE_WITH_MPI
@@ -145,6 +160,7 @@ std::shared_ptr<Communicator> create_communicator(const CommOptions& options) {
     comm = LocalWorld::create(1)->communicator(0);
   } else if (backend == "mpi" || backend == "nccl") {
 #ifdef STRIDE_WITH_MPI
+    check_slurm_launch();
     comm = MpiCommunicator::create();
 #else
     if (backend == "mpi" || launched_as_multiple_ranks()) {

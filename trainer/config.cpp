@@ -94,6 +94,10 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        &c.heartbeat_timeout},
       {"control-every", "Steps between the ranks' agreement on checkpoint/stop requests (a tiny collective)",
        &c.control_every},
+      {"trace-samples",
+       "Append every step's sample ids to RUN/samples/rank-R.txt (checks the sample order across "
+       "resumes and world sizes)",
+       &c.trace_samples},
   };
 }
 

@@ -93,6 +93,7 @@ struct TrainConfig {
   double heartbeat_interval = 1.0;             // seconds between heartbeats
   double heartbeat_timeout = 30.0;             // a rank silent this long is declared dead
   int64_t control_every = 10;                  // steps between the ranks' agreement on checkpoint/stop requests
+  bool trace_samples = false;                  // append each step's sample ids to RUN/samples/rank-R.txt
   std::string config_file;                     // the --config file it came from (informational)
 };
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <set>
 #include <thread>
@@ -585,6 +586,11 @@ void Trainer::State::train() {
   const auto run_start = Clock::now();
   const int64_t first_step = step;
   hb.set_total_steps(static_cast<uint64_t>(limit));
+  std::ofstream trace;  // --trace-samples: "epoch batch id id ..." per micro-batch, valid samples only
+  if (c.trace_samples) {
+    fs::create_directories(fs::path(c.output_dir) / "samples");
+    trace.open(fs::path(c.output_dir) / "samples" / concat("rank-", rank, ".txt"), std::ios::app);
+  }
   double data_wait_mark = 0.0, comm_wait_mark = 0.0;
   int64_t interval_first_step = step;
   while (!stopped && step < limit && cursor.epoch < static_cast<uint64_t>(c.epochs)) {
@@ -606,6 +612,17 @@ void Trainer::State::train() {
       return std::array<double, 4>{a[0], a[1], a[2], a[3]};
     };
     while (auto batch = train_data->next()) {
+      if (trace.is_open()) {
+        trace << cursor.epoch << ' ' << batch->step;
+        const auto valid_host = batch->valid.to(torch::kBool);
+        auto ids = batch->sample_ids.accessor<int64_t, 1>();
+        auto ok = valid_host.accessor<bool, 1>();
+        for (int64_t i = 0; i < ids.size(0); ++i) {
+          if (ok[i]) trace << ' ' << ids[i];
+        }
+        trace << '\n';
+        trace.flush();
+      }
       auto x = device_images(*batch);
       auto labels = to_device(batch->labels), valid = to_device(batch->valid);
       auto target = batch->targets.defined() ? to_device(batch->targets) : labels;

@@ -32,6 +32,16 @@ SLURM_CONF=$(bash "$HERE/slurm_cluster.sh" up "$CLUSTER") || fail "the Slurm clu
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 job_state() { scontrol show job "$1" -o 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }
 
+# Ranks started by srun in a way Open MPI cannot join get a clear error, not an internal abort.
+for plugin in pmi2 none; do
+  rc=0
+  srun --mpi=$plugin -n 2 "$STRIDE" train --model resnet20 --epochs 1 --output-dir "$WORK/bad-$plugin" \
+    > "$WORK/srun-$plugin.log" 2>&1 || rc=$?
+  [ "$rc" != 0 ] || fail "srun --mpi=$plugin succeeded"
+  grep -q "srun --mpi=pmix" "$WORK/srun-$plugin.log" || fail "srun --mpi=$plugin: no clear error"
+  grep -m1 "stride: error" "$WORK/srun-$plugin.log"
+done
+
 "$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
   --samples-per-shard 5000 > /dev/null
 STEPS=150
