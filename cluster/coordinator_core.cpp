@@ -160,6 +160,8 @@ void CoordinatorCore::disconnected(uint32_t rank, double now) {
 }
 
 void CoordinatorCore::tick(double now) {
+  // After the first death the job is going down: the others leaving is the consequence, not news.
+  if (failure_) return;
   for (uint32_t i = 0; i < ranks_.size(); ++i) {
     const auto& r = ranks_[i];
     if (!r.joined || !r.alive || r.finished) continue;
@@ -178,6 +180,7 @@ void CoordinatorCore::restart(uint32_t world_size, uint32_t attempt, const std::
   pending_.clear();
   outbound_.clear();
   failure_.reset();
+  dead_hosts_.clear();
   stopping_ = false;
   attempt_ = attempt;
   ++o_.restarts;
@@ -188,6 +191,7 @@ void CoordinatorCore::restart(uint32_t world_size, uint32_t attempt, const std::
 void CoordinatorCore::declare_dead(uint32_t rank, const std::string& why, double now) {
   auto& r = ranks_[rank];
   r.alive = false;
+  dead_hosts_.push_back(r.host);
   const std::string what = concat(rank_name(rank), " is dead: ", why, " (last step ", r.hb.step(), ")");
   add_event("error", what, now);
   if (!failure_) failure_ = what;
@@ -290,6 +294,14 @@ std::vector<Outbound> CoordinatorCore::take_outbound() {
 
 bool CoordinatorCore::finished() const {
   return std::all_of(ranks_.begin(), ranks_.end(), [](const RankState& r) { return r.finished; });
+}
+
+std::vector<uint32_t> CoordinatorCore::missing_ranks() const {
+  std::vector<uint32_t> out;
+  for (uint32_t i = 0; i < ranks_.size(); ++i) {
+    if (!ranks_[i].joined) out.push_back(i);
+  }
+  return out;
 }
 
 bool CoordinatorCore::rank_alive(uint32_t rank) const { return rank < ranks_.size() && ranks_[rank].alive; }

@@ -79,6 +79,10 @@ class CoordinatorCore {
   // Set once: why the job failed ("rank 1 on vm (pid 42) silent for 30.0 s at step 120").
   const std::optional<std::string>& failure() const { return failure_; }
   bool finished() const;
+  // Ranks of the current start that have not joined yet.
+  std::vector<uint32_t> missing_ranks() const;
+  // Hosts of the ranks declared dead in the current start.
+  const std::vector<std::string>& dead_hosts() const { return dead_hosts_; }
   uint64_t last_committed_step() const { return last_committed_step_; }
   int64_t commits() const { return commits_; }
   bool rank_alive(uint32_t rank) const;
@@ -126,6 +130,7 @@ class CoordinatorCore {
   std::optional<std::string> failure_;
   bool stopping_ = false;
   uint32_t attempt_ = 0;
+  std::vector<std::string> dead_hosts_;
   uint64_t last_committed_step_ = 0;
   bool has_commit_ = false;
   std::string last_committed_path_;

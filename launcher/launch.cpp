@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -66,6 +67,54 @@ std::vector<std::string> host_names(const LaunchOptions& o) {
     }
   }
   return out;
+}
+
+struct Host {
+  std::string name;
+  int slots = 1;
+};
+
+// --hosts "a:2,b:2" or a hostfile ("a slots=2"), in mpirun's rank order (a host's slots are filled first).
+std::vector<Host> host_slots(const LaunchOptions& o) {
+  std::vector<Host> out;
+  if (!o.hosts.empty()) {
+    std::stringstream ss(o.hosts);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      const auto colon = item.find(':');
+      out.push_back({item.substr(0, colon), colon == std::string::npos ? 1 : std::atoi(item.c_str() + colon + 1)});
+    }
+  }
+  if (!o.hostfile.empty()) {
+    std::ifstream in(o.hostfile);
+    std::string line;
+    while (std::getline(in, line)) {
+      std::stringstream ls(line);
+      std::string name, word;
+      if (!(ls >> name) || name[0] == '#') continue;
+      Host h{name, 1};
+      while (ls >> word) {
+        if (word.rfind("slots=", 0) == 0) h.slots = std::atoi(word.c_str() + 6);
+      }
+      out.push_back(h);
+    }
+  }
+  return out;
+}
+
+// Replaces (or appends) `--flag value` in a train command line.
+void set_flag(std::vector<std::string>& args, const std::string& flag, const std::string& value) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == flag && i + 1 < args.size()) {
+      args[i + 1] = value;
+      return;
+    }
+    if (args[i].rfind(flag + "=", 0) == 0) {
+      args[i] = flag + "=" + value;
+      return;
+    }
+  }
+  args.insert(args.end(), {flag, value});
 }
 
 bool remote_hosts(const LaunchOptions& o) {
@@ -152,6 +201,11 @@ int launch(LaunchOptions o) {
   // The ranks' flags are checked here, before anything starts (exit 2 names the flag or key).
   const trainer::TrainConfig tc = trainer::parse_train_flags(o.train_args);
   fs::create_directories(tc.output_dir);
+  const int initial_ranks = o.ranks;
+  std::set<std::string> suspects;  // hosts whose ranks were declared dead (short names)
+  if (o.min_ranks > 0 && host_slots(o).empty()) {
+    throw UsageError("--min-ranks needs --hosts or --hostfile (the hosts that may be dropped)");
+  }
 
   const char* slurm_nodes = std::getenv("SLURM_JOB_NUM_NODES");
   const bool remote = (starter == "srun" && slurm_nodes && std::atoi(slurm_nodes) > 1) || remote_hosts(o);
@@ -223,6 +277,8 @@ int launch(LaunchOptions o) {
     int status = 0;
     int seen_signals = 0;
     std::string reason;
+    const auto started = Clock::now();
+    bool all_joined = false;
     auto kill_job = [&](int sig) {
       ::kill(-pid, SIGCONT);  // a SIGSTOPped rank must run to die of SIGTERM
       ::kill(-pid, sig);
@@ -244,6 +300,20 @@ int launch(LaunchOptions o) {
           print("second signal: killing the job");
           kill_job(SIGKILL);
           killed = true;
+        }
+      }
+      if (!all_joined && !failed && !stopping) {
+        std::vector<uint32_t> missing;
+        coordinator.with_core([&](cluster::CoordinatorCore& core) { missing = core.missing_ranks(); });
+        all_joined = missing.empty();
+        if (!all_joined && now - started > std::chrono::duration<double>(o.start_timeout_s)) {
+          std::string list;
+          for (uint32_t r : missing) list += (list.empty() ? "" : ", ") + std::to_string(r);
+          failed = true;
+          reason = concat("rank(s) ", list, " did not join within ", o.start_timeout_s, " s of the start");
+          kill_job(SIGTERM);
+          killed = true;
+          deadline = now + std::chrono::seconds(5);
         }
       }
       if (!failed && coordinator.failure()) {
@@ -293,6 +363,53 @@ int launch(LaunchOptions o) {
       break;
     }
     if (reason.empty()) reason = concat(starter, " ", describe_status(status));
+    // --min-ranks: hosts whose ranks never joined this start (mpirun could not start them, or they did not
+    // come up in --start-timeout) are dropped while enough ranks remain; the per-rank batch grows so the global
+    // batch (and so the sample order) stays the same.
+    std::vector<uint32_t> missing;
+    coordinator.with_core([&](cluster::CoordinatorCore& core) {
+      missing = core.missing_ranks();
+      for (const auto& h : core.dead_hosts()) suspects.insert(h.substr(0, h.find('.')));
+    });
+    if (o.min_ranks > 0 && !missing.empty()) {
+      auto hosts = host_slots(o);
+      std::vector<Host> keep;
+      std::string dropped;
+      int first = 0, kept_ranks = 0;
+      // A partial start names the hosts that did not come up; when mpirun could not start anything, the hosts
+      // whose ranks were declared dead before are the suspects.
+      const bool nobody = missing.size() == static_cast<size_t>(o.ranks);
+      for (const auto& h : hosts) {
+        bool lost = false;
+        if (nobody) {
+          lost = suspects.count(h.name.substr(0, h.name.find('.'))) > 0;
+        } else {
+          for (uint32_t r : missing)
+            lost = lost || (static_cast<int>(r) >= first && static_cast<int>(r) < first + h.slots);
+        }
+        first += h.slots;
+        if (lost) {
+          dropped += (dropped.empty() ? "" : ", ") + h.name;
+        } else {
+          keep.push_back(h);
+          kept_ranks += h.slots;
+        }
+      }
+      const int64_t global = tc.batch_size * static_cast<int64_t>(initial_ranks);
+      if (!dropped.empty() && !keep.empty() && kept_ranks >= o.min_ranks && global % kept_ranks == 0) {
+        std::string list;
+        for (const auto& h : keep) list += (list.empty() ? "" : ",") + h.name + ":" + std::to_string(h.slots);
+        o.hosts = list;
+        o.hostfile.clear();
+        o.ranks = kept_ranks;
+        set_flag(o.train_args, "--batch-size", std::to_string(global / kept_ranks));
+        print(concat("dropping unreachable host(s) ", dropped, ": continuing on ", kept_ranks, " rank(s) (", list,
+                     ") with --batch-size ", global / kept_ranks, ", the same global batch of ", global));
+      } else if (!dropped.empty()) {
+        print(concat("host(s) ", dropped, " unreachable, but ", kept_ranks, " rank(s) cannot keep the global batch of ",
+                     global, " at --min-ranks ", o.min_ranks, ": retrying with every host"));
+      }
+    }
     if (attempt >= o.max_restarts) {
       print(concat("giving up after ", attempt, " restart(s): ", reason));
       exit_code = code == 0 ? 1 : code;
@@ -340,8 +457,15 @@ void add_launch_command(CLI::App& app) {
   cmd->add_flag("--oversubscribe", o->oversubscribe, "Allow more ranks than cores (mpirun)");
   cmd->add_option("--launcher", o->launcher, "auto | mpirun | srun")->capture_default_str();
   cmd->add_option("--mpirun", o->mpirun, "mpirun executable")->capture_default_str();
-  cmd->add_option("--launcher-arg", o->launcher_args, "Extra argument for mpirun/srun (repeat)");
+  cmd->add_option("--launcher-arg", o->launcher_args,
+                  "Extra argument for mpirun/srun (repeat; --launcher-arg=--mca for values that start with -)")
+      ->allow_extra_args(false);
   cmd->add_option("--stop-timeout", o->stop_timeout_s, "Seconds the ranks get to checkpoint after a stop request")
+      ->capture_default_str();
+  cmd->add_option("--min-ranks", o->min_ranks,
+                  "Drop hosts that stay unreachable while at least this many ranks remain (global batch kept)");
+  cmd->add_option("--start-timeout", o->start_timeout_s,
+                  "Seconds every rank has to join after a start (an unreachable host counts as a failure)")
       ->capture_default_str();
   cmd->add_option("train_args", o->train_args, "stride train flags, after --");
   cmd->callback([o] {

@@ -31,6 +31,8 @@ struct LaunchOptions {
   std::string srun = "srun";
   std::vector<std::string> launcher_args;  // extra arguments for mpirun/srun
   double stop_timeout_s = 120;             // after a stop request, how long the ranks get to checkpoint
+  double start_timeout_s = 180;            // every rank must join the coordinator within this after a start
+  int min_ranks = 0;                       // > 0: drop hosts that stay unreachable while this many ranks remain
   std::vector<std::string> train_args;     // after --
   std::string stride_binary;               // this executable
 };

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Two emulated hosts (ctest label `system`): network namespaces st<pid>a and st<pid>b with 10.78.x.1/.2 on veth
+# pairs joined by a bridge in a third namespace; nothing is added to the root namespace. `stride launch` runs
+# in host a and starts one rank per host with mpirun's ssh-style agent (tests/system/nsrsh) over that network.
+# The job trains and commits checkpoints; then host b's link is cut:
+#   cut   the coordinator declares b's rank dead (no heartbeat), the launcher stops the job and, once the link
+#         is back, restarts every rank from the last commit; the job finishes and its checkpoints verify.
+#   gone  the link never comes back: with --min-ranks 1 the launcher drops b when its rank cannot join a new
+#         start and finishes on host a alone with the same global batch (--batch-size 64 instead of 32).
+#   multihost_test.sh STRIDE_BINARY WORK_DIR cut|gone
+set -euo pipefail
+STRIDE=$1
+WORK=$2
+SCENARIO=${3:-cut}
+HERE=$(cd "$(dirname "$0")" && pwd)
+[ "$(id -u)" == 0 ] || { echo "SKIP: network namespaces need root"; exit 77; }
+command -v unshare > /dev/null || { echo "SKIP: unshare is not installed"; exit 77; }
+rm -rf "$WORK" && mkdir -p "$WORK"
+tag=st$$
+A=${tag}a
+B=${tag}b
+F=${tag}f
+NET=10.78.$(( $$ % 200 + 20 ))
+cleanup() {
+  for ns in $A $B; do for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done; done
+  pkill -9 -f "$WORK/" 2>/dev/null || true
+  for ns in $A $B $F; do ip netns del "$ns" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  grep -v "step [0-9]*/[0-9]* loss" "$WORK/launch.log" | tail -50 || true
+  exit 1
+}
+ip netns add "$F"
+ip -n "$F" link set lo up
+ip -n "$F" link add br0 type bridge
+ip -n "$F" link set br0 up
+i=0
+for ns in $A $B; do
+  i=$((i + 1))
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link add eth0 type veth peer name p$i netns "$F"
+  ip -n "$F" link set p$i master br0
+  ip -n "$F" link set p$i up
+  ip -n "$ns" addr add $NET.$i/24 dev eth0
+  ip -n "$ns" link set eth0 up
+done
+printf "%s slots=1\n%s slots=1\n" "$A" "$B" > "$WORK/hosts"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+"$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
+  --samples-per-shard 5000 > /dev/null
+run=$WORK/run
+mca=(--mca plm_rsh_agent "$HERE/nsrsh" --mca btl self,tcp
+     --mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3)
+extra=""
+[ "$SCENARIO" == gone ] && extra="--min-ranks 1"
+largs=()
+for a in "${mca[@]}"; do largs+=("--launcher-arg=$a"); done
+ip netns exec "$A" "$STRIDE" launch -n 2 --hostfile "$WORK/hosts" --iface $NET.0/24 --coordinator-host $NET.1 \
+  --max-restarts 6 --restart-backoff 2 --start-timeout 20 --status-port 0 "${largs[@]}" $extra -- \
+  --model resnet20 --data-path "$WORK/data" --epochs 1 --batch-size 32 --threads 1 --workers 1 --print-freq 10 \
+  --checkpoint-every 10 --max-steps 120 --heartbeat-interval 0.25 --heartbeat-timeout 4 --output-dir "$run" \
+  > "$WORK/launch.log" 2>&1 &
+launcher=$!
+status() { ip netns exec "$A" "$STRIDE" status --run-dir "$run" --json 2>/dev/null; }
+for _ in $(seq 1 1200); do
+  s=$(status | /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["checkpoint"]["last_committed_step"] or 0)' 2>/dev/null || echo 0)
+  [ "$s" -ge 20 ] && break
+  kill -0 $launcher 2>/dev/null || fail "the launcher ended early"
+  sleep 0.1
+done
+[ "$s" -ge 20 ] || fail "no checkpoint committed across the two hosts"
+hosts=$(status | /usr/bin/python3 -c 'import json,sys; print(" ".join(r["host"] for r in json.load(sys.stdin)["ranks"]))')
+[ "$hosts" == "$A $B" ] || fail "ranks ran on '$hosts', not on $A and $B"
+echo "training across $hosts; committed step $s; cutting $B's link"
+ip -n "$B" link set eth0 down
+if [ "$SCENARIO" == cut ]; then
+  sleep 7
+  ip -n "$B" link set eth0 up
+  echo "link of $B restored"
+fi
+rc=0
+timeout 300 tail --pid=$launcher -f /dev/null || fail "the job did not finish after the link returned"
+wait $launcher || rc=$?
+[ "$rc" == 0 ] || fail "launch exited $rc"
+grep "^launch: " "$WORK/launch.log" | grep -v "^launch: start"
+grep -q "rank 1 on $B .* is dead\|restarting every rank" "$WORK/launch.log" || fail "the cut was not detected"
+grep -q "resume: .*step-000000" "$WORK/launch.log" || fail "the restart did not resume from a commit"
+if [ "$SCENARIO" == gone ]; then
+  grep -q "dropping unreachable host(s) $B: continuing on 1 rank(s) ($A:1) with --batch-size 64" "$WORK/launch.log" ||
+    fail "host $B was not dropped"
+  world=$("$STRIDE" ckpt list --json "$run" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["world_size"])')
+  [ "$world" == 1 ] || fail "the last checkpoint was written by $world ranks, not 1"
+fi
+[ "$(cat "$run/checkpoints/LATEST")" == "step-00000120" ] || fail "the job did not reach step 120"
+"$STRIDE" ckpt verify "$run" > /dev/null || fail "checkpoints do not verify"
+echo "ok ($SCENARIO): 2 hosts trained, the cut host was detected, the job restarted from its last commit and finished"
