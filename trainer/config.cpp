@@ -94,6 +94,8 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        &c.heartbeat_timeout},
       {"control-every", "Steps between the ranks' agreement on checkpoint/stop requests (a tiny collective)",
        &c.control_every},
+      {"eval-hflip", "Test-time augmentation: evaluation averages the logits of each image and its horizontal mirror",
+       &c.eval_hflip},
       {"trace-samples",
        "Append every step's sample ids to RUN/samples/rank-R.txt (checks the sample order across "
        "resumes and world sizes)",

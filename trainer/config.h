@@ -94,6 +94,7 @@ struct TrainConfig {
   double heartbeat_timeout = 30.0;             // a rank silent this long is declared dead
   int64_t control_every = 10;                  // steps between the ranks' agreement on checkpoint/stop requests
   bool trace_samples = false;                  // append each step's sample ids to RUN/samples/rank-R.txt
+  bool eval_hflip = false;                     // evaluation averages the logits of each image and its mirror image
   std::string config_file;                     // the --config file it came from (informational)
 };
 

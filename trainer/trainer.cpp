@@ -797,7 +797,10 @@ EvalResult Trainer::State::evaluate(models::ResNet& m) {
     torch::Tensor logits;
     {
       AutocastGuard autocast(device, amp_dtype, c.amp);
-      logits = m->forward(device_images(*b));
+      const auto x = device_images(*b);
+      logits = m->forward(x);
+      // --eval-hflip: the mirror image is as likely as the image under the training distribution (hflip).
+      if (c.eval_hflip) logits = (logits + m->forward(x.flip({3}))) * 0.5;
     }
     auto r = count_correct(logits.to(torch::kFloat), to_device(b->labels), to_device(b->valid));
     total.top1 += r.top1;
