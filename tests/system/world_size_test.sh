@@ -47,4 +47,12 @@ n = sum(len(v) for v in run.values())
 assert n == len(set(i for v in run.values() for i in v)), "a sample was consumed twice"
 print(f"{len(ref)} steps, {n} samples: 2 -> 1 -> 2 ranks consumed exactly the uninterrupted run's samples per step")
 PYEOF
+# Evaluation of the final checkpoint, plain and with test-time flip averaging, both over the whole test set.
+for tta in "" --eval-hflip; do
+  "$STRIDE" train --model resnet20 --data-path "$WORK/data" --threads 1 --workers 1 --status-port -1 --test-only \
+    --resume "$WORK/run/checkpoints/step-00000060" --output-dir "$WORK/eval" $tta > "$WORK/eval$tta.log" 2>&1 ||
+    fail "--test-only $tta"
+  grep -q "^test: acc1 [0-9.]*% .*(10000 images)" "$WORK/eval$tta.log" || fail "no evaluation result ($tta)"
+  grep "^test: " "$WORK/eval$tta.log"
+done
 echo "ok"
