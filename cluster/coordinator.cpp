@@ -3,6 +3,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
 
 #include <pthread.h>
 #include <sys/resource.h>
@@ -11,6 +12,7 @@
 
 #include <chrono>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <map>
@@ -21,6 +23,7 @@
 #include "cluster/dashboard_html.h"
 #include "cluster/wire.h"
 #include "common/error.h"
+#include "common/file_io.h"
 
 namespace stride::cluster {
 namespace asio = boost::asio;
@@ -582,6 +585,31 @@ void Coordinator::restart(uint32_t world_size, uint32_t attempt, const std::stri
 void Coordinator::with_core(const std::function<void(CoordinatorCore&)>& fn) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   fn(*impl_->core);
+}
+
+std::string local_hostname() {
+  char buf[256] = {0};
+  ::gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+void write_endpoint_files(const Coordinator& coordinator, const std::string& run_dir, const std::string& rank_address,
+                          bool launcher) {
+  nlohmann::json info = {{"status_url", coordinator.status_url()},
+                         {"coordinator", rank_address},
+                         {"pid", ::getpid()},
+                         {"host", local_hostname()}};
+  if (launcher) info["launcher"] = true;
+  write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
+  const std::string token_path = (std::filesystem::path(run_dir) / "job_token").string();
+  write_file_atomic(token_path, coordinator.token() + "\n");
+  std::filesystem::permissions(token_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::replace);
+}
+
+void remove_endpoint_file(const std::string& run_dir) {
+  std::error_code ec;
+  std::filesystem::remove(std::filesystem::path(run_dir) / "coordinator.json", ec);
 }
 
 }  // namespace stride::cluster

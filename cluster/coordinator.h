@@ -65,4 +65,13 @@ class Coordinator {
   std::shared_ptr<Impl> impl_;
 };
 
+// This machine's host name.
+std::string local_hostname();
+// RUN/coordinator.json (status URL, the ranks' address `rank_address`, pid, host; `launcher`: written by stride
+// launch) and RUN/job_token (mode 0600: it authorises POST /checkpoint and /stop), for `stride status`.
+void write_endpoint_files(const Coordinator& coordinator, const std::string& run_dir, const std::string& rank_address,
+                          bool launcher);
+// Removes RUN/coordinator.json, which describes a live job, at the job's end.
+void remove_endpoint_file(const std::string& run_dir);
+
 }  // namespace stride::cluster

@@ -296,6 +296,14 @@ bool CoordinatorCore::finished() const {
   return std::all_of(ranks_.begin(), ranks_.end(), [](const RankState& r) { return r.finished; });
 }
 
+std::vector<std::pair<std::string, uint32_t>> CoordinatorCore::rank_processes() const {
+  std::vector<std::pair<std::string, uint32_t>> out;
+  for (const auto& r : ranks_) {
+    if (r.joined) out.emplace_back(r.host, r.pid);
+  }
+  return out;
+}
+
 std::vector<uint32_t> CoordinatorCore::missing_ranks() const {
   std::vector<uint32_t> out;
   for (uint32_t i = 0; i < ranks_.size(); ++i) {

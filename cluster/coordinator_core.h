@@ -81,6 +81,8 @@ class CoordinatorCore {
   bool finished() const;
   // Ranks of the current start that have not joined yet.
   std::vector<uint32_t> missing_ranks() const;
+  // {host, pid} of every rank of the current start that joined.
+  std::vector<std::pair<std::string, uint32_t>> rank_processes() const;
   // Hosts of the ranks declared dead in the current start.
   const std::vector<std::string>& dead_hosts() const { return dead_hosts_; }
   uint64_t last_committed_step() const { return last_committed_step_; }

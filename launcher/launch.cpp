@@ -14,7 +14,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -38,35 +37,8 @@ extern "C" void on_signal(int sig) {
   g_signal_count.fetch_add(1);
 }
 
-std::string hostname() {
-  char buf[256] = {0};
-  ::gethostname(buf, sizeof(buf) - 1);
-  return buf;
-}
-
 bool is_local_host(const std::string& h) {
-  return h.empty() || h == "localhost" || h == "127.0.0.1" || h == hostname();
-}
-
-// Host names of --hosts "a:2,b:2" or of a hostfile ("a slots=2").
-std::vector<std::string> host_names(const LaunchOptions& o) {
-  std::vector<std::string> out;
-  if (!o.hosts.empty()) {
-    std::stringstream ss(o.hosts);
-    std::string item;
-    while (std::getline(ss, item, ',')) out.push_back(item.substr(0, item.find(':')));
-  }
-  if (!o.hostfile.empty()) {
-    std::ifstream in(o.hostfile);
-    if (!in) throw UsageError(concat("--hostfile ", o.hostfile, ": cannot read it"));
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto start = line.find_first_not_of(" \t");
-      if (start == std::string::npos || line[start] == '#') continue;
-      out.push_back(line.substr(start, line.find_first_of(" \t", start) - start));
-    }
-  }
-  return out;
+  return h.empty() || h == "localhost" || h == "127.0.0.1" || h == cluster::local_hostname();
 }
 
 struct Host {
@@ -87,6 +59,7 @@ std::vector<Host> host_slots(const LaunchOptions& o) {
   }
   if (!o.hostfile.empty()) {
     std::ifstream in(o.hostfile);
+    if (!in) throw UsageError(concat("--hostfile ", o.hostfile, ": cannot read it"));
     std::string line;
     while (std::getline(in, line)) {
       std::stringstream ls(line);
@@ -118,8 +91,8 @@ void set_flag(std::vector<std::string>& args, const std::string& flag, const std
 }
 
 bool remote_hosts(const LaunchOptions& o) {
-  for (const auto& h : host_names(o)) {
-    if (!is_local_host(h)) return true;
+  for (const auto& h : host_slots(o)) {
+    if (!is_local_host(h.name)) return true;
   }
   return false;
 }
@@ -222,7 +195,8 @@ int launch(LaunchOptions o) {
   co.status_bind = o.status_bind;
   co.status_port = o.status_port;
   cluster::Coordinator coordinator(co);
-  const std::string coord_host = !o.coordinator_host.empty() ? o.coordinator_host : (remote ? hostname() : "127.0.0.1");
+  const std::string coord_host =
+      !o.coordinator_host.empty() ? o.coordinator_host : (remote ? cluster::local_hostname() : "127.0.0.1");
   const std::string coord_addr = concat(coord_host, ":", coordinator.port());
   ::setenv("STRIDE_COORDINATOR", coord_addr.c_str(), 1);
   ::setenv("STRIDE_JOB_TOKEN", coordinator.token().c_str(), 1);
@@ -230,15 +204,7 @@ int launch(LaunchOptions o) {
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
   }
-  nlohmann::json info = {{"status_url", coordinator.status_url()},
-                         {"coordinator", coord_addr},
-                         {"pid", ::getpid()},
-                         {"host", hostname()},
-                         {"launcher", true}};
-  write_file_atomic((fs::path(tc.output_dir) / "coordinator.json").string(), info.dump(2) + "\n");
-  const std::string token_path = (fs::path(tc.output_dir) / "job_token").string();
-  write_file_atomic(token_path, coordinator.token() + "\n");
-  fs::permissions(token_path, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  cluster::write_endpoint_files(coordinator, tc.output_dir, coord_addr, /*launcher=*/true);
   print(concat(o.ranks, " rank(s) via ", starter, "; run directory ", tc.output_dir,
                coordinator.status_port() >= 0 ? concat("; status ", coordinator.status_url()) : std::string()));
 
@@ -334,10 +300,9 @@ int launch(LaunchOptions o) {
     }
     // No orphans: ranks on this host that outlived mpirun (a stopped one, say) are killed by pid.
     coordinator.with_core([&](cluster::CoordinatorCore& core) {
-      auto s = nlohmann::json::parse(core.status_json(0));
-      for (const auto& rank : s["ranks"]) {
-        const auto rpid = rank.value("pid", 0);
-        if (rpid > 0 && is_local_host(rank.value("host", "")) && alive(rpid) && rpid != ::getpid()) {
+      for (const auto& [host, rank_pid] : core.rank_processes()) {
+        const auto rpid = static_cast<pid_t>(rank_pid);
+        if (rpid > 0 && is_local_host(host) && alive(rpid) && rpid != ::getpid()) {
           ::kill(rpid, SIGCONT);
           ::kill(rpid, SIGKILL);
         }
@@ -430,8 +395,7 @@ int launch(LaunchOptions o) {
     }
     coordinator.restart(static_cast<uint32_t>(o.ranks), static_cast<uint32_t>(attempt + 1), reason);
   }
-  std::error_code ec;
-  fs::remove(fs::path(tc.output_dir) / "coordinator.json", ec);
+  cluster::remove_endpoint_file(tc.output_dir);
   return exit_code;
 }
 

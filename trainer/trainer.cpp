@@ -79,12 +79,6 @@ extern "C" void on_stop_signal(int sig) {
   g_stop_signal.store(sig);
 }
 
-std::string hostname() {
-  char buf[256] = {0};
-  ::gethostname(buf, sizeof(buf) - 1);
-  return buf;
-}
-
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::atoi(v) : fallback;
@@ -180,9 +174,7 @@ int Trainer::run_unchecked() {
     while (!s_->coordinator->finished() && Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    // coordinator.json describes a live job.
-    std::error_code ec;
-    fs::remove(fs::path(s_->c.output_dir) / "coordinator.json", ec);
+    cluster::remove_endpoint_file(s_->c.output_dir);
   }
   return 0;
 }
@@ -365,22 +357,15 @@ void Trainer::State::start_coordination() {
       co.status_bind = c.status_bind;
       co.status_port = static_cast<int>(c.status_port);
       coordinator = std::make_unique<cluster::Coordinator>(co);
-      const std::string host =
-          c.coordinator_bind == "0.0.0.0" || c.coordinator_bind == "::" ? hostname() : c.coordinator_bind;
+      const std::string host = c.coordinator_bind == "0.0.0.0" || c.coordinator_bind == "::" ? cluster::local_hostname()
+                                                                                             : c.coordinator_bind;
       blob = concat(host, ":", coordinator->port(), "\n", coordinator->token());
       if (coordinator->status_port() >= 0) {
         out->print(
             concat("status: ", coordinator->status_url(), " (stride status --url ", coordinator->status_url(), ")"));
       }
-      nlohmann::json info = {{"status_url", coordinator->status_url()},
-                             {"coordinator", concat(host, ":", coordinator->port())},
-                             {"pid", ::getpid()},
-                             {"host", hostname()}};
-      write_file_atomic((fs::path(c.output_dir) / "coordinator.json").string(), info.dump(2) + "\n");
-      // The token authorises POST /stop and /checkpoint: readable by the owner only.
-      const std::string token_path = (fs::path(c.output_dir) / "job_token").string();
-      write_file_atomic(token_path, coordinator->token() + "\n");
-      fs::permissions(token_path, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+      cluster::write_endpoint_files(*coordinator, c.output_dir, concat(host, ":", coordinator->port()),
+                                    /*launcher=*/false);
     }
     if (world > 1) {
       auto t = torch::zeros({512}, torch::kByte);
@@ -399,7 +384,7 @@ void Trainer::State::start_coordination() {
   o.token = token;
   o.rank = static_cast<uint32_t>(rank);
   o.world_size = static_cast<uint32_t>(world);
-  o.host = hostname();
+  o.host = cluster::local_hostname();
   o.pid = static_cast<uint32_t>(::getpid());
   o.give_up_s = c.heartbeat_timeout;
   // A launcher's coordinator counts the job's starts; one hosted here is always at its first.

@@ -1,9 +1,13 @@
 // The launcher's pure parts: the command that starts the ranks, and the sbatch script.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <string>
 
+#include "common/error.h"
 #include "launcher/launch.h"
 #include "launcher/submit.h"
 
@@ -49,6 +53,33 @@ TEST(Launch, InsideASlurmAllocationRanksStartWithSrunPmix) {
   o.hostfile = "hosts.txt";  // an explicit hostfile means mpirun, even inside an allocation
   EXPECT_EQ(resolve_launcher(o), "mpirun");
   ::unsetenv("SLURM_JOB_ID");
+}
+
+// Bad flags, an unreadable hostfile and --min-ranks without hosts stop the launcher before any rank starts.
+TEST(Launch, BadInputIsAUsageErrorBeforeAnythingStarts) {
+  ::unsetenv("SLURM_JOB_ID");
+  const std::string dir = std::filesystem::temp_directory_path() / ("stride-launch-bad-" + std::to_string(::getpid()));
+  auto expect_usage = [&](LaunchOptions o, const std::string& want) {
+    o.stride_binary = "/bin/false";
+    o.mpirun = "/bin/false";
+    try {
+      launch(o);
+      ADD_FAILURE() << "no error, expected: " << want;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  LaunchOptions bad_flag;
+  bad_flag.train_args = {"--batch-size", "0", "--output-dir", dir};
+  expect_usage(bad_flag, "--batch-size must be positive");
+  LaunchOptions min_ranks;
+  min_ranks.min_ranks = 1;
+  min_ranks.train_args = {"--output-dir", dir};
+  expect_usage(min_ranks, "--min-ranks needs --hosts or --hostfile");
+  LaunchOptions hostfile = min_ranks;
+  hostfile.hostfile = dir + "/no-such-hostfile";
+  expect_usage(hostfile, "cannot read it");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Submit, ScriptRequeuesOnTheWarningSignalAndResumes) {
