@@ -1,0 +1,622 @@
+#include "comm/shm/shm_group.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <random>
+#include <sstream>
+#include <thread>
+
+namespace stride::comm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kMagic = 0x3148534544495254ULL;  // "TRIDESH1"
+constexpr int64_t kHeaderBytes = 4096;              // every segment: one header page, then the data
+constexpr int64_t kControlOffset = 256;             // where a control segment's Control sits in its header page
+constexpr int64_t kSmallBytes = int64_t{32} << 10;  // below this every rank reduces the whole tensor itself
+
+enum Kind : int32_t { kAllreduce = 1, kBroadcast = 2, kAllgather = 3, kBarrier = 4 };
+
+struct SegmentHeader {
+  uint64_t magic;
+  uint64_t nonce;
+  int64_t owner;
+  int64_t id;
+  int64_t data_bytes;
+};
+
+// What a rank is about to do; written before it arrives at the first barrier of a collective, read by its
+// peers after it. Two slots (by collective parity): a peer can be at most one collective ahead.
+struct Desc {
+  int32_t kind;
+  int32_t dtype;
+  int32_t op;
+  int32_t root;
+  int64_t numel;
+  int64_t segment;  // the shared buffer holding the tensor, or -1: it goes through the staging area
+  int64_t offset;   // byte offset of the tensor in that buffer
+};
+
+struct Control {
+  alignas(64) std::atomic<uint64_t> arrived;  // barriers this rank has reached
+  alignas(64) Desc desc[2];
+  alignas(64) std::atomic<uint32_t> epoch;  // rank 0's: the futex word every arrival bumps
+  std::atomic<uint32_t> sleepers;           // rank 0's: ranks asleep on it
+};
+static_assert(sizeof(Control) + kControlOffset <= kHeaderBytes, "the control block fits the header page");
+static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free,
+              "cross-process atomics must be lock-free");
+
+std::string errno_text(int e = errno) { return std::strerror(e); }
+
+struct Mapping {
+  void* base = MAP_FAILED;
+  size_t bytes = 0;
+  int64_t data_bytes = 0;
+  ~Mapping() {
+    if (base != MAP_FAILED) ::munmap(base, bytes);
+  }
+  char* data() const { return static_cast<char*>(base) + kHeaderBytes; }
+  SegmentHeader* header() const { return static_cast<SegmentHeader*>(base); }
+  Control* control() const { return reinterpret_cast<Control*>(static_cast<char*>(base) + kControlOffset); }
+};
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+size_t segment_bytes(int64_t data_bytes) {
+  const int64_t page = 4096;
+  return static_cast<size_t>(kHeaderBytes + std::max<int64_t>(page, (data_bytes + page - 1) / page * page));
+}
+
+// A new memfd segment with its memory reserved (so a full memory cgroup fails here, not with SIGBUS later).
+std::shared_ptr<Mapping> create_segment(int64_t data_bytes, uint64_t nonce, int owner, int64_t id, Fd& fd) {
+  const size_t bytes = segment_bytes(data_bytes);
+  fd.fd = static_cast<int>(::syscall(SYS_memfd_create, "stride-shm", MFD_CLOEXEC));
+  if (fd.fd < 0) throw Error(concat("memfd_create: ", errno_text()));
+  if (::ftruncate(fd.fd, static_cast<off_t>(bytes)) != 0) throw Error(concat("ftruncate: ", errno_text()));
+  if (const int rc = ::posix_fallocate(fd.fd, 0, static_cast<off_t>(bytes)); rc != 0) {
+    throw Error(concat("cannot reserve ", bytes, " bytes of shared memory: ", errno_text(rc)));
+  }
+  auto map = std::make_shared<Mapping>();
+  map->base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
+  if (map->base == MAP_FAILED) throw Error(concat("mmap of ", bytes, " bytes: ", errno_text()));
+  map->bytes = bytes;
+  map->data_bytes = data_bytes;
+  *map->header() = SegmentHeader{kMagic, nonce, owner, id, data_bytes};
+  return map;
+}
+
+// A peer's segment, through /proc/PID/fd/FD; the header must carry the nonce the peer announced.
+std::shared_ptr<Mapping> open_segment(int pid, int peer_fd, uint64_t nonce, int owner, int64_t id, int64_t data_bytes) {
+  const std::string path = concat("/proc/", pid, "/fd/", peer_fd);
+  Fd fd;
+  fd.fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd.fd < 0) throw Error(concat("cannot open rank ", owner, "'s segment ", path, ": ", errno_text()));
+  auto map = std::make_shared<Mapping>();
+  const size_t bytes = segment_bytes(data_bytes);
+  map->base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
+  if (map->base == MAP_FAILED) throw Error(concat("mmap of ", path, ": ", errno_text()));
+  map->bytes = bytes;
+  map->data_bytes = data_bytes;
+  const SegmentHeader& h = *map->header();
+  if (h.magic != kMagic || h.nonce != nonce || h.owner != owner || h.id != id || h.data_bytes != data_bytes) {
+    throw Error(
+        concat(path, " is not the segment rank ", owner, " announced (are the ranks in different pid namespaces?)"));
+  }
+  return map;
+}
+
+uint64_t random_nonce() {
+  std::random_device rd;
+  return (uint64_t{rd()} << 32) ^ rd() ^ (static_cast<uint64_t>(::getpid()) << 16) ^
+         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+}
+
+bool pid_alive(int pid) {
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  std::ifstream stat(concat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!std::getline(stat, line)) return true;  // cannot tell: trust kill()
+  const auto close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size()) return true;
+  const char state = line[close + 2];
+  return state != 'Z' && state != 'X';
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+long futex(std::atomic<uint32_t>* word, int op, uint32_t value, const timespec* timeout = nullptr) {
+  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, value, timeout, nullptr, 0);
+}
+
+// ---- reduction kernels: dst[i] = op(src_0[i], ..., src_{P-1}[i]) (x scale); dst may be one of the sources ----
+
+template <typename T, typename A, typename F>
+void reduce_typed(char* dst, const std::vector<const char*>& src, int64_t n, F f, A scale, bool scaled) {
+  constexpr int64_t kBlock = 1024;
+  A acc[kBlock];
+  T* d = reinterpret_cast<T*>(dst);
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t m = std::min(kBlock, n - b);
+    const T* s0 = reinterpret_cast<const T*>(src[0]) + b;
+    for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<A>(s0[i]);
+    for (size_t p = 1; p < src.size(); ++p) {
+      const T* s = reinterpret_cast<const T*>(src[p]) + b;
+      for (int64_t i = 0; i < m; ++i) acc[i] = f(acc[i], static_cast<A>(s[i]));
+    }
+    if (scaled) {
+      for (int64_t i = 0; i < m; ++i) acc[i] *= scale;
+    }
+    for (int64_t i = 0; i < m; ++i) d[b + i] = static_cast<T>(acc[i]);
+  }
+}
+
+template <typename T, typename A>
+void reduce_op(char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:
+      reduce_typed<T, A>(
+          dst, src, n, [](A a, A b) -> A { return static_cast<A>(a + b); }, static_cast<A>(1) / static_cast<A>(size),
+          op == ReduceOp::kAvg);
+      return;
+    case ReduceOp::kMax:
+      reduce_typed<T, A>(
+          dst, src, n, [](A a, A b) -> A { return a < b ? b : a; }, A{}, false);
+      return;
+    case ReduceOp::kMin:
+      reduce_typed<T, A>(
+          dst, src, n, [](A a, A b) -> A { return b < a ? b : a; }, A{}, false);
+      return;
+  }
+}
+
+void reduce(torch::ScalarType dtype, char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
+  switch (dtype) {
+    case torch::kFloat:
+      return reduce_op<float, float>(dst, src, n, op, size);
+    case torch::kDouble:
+      return reduce_op<double, double>(dst, src, n, op, size);
+    case torch::kHalf:
+      return reduce_op<c10::Half, float>(dst, src, n, op, size);
+    case torch::kBFloat16:
+      return reduce_op<c10::BFloat16, float>(dst, src, n, op, size);
+    case torch::kLong:
+      return reduce_op<int64_t, int64_t>(dst, src, n, op, size);
+    case torch::kInt:
+      return reduce_op<int32_t, int32_t>(dst, src, n, op, size);
+    case torch::kShort:
+      return reduce_op<int16_t, int16_t>(dst, src, n, op, size);
+    case torch::kChar:
+      return reduce_op<int8_t, int8_t>(dst, src, n, op, size);
+    case torch::kByte:
+      return reduce_op<uint8_t, uint8_t>(dst, src, n, op, size);
+    default:
+      throw Error(concat("shared-memory reduction of ", dtype, " is not supported"));
+  }
+}
+
+const char* kind_name(int32_t kind) {
+  switch (kind) {
+    case kAllreduce:
+      return "allreduce";
+    case kBroadcast:
+      return "broadcast";
+    case kAllgather:
+      return "allgather";
+    case kBarrier:
+      return "barrier";
+  }
+  return "?";
+}
+
+std::string describe(const Desc& d) {
+  if (d.kind == kBarrier) return "barrier";
+  std::string s = concat(kind_name(d.kind), "(", d.numel, " x ", static_cast<torch::ScalarType>(d.dtype));
+  if (d.kind == kAllreduce) s += concat(", ", reduce_op_name(static_cast<ReduceOp>(d.op)));
+  if (d.kind == kBroadcast) s += concat(", root ", d.root);
+  return s + ")";
+}
+
+}  // namespace
+
+struct ShmGroup::Impl {
+  ShmBootstrap boot;
+  ShmOptions opt;
+  int rank = 0, size = 1;
+  uint64_t nonce = 0;
+  std::vector<std::shared_ptr<Mapping>> control;  // every rank's control segment (this rank's included)
+  std::vector<int> pids;
+  std::vector<std::weak_ptr<Mapping>> mine;                    // this rank's buffers, by id - 1
+  std::vector<std::vector<std::shared_ptr<Mapping>>> buffers;  // [id - 1][rank]: peers' buffers (own: null)
+  uint64_t passed = 0;                                         // barriers passed
+  uint64_t collectives = 0;                                    // collectives started (picks the Desc slot)
+  std::string broken;                                          // why an earlier collective failed
+  const char* what = "";
+  Clock::time_point deadline;
+  std::chrono::microseconds spin{0};  // this collective's spin budget
+
+  Control* ctl(int p) const { return control[static_cast<size_t>(p)]->control(); }
+  char* staging(int p) const { return control[static_cast<size_t>(p)]->data(); }
+  Desc& my_desc() const { return ctl(rank)->desc[collectives & 1]; }
+  const Desc& desc(int p) const { return ctl(p)->desc[collectives & 1]; }
+
+  // An allgather whose entries "error ..." make every rank throw the same Error.
+  std::vector<std::string> exchange(const std::string& mine_text, const char* step) {
+    auto all = boot.allgather(mine_text);
+    if (static_cast<int>(all.size()) != size)
+      throw Error(concat("shared memory ", step, ": bootstrap returned ", all.size(), " entries"));
+    for (int p = 0; p < size; ++p) {
+      if (all[static_cast<size_t>(p)].rfind("error ", 0) == 0) {
+        throw Error(concat("shared memory ", step, " failed on rank ", p, ": ", all[static_cast<size_t>(p)].substr(6)));
+      }
+    }
+    return all;
+  }
+
+  // Creates this rank's segment `id`, maps every peer's; collective.
+  std::vector<std::shared_ptr<Mapping>> make_segments(int64_t id, int64_t data_bytes, std::shared_ptr<Mapping>& own,
+                                                      const char* step) {
+    Fd fd;
+    std::string announce;
+    try {
+      own = create_segment(data_bytes, nonce, rank, id, fd);
+      if (id == 0) new (own->control()) Control();
+      announce = concat(::getpid(), " ", fd.fd, " ", nonce, " ", data_bytes);
+    } catch (const std::exception& e) {
+      announce = concat("error ", e.what());
+    }
+    const auto all = exchange(announce, step);
+    std::vector<std::shared_ptr<Mapping>> maps(static_cast<size_t>(size));
+    std::string status = "ok";
+    try {
+      for (int p = 0; p < size; ++p) {
+        std::istringstream in(all[static_cast<size_t>(p)]);
+        int pid = 0, peer_fd = 0;
+        uint64_t peer_nonce = 0;
+        int64_t bytes = 0;
+        in >> pid >> peer_fd >> peer_nonce >> bytes;
+        if (bytes != data_bytes) {
+          throw Error(concat("rank ", p, " made a ", bytes, "-byte segment where rank ", rank, " made ", data_bytes,
+                             " bytes (the ranks disagree on the buffers)"));
+        }
+        if (id == 0) pids.push_back(pid);
+        if (p == rank) continue;
+        maps[static_cast<size_t>(p)] = open_segment(pid, peer_fd, peer_nonce, p, id, data_bytes);
+      }
+    } catch (const std::exception& e) {
+      status = concat("error ", e.what());
+    }
+    exchange(status, step);  // every peer has mapped this rank's segment: its fd may close
+    return maps;
+  }
+
+  // ---- barriers ----
+  bool all_arrived(uint64_t target) const {
+    for (int p = 0; p < size; ++p) {
+      if (ctl(p)->arrived.load(std::memory_order_acquire) < target) return false;
+    }
+    return true;
+  }
+
+  void check_peers(uint64_t target) {
+    std::vector<int> missing;
+    for (int p = 0; p < size; ++p) {
+      if (ctl(p)->arrived.load(std::memory_order_acquire) >= target) continue;
+      if (!pid_alive(pids[static_cast<size_t>(p)])) {
+        throw CommError(concat("shared-memory ", what, " on rank ", rank, ": rank ", p, " (pid ",
+                               pids[static_cast<size_t>(p)], ") has exited"));
+      }
+      missing.push_back(p);
+    }
+    if (Clock::now() >= deadline) {
+      std::string list;
+      for (int p : missing) list += concat(list.empty() ? "" : ", ", p);
+      throw CommError(concat("shared-memory ", what, " on rank ", rank, " did not complete within the timeout: rank",
+                             missing.size() == 1 ? " " : "s ", list, " did not arrive"));
+    }
+  }
+
+  void arrive() {
+    const uint64_t target = ++passed;
+    ctl(rank)->arrived.store(target, std::memory_order_seq_cst);
+    Control* c0 = ctl(0);
+    c0->epoch.fetch_add(1, std::memory_order_seq_cst);
+    if (c0->sleepers.load(std::memory_order_seq_cst) != 0) futex(&c0->epoch, FUTEX_WAKE, INT_MAX);
+    if (all_arrived(target)) return;
+    const auto spin_start = Clock::now();
+    for (uint32_t i = 1;; ++i) {
+      cpu_relax();
+      if (all_arrived(target)) return;
+      if (i % 64 == 0) {
+        const auto spun = Clock::now() - spin_start;
+        if (spun >= spin) break;
+        if (spun >= std::chrono::microseconds(10)) std::this_thread::yield();  // let a runnable thread have the core
+      }
+    }
+    auto next_check = Clock::now() + opt.poll;
+    for (;;) {
+      const uint32_t e = c0->epoch.load(std::memory_order_seq_cst);
+      if (all_arrived(target)) return;
+      c0->sleepers.fetch_add(1, std::memory_order_seq_cst);
+      if (!all_arrived(target)) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(opt.poll).count();
+        const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+        futex(&c0->epoch, FUTEX_WAIT, e, &ts);
+      }
+      c0->sleepers.fetch_sub(1, std::memory_order_seq_cst);
+      if (all_arrived(target)) return;
+      if (Clock::now() >= next_check) {
+        check_peers(target);
+        next_check = Clock::now() + opt.poll;
+      }
+    }
+  }
+
+  // ---- collectives ----
+  template <typename F>
+  void run(const char* name, std::chrono::milliseconds timeout, bool caller_waits, F body) {
+    if (!broken.empty()) {
+      throw CommError(
+          concat("shared-memory ", name, " on rank ", rank, ": an earlier collective failed (", broken, ")"));
+    }
+    what = name;
+    deadline = Clock::now() + timeout;
+    spin = caller_waits ? opt.caller_spin : opt.spin;
+    try {
+      body();
+      ++collectives;
+    } catch (const CommError& e) {
+      broken = e.what();
+      throw;
+    }
+  }
+
+  void publish(const Desc& d) { my_desc() = d; }
+
+  void validate() const {
+    const Desc& m = my_desc();
+    for (int p = 0; p < size; ++p) {
+      const Desc& d = desc(p);
+      if (d.kind != m.kind || d.dtype != m.dtype || d.op != m.op || d.root != m.root || d.numel != m.numel) {
+        throw CommError(concat("collective mismatch: rank ", rank, " called ", describe(m), " while rank ", p,
+                               " called ", describe(d),
+                               " (every rank must issue the same collectives in the same "
+                               "order)"));
+      }
+    }
+  }
+
+  // Where rank p's data for elements [off, ...) is, in this process.
+  const char* source(int p, int64_t off, int64_t elem) const {
+    const Desc& d = desc(p);
+    if (d.segment < 0) return staging(p);
+    const char* base = p == rank ? mine[static_cast<size_t>(d.segment - 1)].lock()->data()
+                                 : buffers[static_cast<size_t>(d.segment - 1)][static_cast<size_t>(p)]->data();
+    return base + d.offset + off * elem;
+  }
+
+  std::pair<int64_t, int64_t> locate(const torch::Tensor& t) const {
+    const char* p = static_cast<const char*>(t.data_ptr());
+    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+    if (!p || bytes == 0) return {-1, 0};
+    for (size_t i = 0; i < mine.size(); ++i) {
+      auto m = mine[i].lock();
+      if (m && p >= m->data() && p + bytes <= m->data() + m->data_bytes) {
+        return {static_cast<int64_t>(i) + 1, p - m->data()};
+      }
+    }
+    return {-1, 0};
+  }
+
+  // [lo, hi) of the elements rank q reduces, 16-element aligned.
+  std::pair<int64_t, int64_t> slice(int q, int64_t n) const {
+    const int64_t per = ((n + size - 1) / size + 15) / 16 * 16;
+    return {std::min(n, q * per), std::min(n, (q + 1) * per)};
+  }
+
+  int64_t cap(int64_t elem) const { return std::max<int64_t>(1, opt.staging_bytes / elem); }
+};
+
+ShmGroup::ShmGroup(ShmBootstrap bootstrap, ShmOptions options) : impl_(std::make_unique<Impl>()) {
+  auto& s = *impl_;
+  s.boot = std::move(bootstrap);
+  s.opt = options;
+  s.rank = s.boot.rank;
+  s.size = s.boot.size;
+  STRIDE_CHECK(s.size >= 1 && s.rank >= 0 && s.rank < s.size, "shared-memory group: rank ", s.rank, " of ", s.size);
+  STRIDE_CHECK_GE(s.opt.staging_bytes, 64, "shared-memory staging bytes");
+  s.nonce = random_nonce();
+  std::shared_ptr<Mapping> own;
+  s.control = s.make_segments(0, s.opt.staging_bytes, own, "setup");
+  s.control[static_cast<size_t>(s.rank)] = own;
+}
+
+ShmGroup::~ShmGroup() = default;
+
+int ShmGroup::rank() const { return impl_->rank; }
+int ShmGroup::size() const { return impl_->size; }
+
+bool ShmGroup::supports(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat:
+    case torch::kDouble:
+    case torch::kHalf:
+    case torch::kBFloat16:
+    case torch::kLong:
+    case torch::kInt:
+    case torch::kShort:
+    case torch::kChar:
+    case torch::kByte:
+    case torch::kBool:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool ShmGroup::supports(torch::ScalarType dtype, ReduceOp op) {
+  if (dtype == torch::kBool || !supports(dtype)) return false;
+  return op != ReduceOp::kAvg || c10::isFloatingType(dtype);
+}
+
+torch::Tensor ShmGroup::alloc(int64_t numel, torch::ScalarType dtype) {
+  auto& s = *impl_;
+  STRIDE_CHECK_GE(numel, 0, "shared buffer size");
+  const int64_t id = static_cast<int64_t>(s.mine.size()) + 1;
+  std::shared_ptr<Mapping> own;
+  auto maps = s.make_segments(id, numel * static_cast<int64_t>(c10::elementSize(dtype)), own, "allocation");
+  s.mine.push_back(own);
+  s.buffers.push_back(std::move(maps));
+  // The tensor keeps its mapping alive; the group only remembers it weakly (to recognise the tensor).
+  return torch::from_blob(
+      own->data(), {numel}, [own](void*) mutable { own.reset(); }, torch::TensorOptions().dtype(dtype));
+}
+
+void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milliseconds timeout, bool caller_waits) {
+  auto& s = *impl_;
+  s.run("allreduce", timeout, caller_waits, [&] {
+    const int64_t n = t.numel();
+    const int64_t elem = static_cast<int64_t>(t.element_size());
+    char* data = static_cast<char*>(t.data_ptr());
+    const auto [segment, offset] = s.locate(t);
+    s.publish(
+        Desc{kAllreduce, static_cast<int32_t>(t.scalar_type()), static_cast<int32_t>(op), -1, n, segment, offset});
+    const int64_t cap = s.cap(elem);
+    const bool staged = segment < 0;
+    if (staged && n > 0) std::memcpy(s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
+    s.arrive();
+    s.validate();
+    bool all_shared = true, any_shared = false;
+    for (int p = 0; p < s.size; ++p) {
+      all_shared = all_shared && s.desc(p).segment >= 0;
+      any_shared = any_shared || s.desc(p).segment >= 0;
+    }
+    const int64_t chunk = all_shared ? std::max<int64_t>(n, 1) : cap;
+    const bool small = !any_shared && n * elem <= kSmallBytes;
+    std::vector<const char*> src(static_cast<size_t>(s.size));
+    for (int64_t off = 0; off < n; off += chunk) {
+      const int64_t m = std::min(chunk, n - off);
+      if (off > 0) {
+        if (staged) std::memcpy(s.staging(s.rank), data + off * elem, static_cast<size_t>(m * elem));
+        s.arrive();
+      }
+      for (int p = 0; p < s.size; ++p) src[static_cast<size_t>(p)] = s.source(p, off, elem);
+      if (small) {  // every rank reduces everything into its own tensor: one barrier fewer
+        reduce(t.scalar_type(), data + off * elem, src, m, op, s.size);
+        s.arrive();
+        continue;
+      }
+      // Reduce-scatter: this rank's slice of every source, into its own source (where peers will read it).
+      const auto [lo, hi] = s.slice(s.rank, m);
+      std::vector<const char*> part(src);
+      for (auto& p : part) p += lo * elem;
+      if (hi > lo)
+        reduce(t.scalar_type(), const_cast<char*>(part[static_cast<size_t>(s.rank)]), part, hi - lo, op, s.size);
+      s.arrive();
+      // Allgather: every slice from the rank that reduced it.
+      for (int q = 0; q < s.size; ++q) {
+        if (q == s.rank && !staged) continue;
+        const auto [qlo, qhi] = s.slice(q, m);
+        if (qhi > qlo) {
+          std::memcpy(data + (off + qlo) * elem, src[static_cast<size_t>(q)] + qlo * elem,
+                      static_cast<size_t>((qhi - qlo) * elem));
+        }
+      }
+      s.arrive();  // nobody reads this rank's source any more
+    }
+  });
+}
+
+void ShmGroup::broadcast(const torch::Tensor& t, int root, std::chrono::milliseconds timeout) {
+  auto& s = *impl_;
+  STRIDE_CHECK(root >= 0 && root < s.size, "broadcast root ", root, " of ", s.size, " ranks");
+  s.run("broadcast", timeout, false, [&] {
+    const int64_t n = t.numel();
+    const int64_t elem = static_cast<int64_t>(t.element_size());
+    char* data = static_cast<char*>(t.data_ptr());
+    const auto [segment, offset] = s.locate(t);
+    s.publish(Desc{kBroadcast, static_cast<int32_t>(t.scalar_type()), 0, root, n, segment, offset});
+    const int64_t cap = s.cap(elem);
+    const bool stage = s.rank == root && segment < 0;
+    if (stage && n > 0) std::memcpy(s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
+    s.arrive();
+    s.validate();
+    const int64_t chunk = s.desc(root).segment >= 0 ? std::max<int64_t>(n, 1) : cap;
+    for (int64_t off = 0; off < n; off += chunk) {
+      const int64_t m = std::min(chunk, n - off);
+      if (off > 0) {
+        if (stage) std::memcpy(s.staging(s.rank), data + off * elem, static_cast<size_t>(m * elem));
+        s.arrive();
+      }
+      if (s.rank != root) std::memcpy(data + off * elem, s.source(root, off, elem), static_cast<size_t>(m * elem));
+      s.arrive();
+    }
+  });
+}
+
+void ShmGroup::allgather(const torch::Tensor& in, const torch::Tensor& out, std::chrono::milliseconds timeout,
+                         bool caller_waits) {
+  auto& s = *impl_;
+  STRIDE_CHECK_EQ(out.numel(), in.numel() * s.size, "allgather output size");
+  STRIDE_CHECK(in.scalar_type() == out.scalar_type(), "allgather dtypes differ");
+  s.run("allgather", timeout, caller_waits, [&] {
+    const int64_t n = in.numel();
+    const int64_t elem = static_cast<int64_t>(in.element_size());
+    const char* data = static_cast<const char*>(in.data_ptr());
+    char* dst = static_cast<char*>(out.data_ptr());
+    s.publish(Desc{kAllgather, static_cast<int32_t>(in.scalar_type()), 0, 0, n, -1, 0});
+    const int64_t cap = s.cap(elem);
+    if (n > 0) std::memcpy(s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
+    s.arrive();
+    s.validate();
+    for (int64_t off = 0; off < n; off += cap) {
+      const int64_t m = std::min(cap, n - off);
+      if (off > 0) {
+        std::memcpy(s.staging(s.rank), data + off * elem, static_cast<size_t>(m * elem));
+        s.arrive();
+      }
+      for (int p = 0; p < s.size; ++p) {
+        std::memcpy(dst + (p * n + off) * elem, s.staging(p), static_cast<size_t>(m * elem));
+      }
+      s.arrive();
+    }
+  });
+}
+
+void ShmGroup::barrier(std::chrono::milliseconds timeout) {
+  auto& s = *impl_;
+  s.run("barrier", timeout, false, [&] {
+    s.publish(Desc{kBarrier, 0, 0, 0, 0, -1, 0});
+    s.arrive();
+    s.validate();
+  });
+}
+
+}  // namespace stride::comm

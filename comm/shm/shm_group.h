@@ -1,0 +1,87 @@
+// Collectives among the ranks of one host through shared memory, with futex waits.
+//
+// Why: on a CPU host, Open MPI's shared-memory allreduce copies every byte into and out of its own buffers and
+// the waiting rank polls (spinning or sched_yield) while its peer is still in backward; on a host whose cores
+// are all busy computing, that polling and copying is taken straight from backward. Here:
+//   * buffers made by alloc() (the GradientReducer's buckets) live in shared memory, so a peer reads a rank's
+//     gradients where autograd wrote them: no copy in;
+//   * allreduce is a reduce-scatter (rank r reduces slice r of every rank's buffer, averaging in the same pass)
+//     and an allgather (each rank copies the other slices from their owners): per rank, one read of the
+//     buffer, one write of its slice and one copy of the rest;
+//   * a rank that arrives first sleeps on a futex and costs nothing until the last one arrives;
+//   * a peer that died is noticed within a poll interval (its pid is gone) and named in the CommError.
+// Tensors outside shared memory go through a per-rank staging area in chunks.
+//
+// Segments are memfd files (not /dev/shm, whose size containers often limit to 64 MiB); peers open them as
+// /proc/PID/fd/FD and check a random nonce in the header, so a different pid namespace or a recycled pid is
+// detected, not trusted. Nothing outlives the processes: there is no name to clean up.
+//
+// Not thread-safe: one thread (the MPI owner thread) makes every call, in the same order on every rank.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+
+namespace stride::comm {
+
+// How the ranks exchange the segments' addresses when a group or buffer is made: an allgather of a small
+// string (MPI in production; threads in unit tests).
+struct ShmBootstrap {
+  int rank = 0;
+  int size = 1;
+  std::function<std::vector<std::string>(const std::string&)> allgather;
+};
+
+struct ShmOptions {
+  int64_t staging_bytes = int64_t{8} << 20;  // per rank, for tensors outside shared memory
+  // How long a rank that waits for its peers spins before it sleeps on the futex: briefly on the owner thread
+  // (its rank's compute thread may need the core), longer when the caller waits for the result anyway (waking a
+  // sleeping thread costs tens to hundreds of microseconds on a VM). The spin yields the core to any other
+  // runnable thread.
+  std::chrono::microseconds spin{50};
+  std::chrono::microseconds caller_spin{2000};
+  std::chrono::milliseconds poll{100};  // how often a sleeping rank checks that its peers are alive
+};
+
+class ShmGroup {
+ public:
+  // Collective. Throws Error on every rank when any rank cannot set it up (the caller falls back to MPI).
+  ShmGroup(ShmBootstrap bootstrap, ShmOptions options = {});
+  ~ShmGroup();
+  ShmGroup(const ShmGroup&) = delete;
+  ShmGroup& operator=(const ShmGroup&) = delete;
+
+  // Collective: a zero-filled tensor in this rank's shared memory. Collectives on it (or on a contiguous part
+  // of it) read it in place. Throws Error on every rank when any rank cannot allocate.
+  torch::Tensor alloc(int64_t numel, torch::ScalarType dtype);
+
+  // Whether this group can run `op` on `dtype` (bool reductions cannot).
+  static bool supports(torch::ScalarType dtype, ReduceOp op);
+  static bool supports(torch::ScalarType dtype);
+
+  // Blocking collectives on contiguous CPU tensors. Throw CommError when a peer died, did not arrive within
+  // `timeout`, or called a different collective (mismatched operation, dtype or size).
+  // `caller_waits`: the calling thread has nothing else to do (spin with caller_spin).
+  void allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milliseconds timeout, bool caller_waits = false);
+  void broadcast(const torch::Tensor& t, int root, std::chrono::milliseconds timeout);
+  void allgather(const torch::Tensor& in, const torch::Tensor& out, std::chrono::milliseconds timeout,
+                 bool caller_waits = false);
+  void barrier(std::chrono::milliseconds timeout);
+
+  int rank() const;
+  int size() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace stride::comm

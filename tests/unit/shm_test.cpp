@@ -1,0 +1,247 @@
+// comm/shm: the shared-memory group, with ranks as threads of one process. Each rank still creates its own memfd
+// segments and maps its peers' through /proc/PID/fd, as separate processes do; tests/mpi runs the same code in
+// real processes (and kills one).
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "comm/shm/shm_group.h"
+
+namespace stride::testing {
+namespace {
+
+using comm::ReduceOp;
+using comm::ShmGroup;
+using namespace std::chrono_literals;
+
+// The bootstrap's allgather, between threads.
+class ThreadExchange {
+ public:
+  explicit ThreadExchange(int size) : size_(size), slots_(static_cast<size_t>(size)) {}
+  std::vector<std::string> allgather(int rank, const std::string& s) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t gen = gen_;
+    slots_[static_cast<size_t>(rank)] = s;
+    if (++count_ == size_) {
+      result_ = slots_;
+      count_ = 0;
+      ++gen_;
+      cv_.notify_all();
+      return result_;
+    }
+    cv_.wait(lock, [&] { return gen_ != gen; });
+    return result_;
+  }
+
+ private:
+  const int size_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> slots_, result_;
+  int count_ = 0;
+  uint64_t gen_ = 0;
+};
+
+// Runs fn(group, rank) on `size` threads; returns each rank's error message ("" when it succeeded).
+template <typename F>
+std::vector<std::string> run_ranks(int size, F fn, comm::ShmOptions options = {}) {
+  ThreadExchange exchange(size);
+  std::vector<std::string> errors(static_cast<size_t>(size));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        ShmGroup g(
+            comm::ShmBootstrap{r, size, [&exchange, r](const std::string& s) { return exchange.allgather(r, s); }},
+            options);
+        fn(g, r);
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+void expect_ok(const std::vector<std::string>& errors) {
+  for (size_t r = 0; r < errors.size(); ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+}
+
+// Rank r's input: small integers (exact in every dtype tested), different on every rank.
+torch::Tensor input(int64_t n, int rank, torch::ScalarType dtype) {
+  auto t = (torch::arange(n, torch::kLong) * (rank + 1) + 3 * rank) % 61 - 20;
+  return t.to(dtype);
+}
+
+torch::Tensor reference(int64_t n, int size, torch::ScalarType dtype, ReduceOp op) {
+  auto acc = input(n, 0, torch::kDouble);
+  for (int r = 1; r < size; ++r) {
+    auto x = input(n, r, torch::kDouble);
+    if (op == ReduceOp::kMax) {
+      acc = torch::maximum(acc, x);
+    } else if (op == ReduceOp::kMin) {
+      acc = torch::minimum(acc, x);
+    } else {
+      acc = acc + x;
+    }
+  }
+  if (op == ReduceOp::kAvg) acc = acc / size;
+  return acc.to(dtype);
+}
+
+constexpr int64_t kSizes[] = {0, 1, 17, 1000, 5000, 100003};
+
+TEST(ShmGroup, AllreduceMatchesTheReferenceForEveryOpDtypeSizeAndWorld) {
+  for (int size = 1; size <= 4; ++size) {
+    expect_ok(run_ranks(size, [&](ShmGroup& g, int rank) {
+      for (auto dtype :
+           {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16, torch::kLong, torch::kInt, torch::kShort}) {
+        for (auto op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax, ReduceOp::kMin}) {
+          if (!ShmGroup::supports(dtype, op)) continue;
+          for (int64_t n : kSizes) {
+            auto t = input(n, rank, dtype);
+            g.allreduce(t, op, 10s);
+            auto want = reference(n, size, dtype, op);
+            if (!torch::allclose(t.to(torch::kDouble), want.to(torch::kDouble), 1e-2, 1e-2)) {
+              throw Error(concat("world ", size, " rank ", rank, ": allreduce ", comm::reduce_op_name(op), " of ", n,
+                                 " x ", dtype, " differs from the reference"));
+            }
+          }
+        }
+      }
+    }));
+  }
+}
+
+TEST(ShmGroup, ChunkedStagingZeroCopyAndMixedBuffersAgree) {
+  // A 4 KiB staging area forces many chunks; rank 0's tensor lives in a shared buffer (read in place) while the
+  // others' go through staging, then every rank's does.
+  comm::ShmOptions options;
+  options.staging_bytes = 4096;
+  for (int size : {2, 3}) {
+    expect_ok(run_ranks(
+        size,
+        [&](ShmGroup& g, int rank) {
+          const int64_t n = 10007;
+          auto shared = g.alloc(n + 64, torch::kFloat);
+          if (!torch::equal(shared, torch::zeros_like(shared))) throw Error("alloc is not zero-filled");
+          auto part = shared.narrow(0, 32, n);  // a contiguous view inside the buffer
+          part.copy_(input(n, rank, torch::kFloat));
+          auto plain = input(n, rank, torch::kFloat);
+          auto t = rank == 0 ? part : plain;  // mixed
+          g.allreduce(t, ReduceOp::kSum, 10s);
+          if (!torch::equal(t, reference(n, size, torch::kFloat, ReduceOp::kSum))) throw Error("mixed sum");
+          part.copy_(input(n, rank, torch::kFloat));
+          g.allreduce(part, ReduceOp::kAvg, 10s);  // every rank in place
+          if (!torch::allclose(part, reference(n, size, torch::kFloat, ReduceOp::kAvg))) throw Error("shared avg");
+          if (shared[0].item<float>() != 0.0f || shared[n + 40].item<float>() != 0.0f) {
+            throw Error("the collective wrote outside the view");
+          }
+        },
+        options));
+  }
+}
+
+TEST(ShmGroup, EveryRankGetsBitwiseTheSameSum) {
+  expect_ok(run_ranks(3, [&](ShmGroup& g, int rank) {
+    torch::manual_seed(rank);
+    auto t = torch::randn({300001});
+    g.allreduce(t, ReduceOp::kAvg, 10s);
+    auto from0 = t.clone();
+    g.broadcast(from0, 0, 10s);
+    if (!torch::equal(t, from0)) throw Error(concat("rank ", rank, "'s average differs from rank 0's"));
+  }));
+}
+
+TEST(ShmGroup, BroadcastAndAllgatherFromEveryRootAndInChunks) {
+  comm::ShmOptions options;
+  options.staging_bytes = 1000;  // not a multiple of the element size
+  expect_ok(run_ranks(
+      3,
+      [&](ShmGroup& g, int rank) {
+        for (int root = 0; root < 3; ++root) {
+          for (int64_t n : kSizes) {
+            auto t = input(n, rank, torch::kDouble);
+            g.broadcast(t, root, 10s);
+            if (!torch::equal(t, input(n, root, torch::kDouble))) throw Error(concat("broadcast from ", root));
+          }
+          auto shared = g.alloc(777, torch::kLong);  // the root's tensor read in place
+          shared.copy_(input(777, rank, torch::kLong));
+          g.broadcast(shared, root, 10s);
+          if (!torch::equal(shared, input(777, root, torch::kLong))) throw Error("zero-copy broadcast");
+        }
+        for (int64_t n : kSizes) {
+          auto in = input(n, rank, torch::kInt);
+          auto out = torch::full({3 * n}, -1, torch::kInt);
+          g.allgather(in, out, 10s);
+          for (int p = 0; p < 3; ++p) {
+            if (!torch::equal(out.narrow(0, p * n, n), input(n, p, torch::kInt))) throw Error("allgather");
+          }
+        }
+        auto flags = torch::tensor({rank % 2 == 0}, torch::kBool);  // bool travels (not reduced)
+        auto all = torch::empty({3}, torch::kBool);
+        g.allgather(flags, all, 10s);
+        if (!all[0].item<bool>() || all[1].item<bool>() || !all[2].item<bool>()) throw Error("bool allgather");
+        g.barrier(10s);
+      },
+      options));
+}
+
+TEST(ShmGroup, MismatchedCollectivesFailOnEveryRankWithCommError) {
+  const auto errors = run_ranks(2, [&](ShmGroup& g, int rank) {
+    auto t = torch::ones({rank == 0 ? 10 : 11});
+    try {
+      g.allreduce(t, ReduceOp::kSum, 10s);
+    } catch (const comm::CommError& e) {
+      throw Error(concat("CommError: ", e.what()));
+    }
+  });
+  for (const auto& e : errors) {
+    EXPECT_NE(e.find("CommError: collective mismatch"), std::string::npos) << e;
+    EXPECT_NE(e.find("allreduce(10 x Float, sum)"), std::string::npos) << e;
+    EXPECT_NE(e.find("allreduce(11 x Float, sum)"), std::string::npos) << e;
+  }
+}
+
+TEST(ShmGroup, APeerThatNeverArrivesTimesOutNamingItAndBreaksTheGroup) {
+  const auto errors = run_ranks(3, [&](ShmGroup& g, int rank) {
+    if (rank == 2) return;  // never joins the collective
+    auto t = torch::ones({100});
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      g.allreduce(t, ReduceOp::kSum, 300ms);
+      throw Error("the allreduce without rank 2 completed");
+    } catch (const comm::CommError& e) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (s < 0.25 || s > 5) throw Error(concat("gave up after ", s, " s"));
+      if (std::string(e.what()).find("rank 2 did not arrive") == std::string::npos) throw;
+    }
+    try {
+      g.barrier(10s);
+      throw Error("a broken group ran another collective");
+    } catch (const comm::CommError& e) {
+      if (std::string(e.what()).find("an earlier collective failed") == std::string::npos) throw;
+    }
+  });
+  expect_ok(errors);
+}
+
+TEST(ShmGroup, AllocationsOfDifferentSizesFailOnEveryRank) {
+  const auto errors = run_ranks(2, [&](ShmGroup& g, int rank) { g.alloc(rank == 0 ? 100 : 200, torch::kFloat); });
+  for (const auto& e : errors) EXPECT_NE(e.find("the ranks disagree on the buffers"), std::string::npos) << e;
+}
+
+TEST(ShmGroup, SupportsWhatItCanReduce) {
+  EXPECT_TRUE(ShmGroup::supports(torch::kFloat, ReduceOp::kAvg));
+  EXPECT_TRUE(ShmGroup::supports(torch::kLong, ReduceOp::kMax));
+  EXPECT_FALSE(ShmGroup::supports(torch::kLong, ReduceOp::kAvg));
+  EXPECT_FALSE(ShmGroup::supports(torch::kBool, ReduceOp::kSum));
+  EXPECT_TRUE(ShmGroup::supports(torch::kBool));
+  EXPECT_FALSE(ShmGroup::supports(torch::kComplexFloat));
+}
+
+}  // namespace
+}  // namespace stride::testing
