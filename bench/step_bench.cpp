@@ -4,11 +4,17 @@
 #include <dlfcn.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "comm/communicator.h"
+#ifdef STRIDE_WITH_MPI
+#include "comm/mpi/mpi_communicator.h"
+#endif
 #include "comm/reducer.h"
 #include "comm/sync_batch_norm.h"
 #include "common/error.h"
@@ -40,7 +46,19 @@ struct StepArgs {
   bool sync_bn = false;
   double bucket_cap_mb = 25.0;
   std::string grad_compression = "none";
+  // Comma-separated variants measured in alternating blocks of --steps steps within this one run (so that the
+  // machine's drift hits them alike): default, no-comm, no-overlap, mpi (collectives over MPI instead of shared
+  // memory), sync-bn.
+  std::string interleave;
+  int64_t rounds = 5;
 };
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 // The GPU's marketing name from the CUDA driver, looked up at run time so that the CPU LibTorch build needs
 // no CUDA headers. "unknown" when the driver library is not there.
@@ -64,6 +82,80 @@ std::string cuda_device_name(int index) {
 
 void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// Variants in alternating blocks of a.steps steps, a.rounds rounds; images/s per block, and each ratio as the
+// median over rounds of the ratio within the round (paired, so slow drift of the machine cancels).
+template <typename Step>
+void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
+                     comm::GradientReducer& reducer, Step& step) {
+  std::vector<std::string> variants;
+  std::stringstream list(a.interleave);
+  for (std::string v; std::getline(list, v, ',');) {
+    if (v != "default" && v != "no-comm" && v != "no-overlap" && v != "mpi" && v != "sync-bn") {
+      throw UsageError(concat("--interleave: unknown variant '", v, "' (default, no-comm, no-overlap, mpi, sync-bn)"));
+    }
+    variants.push_back(v);
+  }
+#ifdef STRIDE_WITH_MPI
+  auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get());
+  if (std::count(variants.begin(), variants.end(), "mpi") && (!mpi || !mpi->set_shm_enabled(true))) {
+    throw UsageError("--interleave mpi: collectives do not use shared memory here (one host, STRIDE_SHM unset)");
+  }
+#else
+  comm::Communicator* mpi = nullptr;
+  if (std::count(variants.begin(), variants.end(), "mpi")) throw UsageError("--interleave mpi: built without MPI");
+#endif
+  const int world = comm->size();
+  std::map<std::string, std::vector<double>> ips, comm_ms, exposed_ms;
+  for (int64_t r = 0; r < a.rounds; ++r) {
+    for (const auto& v : variants) {
+      reducer.set_overlap(v != "no-overlap");
+      reducer.set_skip_communication(v == "no-comm");
+      comm::convert_sync_batchnorm(model, v == "sync-bn" ? comm : nullptr);
+#ifdef STRIDE_WITH_MPI
+      if (mpi) mpi->set_shm_enabled(v != "mpi");
+#endif
+      step();  // one untimed step in the new mode
+      reducer.reset_stats();
+      comm->barrier()->wait();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < a.steps; ++i) step();
+      auto t =
+          torch::tensor({std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}, torch::kDouble);
+      comm->allreduce(t, comm::ReduceOp::kMax)->wait();
+      ips[v].push_back(static_cast<double>(a.batch * a.steps * world) / t.item<double>());
+      const auto st = reducer.stats();
+      const double n = static_cast<double>(std::max<int64_t>(st.steps, 1));
+      comm_ms[v].push_back(1e3 * st.comm_seconds / n);
+      exposed_ms[v].push_back(1e3 * st.exposed_seconds / n);
+    }
+  }
+  nlohmann::json out = {
+      {"impl", "stride"},           {"bench", "step-interleaved"},         {"model", a.model}, {"batch", a.batch},
+      {"image_size", a.image_size}, {"threads", torch::get_num_threads()}, {"ranks", world},   {"block_steps", a.steps},
+      {"rounds", a.rounds},         {"transport", comm->transport()}};
+  for (const auto& v : variants) {
+    out["variants"][v] = {{"images_per_s", median(ips[v])},
+                          {"blocks", ips[v]},
+                          {"comm_ms_per_step", median(comm_ms[v])},
+                          {"exposed_comm_ms_per_step", median(exposed_ms[v])}};
+  }
+  auto paired = [&](const std::string& num, const std::string& den) {
+    std::vector<double> q;
+    for (size_t i = 0; i < ips[num].size(); ++i) q.push_back(ips[num][i] / ips[den][i]);
+    return median(q);
+  };
+  auto has = [&](const char* v) { return ips.count(v) > 0; };
+  if (has("default") && has("no-comm")) out["ratios"]["communication_efficiency"] = paired("default", "no-comm");
+  if (has("default") && has("no-overlap")) out["ratios"]["overlap_on_over_off"] = paired("default", "no-overlap");
+  if (has("default") && has("mpi")) out["ratios"]["shm_over_mpi"] = paired("default", "mpi");
+  if (has("default") && has("sync-bn")) out["ratios"]["sync_bn_step_time_cost"] = paired("default", "sync-bn") - 1.0;
+  if (has("default")) {
+    const double c = median(comm_ms["default"]), e = median(exposed_ms["default"]);
+    out["ratios"]["hidden_fraction"] = c > 0 ? std::max(0.0, 1.0 - e / c) : 0.0;
+  }
+  if (comm->rank() == 0) std::printf("%s\n", out.dump().c_str());
 }
 
 void run_step_bench(const StepArgs& a) {
@@ -128,6 +220,10 @@ void run_step_bench(const StepArgs& a) {
   };
   for (int64_t i = 0; i < a.warmup; ++i) step();
   synchronize(device);
+  if (!a.interleave.empty()) {
+    if (!reducer) throw UsageError("--interleave compares data-parallel variants: run it under mpirun with 2+ ranks");
+    return run_interleaved(a, comm, *model, *reducer, step);
+  }
   if (reducer) reducer->reset_stats();
   comm->barrier()->wait();
   const auto t0 = std::chrono::steady_clock::now();
@@ -160,6 +256,7 @@ void run_step_bench(const StepArgs& a) {
     const double n = static_cast<double>(std::max<int64_t>(st.steps, 1));
     out["comm"] = a.no_comm ? "skipped" : (a.no_overlap ? "after-backward" : "overlapped");
     out["comm_backend"] = comm->backend();
+    out["comm_transport"] = comm->transport();
     out["sync_bn"] = a.sync_bn;
     out["grad_compression"] = a.grad_compression;
     out["buckets"] = st.buckets;
@@ -195,6 +292,10 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_flag("--sync-bn", a->sync_bn, "Synchronised BatchNorm");
   cmd->add_option("--bucket-cap-mb", a->bucket_cap_mb)->capture_default_str();
   cmd->add_option("--grad-compression", a->grad_compression, "none | fp16 | bf16")->capture_default_str();
+  cmd->add_option("--interleave", a->interleave,
+                  "Measure variants in alternating blocks of --steps steps within this run: a comma-separated "
+                  "subset of default,no-comm,no-overlap,mpi,sync-bn (needs several ranks)");
+  cmd->add_option("--rounds", a->rounds, "Rounds of blocks for --interleave")->capture_default_str();
   cmd->callback([a] { run_step_bench(*a); });
 }
 

@@ -101,6 +101,10 @@ void Communicator::check_tensor(const char* op, const torch::Tensor& t) const {
   if (!t.is_contiguous()) throw Error(concat(op, " on ", describe(), ": the tensor is not contiguous"));
 }
 
+torch::Tensor Communicator::alloc_buffer(int64_t numel, const torch::TensorOptions& options) {
+  return torch::zeros({numel}, options);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Factory
 // ---------------------------------------------------------------------------------------------------------

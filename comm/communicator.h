@@ -101,6 +101,21 @@ class Communicator {
   virtual WorkPtr allgather(torch::Tensor input, torch::Tensor output) = 0;
   virtual WorkPtr barrier() = 0;
 
+  // Blocking forms, for callers that wait at once (SyncBatchNorm's statistics). A back-end may run them on the
+  // calling thread, on a channel of their own: then they are not ordered with the asynchronous collectives in
+  // flight (gradient buckets), which is what lets SyncBatchNorm's backward proceed while a bucket is reduced.
+  // Every rank must issue the blocking forms in the same order among themselves.
+  virtual void allreduce_now(torch::Tensor tensor, ReduceOp op = ReduceOp::kSum) { allreduce(tensor, op)->wait(); }
+  virtual void allgather_now(torch::Tensor input, torch::Tensor output) { allgather(input, output)->wait(); }
+
+  // A zero-filled 1-D buffer for a tensor this communicator will reduce again and again (the GradientReducer's
+  // buckets). Collective: every rank calls it in the same order with the same size. The MPI back-end places it
+  // in shared memory when all ranks share one host, so collectives read it in place; the others return
+  // torch::zeros.
+  virtual torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options);
+  // How collectives travel: "shm" (shared memory among the ranks of one host), "mpi", "nccl", "local", "single".
+  virtual std::string transport() const { return backend(); }
+
   // How long a Work may take before wait() gives up with CommError.
   std::chrono::milliseconds timeout() const { return timeout_; }
   void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
@@ -136,9 +151,7 @@ bool launched_as_multiple_ranks();
 std::string built_backends();
 
 // Blocking helpers: issue and wait.
-inline void allreduce(Communicator& c, const torch::Tensor& t, ReduceOp op = ReduceOp::kSum) {
-  c.allreduce(t, op)->wait();
-}
+inline void allreduce(Communicator& c, const torch::Tensor& t, ReduceOp op = ReduceOp::kSum) { c.allreduce_now(t, op); }
 inline void broadcast(Communicator& c, const torch::Tensor& t, int root = 0) { c.broadcast(t, root)->wait(); }
 
 // Broadcasts every tensor from `root`, coalesced into one flat buffer per dtype (one collective per dtype

@@ -46,7 +46,8 @@ struct GradientReducer::State {
   std::vector<Param> params;
   std::vector<Bucket> buckets;
   std::mutex mu;
-  bool reduce = true;  // this micro-batch communicates
+  bool built_skipping = false;  // built with skip_communication: no compression buffers
+  bool reduce = true;           // this micro-batch communicates
   bool alive = true;
   size_t next_launch = 0;
   std::vector<bool> ready;
@@ -106,6 +107,7 @@ GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_
     : s_(std::make_shared<State>()) {
   s_->comm = std::move(comm);
   s_->options = options;
+  s_->built_skipping = options.skip_communication;
   const auto& o = s_->options;
   if (o.compression != "none" && o.compression != "fp16" && o.compression != "bf16") {
     throw UsageError(concat("--grad-compression: unknown '", o.compression, "' (none, fp16, bf16)"));
@@ -143,7 +145,11 @@ GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_
     int64_t numel = 0;
     for (size_t i : group) numel += s_->params[i].tensor.numel();
     const auto& first = s_->params[group.front()].tensor;
-    b.flat = torch::zeros({numel}, first.options().requires_grad(false));
+    // Buckets come from the communicator: the MPI back-end puts them in shared memory, so peers on this host
+    // read the gradients where autograd accumulated them.
+    const bool communicates = !o.skip_communication && s_->comm->size() > 1;
+    b.flat = communicates ? s_->comm->alloc_buffer(numel, first.options().requires_grad(false))
+                          : torch::zeros({numel}, first.options().requires_grad(false));
     if (o.compression != "none" && !o.skip_communication) {
       b.compressed =
           torch::empty({numel}, b.flat.options().dtype(o.compression == "fp16" ? torch::kHalf : torch::kBFloat16));
@@ -224,6 +230,17 @@ void GradientReducer::finish() {
   }
   st.unused_parameters = static_cast<int64_t>(s_->unused.size());
   s_->reset();
+}
+
+void GradientReducer::set_overlap(bool overlap) {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  s_->options.overlap = overlap;
+}
+
+void GradientReducer::set_skip_communication(bool skip) {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  STRIDE_CHECK(skip || !s_->built_skipping, "a reducer built with skip_communication cannot start communicating");
+  s_->options.skip_communication = skip;
 }
 
 std::vector<std::vector<std::string>> GradientReducer::bucket_names() const {

@@ -62,6 +62,11 @@ class GradientReducer {
   // After the last micro-batch's backward: completes the reduction; .grad holds the average over ranks.
   void finish();
 
+  // Measurement switches, between steps only (after finish()): overlap, and skipping communication (results
+  // are then per-rank). `stride bench step --interleave` flips them block by block within one run.
+  void set_overlap(bool overlap);
+  void set_skip_communication(bool skip);
+
   // Bucket layout: parameter names per bucket, in launch order.
   std::vector<std::vector<std::string>> bucket_names() const;
   std::vector<int64_t> bucket_bytes() const;

@@ -97,7 +97,7 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     }
     local[2 * channels].fill_(static_cast<double>(count));
     auto all = torch::empty({comm->size(), 2 * channels + 1}, opts);
-    comm->allgather(local, all)->wait();
+    comm->allgather_now(local, all);
     // Chan et al.: combine (count, mean, M2) of every rank.
     torch::Tensor mean, var;
     double total = 0;
@@ -179,7 +179,7 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
         gb.data_ptr<double>()[ch] = ps[ch];
         gw.data_ptr<double>()[ch] = (ps[channels + ch] - pm[ch] * ps[ch]) * invstd;
       }
-      comm->allreduce(sums, ReduceOp::kSum)->wait();
+      comm->allreduce_now(sums, ReduceOp::kSum);
       auto coef = torch::empty({3, channels}, torch::kDouble);
       double *pa = coef.data_ptr<double>(), *pb = pa + channels, *pk = pb + channels;
       for (int64_t ch = 0; ch < channels; ++ch) {
@@ -207,7 +207,7 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
         grad_bias = torch::zeros_like(weight);
       }
       auto sums = torch::cat({grad_bias, grad_weight}).to(stats_type(x));
-      comm->allreduce(sums, ReduceOp::kSum)->wait();
+      comm->allreduce_now(sums, ReduceOp::kSum);
       auto invstd = (var + eps).rsqrt();
       auto s1 = sums.narrow(0, 0, channels);                  // sum(dy) over all ranks
       auto s2 = sums.narrow(0, channels, channels) / invstd;  // sum(dy * (x - mean)) over all ranks

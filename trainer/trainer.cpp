@@ -209,8 +209,10 @@ void Trainer::State::setup() {
   }
   if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
   if (world > 1 && rank == 0) {
-    std::fprintf(stderr, "stride: %llu ranks over %s\n", static_cast<unsigned long long>(world),
-                 comm->backend().c_str());
+    const std::string transport = comm->transport();
+    std::fprintf(stderr, "stride: %llu ranks over %s%s\n", static_cast<unsigned long long>(world),
+                 comm->backend().c_str(),
+                 transport == comm->backend() ? "" : concat(" (", transport, " within the host)").c_str());
   }
   fs::create_directories(c.output_dir);
   const std::string config_text = to_toml(c);

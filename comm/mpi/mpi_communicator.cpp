@@ -4,11 +4,14 @@
 #include <c10/util/Half.h>
 #include <mpi.h>
 
+#include <atomic>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <future>
 
 #include "comm/owner_thread.h"
+#include "comm/shm/shm_group.h"
 
 namespace stride::comm {
 namespace {
@@ -38,9 +41,63 @@ struct MpiCommunicator::Impl {
   OwnerThread owner;
   MPI_Comm comm = MPI_COMM_NULL;
   MPI_Op half_sum = MPI_OP_NULL, bf16_sum = MPI_OP_NULL;
-  int rank = 0;
+  int rank = 0, size = 1;
   std::string host;
   bool initialized_here = false;
+  std::unique_ptr<ShmGroup> shm;         // set when every rank shares this host (and STRIDE_SHM is not 0)
+  std::unique_ptr<ShmGroup> caller_shm;  // the blocking forms' own channel, used on the calling thread
+  std::mutex caller_mu;
+  std::atomic<bool> use_shm{true};  // measurement switch (set_shm_enabled)
+  bool shm_for(torch::ScalarType dtype) const { return shm && use_shm.load() && ShmGroup::supports(dtype); }
+  std::string shm_note;
+
+  // Every rank's string, in rank order (the shared-memory group's bootstrap).
+  std::vector<std::string> allgather_strings(const std::string& mine) const {
+    const int len = static_cast<int>(mine.size());
+    std::vector<int> lens(static_cast<size_t>(size)), displs(static_cast<size_t>(size));
+    check(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm), "MPI_Allgather");
+    int total = 0;
+    for (int p = 0; p < size; ++p) {
+      displs[static_cast<size_t>(p)] = total;
+      total += lens[static_cast<size_t>(p)];
+    }
+    std::vector<char> buf(static_cast<size_t>(std::max(total, 1)));
+    check(MPI_Allgatherv(mine.data(), len, MPI_CHAR, buf.data(), lens.data(), displs.data(), MPI_CHAR, comm),
+          "MPI_Allgatherv");
+    std::vector<std::string> out;
+    for (int p = 0; p < size; ++p) {
+      out.emplace_back(buf.data() + displs[static_cast<size_t>(p)], static_cast<size_t>(lens[static_cast<size_t>(p)]));
+    }
+    return out;
+  }
+
+  // Collective, on the owner thread: all ranks agree to use shared memory, or none does.
+  void setup_shm(int local_size) {
+    if (size < 2) return;
+    const char* env = std::getenv("STRIDE_SHM");
+    const bool disabled = env && std::string(env) == "0";
+    int want = local_size == size && !disabled ? 1 : 0, all = 0;
+    check(MPI_Allreduce(&want, &all, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
+    if (!all) {
+      shm_note = local_size != size ? "the ranks span several hosts" : "STRIDE_SHM=0";
+      if (!disabled && local_size == size) shm_note = "STRIDE_SHM=0 on another rank";
+      return;
+    }
+    ShmOptions options;
+    if (const char* us = std::getenv("STRIDE_SHM_SPIN_US")) options.spin = std::chrono::microseconds(std::atoi(us));
+    if (const char* us = std::getenv("STRIDE_SHM_CALLER_SPIN_US")) {
+      options.caller_spin = std::chrono::microseconds(std::atoi(us));
+    }
+    try {
+      const ShmBootstrap bootstrap{rank, size, [this](const std::string& s) { return allgather_strings(s); }};
+      shm = std::make_unique<ShmGroup>(bootstrap, options);
+      options.staging_bytes = int64_t{1} << 20;  // statistics: small
+      caller_shm = std::make_unique<ShmGroup>(bootstrap, options);
+    } catch (const Error& e) {  // agreed: every rank failed the same step
+      shm.reset();
+      shm_note = e.what();
+    }
+  }
 
   void check(int rc, const char* call) const {
     if (rc != MPI_SUCCESS) {
@@ -152,9 +209,13 @@ MpiCommunicator::MpiCommunicator() : impl_(std::make_shared<Impl>()) {
       impl->check(MPI_Comm_split_type(impl->comm, MPI_COMM_TYPE_SHARED, s.rank, MPI_INFO_NULL, &local),
                   "MPI_Comm_split_type");
       MPI_Comm_rank(local, &s.local_rank);
+      int local_size = 1;
+      MPI_Comm_size(local, &local_size);
       MPI_Comm_free(&local);
       MPI_Op_create(&sum_16<c10::Half>, 1, &impl->half_sum);
       MPI_Op_create(&sum_16<c10::BFloat16>, 1, &impl->bf16_sum);
+      impl->size = s.size;
+      impl->setup_shm(local_size);
       promise.set_value(s);
     } catch (...) {
       promise.set_exception(std::current_exception());
@@ -171,6 +232,8 @@ MpiCommunicator::~MpiCommunicator() {
   // Finalise on the owner thread after the queued collectives; if one is stuck (a dead peer), abandon it: the
   // process is on its way out and MPI_Finalize would block too.
   impl_->owner.stop(std::chrono::seconds(30), [impl = impl_] {
+    impl->shm.reset();
+    impl->caller_shm.reset();
     MPI_Op_free(&impl->half_sum);
     MPI_Op_free(&impl->bf16_sum);
     MPI_Comm_free(&impl->comm);
@@ -201,6 +264,10 @@ WorkPtr MpiCommunicator::allreduce(torch::Tensor t, ReduceOp op) {
   if (op == ReduceOp::kAvg && !t.is_floating_point()) {
     throw Error(concat("allreduce avg on ", describe(), ": needs a floating-point tensor, got ", t.scalar_type()));
   }
+  if (impl_->shm_for(t.scalar_type()) && ShmGroup::supports(t.scalar_type(), op)) {
+    return submit(concat("shared-memory allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
+                  [impl = impl_, t, op, limit = timeout()] { impl->shm->allreduce(t, op, limit); });
+  }
   const MPI_Datatype dt = impl_->datatype(t);
   const MPI_Op mop = impl_->op_for(t, op);
   return submit(concat("MPI_Allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
@@ -216,6 +283,10 @@ WorkPtr MpiCommunicator::broadcast(torch::Tensor t, int root) {
   check_tensor("broadcast", t);
   STRIDE_CHECK(t.device().is_cpu(), "the MPI communicator takes CPU tensors");
   STRIDE_CHECK(root >= 0 && root < size_, "broadcast root ", root, " of ", size_, " ranks");
+  if (impl_->shm_for(t.scalar_type())) {
+    return submit(concat("shared-memory broadcast of ", t.numel(), " x ", t.scalar_type(), " from rank ", root),
+                  [impl = impl_, t, root, limit = timeout()] { impl->shm->broadcast(t, root, limit); });
+  }
   const MPI_Datatype dt = impl_->datatype(t);
   return submit(
       concat("MPI_Bcast of ", t.numel(), " x ", t.scalar_type(), " from rank ", root), [impl = impl_, t, dt, root] {
@@ -230,6 +301,10 @@ WorkPtr MpiCommunicator::allgather(torch::Tensor in, torch::Tensor out) {
   STRIDE_CHECK_EQ(out.numel(), in.numel() * size_, "allgather output size on ", describe());
   STRIDE_CHECK(in.scalar_type() == out.scalar_type(), "allgather dtypes differ: ", in.scalar_type(), " vs ",
                out.scalar_type());
+  if (impl_->shm_for(in.scalar_type())) {
+    return submit(concat("shared-memory allgather of ", in.numel(), " x ", in.scalar_type()),
+                  [impl = impl_, in, out, limit = timeout()] { impl->shm->allgather(in, out, limit); });
+  }
   STRIDE_CHECK_LE(in.numel(), INT_MAX, "allgather input too large for one MPI call");
   const MPI_Datatype dt = impl_->datatype(in);
   return submit(concat("MPI_Allgather of ", in.numel(), " x ", in.scalar_type()), [impl = impl_, in, out, dt] {
@@ -239,8 +314,66 @@ WorkPtr MpiCommunicator::allgather(torch::Tensor in, torch::Tensor out) {
 }
 
 WorkPtr MpiCommunicator::barrier() {
+  if (impl_->shm_for(torch::kByte)) {
+    return submit("shared-memory barrier", [impl = impl_, limit = timeout()] { impl->shm->barrier(limit); });
+  }
   return submit("MPI_Barrier", [impl = impl_] { impl->check(MPI_Barrier(impl->comm), "MPI_Barrier"); });
 }
+
+// Over shared memory, the blocking forms run on the calling thread, on a group of their own: no hand-off to the
+// owner thread and back, no wait behind a gradient bucket, and the caller (blocked anyway) spins longer before
+// sleeping.
+void MpiCommunicator::allreduce_now(torch::Tensor t, ReduceOp op) {
+  check_tensor("allreduce", t);
+  if (!t.device().is_cpu() || !impl_->shm_for(t.scalar_type()) || !ShmGroup::supports(t.scalar_type(), op)) {
+    allreduce(t, op)->wait();
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  std::lock_guard<std::mutex> lock(impl_->caller_mu);
+  impl_->caller_shm->allreduce(t, op, timeout(), /*caller_waits=*/true);
+}
+
+void MpiCommunicator::allgather_now(torch::Tensor in, torch::Tensor out) {
+  check_tensor("allgather", in);
+  check_tensor("allgather", out);
+  if (!in.device().is_cpu() || !out.device().is_cpu() || !impl_->shm_for(in.scalar_type())) {
+    allgather(in, out)->wait();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(impl_->caller_mu);
+  impl_->caller_shm->allgather(in, out, timeout(), /*caller_waits=*/true);
+}
+
+torch::Tensor MpiCommunicator::alloc_buffer(int64_t numel, const torch::TensorOptions& options) {
+  const auto dtype = c10::typeMetaToScalarType(options.dtype());
+  if (!impl_->shm || !options.device().is_cpu() || !ShmGroup::supports(dtype)) {
+    return Communicator::alloc_buffer(numel, options);
+  }
+  torch::Tensor out;
+  std::string error;
+  run_on_owner([&] {
+    try {
+      out = impl_->shm->alloc(numel, dtype);
+    } catch (const Error& e) {  // agreed by every rank
+      error = e.what();
+    }
+  });
+  if (!out.defined()) {
+    if (rank_ == 0) std::fprintf(stderr, "stride: warning: %s; that buffer is copied through staging\n", error.c_str());
+    return Communicator::alloc_buffer(numel, options);
+  }
+  return out;
+}
+
+std::string MpiCommunicator::transport() const { return impl_->shm_for(torch::kByte) ? "shm" : "mpi"; }
+
+bool MpiCommunicator::set_shm_enabled(bool enabled) {
+  impl_->use_shm = enabled;
+  return impl_->shm_for(torch::kByte);
+}
+
+std::string MpiCommunicator::shm_note() const { return impl_->shm_note; }
 
 void MpiCommunicator::run_on_owner(std::function<void()> fn) {
   std::promise<void> done;

@@ -8,6 +8,10 @@
 // call cannot be cancelled, so the timeout is enforced by the waiter: Work::wait() throws CommError and the
 // process exits (the owner thread is abandoned); see docs/distributed.md.
 //
+// Ranks on one host: when every rank of the job shares this host, collectives go through comm/shm (shared
+// memory, futex waits, no copy for buffers from alloc_buffer) instead of MPI; STRIDE_SHM=0 turns that off.
+// Setup is agreed by all ranks: if any rank cannot map the others' memory, all of them use MPI.
+//
 // Errors: the communicator uses MPI_ERRORS_RETURN and checks every call; a failure names the MPI call, the rank
 // and the host. Half and bfloat16 sums use user-defined MPI operations that accumulate in float.
 #pragma once
@@ -35,6 +39,16 @@ class MpiCommunicator : public Communicator {
   WorkPtr broadcast(torch::Tensor tensor, int root) override;
   WorkPtr allgather(torch::Tensor input, torch::Tensor output) override;
   WorkPtr barrier() override;
+  void allreduce_now(torch::Tensor tensor, ReduceOp op) override;
+  void allgather_now(torch::Tensor input, torch::Tensor output) override;
+  torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options) override;
+  std::string transport() const override;
+  // Why collectives do not use shared memory ("" when they do, or with one rank).
+  std::string shm_note() const;
+  // Measurement switch: route collectives through MPI (false) or shared memory (true, the default where
+  // available). Every rank must flip it at the same point of its collective sequence. Returns whether shared
+  // memory is in use afterwards.
+  bool set_shm_enabled(bool enabled);
 
   // Runs `fn` on the owner thread (the only thread allowed to call MPI) and waits. For benchmarks that compare
   // with raw MPI calls on the same buffers.

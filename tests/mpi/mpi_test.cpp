@@ -40,6 +40,30 @@ TEST(Mpi, LargeAllreduceMatchesTheFormula) {
   EXPECT_LE(max_abs_diff(t, expected), 1e-4);
 }
 
+// Every rank of these tests shares one host: collectives go through shared memory unless STRIDE_SHM=0 (ctest
+// runs the suite both ways).
+TEST(Mpi, TransportIsSharedMemoryOnOneHostUnlessTurnedOff) {
+  auto c = world();
+  const char* env = std::getenv("STRIDE_SHM");
+  EXPECT_EQ(c->transport(), env && std::string(env) == "0" ? "mpi" : "shm");
+}
+
+TEST(Mpi, BuffersFromAllocBufferAreZeroedAndReduceInPlace) {
+  auto c = world();
+  const int64_t n = 1000003;
+  auto buffer = c->alloc_buffer(n, torch::kFloat);
+  ASSERT_EQ(buffer.numel(), n);
+  EXPECT_TRUE(torch::equal(buffer, torch::zeros_like(buffer)));
+  buffer.copy_(torch::arange(n, torch::kFloat).remainder(97) * (c->rank() + 1));
+  auto view = buffer.narrow(0, 5, n - 10);  // a bucket's worth of parameters inside a larger buffer
+  c->allreduce(view, comm::ReduceOp::kAvg)->wait();
+  const double mean_factor = (c->size() + 1) / 2.0;  // average of 1..size
+  auto expected = torch::arange(n, torch::kFloat).remainder(97).narrow(0, 5, n - 10) * mean_factor;
+  EXPECT_LE(max_abs_diff(view, expected), 1e-3);
+  EXPECT_EQ(buffer[0].item<float>(), 0.0f);  // outside the view: untouched (element 0 is 0 on every rank)
+  EXPECT_EQ(buffer[n - 1].item<float>(), static_cast<float>(((n - 1) % 97) * (c->rank() + 1)));
+}
+
 TEST(Mpi, DataParallelEqualsOneProcess) { check_data_parallel_equivalence(world(), false); }
 
 TEST(Mpi, Fp16CompressedDataParallelStaysClose) { check_data_parallel_equivalence(world(), false, "fp16"); }
