@@ -41,11 +41,17 @@ void run_allreduce_bench(const AllreduceArgs& a) {
   const bool root = comm->rank() == 0;
   if (root) {
     std::printf("# allreduce (float32 sum), %d ranks, host %s; busbw = algbw x 2(n-1)/n\n", n, comm->host().c_str());
-    std::printf("%12s %8s %14s %14s %14s %14s %8s\n", "bytes", "iters", "stride_us", "mpi_us", "stride_busGB/s",
-                "mpi_busGB/s", "ratio");
+    std::printf(
+        "# stride: an ordinary tensor; bucket: a buffer from alloc_buffer (how the GradientReducer's buckets\n"
+        "# are allocated; in shared memory when all ranks share the host); transport: %s\n",
+        comm->transport().c_str());
+    std::printf("%12s %8s %12s %12s %12s %14s %14s %14s %8s %8s\n", "bytes", "iters", "stride_us", "bucket_us",
+                "mpi_us", "stride_busGB/s", "bucket_busGB/s", "mpi_busGB/s", "ratio", "b_ratio");
   }
   for (int64_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= 4) {
     auto t = torch::ones({bytes / 4}, torch::kFloat);
+    auto bucket = comm->alloc_buffer(bytes / 4, torch::kFloat);
+    bucket.fill_(1);
     // Iterations per round from a quick probe, agreed across ranks (every rank must run the same count).
     comm->barrier()->wait();
     auto p0 = std::chrono::steady_clock::now();
@@ -55,12 +61,17 @@ void run_allreduce_bench(const AllreduceArgs& a) {
     comm->allreduce(probe, comm::ReduceOp::kMax)->wait();
     const int64_t iters =
         std::clamp<int64_t>(static_cast<int64_t>(a.seconds_per_point / std::max(probe.item<double>(), 1e-7)), 3, 20000);
-    std::vector<double> stride_s, mpi_s;
+    std::vector<double> stride_s, bucket_s, mpi_s;
     for (int64_t round = 0; round < a.rounds; ++round) {
       comm->barrier()->wait();
       auto t0 = std::chrono::steady_clock::now();
       for (int64_t i = 0; i < iters; ++i) comm->allreduce(t, comm::ReduceOp::kSum)->wait();
       stride_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                         static_cast<double>(iters));
+      comm->barrier()->wait();
+      t0 = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < iters; ++i) comm->allreduce(bucket, comm::ReduceOp::kSum)->wait();
+      bucket_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
                          static_cast<double>(iters));
       double raw = 0;
       comm->run_on_owner([&] {
@@ -74,21 +85,26 @@ void run_allreduce_bench(const AllreduceArgs& a) {
       mpi_s.push_back(raw);
     }
     // The slowest rank defines the time of a collective.
-    auto times = torch::tensor({median(stride_s), median(mpi_s)}, torch::kDouble);
+    auto times = torch::tensor({median(stride_s), median(mpi_s), median(bucket_s)}, torch::kDouble);
     comm->allreduce(times, comm::ReduceOp::kMax)->wait();
-    const double ts = times[0].item<double>(), tm = times[1].item<double>();
+    const double ts = times[0].item<double>(), tm = times[1].item<double>(), tb = times[2].item<double>();
     const double factor = 2.0 * (n - 1) / n;
     const double bus_s = static_cast<double>(bytes) / ts * factor / 1e9,
-                 bus_m = static_cast<double>(bytes) / tm * factor / 1e9;
+                 bus_m = static_cast<double>(bytes) / tm * factor / 1e9,
+                 bus_b = static_cast<double>(bytes) / tb * factor / 1e9;
     if (root) {
-      std::printf("%12lld %8lld %14.1f %14.1f %14.3f %14.3f %8.3f\n", static_cast<long long>(bytes),
-                  static_cast<long long>(iters), ts * 1e6, tm * 1e6, bus_s, bus_m, tm / ts);
+      std::printf("%12lld %8lld %12.1f %12.1f %12.1f %14.3f %14.3f %14.3f %8.3f %8.3f\n", static_cast<long long>(bytes),
+                  static_cast<long long>(iters), ts * 1e6, tb * 1e6, tm * 1e6, bus_s, bus_b, bus_m, tm / ts, tm / tb);
       nlohmann::json j = {{"bench", "allreduce"},
                           {"ranks", n},
                           {"bytes", bytes},
                           {"iters", iters},
                           {"stride_s", ts},
                           {"mpi_s", tm},
+                          {"bucket_s", tb},
+                          {"bucket_busbw_gbs", bus_b},
+                          {"bucket_ratio", tm / tb},
+                          {"transport", comm->transport()},
                           {"stride_busbw_gbs", bus_s},
                           {"mpi_busbw_gbs", bus_m},
                           {"ratio", tm / ts}};

@@ -85,13 +85,13 @@ struct MpiCommunicator::Impl {
     }
     ShmOptions options;
     if (const char* us = std::getenv("STRIDE_SHM_SPIN_US")) options.spin = std::chrono::microseconds(std::atoi(us));
+    if (const char* kb = std::getenv("STRIDE_SHM_STAGING_KB")) options.staging_bytes = int64_t{1024} * std::atoi(kb);
     if (const char* us = std::getenv("STRIDE_SHM_CALLER_SPIN_US")) {
       options.caller_spin = std::chrono::microseconds(std::atoi(us));
     }
     try {
       const ShmBootstrap bootstrap{rank, size, [this](const std::string& s) { return allgather_strings(s); }};
       shm = std::make_unique<ShmGroup>(bootstrap, options);
-      options.staging_bytes = int64_t{1} << 20;  // statistics: small
       caller_shm = std::make_unique<ShmGroup>(bootstrap, options);
     } catch (const Error& e) {  // agreed: every rank failed the same step
       shm.reset();

@@ -28,7 +28,9 @@ using Clock = std::chrono::steady_clock;
 constexpr uint64_t kMagic = 0x3148534544495254ULL;  // "TRIDESH1"
 constexpr int64_t kHeaderBytes = 4096;              // every segment: one header page, then the data
 constexpr int64_t kControlOffset = 256;             // where a control segment's Control sits in its header page
-constexpr int64_t kSmallBytes = int64_t{32} << 10;  // below this every rank reduces the whole tensor itself
+// Up to this size every rank reduces the whole tensor itself: twice the reads of the split algorithm, one
+// rendezvous fewer (a rendezvous where a rank sleeps costs more than reading a megabyte again).
+constexpr int64_t kSmallBytes = int64_t{1} << 20;
 
 enum Kind : int32_t { kAllreduce = 1, kBroadcast = 2, kAllgather = 3, kBarrier = 4 };
 
@@ -54,6 +56,7 @@ struct Desc {
 
 struct Control {
   alignas(64) std::atomic<uint64_t> arrived;  // barriers this rank has reached
+  alignas(64) std::atomic<uint64_t> chunks;   // chunks of shared buffers this rank has reduced
   alignas(64) Desc desc[2];
   alignas(64) std::atomic<uint32_t> epoch;  // rank 0's: the futex word every arrival bumps
   std::atomic<uint32_t> sleepers;           // rank 0's: ranks asleep on it
@@ -157,24 +160,32 @@ long futex(std::atomic<uint32_t>* word, int op, uint32_t value, const timespec* 
 
 // ---- reduction kernels: dst[i] = op(src_0[i], ..., src_{P-1}[i]) (x scale); dst may be one of the sources ----
 
+// One block; M > 0 makes the length a compile-time constant, which is what lets GCC vectorize these loops at -O2
+// (its cheap cost model does not vectorize loops that need a remainder loop).
+template <int64_t M, typename T, typename A, typename F>
+inline void reduce_block(T* d, const std::vector<const char*>& src, int64_t b, int64_t m, F f, A scale, bool scaled,
+                         A* acc) {
+  const int64_t len = M > 0 ? M : m;
+  const T* s0 = reinterpret_cast<const T*>(src[0]) + b;
+  for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(s0[i]);
+  for (size_t p = 1; p < src.size(); ++p) {
+    const T* s = reinterpret_cast<const T*>(src[p]) + b;
+    for (int64_t i = 0; i < len; ++i) acc[i] = f(acc[i], static_cast<A>(s[i]));
+  }
+  if (scaled) {
+    for (int64_t i = 0; i < len; ++i) acc[i] *= scale;
+  }
+  for (int64_t i = 0; i < len; ++i) d[b + i] = static_cast<T>(acc[i]);
+}
+
 template <typename T, typename A, typename F>
 void reduce_typed(char* dst, const std::vector<const char*>& src, int64_t n, F f, A scale, bool scaled) {
   constexpr int64_t kBlock = 1024;
-  A acc[kBlock];
+  alignas(64) A acc[kBlock];
   T* d = reinterpret_cast<T*>(dst);
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t m = std::min(kBlock, n - b);
-    const T* s0 = reinterpret_cast<const T*>(src[0]) + b;
-    for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<A>(s0[i]);
-    for (size_t p = 1; p < src.size(); ++p) {
-      const T* s = reinterpret_cast<const T*>(src[p]) + b;
-      for (int64_t i = 0; i < m; ++i) acc[i] = f(acc[i], static_cast<A>(s[i]));
-    }
-    if (scaled) {
-      for (int64_t i = 0; i < m; ++i) acc[i] *= scale;
-    }
-    for (int64_t i = 0; i < m; ++i) d[b + i] = static_cast<T>(acc[i]);
-  }
+  int64_t b = 0;
+  for (; b + kBlock <= n; b += kBlock) reduce_block<kBlock>(d, src, b, kBlock, f, scale, scaled, acc);
+  if (b < n) reduce_block<0>(d, src, b, n - b, f, scale, scaled, acc);
 }
 
 template <typename T, typename A>
@@ -256,8 +267,9 @@ struct ShmGroup::Impl {
   std::vector<std::weak_ptr<Mapping>> mine;                    // this rank's buffers, by id - 1
   std::vector<std::vector<std::shared_ptr<Mapping>>> buffers;  // [id - 1][rank]: peers' buffers (own: null)
   uint64_t passed = 0;                                         // barriers passed
-  uint64_t collectives = 0;                                    // collectives started (picks the Desc slot)
-  std::string broken;                                          // why an earlier collective failed
+  uint64_t chunks = 0;       // chunks reduced (equal on every rank between collectives)
+  uint64_t collectives = 0;  // collectives started (picks the Desc slot)
+  std::string broken;        // why an earlier collective failed
   const char* what = "";
   Clock::time_point deadline;
   std::chrono::microseconds spin{0};  // this collective's spin budget
@@ -317,18 +329,62 @@ struct ShmGroup::Impl {
     return maps;
   }
 
-  // ---- barriers ----
-  bool all_arrived(uint64_t target) const {
-    for (int p = 0; p < size; ++p) {
-      if (ctl(p)->arrived.load(std::memory_order_acquire) < target) return false;
-    }
-    return true;
+  // ---- waiting ----
+  // Every rank's progress lives in its Control (`arrived`: barriers reached; `chunks`: chunks it has reduced).
+  // A rank that changes its progress bumps rank 0's epoch and wakes the sleepers; a rank that waits spins for a
+  // while, then sleeps on that epoch, checking every poll interval that the ranks it waits for are alive.
+
+  void notify() {
+    Control* c0 = ctl(0);
+    c0->epoch.fetch_add(1, std::memory_order_seq_cst);
+    if (c0->sleepers.load(std::memory_order_seq_cst) != 0) futex(&c0->epoch, FUTEX_WAKE, INT_MAX);
   }
 
-  void check_peers(uint64_t target) {
+  // Waits until behind(p) is false for every rank p.
+  template <typename Behind>
+  void wait_for(Behind behind) {
+    auto done = [&] {
+      for (int p = 0; p < size; ++p) {
+        if (behind(p)) return false;
+      }
+      return true;
+    };
+    if (done()) return;
+    const auto spin_start = Clock::now();
+    for (uint32_t i = 1;; ++i) {
+      cpu_relax();
+      if (done()) return;
+      if (i % 64 == 0) {
+        const auto spun = Clock::now() - spin_start;
+        if (spun >= spin) break;
+        if (spun >= std::chrono::microseconds(10)) std::this_thread::yield();  // let a runnable thread have the core
+      }
+    }
+    Control* c0 = ctl(0);
+    auto next_check = Clock::now() + opt.poll;
+    for (;;) {
+      const uint32_t e = c0->epoch.load(std::memory_order_seq_cst);
+      if (done()) return;
+      c0->sleepers.fetch_add(1, std::memory_order_seq_cst);
+      if (!done()) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(opt.poll).count();
+        const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+        futex(&c0->epoch, FUTEX_WAIT, e, &ts);
+      }
+      c0->sleepers.fetch_sub(1, std::memory_order_seq_cst);
+      if (done()) return;
+      if (Clock::now() >= next_check) {
+        check_peers(behind);
+        next_check = Clock::now() + opt.poll;
+      }
+    }
+  }
+
+  template <typename Behind>
+  void check_peers(Behind behind) {
     std::vector<int> missing;
     for (int p = 0; p < size; ++p) {
-      if (ctl(p)->arrived.load(std::memory_order_acquire) >= target) continue;
+      if (!behind(p)) continue;
       if (!pid_alive(pids[static_cast<size_t>(p)])) {
         throw CommError(concat("shared-memory ", what, " on rank ", rank, ": rank ", p, " (pid ",
                                pids[static_cast<size_t>(p)], ") has exited"));
@@ -343,41 +399,20 @@ struct ShmGroup::Impl {
     }
   }
 
+  // A barrier.
   void arrive() {
     const uint64_t target = ++passed;
     ctl(rank)->arrived.store(target, std::memory_order_seq_cst);
-    Control* c0 = ctl(0);
-    c0->epoch.fetch_add(1, std::memory_order_seq_cst);
-    if (c0->sleepers.load(std::memory_order_seq_cst) != 0) futex(&c0->epoch, FUTEX_WAKE, INT_MAX);
-    if (all_arrived(target)) return;
-    const auto spin_start = Clock::now();
-    for (uint32_t i = 1;; ++i) {
-      cpu_relax();
-      if (all_arrived(target)) return;
-      if (i % 64 == 0) {
-        const auto spun = Clock::now() - spin_start;
-        if (spun >= spin) break;
-        if (spun >= std::chrono::microseconds(10)) std::this_thread::yield();  // let a runnable thread have the core
-      }
-    }
-    auto next_check = Clock::now() + opt.poll;
-    for (;;) {
-      const uint32_t e = c0->epoch.load(std::memory_order_seq_cst);
-      if (all_arrived(target)) return;
-      c0->sleepers.fetch_add(1, std::memory_order_seq_cst);
-      if (!all_arrived(target)) {
-        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(opt.poll).count();
-        const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
-        futex(&c0->epoch, FUTEX_WAIT, e, &ts);
-      }
-      c0->sleepers.fetch_sub(1, std::memory_order_seq_cst);
-      if (all_arrived(target)) return;
-      if (Clock::now() >= next_check) {
-        check_peers(target);
-        next_check = Clock::now() + opt.poll;
-      }
-    }
+    notify();
+    wait_for([&](int p) { return ctl(p)->arrived.load(std::memory_order_acquire) < target; });
   }
+
+  // This rank has reduced one more chunk.
+  void chunk_done() {
+    ctl(rank)->chunks.store(++chunks, std::memory_order_seq_cst);
+    notify();
+  }
+  bool chunk_ready(int p, uint64_t target) const { return ctl(p)->chunks.load(std::memory_order_acquire) >= target; }
 
   // ---- collectives ----
   template <typename F>
@@ -513,14 +548,54 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
     if (staged && n > 0) std::memcpy(s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
     s.arrive();
     s.validate();
-    bool all_shared = true, any_shared = false;
-    for (int p = 0; p < s.size; ++p) {
-      all_shared = all_shared && s.desc(p).segment >= 0;
-      any_shared = any_shared || s.desc(p).segment >= 0;
-    }
-    const int64_t chunk = all_shared ? std::max<int64_t>(n, 1) : cap;
-    const bool small = !any_shared && n * elem <= kSmallBytes;
+    // Chunks of the staging size even when every tensor is shared: what one rank writes, the others read while it
+    // is still in the cache.
+    const int64_t chunk = cap;
+    const bool small = n * elem <= std::min(kSmallBytes, s.opt.staging_bytes);  // one chunk
     std::vector<const char*> src(static_cast<size_t>(s.size));
+    bool all_shared = true;
+    for (int p = 0; p < s.size; ++p) all_shared = all_shared && s.desc(p).segment >= 0;
+    if (all_shared && !small) {
+      // Every source is complete from the start: no lock-step per chunk. Each rank reduces its slice of every
+      // chunk in turn, announcing its progress, and copies a chunk's other slices as soon as their owners have
+      // reduced them (while they are likely still in the cache); one barrier at the end.
+      const uint64_t base = s.chunks;
+      const int64_t nchunks = (n + chunk - 1) / chunk;
+      int64_t gathered = 0;
+      auto all_reduced = [&](int64_t k) {
+        for (int p = 0; p < s.size; ++p) {
+          if (!s.chunk_ready(p, base + static_cast<uint64_t>(k) + 1)) return false;
+        }
+        return true;
+      };
+      auto gather = [&](int64_t k) {
+        const int64_t off = k * chunk, m = std::min(chunk, n - off);
+        for (int q = 0; q < s.size; ++q) {
+          if (q == s.rank) continue;
+          const auto [qlo, qhi] = s.slice(q, m);
+          if (qhi > qlo) {
+            std::memcpy(data + (off + qlo) * elem, s.source(q, off, elem) + qlo * elem,
+                        static_cast<size_t>((qhi - qlo) * elem));
+          }
+        }
+      };
+      for (int64_t k = 0; k < nchunks; ++k) {
+        const int64_t off = k * chunk, m = std::min(chunk, n - off);
+        for (int p = 0; p < s.size; ++p) src[static_cast<size_t>(p)] = s.source(p, off, elem);
+        const auto [lo, hi] = s.slice(s.rank, m);
+        for (auto& p : src) p += lo * elem;
+        if (hi > lo) reduce(t.scalar_type(), data + (off + lo) * elem, src, hi - lo, op, s.size);
+        s.chunk_done();
+        while (gathered <= k && all_reduced(gathered)) gather(gathered++);
+      }
+      while (gathered < nchunks) {
+        const uint64_t target = base + static_cast<uint64_t>(gathered) + 1;
+        s.wait_for([&](int p) { return !s.chunk_ready(p, target); });
+        gather(gathered++);
+      }
+      s.arrive();  // nobody reads this rank's buffer any more
+      return;
+    }
     for (int64_t off = 0; off < n; off += chunk) {
       const int64_t m = std::min(chunk, n - off);
       if (off > 0) {
@@ -528,9 +603,13 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
         s.arrive();
       }
       for (int p = 0; p < s.size; ++p) src[static_cast<size_t>(p)] = s.source(p, off, elem);
-      if (small) {  // every rank reduces everything into its own tensor: one barrier fewer
-        reduce(t.scalar_type(), data + off * elem, src, m, op, s.size);
+      if (small) {
+        // Every rank reduces everything, into its tensor when that is private, else into its staging area (which
+        // no peer reads when the tensor is shared) and copies it back once every peer has read the sources.
+        char* out = staged ? data : s.staging(s.rank);
+        reduce(t.scalar_type(), out, src, m, op, s.size);
         s.arrive();
+        if (!staged) std::memcpy(data, out, static_cast<size_t>(m * elem));
         continue;
       }
       // Reduce-scatter: this rank's slice of every source, into its own source (where peers will read it).
@@ -568,7 +647,7 @@ void ShmGroup::broadcast(const torch::Tensor& t, int root, std::chrono::millisec
     if (stage && n > 0) std::memcpy(s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
     s.arrive();
     s.validate();
-    const int64_t chunk = s.desc(root).segment >= 0 ? std::max<int64_t>(n, 1) : cap;
+    const int64_t chunk = s.desc(root).segment >= 0 ? std::max<int64_t>(n, 1) : cap;  // one copy: no reuse
     for (int64_t off = 0; off < n; off += chunk) {
       const int64_t m = std::min(chunk, n - off);
       if (off > 0) {

@@ -145,6 +145,25 @@ TEST(ShmGroup, ChunkedStagingZeroCopyAndMixedBuffersAgree) {
   }
 }
 
+TEST(ShmGroup, SharedBuffersReduceInPlaceBelowAndAboveOneChunk) {
+  // Up to one chunk (256 KiB) every rank reduces the whole buffer (result staged, copied back after the
+  // rendezvous); above it, chunk by chunk, reduce-scatter + allgather. Both read the peers' buffers in place.
+  for (int size : {2, 3}) {
+    expect_ok(run_ranks(size, [&](ShmGroup& g, int rank) {
+      for (int64_t n : {int64_t{1000}, int64_t{262144}, int64_t{262145}, int64_t{700001}}) {
+        for (auto op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax}) {
+          auto buffer = g.alloc(n, torch::kFloat);
+          buffer.copy_(input(n, rank, torch::kFloat));
+          g.allreduce(buffer, op, 10s);
+          if (!torch::allclose(buffer, reference(n, size, torch::kFloat, op))) {
+            throw Error(concat("world ", size, ": shared ", comm::reduce_op_name(op), " of ", n, " floats"));
+          }
+        }
+      }
+    }));
+  }
+}
+
 TEST(ShmGroup, EveryRankGetsBitwiseTheSameSum) {
   expect_ok(run_ranks(3, [&](ShmGroup& g, int rank) {
     torch::manual_seed(rank);
