@@ -270,12 +270,20 @@ struct ShmGroup::Impl {
   uint64_t chunks = 0;       // chunks reduced (equal on every rank between collectives)
   uint64_t collectives = 0;  // collectives started (picks the Desc slot)
   std::string broken;        // why an earlier collective failed
+  // The last collective skipped its closing rendezvous (every rank wrote only private memory), so peers may still
+  // be reading this rank's staging slot: a collective that writes the whole staging area first waits for them.
+  bool readers_pending = false;
   const char* what = "";
   Clock::time_point deadline;
   std::chrono::microseconds spin{0};  // this collective's spin budget
 
   Control* ctl(int p) const { return control[static_cast<size_t>(p)]->control(); }
   char* staging(int p) const { return control[static_cast<size_t>(p)]->data(); }
+  // Small collectives use half of the staging area, alternating by collective: peers that are still reading the
+  // previous collective's half never see it overwritten, which lets those collectives skip their closing
+  // rendezvous (one rendezvous per SyncBatchNorm layer and direction instead of two).
+  int64_t half() const { return opt.staging_bytes / 2 / 64 * 64; }
+  char* slot(int p) const { return staging(p) + static_cast<int64_t>(collectives & 1) * half(); }
   Desc& my_desc() const { return ctl(rank)->desc[collectives & 1]; }
   const Desc& desc(int p) const { return ctl(p)->desc[collectives & 1]; }
 
@@ -415,6 +423,7 @@ struct ShmGroup::Impl {
   bool chunk_ready(int p, uint64_t target) const { return ctl(p)->chunks.load(std::memory_order_acquire) >= target; }
 
   // ---- collectives ----
+  // body(pending): pending is true when the previous collective skipped its closing rendezvous.
   template <typename F>
   void run(const char* name, std::chrono::milliseconds timeout, bool caller_waits, F body) {
     if (!broken.empty()) {
@@ -424,8 +433,10 @@ struct ShmGroup::Impl {
     what = name;
     deadline = Clock::now() + timeout;
     spin = caller_waits ? opt.caller_spin : opt.spin;
+    const bool pending = readers_pending;
+    readers_pending = false;
     try {
-      body();
+      body(pending);
       ++collectives;
     } catch (const CommError& e) {
       broken = e.what();
@@ -486,7 +497,7 @@ ShmGroup::ShmGroup(ShmBootstrap bootstrap, ShmOptions options) : impl_(std::make
   s.rank = s.boot.rank;
   s.size = s.boot.size;
   STRIDE_CHECK(s.size >= 1 && s.rank >= 0 && s.rank < s.size, "shared-memory group: rank ", s.rank, " of ", s.size);
-  STRIDE_CHECK_GE(s.opt.staging_bytes, 64, "shared-memory staging bytes");
+  STRIDE_CHECK_GE(s.opt.staging_bytes, 256, "shared-memory staging bytes");
   s.nonce = random_nonce();
   std::shared_ptr<Mapping> own;
   s.control = s.make_segments(0, s.opt.staging_bytes, own, "setup");
@@ -536,7 +547,7 @@ torch::Tensor ShmGroup::alloc(int64_t numel, torch::ScalarType dtype) {
 
 void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milliseconds timeout, bool caller_waits) {
   auto& s = *impl_;
-  s.run("allreduce", timeout, caller_waits, [&] {
+  s.run("allreduce", timeout, caller_waits, [&](bool pending) {
     const int64_t n = t.numel();
     const int64_t elem = static_cast<int64_t>(t.element_size());
     char* data = static_cast<char*>(t.data_ptr());
@@ -545,17 +556,40 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
         Desc{kAllreduce, static_cast<int32_t>(t.scalar_type()), static_cast<int32_t>(op), -1, n, segment, offset});
     const int64_t cap = s.cap(elem);
     const bool staged = segment < 0;
-    if (staged && n > 0) std::memcpy(s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
+    const bool small = n * elem <= std::min(kSmallBytes, s.half());  // one staging slot
+    if (pending && !small) s.arrive();
+    if (staged && n > 0) {
+      std::memcpy(small ? s.slot(s.rank) : s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
+    }
     s.arrive();
     s.validate();
+    std::vector<const char*> src(static_cast<size_t>(s.size));
+    if (small) {
+      // Every rank reduces everything, into its tensor when that is private, else into its own slot (which no
+      // peer reads when the tensor is shared) and copies it back once every peer has read the sources. When every
+      // tensor is private nobody writes what a peer reads: no closing rendezvous.
+      bool all_staged = true;
+      for (int p = 0; p < s.size; ++p) {
+        const bool shared = s.desc(p).segment >= 0;
+        all_staged = all_staged && !shared;
+        src[static_cast<size_t>(p)] = shared ? s.source(p, 0, elem) : s.slot(p);
+      }
+      char* out = staged ? data : s.slot(s.rank);
+      reduce(t.scalar_type(), out, src, n, op, s.size);
+      if (all_staged) {
+        s.readers_pending = true;
+        return;
+      }
+      s.arrive();
+      if (!staged) std::memcpy(data, out, static_cast<size_t>(n * elem));
+      return;
+    }
     // Chunks of the staging size even when every tensor is shared: what one rank writes, the others read while it
     // is still in the cache.
     const int64_t chunk = cap;
-    const bool small = n * elem <= std::min(kSmallBytes, s.opt.staging_bytes);  // one chunk
-    std::vector<const char*> src(static_cast<size_t>(s.size));
     bool all_shared = true;
     for (int p = 0; p < s.size; ++p) all_shared = all_shared && s.desc(p).segment >= 0;
-    if (all_shared && !small) {
+    if (all_shared) {
       // Every source is complete from the start: no lock-step per chunk. Each rank reduces its slice of every
       // chunk in turn, announcing its progress, and copies a chunk's other slices as soon as their owners have
       // reduced them (while they are likely still in the cache); one barrier at the end.
@@ -603,15 +637,6 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
         s.arrive();
       }
       for (int p = 0; p < s.size; ++p) src[static_cast<size_t>(p)] = s.source(p, off, elem);
-      if (small) {
-        // Every rank reduces everything, into its tensor when that is private, else into its staging area (which
-        // no peer reads when the tensor is shared) and copies it back once every peer has read the sources.
-        char* out = staged ? data : s.staging(s.rank);
-        reduce(t.scalar_type(), out, src, m, op, s.size);
-        s.arrive();
-        if (!staged) std::memcpy(data, out, static_cast<size_t>(m * elem));
-        continue;
-      }
       // Reduce-scatter: this rank's slice of every source, into its own source (where peers will read it).
       const auto [lo, hi] = s.slice(s.rank, m);
       std::vector<const char*> part(src);
@@ -636,7 +661,8 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
 void ShmGroup::broadcast(const torch::Tensor& t, int root, std::chrono::milliseconds timeout) {
   auto& s = *impl_;
   STRIDE_CHECK(root >= 0 && root < s.size, "broadcast root ", root, " of ", s.size, " ranks");
-  s.run("broadcast", timeout, false, [&] {
+  s.run("broadcast", timeout, false, [&](bool pending) {
+    if (pending) s.arrive();
     const int64_t n = t.numel();
     const int64_t elem = static_cast<int64_t>(t.element_size());
     char* data = static_cast<char*>(t.data_ptr());
@@ -665,16 +691,27 @@ void ShmGroup::allgather(const torch::Tensor& in, const torch::Tensor& out, std:
   auto& s = *impl_;
   STRIDE_CHECK_EQ(out.numel(), in.numel() * s.size, "allgather output size");
   STRIDE_CHECK(in.scalar_type() == out.scalar_type(), "allgather dtypes differ");
-  s.run("allgather", timeout, caller_waits, [&] {
+  s.run("allgather", timeout, caller_waits, [&](bool pending) {
     const int64_t n = in.numel();
     const int64_t elem = static_cast<int64_t>(in.element_size());
     const char* data = static_cast<const char*>(in.data_ptr());
     char* dst = static_cast<char*>(out.data_ptr());
     s.publish(Desc{kAllgather, static_cast<int32_t>(in.scalar_type()), 0, 0, n, -1, 0});
     const int64_t cap = s.cap(elem);
-    if (n > 0) std::memcpy(s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
+    const bool small = n * elem <= s.half();
+    if (pending && !small) s.arrive();
+    if (n > 0) {
+      std::memcpy(small ? s.slot(s.rank) : s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));
+    }
     s.arrive();
     s.validate();
+    if (small) {  // the output is private: no closing rendezvous
+      for (int p = 0; p < s.size; ++p) {
+        if (n > 0) std::memcpy(dst + p * n * elem, s.slot(p), static_cast<size_t>(n * elem));
+      }
+      s.readers_pending = true;
+      return;
+    }
     for (int64_t off = 0; off < n; off += cap) {
       const int64_t m = std::min(cap, n - off);
       if (off > 0) {
@@ -691,7 +728,7 @@ void ShmGroup::allgather(const torch::Tensor& in, const torch::Tensor& out, std:
 
 void ShmGroup::barrier(std::chrono::milliseconds timeout) {
   auto& s = *impl_;
-  s.run("barrier", timeout, false, [&] {
+  s.run("barrier", timeout, false, [&](bool) {
     s.publish(Desc{kBarrier, 0, 0, 0, 0, -1, 0});
     s.arrive();
     s.validate();

@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "comm/shm/shm_group.h"
@@ -205,6 +206,46 @@ TEST(ShmGroup, BroadcastAndAllgatherFromEveryRootAndInChunks) {
         g.allgather(flags, all, 10s);
         if (!all[0].item<bool>() || all[1].item<bool>() || !all[2].item<bool>()) throw Error("bool allgather");
         g.barrier(10s);
+      },
+      options));
+}
+
+TEST(ShmGroup, LongMixedSequencesOfSmallAndChunkedCollectivesStayCorrect) {
+  // Small allgathers and allreduces skip their closing rendezvous and alternate between two staging slots; the
+  // chunked collectives that follow them must wait for readers first. A random (but identical on every rank)
+  // sequence with a 1 KiB staging area exercises every transition, with ranks drifting apart in between.
+  comm::ShmOptions options;
+  options.staging_bytes = 1024;
+  options.spin = std::chrono::microseconds(0);  // sleep at once: the ranks interleave as unevenly as possible
+  expect_ok(run_ranks(
+      3,
+      [&](ShmGroup& g, int rank) {
+        std::mt19937 sequence(42), jitter(static_cast<unsigned>(rank));
+        auto shared = g.alloc(5000, torch::kFloat);
+        for (int i = 0; i < 300; ++i) {
+          const int kind = static_cast<int>(sequence() % 5);
+          const int64_t n = kind < 2 ? 1 + sequence() % 100 : 100 + sequence() % 1000;
+          if (jitter() % 4 == 0) std::this_thread::yield();
+          if (kind == 0 || kind == 2) {  // allgather: small (1-100 x 4 bytes) or chunked
+            auto in = input(n, rank + i, torch::kFloat);
+            auto out = torch::empty({3 * n});
+            g.allgather(in, out, 10s);
+            for (int p = 0; p < 3; ++p) {
+              if (!torch::equal(out.narrow(0, p * n, n), input(n, p + i, torch::kFloat)))
+                throw Error(concat("step ", i));
+            }
+          } else if (kind == 1 || kind == 3) {  // allreduce of a private tensor: small or chunked
+            auto t = input(n, rank, torch::kFloat) + i;
+            g.allreduce(t, ReduceOp::kSum, 10s);
+            if (!torch::equal(t, reference(n, 3, torch::kFloat, ReduceOp::kSum) + 3 * i))
+              throw Error(concat("step ", i));
+          } else {  // allreduce of a shared buffer (pipelined)
+            auto part = shared.narrow(0, 0, n);
+            part.copy_(input(n, rank, torch::kFloat));
+            g.allreduce(part, ReduceOp::kMax, 10s);
+            if (!torch::equal(part, reference(n, 3, torch::kFloat, ReduceOp::kMax))) throw Error(concat("step ", i));
+          }
+        }
       },
       options));
 }
