@@ -75,6 +75,20 @@ void channel_sums(const torch::Tensor& x, const torch::Tensor& dy, double* s1, d
   });
 }
 
+// sum(term(k)) for k in [0, hw), in kLanes independent accumulators.
+template <typename T, typename Term>
+T lane_sum(int64_t hw, Term term) {
+  T l[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= hw; k += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) l[j] += term(k + j);
+  }
+  T r = 0;
+  for (; k < hw; ++k) r += term(k);
+  for (int64_t j = 0; j < kLanes; ++j) r += l[j];
+  return r;
+}
+
 // Per channel: mean and M2 = sum((x - mean)^2), two passes (the one-pass sum of squares loses precision).
 template <typename T>
 void channel_moments(const torch::Tensor& x, double* mean, double* m2) {
@@ -86,33 +100,14 @@ void channel_moments(const torch::Tensor& x, double* mean, double* m2) {
       double sum = 0;
       for (int64_t i = 0; i < n; ++i) {
         const T* xr = px + (i * c + ch) * hw;
-        T l[kLanes] = {};
-        int64_t k = 0;
-        for (; k + kLanes <= hw; k += kLanes) {
-          for (int64_t j = 0; j < kLanes; ++j) l[j] += xr[k + j];
-        }
-        T r = 0;
-        for (; k < hw; ++k) r += xr[k];
-        for (int64_t j = 0; j < kLanes; ++j) r += l[j];
-        sum += r;
+        sum += lane_sum<T>(hw, [xr](int64_t k) { return xr[k]; });
       }
       const double mu = count > 0 ? sum / count : 0.0;
       const T m = static_cast<T>(mu);
       double acc = 0;
       for (int64_t i = 0; i < n; ++i) {
         const T* xr = px + (i * c + ch) * hw;
-        T l[kLanes] = {};
-        int64_t k = 0;
-        for (; k + kLanes <= hw; k += kLanes) {
-          for (int64_t j = 0; j < kLanes; ++j) {
-            const T d = xr[k + j] - m;
-            l[j] += d * d;
-          }
-        }
-        T r = 0;
-        for (; k < hw; ++k) r += (xr[k] - m) * (xr[k] - m);
-        for (int64_t j = 0; j < kLanes; ++j) r += l[j];
-        acc += r;
+        acc += lane_sum<T>(hw, [xr, m](int64_t k) { return (xr[k] - m) * (xr[k] - m); });
       }
       mean[ch] = mu;
       m2[ch] = acc;

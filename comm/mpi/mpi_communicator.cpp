@@ -48,8 +48,8 @@ struct MpiCommunicator::Impl {
   std::unique_ptr<ShmGroup> caller_shm;  // the blocking forms' own channel, used on the calling thread
   std::mutex caller_mu;
   std::atomic<bool> use_shm{true};  // measurement switch (set_shm_enabled)
-  bool shm_for(torch::ScalarType dtype) const { return shm && use_shm.load() && ShmGroup::supports(dtype); }
-  std::string shm_note;
+  bool shm_active() const { return shm && use_shm.load(); }
+  bool shm_for(torch::ScalarType dtype) const { return shm_active() && ShmGroup::supports(dtype); }
 
   // Every rank's string, in rank order (the shared-memory group's bootstrap).
   std::vector<std::string> allgather_strings(const std::string& mine) const {
@@ -78,11 +78,7 @@ struct MpiCommunicator::Impl {
     const bool disabled = env && std::string(env) == "0";
     int want = local_size == size && !disabled ? 1 : 0, all = 0;
     check(MPI_Allreduce(&want, &all, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
-    if (!all) {
-      shm_note = local_size != size ? "the ranks span several hosts" : "STRIDE_SHM=0";
-      if (!disabled && local_size == size) shm_note = "STRIDE_SHM=0 on another rank";
-      return;
-    }
+    if (!all) return;  // the ranks span several hosts, or STRIDE_SHM=0 on some rank
     ShmOptions options;
     if (const char* us = std::getenv("STRIDE_SHM_SPIN_US")) options.spin = std::chrono::microseconds(std::atoi(us));
     if (const char* kb = std::getenv("STRIDE_SHM_STAGING_KB")) options.staging_bytes = int64_t{1024} * std::atoi(kb);
@@ -93,9 +89,8 @@ struct MpiCommunicator::Impl {
       const ShmBootstrap bootstrap{rank, size, [this](const std::string& s) { return allgather_strings(s); }};
       shm = std::make_unique<ShmGroup>(bootstrap, options);
       caller_shm = std::make_unique<ShmGroup>(bootstrap, options);
-    } catch (const Error& e) {  // agreed: every rank failed the same step
+    } catch (const Error&) {  // agreed: every rank failed the same step and uses MPI
       shm.reset();
-      shm_note = e.what();
     }
   }
 
@@ -264,7 +259,7 @@ WorkPtr MpiCommunicator::allreduce(torch::Tensor t, ReduceOp op) {
   if (op == ReduceOp::kAvg && !t.is_floating_point()) {
     throw Error(concat("allreduce avg on ", describe(), ": needs a floating-point tensor, got ", t.scalar_type()));
   }
-  if (impl_->shm_for(t.scalar_type()) && ShmGroup::supports(t.scalar_type(), op)) {
+  if (impl_->shm_active() && ShmGroup::supports(t.scalar_type(), op)) {
     return submit(concat("shared-memory allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
                   [impl = impl_, t, op, limit = timeout()] { impl->shm->allreduce(t, op, limit); });
   }
@@ -314,7 +309,7 @@ WorkPtr MpiCommunicator::allgather(torch::Tensor in, torch::Tensor out) {
 }
 
 WorkPtr MpiCommunicator::barrier() {
-  if (impl_->shm_for(torch::kByte)) {
+  if (impl_->shm_active()) {
     return submit("shared-memory barrier", [impl = impl_, limit = timeout()] { impl->shm->barrier(limit); });
   }
   return submit("MPI_Barrier", [impl = impl_] { impl->check(MPI_Barrier(impl->comm), "MPI_Barrier"); });
@@ -325,7 +320,7 @@ WorkPtr MpiCommunicator::barrier() {
 // sleeping.
 void MpiCommunicator::allreduce_now(torch::Tensor t, ReduceOp op) {
   check_tensor("allreduce", t);
-  if (!t.device().is_cpu() || !impl_->shm_for(t.scalar_type()) || !ShmGroup::supports(t.scalar_type(), op)) {
+  if (!t.device().is_cpu() || !impl_->shm_active() || !ShmGroup::supports(t.scalar_type(), op)) {
     allreduce(t, op)->wait();
     return;
   }
@@ -366,14 +361,12 @@ torch::Tensor MpiCommunicator::alloc_buffer(int64_t numel, const torch::TensorOp
   return out;
 }
 
-std::string MpiCommunicator::transport() const { return impl_->shm_for(torch::kByte) ? "shm" : "mpi"; }
+std::string MpiCommunicator::transport() const { return impl_->shm_active() ? "shm" : "mpi"; }
 
 bool MpiCommunicator::set_shm_enabled(bool enabled) {
   impl_->use_shm = enabled;
-  return impl_->shm_for(torch::kByte);
+  return impl_->shm_active();
 }
-
-std::string MpiCommunicator::shm_note() const { return impl_->shm_note; }
 
 void MpiCommunicator::run_on_owner(std::function<void()> fn) {
   std::promise<void> done;

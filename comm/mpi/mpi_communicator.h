@@ -43,8 +43,6 @@ class MpiCommunicator : public Communicator {
   void allgather_now(torch::Tensor input, torch::Tensor output) override;
   torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options) override;
   std::string transport() const override;
-  // Why collectives do not use shared memory ("" when they do, or with one rank).
-  std::string shm_note() const;
   // Measurement switch: route collectives through MPI (false) or shared memory (true, the default where
   // available). Every rank must flip it at the same point of its collective sequence. Returns whether shared
   // memory is in use afterwards.

@@ -1,7 +1,7 @@
 #include "comm/shm/shm_group.h"
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include "comm/shm/reduce_kernels.h"
+
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <signal.h>
@@ -24,13 +24,11 @@ namespace stride::comm {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using shm_kernels::reduce;
 
 constexpr uint64_t kMagic = 0x3148534544495254ULL;  // "TRIDESH1"
 constexpr int64_t kHeaderBytes = 4096;              // every segment: one header page, then the data
 constexpr int64_t kControlOffset = 256;             // where a control segment's Control sits in its header page
-// Up to this size every rank reduces the whole tensor itself: twice the reads of the split algorithm, one
-// rendezvous fewer (a rendezvous where a rank sleeps costs more than reading a megabyte again).
-constexpr int64_t kSmallBytes = int64_t{1} << 20;
 
 enum Kind : int32_t { kAllreduce = 1, kBroadcast = 2, kAllgather = 3, kBarrier = 4 };
 
@@ -156,81 +154,6 @@ inline void cpu_relax() {
 
 long futex(std::atomic<uint32_t>* word, int op, uint32_t value, const timespec* timeout = nullptr) {
   return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, value, timeout, nullptr, 0);
-}
-
-// ---- reduction kernels: dst[i] = op(src_0[i], ..., src_{P-1}[i]) (x scale); dst may be one of the sources ----
-
-// One block; M > 0 makes the length a compile-time constant, which is what lets GCC vectorize these loops at -O2
-// (its cheap cost model does not vectorize loops that need a remainder loop).
-template <int64_t M, typename T, typename A, typename F>
-inline void reduce_block(T* d, const std::vector<const char*>& src, int64_t b, int64_t m, F f, A scale, bool scaled,
-                         A* acc) {
-  const int64_t len = M > 0 ? M : m;
-  const T* s0 = reinterpret_cast<const T*>(src[0]) + b;
-  for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(s0[i]);
-  for (size_t p = 1; p < src.size(); ++p) {
-    const T* s = reinterpret_cast<const T*>(src[p]) + b;
-    for (int64_t i = 0; i < len; ++i) acc[i] = f(acc[i], static_cast<A>(s[i]));
-  }
-  if (scaled) {
-    for (int64_t i = 0; i < len; ++i) acc[i] *= scale;
-  }
-  for (int64_t i = 0; i < len; ++i) d[b + i] = static_cast<T>(acc[i]);
-}
-
-template <typename T, typename A, typename F>
-void reduce_typed(char* dst, const std::vector<const char*>& src, int64_t n, F f, A scale, bool scaled) {
-  constexpr int64_t kBlock = 1024;
-  alignas(64) A acc[kBlock];
-  T* d = reinterpret_cast<T*>(dst);
-  int64_t b = 0;
-  for (; b + kBlock <= n; b += kBlock) reduce_block<kBlock>(d, src, b, kBlock, f, scale, scaled, acc);
-  if (b < n) reduce_block<0>(d, src, b, n - b, f, scale, scaled, acc);
-}
-
-template <typename T, typename A>
-void reduce_op(char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
-  switch (op) {
-    case ReduceOp::kSum:
-    case ReduceOp::kAvg:
-      reduce_typed<T, A>(
-          dst, src, n, [](A a, A b) -> A { return static_cast<A>(a + b); }, static_cast<A>(1) / static_cast<A>(size),
-          op == ReduceOp::kAvg);
-      return;
-    case ReduceOp::kMax:
-      reduce_typed<T, A>(
-          dst, src, n, [](A a, A b) -> A { return a < b ? b : a; }, A{}, false);
-      return;
-    case ReduceOp::kMin:
-      reduce_typed<T, A>(
-          dst, src, n, [](A a, A b) -> A { return b < a ? b : a; }, A{}, false);
-      return;
-  }
-}
-
-void reduce(torch::ScalarType dtype, char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
-  switch (dtype) {
-    case torch::kFloat:
-      return reduce_op<float, float>(dst, src, n, op, size);
-    case torch::kDouble:
-      return reduce_op<double, double>(dst, src, n, op, size);
-    case torch::kHalf:
-      return reduce_op<c10::Half, float>(dst, src, n, op, size);
-    case torch::kBFloat16:
-      return reduce_op<c10::BFloat16, float>(dst, src, n, op, size);
-    case torch::kLong:
-      return reduce_op<int64_t, int64_t>(dst, src, n, op, size);
-    case torch::kInt:
-      return reduce_op<int32_t, int32_t>(dst, src, n, op, size);
-    case torch::kShort:
-      return reduce_op<int16_t, int16_t>(dst, src, n, op, size);
-    case torch::kChar:
-      return reduce_op<int8_t, int8_t>(dst, src, n, op, size);
-    case torch::kByte:
-      return reduce_op<uint8_t, uint8_t>(dst, src, n, op, size);
-    default:
-      throw Error(concat("shared-memory reduction of ", dtype, " is not supported"));
-  }
 }
 
 const char* kind_name(int32_t kind) {
@@ -506,9 +429,6 @@ ShmGroup::ShmGroup(ShmBootstrap bootstrap, ShmOptions options) : impl_(std::make
 
 ShmGroup::~ShmGroup() = default;
 
-int ShmGroup::rank() const { return impl_->rank; }
-int ShmGroup::size() const { return impl_->size; }
-
 bool ShmGroup::supports(torch::ScalarType dtype) {
   switch (dtype) {
     case torch::kFloat:
@@ -556,7 +476,9 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
         Desc{kAllreduce, static_cast<int32_t>(t.scalar_type()), static_cast<int32_t>(op), -1, n, segment, offset});
     const int64_t cap = s.cap(elem);
     const bool staged = segment < 0;
-    const bool small = n * elem <= std::min(kSmallBytes, s.half());  // one staging slot
+    // Up to one staging slot every rank reduces the whole tensor itself: twice the reads of the split algorithm,
+    // and one or two rendezvous fewer (a rendezvous where a rank sleeps costs more than the reads).
+    const bool small = n * elem <= s.half();
     if (pending && !small) s.arrive();
     if (staged && n > 0) {
       std::memcpy(small ? s.slot(s.rank) : s.staging(s.rank), data, static_cast<size_t>(std::min(cap, n) * elem));

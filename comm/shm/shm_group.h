@@ -78,9 +78,6 @@ class ShmGroup {
                  bool caller_waits = false);
   void barrier(std::chrono::milliseconds timeout);
 
-  int rank() const;
-  int size() const;
-
   struct Impl;
 
  private:
