@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "comm/shm/shm_group.h"
@@ -292,6 +293,41 @@ TEST(ShmGroup, APeerThatNeverArrivesTimesOutNamingItAndBreaksTheGroup) {
 TEST(ShmGroup, AllocationsOfDifferentSizesFailOnEveryRank) {
   const auto errors = run_ranks(2, [&](ShmGroup& g, int rank) { g.alloc(rank == 0 ? 100 : 200, torch::kFloat); });
   for (const auto& e : errors) EXPECT_NE(e.find("the ranks disagree on the buffers"), std::string::npos) << e;
+}
+
+TEST(ShmGroup, ASegmentThatIsNotWhatItsOwnerAnnouncedFailsSetupOnEveryRank) {
+  // Rank 1's announcement carries a wrong nonce (as when /proc/PID/fd/FD names another process's file, in a
+  // different pid namespace): rank 0 must refuse the mapping, and every rank must fail the setup together (the
+  // caller then falls back to MPI on all of them).
+  ThreadExchange exchange(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      int calls = 0;
+      auto tampered = [&exchange, &calls, r](const std::string& s) {
+        auto all = exchange.allgather(r, s);
+        if (calls++ == 0) {  // "pid fd nonce bytes": change rank 1's nonce
+          std::istringstream in(all[1]);
+          std::string pid, fd, nonce, bytes;
+          in >> pid >> fd >> nonce >> bytes;
+          all[1] = concat(pid, " ", fd, " ", std::stoull(nonce) ^ 1, " ", bytes);
+        }
+        return all;
+      };
+      try {
+        ShmGroup g(comm::ShmBootstrap{r, 2, tampered});
+        errors[static_cast<size_t>(r)] = "no error";
+      } catch (const Error& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors) {
+    EXPECT_NE(e.find("shared memory setup failed on rank 0"), std::string::npos) << e;
+    EXPECT_NE(e.find("is not the segment rank 1 announced"), std::string::npos) << e;
+  }
 }
 
 TEST(ShmGroup, SupportsWhatItCanReduce) {
