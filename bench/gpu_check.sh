@@ -15,7 +15,11 @@
 # build needs neither MPI nor Boost (on the H100 image of 2026-11-27 CMake did find an Open MPI there and built the
 # MPI communicator too). Measured there: configure 15 s, build 128 s (16 cores), whole `run` 200 s. Knobs for `run`: STRIDE_GPU_BUILD (build directory, default
 # /tmp/stride-gpu-build), STEPS (timed steps per benchmark, default 40), ROUNDS (alternations, default 2),
-# BATCH (default 256), TRAIN_EPOCHS (default 1; 0 skips the training run), OTHER_TESTS_TIMEOUT (seconds for the non-GPU unit tests afterwards, default 90; 0 skips).
+# BATCH (default 256), GPU_TESTS (default 1; 0 skips the GPU unit tests), ROUNDS=0 skips
+# the GPU benchmarks, TRAIN_EPOCHS (default 1; 0 skips the training run), MPI_CHECK_TIMEOUT (seconds for the MPI
+# suites and the 2-rank CPU step benchmarks, where an MPI was found, default 300; 0 skips; MPI_TESTS=0 skips the
+# suites, DP_MODELS, DP_VARIANTS and DP_ROUNDS choose the benchmarks), TARGETS (what to build, default
+# "stride stride_unit_tests"), OTHER_TESTS_TIMEOUT (seconds for the non-GPU unit tests afterwards, default 90; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -152,7 +156,13 @@ EOF
   echo "configure: $((SECONDS - t0)) s"
 
   echo "== build"
-  if ! cmake --build "$build" -j"$(nproc)" --target stride stride_unit_tests -- -k 0; then
+  local targets=(${TARGETS:-stride stride_unit_tests})
+  # The MPI tests too, where CMake found an MPI on this machine.
+  # (Not `| grep -q`: under pipefail, grep exiting at the first match fails the pipeline with ninja's SIGPIPE.)
+  if [[ $(ninja -C "$build" -t targets all 2>/dev/null) == *$'\n'stride_mpi_tests:* ]]; then
+    targets+=(stride_mpi_tests)
+  fi
+  if ! cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" -- -k 0; then
     # Keep the AMP measurement possible when only the NCCL communicator fails to build.
     echo "== build with NCCL failed; building without it"
     cmake "$build" -DSTRIDE_WITH_NCCL=OFF
@@ -161,17 +171,20 @@ EOF
   echo "build done: $((SECONDS - t0)) s"
   "$build/stride" version || true
 
-  echo "== GPU unit tests"
   local tests_rc=0
-  "$build/tests/stride_unit_tests" --gtest_filter='Gpu.*:Amp.*' --gtest_output="xml:$OUT/gpu_tests.xml" ||
-    tests_rc=$?
-  echo "GPU tests rc=$tests_rc: $((SECONDS - t0)) s"
+  if ((${GPU_TESTS:-1})); then
+    echo "== GPU unit tests"
+    "$build/tests/stride_unit_tests" --gtest_filter='Gpu.*:Amp.*' --gtest_output="xml:$OUT/gpu_tests.xml" ||
+      tests_rc=$?
+    echo "GPU tests rc=$tests_rc: $((SECONDS - t0)) s"
+  fi
 
+  if ((rounds > 0)); then
   echo "== resnet50 training step, batch $batch, 224x224, AMP fp16, channels-last"
   local args=(--model resnet50 --batch-size "$batch" --image-size 224 --device cuda --amp --channels-last
     --warmup 10 --steps "$steps")
   : >"$OUT/step_results.jsonl"
-  for r in $(seq 1 "$rounds"); do
+  for ((r = 1; r <= rounds; r++)); do
     "$build/stride" bench step "${args[@]}" | tee -a "$OUT/step_results.jsonl" || echo "stride bench rc=$?"
     python3 bench/torch_train_step.py "${args[@]}" | tee -a "$OUT/step_results.jsonl" || echo "torch bench rc=$?"
   done
@@ -188,6 +201,7 @@ print(f"pytorch img/s: {', '.join(f'{x:.0f}' for x in p)}  (median {statistics.m
 print(f"stride/pytorch per round: {', '.join(f'{x:.3f}' for x in ratios)}  median {statistics.median(ratios):.3f}")
 EOF
   echo "benchmarks done: $((SECONDS - t0)) s"
+  fi
 
   local epochs=${TRAIN_EPOCHS:-1}
   if ((epochs > 0)) && [[ -d $DEPS/fashion-mnist ]]; then
@@ -201,6 +215,11 @@ EOF
     echo "train: $((SECONDS - t1)) s"
   fi
 
+  local mpi_timeout=${MPI_CHECK_TIMEOUT:-300}
+  if ((mpi_timeout > 0)) && [[ -x $build/tests/stride_mpi_tests || ${MPI_TESTS:-1} == 0 ]]; then
+    timeout "$mpi_timeout" bash "$ROOT/bench/gpu_check.sh" mpi "$build" || echo "MPI check rc=$?"
+  fi
+
   local other=${OTHER_TESTS_TIMEOUT:-90}
   if ((other > 0)); then
     echo "== other unit tests (CPU; informational, at most ${other} s)"
@@ -211,9 +230,40 @@ EOF
   return "$tests_rc"
 }
 
+# The CPU data-parallel path on this (larger, quieter) host: the MPI suites over shared memory and over Open MPI,
+# the peer-killed test, and the interleaved 2-rank x 1-thread step benchmarks of docs/benchmarks.md.
+mpi_check() {
+  local build=$1
+  local t0=$SECONDS
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+  echo "== MPI: $(mpirun --version 2>&1 | head -1); usable CPUs: $(env -u OMP_NUM_THREADS nproc)"
+  if ((${MPI_TESTS:-1})); then
+    ctest --test-dir "$build" -R '^mpi[.](np2|np3|np2_no_shm|np2_shm_spin|peer_killed)$' --output-on-failure \
+      --timeout 120 || echo "MPI tests rc=$?"
+    echo "MPI tests: $((SECONDS - t0)) s"
+  fi
+  local rounds=${DP_ROUNDS:-6}
+  local run=(mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$build/stride" bench step --threads 1
+    --interleave "${DP_VARIANTS:-default,no-comm,no-overlap,mpi,sync-bn,shm-sleep}" --rounds "$rounds")
+  local model
+  for model in ${DP_MODELS:-resnet50 resnet20}; do
+    echo "== interleaved step benchmark, $model, 2 ranks x 1 thread"
+    if [[ $model == resnet20 ]]; then
+      "${run[@]}" --model resnet20 --batch-size 64 --image-size 28 --in-channels 1 --num-classes 10 --steps 20
+    else
+      "${run[@]}" --model "$model" --batch-size 16 --image-size 64 --num-classes 100 --steps 4
+    fi | tee "$OUT/dp_$model.json" || echo "$model bench rc=$?"
+  done
+  echo "MPI check: $((SECONDS - t0)) s"
+}
+
 case "${1:-}" in
   pack) pack ;;
   run) run ;;
+  mpi)
+    OUT=${OUT:-$ROOT/gpu-check-out}
+    mpi_check "$2"
+    ;;
   *)
     echo "usage: bash bench/gpu_check.sh pack|run" >&2
     exit 2

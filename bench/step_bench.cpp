@@ -92,19 +92,30 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
   std::vector<std::string> variants;
   std::stringstream list(a.interleave);
   for (std::string v; std::getline(list, v, ',');) {
-    if (v != "default" && v != "no-comm" && v != "no-overlap" && v != "mpi" && v != "sync-bn") {
-      throw UsageError(concat("--interleave: unknown variant '", v, "' (default, no-comm, no-overlap, mpi, sync-bn)"));
+    if (v != "default" && v != "no-comm" && v != "no-overlap" && v != "mpi" && v != "sync-bn" && v != "shm-spin" &&
+        v != "shm-sleep") {
+      throw UsageError(concat("--interleave: unknown variant '", v,
+                              "' (default, no-comm, no-overlap, mpi, sync-bn, shm-spin, shm-sleep)"));
     }
     variants.push_back(v);
   }
 #ifdef STRIDE_WITH_MPI
   auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get());
-  if (std::count(variants.begin(), variants.end(), "mpi") && (!mpi || !mpi->set_shm_enabled(true))) {
-    throw UsageError("--interleave mpi: collectives do not use shared memory here (one host, STRIDE_SHM unset)");
+  const bool shm_variants = std::any_of(variants.begin(), variants.end(), [](const std::string& v) {
+    return v == "mpi" || v == "shm-spin" || v == "shm-sleep";
+  });
+  if (shm_variants && (!mpi || !mpi->set_shm_enabled(true))) {
+    throw UsageError(concat("--interleave ", a.interleave,
+                            ": collectives do not use shared memory here (needs one host and STRIDE_SHM unset)"));
   }
+  const std::string default_wait = mpi ? mpi->shm_wait() : "";
 #else
   comm::Communicator* mpi = nullptr;
-  if (std::count(variants.begin(), variants.end(), "mpi")) throw UsageError("--interleave mpi: built without MPI");
+  const std::string default_wait;
+  for (const char* v : {"mpi", "shm-spin", "shm-sleep"}) {
+    if (std::count(variants.begin(), variants.end(), v))
+      throw UsageError(concat("--interleave ", v, ": built without MPI"));
+  }
 #endif
   const int world = comm->size();
   std::map<std::string, std::vector<double>> ips, comm_ms, exposed_ms;
@@ -114,7 +125,10 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
       reducer.set_skip_communication(v == "no-comm");
       comm::convert_sync_batchnorm(model, v == "sync-bn" ? comm : nullptr);
 #ifdef STRIDE_WITH_MPI
-      if (mpi) mpi->set_shm_enabled(v != "mpi");
+      if (mpi) {
+        mpi->set_shm_enabled(v != "mpi");
+        if (!default_wait.empty()) mpi->set_shm_wait(v == "shm-spin" || (v != "shm-sleep" && default_wait == "spin"));
+      }
 #endif
       step();  // one untimed step in the new mode
       reducer.reset_stats();
@@ -135,6 +149,12 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
       {"impl", "stride"},           {"bench", "step-interleaved"},         {"model", a.model}, {"batch", a.batch},
       {"image_size", a.image_size}, {"threads", torch::get_num_threads()}, {"ranks", world},   {"block_steps", a.steps},
       {"rounds", a.rounds},         {"transport", comm->transport()}};
+#ifdef STRIDE_WITH_MPI
+  if (mpi) {
+    mpi->set_shm_wait(default_wait == "spin");
+    out["shm_wait"] = mpi->shm_wait();
+  }
+#endif
   for (const auto& v : variants) {
     out["variants"][v] = {{"images_per_s", median(ips[v])},
                           {"blocks", ips[v]},
@@ -150,6 +170,11 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
   if (has("default") && has("no-comm")) out["ratios"]["communication_efficiency"] = paired("default", "no-comm");
   if (has("default") && has("no-overlap")) out["ratios"]["overlap_on_over_off"] = paired("default", "no-overlap");
   if (has("default") && has("mpi")) out["ratios"]["shm_over_mpi"] = paired("default", "mpi");
+  // Spinning against sleeping waiters: shm-spin, or default where the host made default spin.
+  const char* spin_variant = has("shm-spin")                            ? "shm-spin"
+                             : default_wait == "spin" && has("default") ? "default"
+                                                                        : nullptr;
+  if (spin_variant && has("shm-sleep")) out["ratios"]["shm_spin_over_sleep"] = paired(spin_variant, "shm-sleep");
   if (has("default") && has("sync-bn")) out["ratios"]["sync_bn_step_time_cost"] = paired("default", "sync-bn") - 1.0;
   if (has("default")) {
     const double c = median(comm_ms["default"]), e = median(exposed_ms["default"]);
@@ -162,6 +187,8 @@ void run_step_bench(const StepArgs& a) {
   if (a.device != "cpu" && a.device != "cuda") throw UsageError(concat("--device must be cpu or cuda, not ", a.device));
   comm::CommOptions co;
   co.backend = a.comm_backend;
+  // Before the communicator: it reads the thread count to decide how its ranks wait (comm/shm/host_cpus.h).
+  if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
   auto comm = comm::create_communicator(co);
   const int world = comm->size();
   const torch::Device device = a.device == "cuda"
@@ -169,7 +196,6 @@ void run_step_bench(const StepArgs& a) {
                                    : torch::Device(torch::kCPU);
   if (device.is_cuda() && !torch::cuda::is_available()) throw Error("--device cuda: no CUDA device is available");
   const torch::ScalarType amp_dtype = trainer::parse_amp_dtype(a.amp_dtype);
-  if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
   // torchvision's reference train.py turns cuDNN's autotuner on; torch_train_step.py does the same.
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
 
@@ -294,7 +320,7 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_option("--grad-compression", a->grad_compression, "none | fp16 | bf16")->capture_default_str();
   cmd->add_option("--interleave", a->interleave,
                   "Measure variants in alternating blocks of --steps steps within this run: a comma-separated "
-                  "subset of default,no-comm,no-overlap,mpi,sync-bn (needs several ranks)");
+                  "subset of default,no-comm,no-overlap,mpi,sync-bn,shm-spin,shm-sleep (needs several ranks)");
   cmd->add_option("--rounds", a->rounds, "Rounds of blocks for --interleave")->capture_default_str();
   cmd->callback([a] { run_step_bench(*a); });
 }

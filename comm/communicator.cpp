@@ -165,7 +165,7 @@ std::shared_ptr<Communicator> create_communicator(const CommOptions& options) {
   } else if (backend == "mpi" || backend == "nccl") {
 #ifdef STRIDE_WITH_MPI
     check_slurm_launch();
-    comm = MpiCommunicator::create();
+    comm = MpiCommunicator::create(options.busy_threads);
 #else
     if (backend == "mpi" || launched_as_multiple_ranks()) {
       throw UsageError(concat("--comm-backend ", options.backend, ": this stride was built without Open MPI (built: ",

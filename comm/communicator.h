@@ -138,6 +138,10 @@ struct CommOptions {
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
   // Training on GPUs: auto picks nccl for several ranks when this build can (NCCL + a CUDA LibTorch).
   bool prefer_gpu = false;
+  // Threads each rank keeps busy besides communication (compute plus data-loading workers); 0: LibTorch's
+  // intra-op thread count when the communicator is made. Shared-memory collectives spin while waiting only when
+  // every local rank's busy threads and communication thread have a core (comm/shm/host_cpus.h).
+  int busy_threads = 0;
 };
 
 // The communicator for this process, chosen from the options and the environment (OMPI_COMM_WORLD_SIZE,

@@ -192,6 +192,9 @@ void Trainer::State::setup() {
   co.backend = c.comm_backend;
   co.prefer_gpu = cuda;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(c.comm_timeout * 1000.0));
+  if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
+  // Compute threads plus loader workers: whether the ranks leave cores idle decides how their collectives wait.
+  co.busy_threads = torch::get_num_threads() + static_cast<int>(c.workers);
   comm = comm::create_communicator(co);
   rank = static_cast<uint64_t>(comm->rank());
   world = static_cast<uint64_t>(comm->size());
@@ -207,7 +210,6 @@ void Trainer::State::setup() {
   if (c.sync_bn && world == 1) {
     std::fprintf(stderr, "stride: note: --sync-bn with one rank is plain BatchNorm\n");
   }
-  if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
   if (world > 1 && rank == 0) {
     const std::string transport = comm->transport();
     std::fprintf(stderr, "stride: %llu ranks over %s%s\n", static_cast<unsigned long long>(world),

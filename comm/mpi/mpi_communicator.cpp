@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <optional>
 
 #include "comm/owner_thread.h"
+#include "comm/shm/host_cpus.h"
 #include "comm/shm/shm_group.h"
 
 namespace stride::comm {
@@ -71,8 +73,9 @@ struct MpiCommunicator::Impl {
     return out;
   }
 
-  // Collective, on the owner thread: all ranks agree to use shared memory, or none does.
-  void setup_shm(int local_size) {
+  // Collective, on the owner thread: all ranks agree to use shared memory, or none does. `spare`: how the
+  // ranks wait (STRIDE_SHM_WAIT, or decided from `threads` compute threads per rank and this host's CPUs).
+  void setup_shm(int local_size, std::optional<bool> spare, int threads) {
     if (size < 2) return;
     const char* env = std::getenv("STRIDE_SHM");
     const bool disabled = env && std::string(env) == "0";
@@ -80,6 +83,7 @@ struct MpiCommunicator::Impl {
     check(MPI_Allreduce(&want, &all, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
     if (!all) return;  // the ranks span several hosts, or STRIDE_SHM=0 on some rank
     ShmOptions options;
+    options.spare_cores = spare.value_or(spare_cores(local_size, threads, usable_cpus()));
     if (const char* us = std::getenv("STRIDE_SHM_SPIN_US")) options.spin = std::chrono::microseconds(std::atoi(us));
     if (const char* kb = std::getenv("STRIDE_SHM_STAGING_KB")) options.staging_bytes = int64_t{1024} * std::atoi(kb);
     if (const char* us = std::getenv("STRIDE_SHM_CALLER_SPIN_US")) {
@@ -159,23 +163,41 @@ struct MpiCommunicator::Impl {
   }
 };
 
-std::shared_ptr<MpiCommunicator> MpiCommunicator::create() {
+std::shared_ptr<MpiCommunicator> MpiCommunicator::create(int busy_threads) {
   std::lock_guard<std::mutex> lock(g_mu);
   if (auto existing = g_instance.lock()) return existing;
   if (g_finalized) throw CommError("MPI was already finalized in this process; it cannot be initialised again");
-  auto comm = std::shared_ptr<MpiCommunicator>(new MpiCommunicator());
+  auto comm = std::shared_ptr<MpiCommunicator>(new MpiCommunicator(busy_threads));
   g_instance = comm;
   return comm;
 }
 
-MpiCommunicator::MpiCommunicator() : impl_(std::make_shared<Impl>()) {
+namespace {
+
+// STRIDE_SHM_WAIT: "spin" / "sleep" force how a waiting rank waits; "auto" (or unset) decides from the host.
+std::optional<bool> shm_wait_from_env() {
+  const char* env = std::getenv("STRIDE_SHM_WAIT");
+  const std::string v = env ? env : "auto";
+  if (v == "auto" || v.empty()) return std::nullopt;
+  if (v == "spin") return true;
+  if (v == "sleep") return false;
+  throw UsageError(concat("STRIDE_SHM_WAIT must be auto, spin or sleep, not '", v, "'"));
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl>()) {
+  // Read here, on the calling thread: the environment check fails before MPI starts, and the intra-op thread
+  // count is the caller's (set it before creating the communicator).
+  const std::optional<bool> spare = shm_wait_from_env();
+  const int threads = busy_threads > 0 ? busy_threads : at::get_num_threads();
   struct Setup {
     int rank = 0, size = 1, local_rank = 0;
     std::string host;
   };
   std::promise<Setup> promise;
   auto future = promise.get_future();
-  impl_->owner.post([impl = impl_, &promise] {
+  impl_->owner.post([impl = impl_, &promise, spare, threads] {
     try {
       int initialized = 0;
       MPI_Initialized(&initialized);
@@ -210,7 +232,7 @@ MpiCommunicator::MpiCommunicator() : impl_(std::make_shared<Impl>()) {
       MPI_Op_create(&sum_16<c10::Half>, 1, &impl->half_sum);
       MPI_Op_create(&sum_16<c10::BFloat16>, 1, &impl->bf16_sum);
       impl->size = s.size;
-      impl->setup_shm(local_size);
+      impl->setup_shm(local_size, spare, threads);
       promise.set_value(s);
     } catch (...) {
       promise.set_exception(std::current_exception());
@@ -366,6 +388,17 @@ std::string MpiCommunicator::transport() const { return impl_->shm_active() ? "s
 bool MpiCommunicator::set_shm_enabled(bool enabled) {
   impl_->use_shm = enabled;
   return impl_->shm_active();
+}
+
+std::string MpiCommunicator::shm_wait() const {
+  if (!impl_->shm) return "";
+  return impl_->shm->spare_cores() ? "spin" : "sleep";
+}
+
+void MpiCommunicator::set_shm_wait(bool spin) {
+  if (!impl_->shm) return;
+  impl_->shm->set_spare_cores(spin);
+  impl_->caller_shm->set_spare_cores(spin);
 }
 
 void MpiCommunicator::run_on_owner(std::function<void()> fn) {

@@ -26,7 +26,8 @@ namespace stride::comm {
 class MpiCommunicator : public Communicator {
  public:
   // Initialises MPI (once per process) on a new owner thread. Throws CommError when MPI_Init fails.
-  static std::shared_ptr<MpiCommunicator> create();
+  // `busy_threads`: CommOptions::busy_threads (used by the first call only).
+  static std::shared_ptr<MpiCommunicator> create(int busy_threads = 0);
   ~MpiCommunicator() override;
 
   int rank() const override { return rank_; }
@@ -47,13 +48,18 @@ class MpiCommunicator : public Communicator {
   // available). Every rank must flip it at the same point of its collective sequence. Returns whether shared
   // memory is in use afterwards.
   bool set_shm_enabled(bool enabled);
+  // How a rank waits for its peers in shared-memory collectives: "spin" (this host has a core for every local
+  // rank's compute threads plus its communication thread, or STRIDE_SHM_WAIT=spin), "sleep" (a short spin, then
+  // a futex), or "" without shared memory. set_shm_wait is a measurement switch, like set_shm_enabled.
+  std::string shm_wait() const;
+  void set_shm_wait(bool spin);
 
   // Runs `fn` on the owner thread (the only thread allowed to call MPI) and waits. For benchmarks that compare
   // with raw MPI calls on the same buffers.
   void run_on_owner(std::function<void()> fn);
 
  private:
-  MpiCommunicator();
+  explicit MpiCommunicator(int busy_threads);
   WorkPtr submit(std::string what, std::function<void()> fn);
   struct Impl;
   std::shared_ptr<Impl> impl_;

@@ -199,6 +199,7 @@ struct ShmGroup::Impl {
   const char* what = "";
   Clock::time_point deadline;
   std::chrono::microseconds spin{0};  // this collective's spin budget
+  std::atomic<bool> spare_cores{false};
 
   Control* ctl(int p) const { return control[static_cast<size_t>(p)]->control(); }
   char* staging(int p) const { return control[static_cast<size_t>(p)]->data(); }
@@ -286,8 +287,9 @@ struct ShmGroup::Impl {
       cpu_relax();
       if (done()) return;
       if (i % 64 == 0) {
-        const auto spun = Clock::now() - spin_start;
-        if (spun >= spin) break;
+        const auto now = Clock::now();
+        const auto spun = now - spin_start;
+        if (spun >= spin || now >= deadline) break;
         if (spun >= std::chrono::microseconds(10)) std::this_thread::yield();  // let a runnable thread have the core
       }
     }
@@ -355,7 +357,8 @@ struct ShmGroup::Impl {
     }
     what = name;
     deadline = Clock::now() + timeout;
-    spin = caller_waits ? opt.caller_spin : opt.spin;
+    spin =
+        spare_cores.load(std::memory_order_relaxed) ? opt.idle_host_spin : (caller_waits ? opt.caller_spin : opt.spin);
     const bool pending = readers_pending;
     readers_pending = false;
     try {
@@ -425,9 +428,13 @@ ShmGroup::ShmGroup(ShmBootstrap bootstrap, ShmOptions options) : impl_(std::make
   std::shared_ptr<Mapping> own;
   s.control = s.make_segments(0, s.opt.staging_bytes, own, "setup");
   s.control[static_cast<size_t>(s.rank)] = own;
+  s.spare_cores = s.opt.spare_cores;
 }
 
 ShmGroup::~ShmGroup() = default;
+
+void ShmGroup::set_spare_cores(bool spare) { impl_->spare_cores = spare; }
+bool ShmGroup::spare_cores() const { return impl_->spare_cores; }
 
 bool ShmGroup::supports(torch::ScalarType dtype) {
   switch (dtype) {

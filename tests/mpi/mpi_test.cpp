@@ -48,6 +48,30 @@ TEST(Mpi, TransportIsSharedMemoryOnOneHostUnlessTurnedOff) {
   EXPECT_EQ(c->transport(), env && std::string(env) == "0" ? "mpi" : "shm");
 }
 
+// STRIDE_SHM_WAIT forces how ranks wait (ctest runs the suite with "spin"); unset, it depends on the host.
+TEST(Mpi, ShmWaitFollowsTheEnvironmentAndCanBeFlipped) {
+  auto c = std::dynamic_pointer_cast<comm::MpiCommunicator>(world());
+  ASSERT_TRUE(c);
+  if (c->transport() != "shm") {
+    EXPECT_EQ(c->shm_wait(), "");
+    return;
+  }
+  const char* env = std::getenv("STRIDE_SHM_WAIT");
+  const std::string wanted = env ? env : "auto";
+  const std::string initial = c->shm_wait();
+  if (wanted != "auto") {
+    EXPECT_EQ(initial, wanted);
+  }
+  EXPECT_TRUE(initial == "spin" || initial == "sleep") << initial;
+  for (bool spin : {initial != "spin", initial == "spin"}) {
+    c->set_shm_wait(spin);
+    EXPECT_EQ(c->shm_wait(), spin ? "spin" : "sleep");
+    auto t = torch::full({300000}, static_cast<float>(c->rank() + 1));
+    c->allreduce(t, comm::ReduceOp::kSum)->wait();
+    EXPECT_EQ(t[299999].item<float>(), static_cast<float>(c->size() * (c->size() + 1) / 2));
+  }
+}
+
 TEST(Mpi, BuffersFromAllocBufferAreZeroedAndReduceInPlace) {
   auto c = world();
   const int64_t n = 1000003;

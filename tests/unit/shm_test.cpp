@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "comm/shm/host_cpus.h"
 #include "comm/shm/shm_group.h"
 
 namespace stride::testing {
@@ -211,13 +212,11 @@ TEST(ShmGroup, BroadcastAndAllgatherFromEveryRootAndInChunks) {
       options));
 }
 
-TEST(ShmGroup, LongMixedSequencesOfSmallAndChunkedCollectivesStayCorrect) {
-  // Small allgathers and allreduces skip their closing rendezvous and alternate between two staging slots; the
-  // chunked collectives that follow them must wait for readers first. A random (but identical on every rank)
-  // sequence with a 1 KiB staging area exercises every transition, with ranks drifting apart in between.
-  comm::ShmOptions options;
+// Small allgathers and allreduces skip their closing rendezvous and alternate between two staging slots; the
+// chunked collectives that follow them must wait for readers first. A random (but identical on every rank)
+// sequence with a 1 KiB staging area exercises every transition, with ranks drifting apart in between.
+void run_mixed_sequence(comm::ShmOptions options) {
   options.staging_bytes = 1024;
-  options.spin = std::chrono::microseconds(0);  // sleep at once: the ranks interleave as unevenly as possible
   expect_ok(run_ranks(
       3,
       [&](ShmGroup& g, int rank) {
@@ -246,6 +245,36 @@ TEST(ShmGroup, LongMixedSequencesOfSmallAndChunkedCollectivesStayCorrect) {
             g.allreduce(part, ReduceOp::kMax, 10s);
             if (!torch::equal(part, reference(n, 3, torch::kFloat, ReduceOp::kMax))) throw Error(concat("step ", i));
           }
+        }
+      },
+      options));
+}
+
+TEST(ShmGroup, LongMixedSequencesOfSmallAndChunkedCollectivesStayCorrect) {
+  comm::ShmOptions options;
+  options.spin = std::chrono::microseconds(0);  // sleep at once: the ranks interleave as unevenly as possible
+  run_mixed_sequence(options);
+}
+
+TEST(ShmGroup, LongMixedSequencesStayCorrectWhenWaitersSpin) {
+  comm::ShmOptions options;
+  options.spare_cores = true;  // as on a host with a core for every waiter: no futex sleep below 100 ms
+  run_mixed_sequence(options);
+}
+
+TEST(ShmGroup, TheWaitPolicyCanBeFlippedBetweenCollectives) {
+  comm::ShmOptions options;
+  options.spin = std::chrono::microseconds(0);
+  expect_ok(run_ranks(
+      2,
+      [&](ShmGroup& g, int rank) {
+        if (g.spare_cores()) throw Error("spare_cores() is not what ShmOptions said");
+        for (int i = 0; i < 20; ++i) {
+          g.set_spare_cores(i % 2 == 0);
+          if (g.spare_cores() != (i % 2 == 0)) throw Error("set_spare_cores did not take");
+          auto t = input(3000, rank, torch::kFloat);
+          g.allreduce(t, ReduceOp::kSum, 10s);
+          if (!torch::equal(t, reference(3000, 2, torch::kFloat, ReduceOp::kSum))) throw Error(concat("step ", i));
         }
       },
       options));
@@ -288,6 +317,52 @@ TEST(ShmGroup, APeerThatNeverArrivesTimesOutNamingItAndBreaksTheGroup) {
     }
   });
   expect_ok(errors);
+}
+
+TEST(ShmGroup, ASpinningWaiterStillGivesUpAtTheTimeout) {
+  comm::ShmOptions options;
+  options.spare_cores = true;
+  options.idle_host_spin = std::chrono::seconds(30);  // far beyond the timeout: the spin must stop at the deadline
+  const auto errors = run_ranks(
+      2,
+      [&](ShmGroup& g, int rank) {
+        if (rank == 1) return;
+        auto t = torch::ones({100});
+        const auto t0 = std::chrono::steady_clock::now();
+        try {
+          g.allreduce(t, ReduceOp::kSum, 300ms);
+          throw Error("the allreduce without rank 1 completed");
+        } catch (const comm::CommError& e) {
+          const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (s < 0.25 || s > 5) throw Error(concat("gave up after ", s, " s"));
+          if (std::string(e.what()).find("rank 1 did not arrive") == std::string::npos) throw;
+        }
+      },
+      options);
+  expect_ok(errors);
+}
+
+TEST(HostCpus, QuotaTextsAreReadAsWholeCpusRoundedUp) {
+  EXPECT_EQ(comm::cpus_from_cpu_max("max 100000"), 0);
+  EXPECT_EQ(comm::cpus_from_cpu_max("200000 100000"), 2);
+  EXPECT_EQ(comm::cpus_from_cpu_max("150000 100000"), 2);
+  EXPECT_EQ(comm::cpus_from_cpu_max("50000 100000"), 1);
+  EXPECT_EQ(comm::cpus_from_cpu_max("-1 100000"), 0);  // cgroup v1: no quota
+  EXPECT_EQ(comm::cpus_from_cpu_max(""), 0);
+  EXPECT_EQ(comm::cpus_from_cpu_max("200000"), 0);
+  EXPECT_EQ(comm::cpus_from_cpu_max("20x000 100000"), 0);
+  EXPECT_EQ(comm::cpus_from_cpu_max("200000 0"), 0);
+}
+
+TEST(HostCpus, SpareCoresNeedACoreForEveryComputeAndCommunicationThread) {
+  EXPECT_TRUE(comm::spare_cores(2, 1, 4));
+  EXPECT_FALSE(comm::spare_cores(2, 1, 3));   // this VM's case with 2 cores: 2 ranks x (1 + 1) threads
+  EXPECT_FALSE(comm::spare_cores(2, 8, 16));  // every core computing
+  EXPECT_TRUE(comm::spare_cores(2, 7, 16));
+  EXPECT_FALSE(comm::spare_cores(0, 1, 16));
+  const int cpus = comm::usable_cpus();
+  EXPECT_GE(cpus, 1);
+  EXPECT_LE(cpus, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
 TEST(ShmGroup, AllocationsOfDifferentSizesFailOnEveryRank) {
