@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <sstream>
+#include <string>
 
 namespace stride::comm {
 
@@ -19,7 +20,12 @@ std::string read_first_line(const char* path) {
 }
 
 int cgroup_quota_cpus() {
-  if (int n = cpus_from_cpu_max(read_first_line("/sys/fs/cgroup/cpu.max")); n > 0) return n;
+  std::ifstream in("/proc/self/cgroup");
+  std::string line, path;
+  while (std::getline(in, line)) {
+    if (line.rfind("0::", 0) == 0) path = line.substr(3);
+  }
+  if (int n = cgroup_v2_quota_cpus("/sys/fs/cgroup", path); n > 0) return n;
   // cgroup v1
   const std::string quota = read_first_line("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
   const std::string period = read_first_line("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
@@ -28,6 +34,18 @@ int cgroup_quota_cpus() {
 }
 
 }  // namespace
+
+int cgroup_v2_quota_cpus(const std::string& mount, std::string path) {
+  int best = 0;
+  for (;;) {
+    const int n = cpus_from_cpu_max(read_first_line((mount + path + "/cpu.max").c_str()));
+    if (n > 0) best = best > 0 ? std::min(best, n) : n;
+    const size_t slash = path.find_last_of('/');
+    if (path.empty() || slash == std::string::npos) break;
+    path.resize(slash);
+  }
+  return best;
+}
 
 int cpus_from_cpu_max(const std::string& text) {
   std::istringstream in(text);

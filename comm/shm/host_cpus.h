@@ -16,6 +16,11 @@ int usable_cpus();
 // no quota or the text is malformed.
 int cpus_from_cpu_max(const std::string& text);
 
+// The tightest cpu.max quota (in CPUs) from cgroup `path` ("/a/b", as /proc/self/cgroup's "0::" line gives it)
+// up to the root of the cgroup v2 hierarchy mounted at `mount` (a job step's cgroup under Slurm, a container's
+// root under Docker); 0 when none sets one.
+int cgroup_v2_quota_cpus(const std::string& mount, std::string path);
+
 // Whether `local_ranks` ranks of `threads` compute threads each, plus one communication thread each, fit in
 // `cpus` CPUs.
 inline bool spare_cores(int local_ranks, int threads, int cpus) {

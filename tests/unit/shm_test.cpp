@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -11,6 +13,7 @@
 
 #include "comm/shm/host_cpus.h"
 #include "comm/shm/shm_group.h"
+#include "tests/unit/test_util.h"
 
 namespace stride::testing {
 namespace {
@@ -352,6 +355,26 @@ TEST(HostCpus, QuotaTextsAreReadAsWholeCpusRoundedUp) {
   EXPECT_EQ(comm::cpus_from_cpu_max("200000"), 0);
   EXPECT_EQ(comm::cpus_from_cpu_max("20x000 100000"), 0);
   EXPECT_EQ(comm::cpus_from_cpu_max("200000 0"), 0);
+}
+
+TEST(HostCpus, TheTightestQuotaAlongTheCgroupPathCounts) {
+  ScratchDir root("cgroup");
+  auto write = [&](const std::string& dir, const std::string& text) {
+    std::filesystem::create_directories(root.path() / dir);
+    std::ofstream(root.path() / dir / "cpu.max") << text << "\n";
+  };
+  write("", "max 100000");
+  write("job", "400000 100000");            // 4 CPUs for the job
+  write("job/step", "max 100000");          // no limit of its own
+  write("job/step/task", "250000 100000");  // 2.5 -> 3
+  const std::string mount = root.path().string();
+  EXPECT_EQ(comm::cgroup_v2_quota_cpus(mount, "/job/step/task"), 3);
+  EXPECT_EQ(comm::cgroup_v2_quota_cpus(mount, "/job/step"), 4);  // the parent's quota still binds
+  EXPECT_EQ(comm::cgroup_v2_quota_cpus(mount, "/"), 0);
+  EXPECT_EQ(comm::cgroup_v2_quota_cpus(mount, ""), 0);
+  EXPECT_EQ(comm::cgroup_v2_quota_cpus(mount, "/no/such/group"), 0);
+  write("job/step", "100000 100000");
+  EXPECT_EQ(comm::cgroup_v2_quota_cpus(mount, "/job/step/task"), 1);
 }
 
 TEST(HostCpus, SpareCoresNeedACoreForEveryComputeAndCommunicationThread) {
