@@ -1,22 +1,16 @@
 #include "comm/shm/shm_group.h"
 
 #include "comm/shm/reduce_kernels.h"
+#include "comm/shm/segment.h"
 
-#include <fcntl.h>
 #include <linux/futex.h>
-#include <signal.h>
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <climits>
-#include <cstring>
-#include <fstream>
 #include <new>
-#include <random>
 #include <sstream>
 #include <thread>
 
@@ -26,19 +20,14 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using shm_kernels::reduce;
 
-constexpr uint64_t kMagic = 0x3148534544495254ULL;  // "TRIDESH1"
-constexpr int64_t kHeaderBytes = 4096;              // every segment: one header page, then the data
-constexpr int64_t kControlOffset = 256;             // where a control segment's Control sits in its header page
+using shm::Fd;
+using shm::kHeaderBytes;
+using shm::kUserOffset;
+using shm::Mapping;
+using shm::pid_alive;
+using shm::random_nonce;
 
 enum Kind : int32_t { kAllreduce = 1, kBroadcast = 2, kAllgather = 3, kBarrier = 4 };
-
-struct SegmentHeader {
-  uint64_t magic;
-  uint64_t nonce;
-  int64_t owner;
-  int64_t id;
-  int64_t data_bytes;
-};
 
 // What a rank is about to do; written before it arrives at the first barrier of a collective, read by its
 // peers after it. Two slots (by collective parity): a peer can be at most one collective ahead.
@@ -59,90 +48,10 @@ struct Control {
   alignas(64) std::atomic<uint32_t> epoch;  // rank 0's: the futex word every arrival bumps
   std::atomic<uint32_t> sleepers;           // rank 0's: ranks asleep on it
 };
-static_assert(sizeof(Control) + kControlOffset <= kHeaderBytes, "the control block fits the header page");
+static_assert(sizeof(Control) + kUserOffset <= kHeaderBytes, "the control block fits the header page");
+Control* control_of(const Mapping& m) { return static_cast<Control*>(m.user()); }
 static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free,
               "cross-process atomics must be lock-free");
-
-std::string errno_text(int e = errno) { return std::strerror(e); }
-
-struct Mapping {
-  void* base = MAP_FAILED;
-  size_t bytes = 0;
-  int64_t data_bytes = 0;
-  ~Mapping() {
-    if (base != MAP_FAILED) ::munmap(base, bytes);
-  }
-  char* data() const { return static_cast<char*>(base) + kHeaderBytes; }
-  SegmentHeader* header() const { return static_cast<SegmentHeader*>(base); }
-  Control* control() const { return reinterpret_cast<Control*>(static_cast<char*>(base) + kControlOffset); }
-};
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-size_t segment_bytes(int64_t data_bytes) {
-  const int64_t page = 4096;
-  return static_cast<size_t>(kHeaderBytes + std::max<int64_t>(page, (data_bytes + page - 1) / page * page));
-}
-
-// A new memfd segment with its memory reserved (so a full memory cgroup fails here, not with SIGBUS later).
-std::shared_ptr<Mapping> create_segment(int64_t data_bytes, uint64_t nonce, int owner, int64_t id, Fd& fd) {
-  const size_t bytes = segment_bytes(data_bytes);
-  fd.fd = static_cast<int>(::syscall(SYS_memfd_create, "stride-shm", MFD_CLOEXEC));
-  if (fd.fd < 0) throw Error(concat("memfd_create: ", errno_text()));
-  if (::ftruncate(fd.fd, static_cast<off_t>(bytes)) != 0) throw Error(concat("ftruncate: ", errno_text()));
-  if (const int rc = ::posix_fallocate(fd.fd, 0, static_cast<off_t>(bytes)); rc != 0) {
-    throw Error(concat("cannot reserve ", bytes, " bytes of shared memory: ", errno_text(rc)));
-  }
-  auto map = std::make_shared<Mapping>();
-  map->base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
-  if (map->base == MAP_FAILED) throw Error(concat("mmap of ", bytes, " bytes: ", errno_text()));
-  map->bytes = bytes;
-  map->data_bytes = data_bytes;
-  *map->header() = SegmentHeader{kMagic, nonce, owner, id, data_bytes};
-  return map;
-}
-
-// A peer's segment, through /proc/PID/fd/FD; the header must carry the nonce the peer announced.
-std::shared_ptr<Mapping> open_segment(int pid, int peer_fd, uint64_t nonce, int owner, int64_t id, int64_t data_bytes) {
-  const std::string path = concat("/proc/", pid, "/fd/", peer_fd);
-  Fd fd;
-  fd.fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd.fd < 0) throw Error(concat("cannot open rank ", owner, "'s segment ", path, ": ", errno_text()));
-  auto map = std::make_shared<Mapping>();
-  const size_t bytes = segment_bytes(data_bytes);
-  map->base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
-  if (map->base == MAP_FAILED) throw Error(concat("mmap of ", path, ": ", errno_text()));
-  map->bytes = bytes;
-  map->data_bytes = data_bytes;
-  const SegmentHeader& h = *map->header();
-  if (h.magic != kMagic || h.nonce != nonce || h.owner != owner || h.id != id || h.data_bytes != data_bytes) {
-    throw Error(
-        concat(path, " is not the segment rank ", owner, " announced (are the ranks in different pid namespaces?)"));
-  }
-  return map;
-}
-
-uint64_t random_nonce() {
-  std::random_device rd;
-  return (uint64_t{rd()} << 32) ^ rd() ^ (static_cast<uint64_t>(::getpid()) << 16) ^
-         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
-}
-
-bool pid_alive(int pid) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
-  std::ifstream stat(concat("/proc/", pid, "/stat"));
-  std::string line;
-  if (!std::getline(stat, line)) return true;  // cannot tell: trust kill()
-  const auto close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size()) return true;
-  const char state = line[close + 2];
-  return state != 'Z' && state != 'X';
-}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -201,7 +110,7 @@ struct ShmGroup::Impl {
   std::chrono::microseconds spin{0};  // this collective's spin budget
   std::atomic<bool> spare_cores{false};
 
-  Control* ctl(int p) const { return control[static_cast<size_t>(p)]->control(); }
+  Control* ctl(int p) const { return control_of(*control[static_cast<size_t>(p)]); }
   char* staging(int p) const { return control[static_cast<size_t>(p)]->data(); }
   // Small collectives use half of the staging area, alternating by collective: peers that are still reading the
   // previous collective's half never see it overwritten, which lets those collectives skip their closing
@@ -230,8 +139,8 @@ struct ShmGroup::Impl {
     Fd fd;
     std::string announce;
     try {
-      own = create_segment(data_bytes, nonce, rank, id, fd);
-      if (id == 0) new (own->control()) Control();
+      own = shm::create_segment(data_bytes, nonce, rank, id, fd);
+      if (id == 0) new (own->user()) Control();
       announce = concat(::getpid(), " ", fd.fd, " ", nonce, " ", data_bytes);
     } catch (const std::exception& e) {
       announce = concat("error ", e.what());
@@ -252,7 +161,7 @@ struct ShmGroup::Impl {
         }
         if (id == 0) pids.push_back(pid);
         if (p == rank) continue;
-        maps[static_cast<size_t>(p)] = open_segment(pid, peer_fd, peer_nonce, p, id, data_bytes);
+        maps[static_cast<size_t>(p)] = shm::open_segment(pid, peer_fd, peer_nonce, p, id, data_bytes);
       }
     } catch (const std::exception& e) {
       status = concat("error ", e.what());
