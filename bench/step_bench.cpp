@@ -111,6 +111,7 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
   const std::string default_wait = mpi ? mpi->shm_wait() : "";
 #else
   comm::Communicator* mpi = nullptr;
+  (void)mpi;
   const std::string default_wait;
   for (const char* v : {"mpi", "shm-spin", "shm-sleep"}) {
     if (std::count(variants.begin(), variants.end(), v))
@@ -283,6 +284,11 @@ void run_step_bench(const StepArgs& a) {
     out["comm"] = a.no_comm ? "skipped" : (a.no_overlap ? "after-backward" : "overlapped");
     out["comm_backend"] = comm->backend();
     out["comm_transport"] = comm->transport();
+#ifdef STRIDE_WITH_MPI
+    if (auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get()); mpi && !mpi->shm_wait().empty()) {
+      out["shm_wait"] = mpi->shm_wait();
+    }
+#endif
     out["sync_bn"] = a.sync_bn;
     out["grad_compression"] = a.grad_compression;
     out["buckets"] = st.buckets;

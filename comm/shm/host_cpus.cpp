@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -61,7 +62,8 @@ int cpus_from_cpu_max(const std::string& text) {
     return 0;
   }
   if (quota <= 0) return 0;  // cgroup v1 writes -1 for "no quota"
-  return static_cast<int>((quota + period - 1) / period);
+  const long long cpus = quota / period + (quota % period != 0 ? 1 : 0);
+  return static_cast<int>(std::min<long long>(cpus, INT_MAX));
 }
 
 int usable_cpus() {

@@ -203,8 +203,14 @@ struct ShmGroup::Impl {
       }
     }
     Control* c0 = ctl(0);
-    auto next_check = Clock::now() + opt.poll;
+    // Peers are checked a poll interval after the wait began (at once when a long spin already took that
+    // long), then every poll interval.
+    auto next_check = std::min(spin_start + opt.poll, deadline);
     for (;;) {
+      if (Clock::now() >= next_check) {
+        check_peers(behind);
+        next_check = Clock::now() + opt.poll;
+      }
       const uint32_t e = c0->epoch.load(std::memory_order_seq_cst);
       if (done()) return;
       c0->sleepers.fetch_add(1, std::memory_order_seq_cst);
@@ -215,10 +221,6 @@ struct ShmGroup::Impl {
       }
       c0->sleepers.fetch_sub(1, std::memory_order_seq_cst);
       if (done()) return;
-      if (Clock::now() >= next_check) {
-        check_peers(behind);
-        next_check = Clock::now() + opt.poll;
-      }
     }
   }
 

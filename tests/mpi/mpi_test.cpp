@@ -57,7 +57,7 @@ TEST(Mpi, ShmWaitFollowsTheEnvironmentAndCanBeFlipped) {
     return;
   }
   const char* env = std::getenv("STRIDE_SHM_WAIT");
-  const std::string wanted = env ? env : "auto";
+  const std::string wanted = env && *env ? env : "auto";
   const std::string initial = c->shm_wait();
   if (wanted != "auto") {
     EXPECT_EQ(initial, wanted);

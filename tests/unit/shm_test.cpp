@@ -3,6 +3,7 @@
 // real processes (and kills one).
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -299,50 +300,42 @@ TEST(ShmGroup, MismatchedCollectivesFailOnEveryRankWithCommError) {
   }
 }
 
-TEST(ShmGroup, APeerThatNeverArrivesTimesOutNamingItAndBreaksTheGroup) {
-  const auto errors = run_ranks(3, [&](ShmGroup& g, int rank) {
-    if (rank == 2) return;  // never joins the collective
-    auto t = torch::ones({100});
-    const auto t0 = std::chrono::steady_clock::now();
-    try {
-      g.allreduce(t, ReduceOp::kSum, 300ms);
-      throw Error("the allreduce without rank 2 completed");
-    } catch (const comm::CommError& e) {
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (s < 0.25 || s > 5) throw Error(concat("gave up after ", s, " s"));
-      if (std::string(e.what()).find("rank 2 did not arrive") == std::string::npos) throw;
-    }
-    try {
-      g.barrier(10s);
-      throw Error("a broken group ran another collective");
-    } catch (const comm::CommError& e) {
-      if (std::string(e.what()).find("an earlier collective failed") == std::string::npos) throw;
-    }
-  });
+// Rank 2 never joins: the others give up at the timeout, name it, and refuse any later collective.
+void check_a_missing_peer_times_out(comm::ShmOptions options) {
+  const auto errors = run_ranks(
+      3,
+      [&](ShmGroup& g, int rank) {
+        if (rank == 2) return;  // never joins the collective
+        auto t = torch::ones({100});
+        const auto t0 = std::chrono::steady_clock::now();
+        try {
+          g.allreduce(t, ReduceOp::kSum, 300ms);
+          throw Error("the allreduce without rank 2 completed");
+        } catch (const comm::CommError& e) {
+          const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (s < 0.25 || s > 5) throw Error(concat("gave up after ", s, " s"));
+          if (std::string(e.what()).find("rank 2 did not arrive") == std::string::npos) throw;
+        }
+        try {
+          g.barrier(10s);
+          throw Error("a broken group ran another collective");
+        } catch (const comm::CommError& e) {
+          if (std::string(e.what()).find("an earlier collective failed") == std::string::npos) throw;
+        }
+      },
+      options);
   expect_ok(errors);
+}
+
+TEST(ShmGroup, APeerThatNeverArrivesTimesOutNamingItAndBreaksTheGroup) {
+  check_a_missing_peer_times_out(comm::ShmOptions{});
 }
 
 TEST(ShmGroup, ASpinningWaiterStillGivesUpAtTheTimeout) {
   comm::ShmOptions options;
   options.spare_cores = true;
   options.idle_host_spin = std::chrono::seconds(30);  // far beyond the timeout: the spin must stop at the deadline
-  const auto errors = run_ranks(
-      2,
-      [&](ShmGroup& g, int rank) {
-        if (rank == 1) return;
-        auto t = torch::ones({100});
-        const auto t0 = std::chrono::steady_clock::now();
-        try {
-          g.allreduce(t, ReduceOp::kSum, 300ms);
-          throw Error("the allreduce without rank 1 completed");
-        } catch (const comm::CommError& e) {
-          const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          if (s < 0.25 || s > 5) throw Error(concat("gave up after ", s, " s"));
-          if (std::string(e.what()).find("rank 1 did not arrive") == std::string::npos) throw;
-        }
-      },
-      options);
-  expect_ok(errors);
+  check_a_missing_peer_times_out(options);
 }
 
 TEST(HostCpus, QuotaTextsAreReadAsWholeCpusRoundedUp) {
@@ -355,6 +348,7 @@ TEST(HostCpus, QuotaTextsAreReadAsWholeCpusRoundedUp) {
   EXPECT_EQ(comm::cpus_from_cpu_max("200000"), 0);
   EXPECT_EQ(comm::cpus_from_cpu_max("20x000 100000"), 0);
   EXPECT_EQ(comm::cpus_from_cpu_max("200000 0"), 0);
+  EXPECT_EQ(comm::cpus_from_cpu_max("17000000000000 1000"), INT_MAX);  // no overflow into a small count
 }
 
 TEST(HostCpus, TheTightestQuotaAlongTheCgroupPathCounts) {
