@@ -92,10 +92,10 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
   std::vector<std::string> variants;
   std::stringstream list(a.interleave);
   for (std::string v; std::getline(list, v, ',');) {
-    if (v != "default" && v != "no-comm" && v != "no-overlap" && v != "mpi" && v != "sync-bn" && v != "shm-spin" &&
-        v != "shm-sleep") {
+    if (v != "default" && v != "no-comm" && v != "sync-only" && v != "no-overlap" && v != "mpi" && v != "sync-bn" &&
+        v != "shm-spin" && v != "shm-sleep") {
       throw UsageError(concat("--interleave: unknown variant '", v,
-                              "' (default, no-comm, no-overlap, mpi, sync-bn, shm-spin, shm-sleep)"));
+                              "' (default, no-comm, sync-only, no-overlap, mpi, sync-bn, shm-spin, shm-sleep)"));
     }
     variants.push_back(v);
   }
@@ -123,7 +123,10 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
   for (int64_t r = 0; r < a.rounds; ++r) {
     for (const auto& v : variants) {
       reducer.set_overlap(v != "no-overlap");
-      reducer.set_skip_communication(v == "no-comm");
+      // sync-only: no gradient communication, but the ranks meet once per step (a barrier), as any synchronous
+      // data-parallel step makes them: what the lock-step alone costs when ranks jitter.
+      const bool sync_only = v == "sync-only";
+      reducer.set_skip_communication(v == "no-comm" || sync_only);
       comm::convert_sync_batchnorm(model, v == "sync-bn" ? comm : nullptr);
 #ifdef STRIDE_WITH_MPI
       if (mpi) {
@@ -135,7 +138,10 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
       reducer.reset_stats();
       comm->barrier()->wait();
       const auto t0 = std::chrono::steady_clock::now();
-      for (int64_t i = 0; i < a.steps; ++i) step();
+      for (int64_t i = 0; i < a.steps; ++i) {
+        step();
+        if (sync_only) comm->barrier()->wait();
+      }
       auto t =
           torch::tensor({std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}, torch::kDouble);
       comm->allreduce(t, comm::ReduceOp::kMax)->wait();
@@ -169,6 +175,8 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
   };
   auto has = [&](const char* v) { return ips.count(v) > 0; };
   if (has("default") && has("no-comm")) out["ratios"]["communication_efficiency"] = paired("default", "no-comm");
+  if (has("sync-only") && has("no-comm")) out["ratios"]["lock_step_efficiency"] = paired("sync-only", "no-comm");
+  if (has("default") && has("sync-only")) out["ratios"]["efficiency_beyond_lock_step"] = paired("default", "sync-only");
   if (has("default") && has("no-overlap")) out["ratios"]["overlap_on_over_off"] = paired("default", "no-overlap");
   if (has("default") && has("mpi")) out["ratios"]["shm_over_mpi"] = paired("default", "mpi");
   // Spinning against sleeping waiters: shm-spin, or default where the host made default spin.
@@ -324,9 +332,10 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_flag("--sync-bn", a->sync_bn, "Synchronised BatchNorm");
   cmd->add_option("--bucket-cap-mb", a->bucket_cap_mb)->capture_default_str();
   cmd->add_option("--grad-compression", a->grad_compression, "none | fp16 | bf16")->capture_default_str();
-  cmd->add_option("--interleave", a->interleave,
-                  "Measure variants in alternating blocks of --steps steps within this run: a comma-separated "
-                  "subset of default,no-comm,no-overlap,mpi,sync-bn,shm-spin,shm-sleep (needs several ranks)");
+  cmd->add_option(
+      "--interleave", a->interleave,
+      "Measure variants in alternating blocks of --steps steps within this run: a comma-separated "
+      "subset of default,no-comm,sync-only,no-overlap,mpi,sync-bn,shm-spin,shm-sleep (needs several ranks)");
   cmd->add_option("--rounds", a->rounds, "Rounds of blocks for --interleave")->capture_default_str();
   cmd->callback([a] { run_step_bench(*a); });
 }
