@@ -84,13 +84,10 @@ void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index());
 }
 
-// Variants in alternating blocks of a.steps steps, a.rounds rounds; images/s per block, and each ratio as the
-// median over rounds of the ratio within the round (paired, so slow drift of the machine cancels).
-template <typename Step>
-void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
-                     comm::GradientReducer& reducer, Step& step) {
+// --interleave's list, checked.
+std::vector<std::string> interleave_variants(const std::string& text) {
   std::vector<std::string> variants;
-  std::stringstream list(a.interleave);
+  std::stringstream list(text);
   for (std::string v; std::getline(list, v, ',');) {
     if (v != "default" && v != "no-comm" && v != "sync-only" && v != "no-overlap" && v != "mpi" && v != "sync-bn" &&
         v != "shm-spin" && v != "shm-sleep") {
@@ -99,6 +96,15 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
     }
     variants.push_back(v);
   }
+  return variants;
+}
+
+// Variants in alternating blocks of a.steps steps, a.rounds rounds; images/s per block, and each ratio as the
+// median over rounds of the ratio within the round (paired, so slow drift of the machine cancels).
+template <typename Step>
+void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
+                     comm::GradientReducer& reducer, Step& step) {
+  const std::vector<std::string> variants = interleave_variants(a.interleave);
 #ifdef STRIDE_WITH_MPI
   auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get());
   const bool shm_variants = std::any_of(variants.begin(), variants.end(), [](const std::string& v) {
@@ -194,12 +200,16 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
 
 void run_step_bench(const StepArgs& a) {
   if (a.device != "cpu" && a.device != "cuda") throw UsageError(concat("--device must be cpu or cuda, not ", a.device));
+  if (!a.interleave.empty()) interleave_variants(a.interleave);  // bad names fail before any work
   comm::CommOptions co;
   co.backend = a.comm_backend;
   // Before the communicator: it reads the thread count to decide how its ranks wait (comm/shm/host_cpus.h).
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
   auto comm = comm::create_communicator(co);
   const int world = comm->size();
+  if (!a.interleave.empty() && world < 2) {
+    throw UsageError("--interleave compares data-parallel variants: run it under mpirun with 2+ ranks");
+  }
   const torch::Device device = a.device == "cuda"
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank()))
                                    : torch::Device(torch::kCPU);
@@ -256,7 +266,6 @@ void run_step_bench(const StepArgs& a) {
   for (int64_t i = 0; i < a.warmup; ++i) step();
   synchronize(device);
   if (!a.interleave.empty()) {
-    if (!reducer) throw UsageError("--interleave compares data-parallel variants: run it under mpirun with 2+ ranks");
     return run_interleaved(a, comm, *model, *reducer, step);
   }
   if (reducer) reducer->reset_stats();

@@ -3,7 +3,8 @@
 #  1. `mpirun -np 2 stride train` runs, logs once (rank 0), checkpoints with world_size 2;
 #  2. the same run killed (mpirun and its ranks, SIGKILL) after a checkpoint and resumed with --resume auto ends
 #     with model and optimizer state bitwise identical to the uninterrupted run;
-#  3. the 2-rank checkpoint resumes on 1 rank with the same global batch (64 per rank instead of 32).
+#  3. the 2-rank checkpoint resumes on 1 rank with the same global batch (64 per rank instead of 32);
+#  4. a misspelt STRIDE_SHM_WAIT stops a 2-rank job with a clear error.
 #   train_mpi_test.sh STRIDE_BINARY WORK_DIR MPIRUN [MPIRUN FLAGS...]
 set -euo pipefail
 STRIDE=$1
@@ -65,4 +66,12 @@ echo "== the 2-rank checkpoint continues on 1 rank (same global batch)"
   > "$WORK/one.log" 2>&1 || { echo "FAIL: 1-rank resume"; cat "$WORK/one.log"; exit 1; }
 grep -q "^resume: .*step 30" "$WORK/one.log" || { echo "FAIL: did not resume at step 30"; cat "$WORK/one.log"; exit 1; }
 [ -f "$WORK/full/checkpoints/step-00000040/MANIFEST" ] || { echo "FAIL: no step-40 checkpoint"; exit 1; }
-echo "PASS: 2-rank training, bitwise kill/resume, 2 -> 1 rank resume"
+echo "== a misspelt STRIDE_SHM_WAIT stops the job with a clear error (exit code 2), before any training"
+rc=0
+STRIDE_SHM_WAIT=spinn "${MPIRUN[@]}" -np 2 -x STRIDE_SHM_WAIT "$STRIDE" train "${common[@]}" --max-steps 5 \
+  --batch-size 32 --output-dir "$WORK/badenv" > "$WORK/badenv.log" 2>&1 || rc=$?
+[[ $rc != 0 ]] || { echo "FAIL: the job ran with STRIDE_SHM_WAIT=spinn"; exit 1; }
+grep -q "STRIDE_SHM_WAIT must be auto, spin or sleep, not 'spinn'" "$WORK/badenv.log" ||
+  { echo "FAIL: no clear error for STRIDE_SHM_WAIT"; cat "$WORK/badenv.log"; exit 1; }
+[ ! -d "$WORK/badenv/checkpoints" ] || { echo "FAIL: the job trained"; exit 1; }
+echo "PASS: 2-rank training, bitwise kill/resume, 2 -> 1 rank resume, bad STRIDE_SHM_WAIT"

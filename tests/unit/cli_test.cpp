@@ -52,6 +52,15 @@ TEST(CliTrain, DeviceCudaWithoutAGpuExitsWithTwo) {
   EXPECT_NE(r.output.find("--amp needs a CUDA device"), std::string::npos) << r.output;
 }
 
+TEST(CliBench, InterleaveMistakesFailAtOnceWithTwo) {
+  auto r = run_command(kStride + " bench step --comm-backend single --interleave default,no-comm");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("run it under mpirun with 2+ ranks"), std::string::npos) << r.output;
+  r = run_command(kStride + " bench step --comm-backend single --interleave default,sync-onyl");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("unknown variant 'sync-onyl'"), std::string::npos) << r.output;
+}
+
 TEST(CliModels, ErrorsExitWithTwoAndSayWhat) {
   auto r = run_command(kStride + " models --grad-norms resnet5");
   EXPECT_EQ(r.exit_code, 2);
