@@ -158,16 +158,17 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
       exposed_ms[v].push_back(1e3 * st.exposed_seconds / n);
     }
   }
+#ifdef STRIDE_WITH_MPI
+  if (mpi) {  // back to the defaults, which the JSON reports
+    mpi->set_shm_enabled(true);
+    mpi->set_shm_wait(default_wait == "spin");
+  }
+#endif
   nlohmann::json out = {
       {"impl", "stride"},           {"bench", "step-interleaved"},         {"model", a.model}, {"batch", a.batch},
       {"image_size", a.image_size}, {"threads", torch::get_num_threads()}, {"ranks", world},   {"block_steps", a.steps},
       {"rounds", a.rounds},         {"transport", comm->transport()}};
-#ifdef STRIDE_WITH_MPI
-  if (mpi) {
-    mpi->set_shm_wait(default_wait == "spin");
-    out["shm_wait"] = mpi->shm_wait();
-  }
-#endif
+  if (!default_wait.empty()) out["shm_wait"] = default_wait;
   for (const auto& v : variants) {
     out["variants"][v] = {{"images_per_s", median(ips[v])},
                           {"blocks", ips[v]},
