@@ -102,9 +102,10 @@ std::vector<std::string> interleave_variants(const std::string& text) {
 // Variants in alternating blocks of a.steps steps, a.rounds rounds; images/s per block, and each ratio as the
 // median over rounds of the ratio within the round (paired, so slow drift of the machine cancels).
 template <typename Step>
-void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
+void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants,
+                     const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
                      comm::GradientReducer& reducer, Step& step) {
-  const std::vector<std::string> variants = interleave_variants(a.interleave);
+  const std::string default_wait = comm->shm_wait();
 #ifdef STRIDE_WITH_MPI
   auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get());
   const bool shm_variants = std::any_of(variants.begin(), variants.end(), [](const std::string& v) {
@@ -114,11 +115,9 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
     throw UsageError(concat("--interleave ", a.interleave,
                             ": collectives do not use shared memory here (needs one host and STRIDE_SHM unset)"));
   }
-  const std::string default_wait = mpi ? mpi->shm_wait() : "";
 #else
   comm::Communicator* mpi = nullptr;
   (void)mpi;
-  const std::string default_wait;
   for (const char* v : {"mpi", "shm-spin", "shm-sleep"}) {
     if (std::count(variants.begin(), variants.end(), v))
       throw UsageError(concat("--interleave ", v, ": built without MPI"));
@@ -137,7 +136,7 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
 #ifdef STRIDE_WITH_MPI
       if (mpi) {
         mpi->set_shm_enabled(v != "mpi");
-        if (!default_wait.empty()) mpi->set_shm_wait(v == "shm-spin" || (v != "shm-sleep" && default_wait == "spin"));
+        mpi->set_shm_wait(v == "shm-spin" || (v != "shm-sleep" && default_wait == "spin"));
       }
 #endif
       step();  // one untimed step in the new mode
@@ -201,14 +200,14 @@ void run_interleaved(const StepArgs& a, const std::shared_ptr<comm::Communicator
 
 void run_step_bench(const StepArgs& a) {
   if (a.device != "cpu" && a.device != "cuda") throw UsageError(concat("--device must be cpu or cuda, not ", a.device));
-  if (!a.interleave.empty()) interleave_variants(a.interleave);  // bad names fail before any work
+  const std::vector<std::string> variants = interleave_variants(a.interleave);  // bad names fail before any work
   comm::CommOptions co;
   co.backend = a.comm_backend;
   // Before the communicator: it reads the thread count to decide how its ranks wait (comm/shm/host_cpus.h).
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
   auto comm = comm::create_communicator(co);
   const int world = comm->size();
-  if (!a.interleave.empty() && world < 2) {
+  if (!variants.empty() && world < 2) {
     throw UsageError("--interleave compares data-parallel variants: run it under mpirun with 2+ ranks");
   }
   const torch::Device device = a.device == "cuda"
@@ -266,8 +265,8 @@ void run_step_bench(const StepArgs& a) {
   };
   for (int64_t i = 0; i < a.warmup; ++i) step();
   synchronize(device);
-  if (!a.interleave.empty()) {
-    return run_interleaved(a, comm, *model, *reducer, step);
+  if (!variants.empty()) {
+    return run_interleaved(a, variants, comm, *model, *reducer, step);
   }
   if (reducer) reducer->reset_stats();
   comm->barrier()->wait();
@@ -302,11 +301,7 @@ void run_step_bench(const StepArgs& a) {
     out["comm"] = a.no_comm ? "skipped" : (a.no_overlap ? "after-backward" : "overlapped");
     out["comm_backend"] = comm->backend();
     out["comm_transport"] = comm->transport();
-#ifdef STRIDE_WITH_MPI
-    if (auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get()); mpi && !mpi->shm_wait().empty()) {
-      out["shm_wait"] = mpi->shm_wait();
-    }
-#endif
+    if (!comm->shm_wait().empty()) out["shm_wait"] = comm->shm_wait();
     out["sync_bn"] = a.sync_bn;
     out["grad_compression"] = a.grad_compression;
     out["buckets"] = st.buckets;

@@ -115,6 +115,9 @@ class Communicator {
   virtual torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options);
   // How collectives travel: "shm" (shared memory among the ranks of one host), "mpi", "nccl", "local", "single".
   virtual std::string transport() const { return backend(); }
+  // How a rank waits for its peers in shared-memory collectives: "spin" or "sleep" (docs/distributed.md,
+  // STRIDE_SHM_WAIT); "" where collectives do not go through shared memory.
+  virtual std::string shm_wait() const { return ""; }
 
   // How long a Work may take before wait() gives up with CommError.
   std::chrono::milliseconds timeout() const { return timeout_; }

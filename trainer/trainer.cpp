@@ -18,9 +18,6 @@
 #include "cluster/client.h"
 #include "cluster/coordinator.h"
 #include "comm/communicator.h"
-#ifdef STRIDE_WITH_MPI
-#include "comm/mpi/mpi_communicator.h"
-#endif
 #include "comm/reducer.h"
 #include "comm/sync_batch_norm.h"
 #include "common/error.h"
@@ -215,13 +212,11 @@ void Trainer::State::setup() {
   }
   if (world > 1 && rank == 0) {
     const std::string transport = comm->transport();
-    std::string note = transport == comm->backend() ? "" : concat(" (", transport, " within the host");
-#ifdef STRIDE_WITH_MPI
-    if (auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get()); mpi && !mpi->shm_wait().empty()) {
-      note += concat("; waiting ranks ", mpi->shm_wait());  // docs/distributed.md, STRIDE_SHM_WAIT
-    }
-#endif
-    if (!note.empty()) note += ")";
+    const std::string wait = comm->shm_wait();  // docs/distributed.md, STRIDE_SHM_WAIT
+    const std::string note =
+        transport == comm->backend()
+            ? ""
+            : concat(" (", transport, " within the host", wait.empty() ? "" : concat("; waiting ranks ", wait), ")");
     std::fprintf(stderr, "stride: %llu ranks over %s%s\n", static_cast<unsigned long long>(world),
                  comm->backend().c_str(), note.c_str());
   }

@@ -48,10 +48,10 @@ class MpiCommunicator : public Communicator {
   // available). Every rank must flip it at the same point of its collective sequence. Returns whether shared
   // memory is in use afterwards.
   bool set_shm_enabled(bool enabled);
-  // How a rank waits for its peers in shared-memory collectives: "spin" (this host has a core for every local
-  // rank's compute threads plus its communication thread, or STRIDE_SHM_WAIT=spin), "sleep" (a short spin, then
-  // a futex), or "" without shared memory. set_shm_wait is a measurement switch, like set_shm_enabled.
-  std::string shm_wait() const;
+  // "spin" where this host has a core for every local rank's compute threads plus its communication thread (or
+  // STRIDE_SHM_WAIT=spin), "sleep" (a short spin, then a futex) otherwise, "" without shared memory.
+  std::string shm_wait() const override;
+  // Measurement switch, like set_shm_enabled: waiting ranks spin (true) or sleep.
   void set_shm_wait(bool spin);
 
   // Runs `fn` on the owner thread (the only thread allowed to call MPI) and waits. For benchmarks that compare

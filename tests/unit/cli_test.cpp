@@ -42,23 +42,25 @@ TEST(CliModels, JsonHonoursOptions) {
   }
 }
 
+// `stride ARGS` exits with 2 (a usage error) and says `text`.
+void expect_usage_error(const std::string& args, const std::string& text) {
+  const auto r = run_command(kStride + " " + args);
+  EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+  EXPECT_NE(r.output.find(text), std::string::npos) << args << "\n" << r.output;
+}
+
 TEST(CliTrain, DeviceCudaWithoutAGpuExitsWithTwo) {
   if (torch::cuda::is_available()) GTEST_SKIP() << "a CUDA device is visible";
-  auto r = run_command(kStride + " train --device cuda --comm-backend single --data-path /nonexistent");
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("--device cuda: no CUDA device is visible"), std::string::npos) << r.output;
-  r = run_command(kStride + " train --amp --device cpu --comm-backend single --data-path /nonexistent");
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("--amp needs a CUDA device"), std::string::npos) << r.output;
+  expect_usage_error("train --device cuda --comm-backend single --data-path /nonexistent",
+                     "--device cuda: no CUDA device is visible");
+  expect_usage_error("train --amp --device cpu --comm-backend single --data-path /nonexistent",
+                     "--amp needs a CUDA device");
 }
 
 TEST(CliBench, InterleaveMistakesFailAtOnceWithTwo) {
-  auto r = run_command(kStride + " bench step --comm-backend single --interleave default,no-comm");
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("run it under mpirun with 2+ ranks"), std::string::npos) << r.output;
-  r = run_command(kStride + " bench step --comm-backend single --interleave default,sync-onyl");
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("unknown variant 'sync-onyl'"), std::string::npos) << r.output;
+  expect_usage_error("bench step --comm-backend single --interleave default,no-comm",
+                     "run it under mpirun with 2+ ranks");
+  expect_usage_error("bench step --comm-backend single --interleave default,sync-onyl", "unknown variant 'sync-onyl'");
 }
 
 TEST(CliModels, ErrorsExitWithTwoAndSayWhat) {
