@@ -1,5 +1,7 @@
 // The reduction kernels of comm/shm: dst[i] = op(src_0[i], ..., src_{P-1}[i]) (x scale), in blocks, for every
-// dtype the shared-memory group reduces. dst may be one of the sources. Internal to comm/shm.
+// dtype the shared-memory group reduces, written to one or several destinations in the same pass (each block is
+// reduced once, in a small accumulator, then stored to each). A destination may be one of the sources. Internal
+// to comm/shm.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -17,8 +19,8 @@ namespace stride::comm::shm_kernels {
 // One block; M > 0 makes the length a compile-time constant, which is what lets GCC vectorize these loops at -O2
 // (its cheap cost model does not vectorize loops that need a remainder loop).
 template <int64_t M, typename T, typename A, typename F>
-inline void reduce_block(T* d, const std::vector<const char*>& src, int64_t b, int64_t m, F f, A scale, bool scaled,
-                         A* acc) {
+inline void reduce_block(const std::vector<char*>& dst, const std::vector<const char*>& src, int64_t b, int64_t m, F f,
+                         A scale, bool scaled, A* acc) {
   const int64_t len = M > 0 ? M : m;
   const T* s0 = reinterpret_cast<const T*>(src[0]) + b;
   for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(s0[i]);
@@ -29,21 +31,24 @@ inline void reduce_block(T* d, const std::vector<const char*>& src, int64_t b, i
   if (scaled) {
     for (int64_t i = 0; i < len; ++i) acc[i] *= scale;
   }
-  for (int64_t i = 0; i < len; ++i) d[b + i] = static_cast<T>(acc[i]);
+  for (char* out : dst) {
+    T* d = reinterpret_cast<T*>(out) + b;
+    for (int64_t i = 0; i < len; ++i) d[i] = static_cast<T>(acc[i]);
+  }
 }
 
 template <typename T, typename A, typename F>
-void reduce_typed(char* dst, const std::vector<const char*>& src, int64_t n, F f, A scale, bool scaled) {
+void reduce_typed(const std::vector<char*>& dst, const std::vector<const char*>& src, int64_t n, F f, A scale,
+                  bool scaled) {
   constexpr int64_t kBlock = 1024;
   alignas(64) A acc[kBlock];
-  T* d = reinterpret_cast<T*>(dst);
   int64_t b = 0;
-  for (; b + kBlock <= n; b += kBlock) reduce_block<kBlock>(d, src, b, kBlock, f, scale, scaled, acc);
-  if (b < n) reduce_block<0>(d, src, b, n - b, f, scale, scaled, acc);
+  for (; b + kBlock <= n; b += kBlock) reduce_block<kBlock, T>(dst, src, b, kBlock, f, scale, scaled, acc);
+  if (b < n) reduce_block<0, T>(dst, src, b, n - b, f, scale, scaled, acc);
 }
 
 template <typename T, typename A>
-void reduce_op(char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
+void reduce_op(const std::vector<char*>& dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
   switch (op) {
     case ReduceOp::kSum:
     case ReduceOp::kAvg:
@@ -62,8 +67,8 @@ void reduce_op(char* dst, const std::vector<const char*>& src, int64_t n, Reduce
   }
 }
 
-inline void reduce(torch::ScalarType dtype, char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op,
-                   int size) {
+inline void reduce(torch::ScalarType dtype, const std::vector<char*>& dst, const std::vector<const char*>& src,
+                   int64_t n, ReduceOp op, int size) {
   switch (dtype) {
     case torch::kFloat:
       return reduce_op<float, float>(dst, src, n, op, size);
@@ -86,6 +91,11 @@ inline void reduce(torch::ScalarType dtype, char* dst, const std::vector<const c
     default:
       throw Error(concat("shared-memory reduction of ", dtype, " is not supported"));
   }
+}
+
+inline void reduce(torch::ScalarType dtype, char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op,
+                   int size) {
+  reduce(dtype, std::vector<char*>{dst}, src, n, op, size);
 }
 
 }  // namespace stride::comm::shm_kernels

@@ -43,7 +43,6 @@ struct Desc {
 
 struct Control {
   alignas(64) std::atomic<uint64_t> arrived;  // barriers this rank has reached
-  alignas(64) std::atomic<uint64_t> chunks;   // chunks of shared buffers this rank has reduced
   alignas(64) Desc desc[2];
   alignas(64) std::atomic<uint32_t> epoch;  // rank 0's: the futex word every arrival bumps
   std::atomic<uint32_t> sleepers;           // rank 0's: ranks asleep on it
@@ -99,9 +98,8 @@ struct ShmGroup::Impl {
   std::vector<std::weak_ptr<Mapping>> mine;                    // this rank's buffers, by id - 1
   std::vector<std::vector<std::shared_ptr<Mapping>>> buffers;  // [id - 1][rank]: peers' buffers (own: null)
   uint64_t passed = 0;                                         // barriers passed
-  uint64_t chunks = 0;       // chunks reduced (equal on every rank between collectives)
-  uint64_t collectives = 0;  // collectives started (picks the Desc slot)
-  std::string broken;        // why an earlier collective failed
+  uint64_t collectives = 0;                                    // collectives started (picks the Desc slot)
+  std::string broken;                                          // why an earlier collective failed
   // The last collective skipped its closing rendezvous (every rank wrote only private memory), so peers may still
   // be reading this rank's staging slot: a collective that writes the whole staging area first waits for them.
   bool readers_pending = false;
@@ -171,7 +169,7 @@ struct ShmGroup::Impl {
   }
 
   // ---- waiting ----
-  // Every rank's progress lives in its Control (`arrived`: barriers reached; `chunks`: chunks it has reduced).
+  // Every rank's progress lives in its Control (`arrived`: barriers reached).
   // A rank that changes its progress bumps rank 0's epoch and wakes the sleepers; a rank that waits spins for a
   // while, then sleeps on that epoch, checking every poll interval that the ranks it waits for are alive.
 
@@ -250,13 +248,6 @@ struct ShmGroup::Impl {
     notify();
     wait_for([&](int p) { return ctl(p)->arrived.load(std::memory_order_acquire) < target; });
   }
-
-  // This rank has reduced one more chunk.
-  void chunk_done() {
-    ctl(rank)->chunks.store(++chunks, std::memory_order_seq_cst);
-    notify();
-  }
-  bool chunk_ready(int p, uint64_t target) const { return ctl(p)->chunks.load(std::memory_order_acquire) >= target; }
 
   // ---- collectives ----
   // body(pending): pending is true when the previous collective skipped its closing rendezvous.
@@ -424,52 +415,26 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
       if (!staged) std::memcpy(data, out, static_cast<size_t>(n * elem));
       return;
     }
-    // Chunks of the staging size even when every tensor is shared: what one rank writes, the others read while it
-    // is still in the cache.
-    const int64_t chunk = cap;
     bool all_shared = true;
     for (int p = 0; p < s.size; ++p) all_shared = all_shared && s.desc(p).segment >= 0;
     if (all_shared) {
-      // Every source is complete from the start: no lock-step per chunk. Each rank reduces its slice of every
-      // chunk in turn, announcing its progress, and copies a chunk's other slices as soon as their owners have
-      // reduced them (while they are likely still in the cache); one barrier at the end.
-      const uint64_t base = s.chunks;
-      const int64_t nchunks = (n + chunk - 1) / chunk;
-      int64_t gathered = 0;
-      auto all_reduced = [&](int64_t k) {
-        for (int p = 0; p < s.size; ++p) {
-          if (!s.chunk_ready(p, base + static_cast<uint64_t>(k) + 1)) return false;
-        }
-        return true;
-      };
-      auto gather = [&](int64_t k) {
-        const int64_t off = k * chunk, m = std::min(chunk, n - off);
-        for (int q = 0; q < s.size; ++q) {
-          if (q == s.rank) continue;
-          const auto [qlo, qhi] = s.slice(q, m);
-          if (qhi > qlo) {
-            std::memcpy(data + (off + qlo) * elem, s.source(q, off, elem) + qlo * elem,
-                        static_cast<size_t>((qhi - qlo) * elem));
-          }
-        }
-      };
-      for (int64_t k = 0; k < nchunks; ++k) {
-        const int64_t off = k * chunk, m = std::min(chunk, n - off);
-        for (int p = 0; p < s.size; ++p) src[static_cast<size_t>(p)] = s.source(p, off, elem);
-        const auto [lo, hi] = s.slice(s.rank, m);
-        for (auto& p : src) p += lo * elem;
-        if (hi > lo) reduce(t.scalar_type(), data + (off + lo) * elem, src, hi - lo, op, s.size);
-        s.chunk_done();
-        while (gathered <= k && all_reduced(gathered)) gather(gathered++);
+      // Every source is complete from the start and every rank can write every buffer: each rank reduces its
+      // slice of the buffers and stores the result into every rank's buffer in the same pass (per rank: one read
+      // of the buffer, one write of it; no gather pass, which would read half of it again). Nobody else touches
+      // a rank's slice, so the reads and writes never race. One rendezvous at the end, after which nobody
+      // touches this rank's buffer any more.
+      const auto [lo, hi] = s.slice(s.rank, n);
+      std::vector<char*> dst(static_cast<size_t>(s.size));
+      for (int p = 0; p < s.size; ++p) {
+        src[static_cast<size_t>(p)] = s.source(p, lo, elem);
+        dst[static_cast<size_t>(p)] = const_cast<char*>(src[static_cast<size_t>(p)]);
       }
-      while (gathered < nchunks) {
-        const uint64_t target = base + static_cast<uint64_t>(gathered) + 1;
-        s.wait_for([&](int p) { return !s.chunk_ready(p, target); });
-        gather(gathered++);
-      }
-      s.arrive();  // nobody reads this rank's buffer any more
+      if (hi > lo) reduce(t.scalar_type(), dst, src, hi - lo, op, s.size);
+      s.arrive();
       return;
     }
+    // Staged: in chunks of the staging size, in lock-step.
+    const int64_t chunk = cap;
     for (int64_t off = 0; off < n; off += chunk) {
       const int64_t m = std::min(chunk, n - off);
       if (off > 0) {

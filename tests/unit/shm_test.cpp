@@ -154,7 +154,8 @@ TEST(ShmGroup, ChunkedStagingZeroCopyAndMixedBuffersAgree) {
 
 TEST(ShmGroup, SharedBuffersReduceInPlaceBelowAndAboveOneChunk) {
   // Up to one chunk (256 KiB) every rank reduces the whole buffer (result staged, copied back after the
-  // rendezvous); above it, chunk by chunk, reduce-scatter + allgather. Both read the peers' buffers in place.
+  // rendezvous); above it, chunk by chunk, each rank reduces its slice and stores it into every rank's buffer.
+  // Both read the peers' buffers in place.
   for (int size : {2, 3}) {
     expect_ok(run_ranks(size, [&](ShmGroup& g, int rank) {
       for (int64_t n : {int64_t{1000}, int64_t{262144}, int64_t{262145}, int64_t{700001}}) {
@@ -168,6 +169,38 @@ TEST(ShmGroup, SharedBuffersReduceInPlaceBelowAndAboveOneChunk) {
         }
       }
     }));
+  }
+}
+
+TEST(ShmGroup, ShardsWrittenIntoPeersBuffersLandInTheirViewsOnly) {
+  // Above one chunk each rank stores its reduced slice into every rank's buffer. The views sit at a different
+  // offset on every rank, the length is not a multiple of the slice alignment, and a rank rewrites its buffer as
+  // soon as its allreduce returns: a peer that still read or wrote it would corrupt the next result.
+  comm::ShmOptions options;
+  options.staging_bytes = 4096;  // collectives above 2 KiB split the work between the ranks
+  for (int size : {2, 3, 4}) {
+    expect_ok(run_ranks(
+        size,
+        [&](ShmGroup& g, int rank) {
+          const int64_t n = 13001, lead = 16 * rank + 3;
+          std::mt19937 jitter(static_cast<unsigned>(rank));
+          auto shared = g.alloc(n + 100, torch::kFloat);
+          auto view = shared.narrow(0, lead, n);
+          for (int i = 0; i < 40; ++i) {
+            shared.fill_(-7.0f);
+            view.copy_(input(n, rank, torch::kFloat) + i);
+            if (jitter() % 3 == 0) std::this_thread::yield();
+            g.allreduce(view, ReduceOp::kSum, 10s);
+            if (!torch::equal(view, reference(n, size, torch::kFloat, ReduceOp::kSum) + size * i)) {
+              throw Error(concat("world ", size, " rank ", rank, " step ", i, ": wrong sum"));
+            }
+            if (!torch::equal(shared.narrow(0, 0, lead), torch::full({lead}, -7.0f)) ||
+                !torch::equal(shared.narrow(0, lead + n, 100 - lead), torch::full({100 - lead}, -7.0f))) {
+              throw Error(concat("world ", size, " rank ", rank, " step ", i, ": a peer wrote outside the view"));
+            }
+          }
+        },
+        options));
   }
 }
 
