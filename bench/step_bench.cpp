@@ -99,6 +99,26 @@ std::vector<std::string> interleave_variants(const std::string& text) {
   return variants;
 }
 
+// The variants that switch the transport or the wait need collectives over shared memory; checked as soon as the
+// communicator exists, before the model is built and warmed up.
+void check_transport_variants(const StepArgs& a, const std::vector<std::string>& variants,
+                              const std::shared_ptr<comm::Communicator>& comm) {
+  const bool shm_variants = std::any_of(variants.begin(), variants.end(), [](const std::string& v) {
+    return v == "mpi" || v == "shm-spin" || v == "shm-sleep";
+  });
+  if (!shm_variants) return;
+#ifdef STRIDE_WITH_MPI
+  auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get());
+  if (!mpi || !mpi->set_shm_enabled(true)) {
+    throw UsageError(concat("--interleave ", a.interleave,
+                            ": collectives do not use shared memory here (needs one host and STRIDE_SHM unset)"));
+  }
+#else
+  (void)comm;
+  throw UsageError(concat("--interleave ", a.interleave, ": the mpi and shm-* variants need a build with MPI"));
+#endif
+}
+
 // Variants in alternating blocks of a.steps steps, a.rounds rounds; images/s per block, and each ratio as the
 // median over rounds of the ratio within the round (paired, so slow drift of the machine cancels).
 template <typename Step>
@@ -108,20 +128,6 @@ void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants
   const std::string default_wait = comm->shm_wait();
 #ifdef STRIDE_WITH_MPI
   auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get());
-  const bool shm_variants = std::any_of(variants.begin(), variants.end(), [](const std::string& v) {
-    return v == "mpi" || v == "shm-spin" || v == "shm-sleep";
-  });
-  if (shm_variants && (!mpi || !mpi->set_shm_enabled(true))) {
-    throw UsageError(concat("--interleave ", a.interleave,
-                            ": collectives do not use shared memory here (needs one host and STRIDE_SHM unset)"));
-  }
-#else
-  comm::Communicator* mpi = nullptr;
-  (void)mpi;
-  for (const char* v : {"mpi", "shm-spin", "shm-sleep"}) {
-    if (std::count(variants.begin(), variants.end(), v))
-      throw UsageError(concat("--interleave ", v, ": built without MPI"));
-  }
 #endif
   const int world = comm->size();
   std::map<std::string, std::vector<double>> ips, comm_ms, exposed_ms;
@@ -210,6 +216,7 @@ void run_step_bench(const StepArgs& a) {
   if (!variants.empty() && world < 2) {
     throw UsageError("--interleave compares data-parallel variants: run it under mpirun with 2+ ranks");
   }
+  check_transport_variants(a, variants, comm);
   const torch::Device device = a.device == "cuda"
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank()))
                                    : torch::Device(torch::kCPU);

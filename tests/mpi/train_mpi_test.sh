@@ -4,7 +4,8 @@
 #  2. the same run killed (mpirun and its ranks, SIGKILL) after a checkpoint and resumed with --resume auto ends
 #     with model and optimizer state bitwise identical to the uninterrupted run;
 #  3. the 2-rank checkpoint resumes on 1 rank with the same global batch (64 per rank instead of 32);
-#  4. a misspelt STRIDE_SHM_WAIT stops a 2-rank job with a clear error.
+#  4. a misspelt STRIDE_SHM_WAIT stops a 2-rank job with a clear error;
+#  5. `stride bench step --interleave default,mpi` with shared memory turned off fails before the model is built.
 #   train_mpi_test.sh STRIDE_BINARY WORK_DIR MPIRUN [MPIRUN FLAGS...]
 set -euo pipefail
 STRIDE=$1
@@ -74,4 +75,15 @@ STRIDE_SHM_WAIT=spinn "${MPIRUN[@]}" -np 2 -x STRIDE_SHM_WAIT "$STRIDE" train "$
 grep -q "STRIDE_SHM_WAIT must be auto, spin or sleep, not 'spinn'" "$WORK/badenv.log" ||
   { echo "FAIL: no clear error for STRIDE_SHM_WAIT"; cat "$WORK/badenv.log"; exit 1; }
 [ ! -d "$WORK/badenv/checkpoints" ] || { echo "FAIL: the job trained"; exit 1; }
-echo "PASS: 2-rank training, bitwise kill/resume, 2 -> 1 rank resume, bad STRIDE_SHM_WAIT"
+
+echo "== --interleave ...,mpi without shared memory is a usage error (exit code 2) before the model is built"
+rc=0
+# An unknown model name: had the model been built first, the error would be about that.
+STRIDE_SHM=0 "${MPIRUN[@]}" -np 2 -x STRIDE_SHM "$STRIDE" bench step --model no-such-model --batch-size 8 \
+  --image-size 28 --in-channels 1 --num-classes 10 --threads 1 --steps 1 --rounds 1 --interleave default,mpi \
+  > "$WORK/noshm.log" 2>&1 || rc=$?
+[[ $rc == 2 ]] || { echo "FAIL: exit code $rc, not 2"; cat "$WORK/noshm.log"; exit 1; }
+grep -q "collectives do not use shared memory here" "$WORK/noshm.log" ||
+  { echo "FAIL: no clear error for --interleave mpi without shared memory"; cat "$WORK/noshm.log"; exit 1; }
+! grep -qi "no-such-model" "$WORK/noshm.log" || { echo "FAIL: the model was built before the check"; exit 1; }
+echo "PASS: 2-rank training, bitwise kill/resume, 2 -> 1 rank resume, bad STRIDE_SHM_WAIT, --interleave mpi without shm"
