@@ -71,11 +71,12 @@ void run_allreduce_bench(const AllreduceArgs& a) {
       stride_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
                          static_cast<double>(iters));
       // Each rank rewrites its whole bucket before each call, untimed, as backward does in training: otherwise a
-      // rank would find the slice it reduces still in its cache from the previous call.
-      comm->barrier()->wait();
+      // rank would find the slice it reduces still in its cache from the previous call. The barrier keeps one
+      // rank's fill out of the other's timed wait.
       double bucket_total = 0;
       for (int64_t i = 0; i < iters; ++i) {
         bucket.fill_(1);
+        comm->barrier()->wait();
         t0 = std::chrono::steady_clock::now();
         comm->allreduce(bucket, comm::ReduceOp::kSum)->wait();
         bucket_total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -99,7 +99,9 @@ struct ShmGroup::Impl {
   std::vector<std::vector<std::shared_ptr<Mapping>>> buffers;  // [id - 1][rank]: peers' buffers (own: null)
   uint64_t passed = 0;                                         // barriers passed
   uint64_t collectives = 0;                                    // collectives started (picks the Desc slot)
-  std::string broken;                                          // why an earlier collective failed
+  // Why an earlier collective failed. After a failure the group is unusable, and the caller is expected to end
+  // the process (the trainer exits): a peer that arrived late may still write its slice into this rank's buffer.
+  std::string broken;
   // The last collective skipped its closing rendezvous (every rank wrote only private memory), so peers may still
   // be reading this rank's staging slot: a collective that writes the whole staging area first waits for them.
   bool readers_pending = false;

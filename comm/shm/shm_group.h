@@ -42,9 +42,10 @@ struct ShmBootstrap {
 };
 
 struct ShmOptions {
-  // The chunk a collective moves at a time, and each rank's staging area for tensors outside shared memory.
-  // Small enough that what one rank writes is still in the cache when the others read it (measured on a 2-core
-  // VM: 256 KiB chunks move 16 MiB 1.7x faster than 8 MiB chunks).
+  // Each rank's staging area for tensors outside shared memory, which move through it a chunk at a time; half
+  // of it is the largest collective that every rank reduces whole. Small enough that what one rank writes is
+  // still in the cache when the others read it (measured on a 2-core VM: 256 KiB chunks move 16 MiB 1.7x
+  // faster than 8 MiB chunks). Shared buffers are reduced in one pass, not in chunks.
   int64_t staging_bytes = int64_t{256} << 10;
   // How long a rank that waits for its peers spins before it sleeps on the futex: briefly on the owner thread
   // (its rank's compute thread may need the core), longer when the caller waits for the result anyway (waking a

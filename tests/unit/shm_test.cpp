@@ -153,9 +153,9 @@ TEST(ShmGroup, ChunkedStagingZeroCopyAndMixedBuffersAgree) {
 }
 
 TEST(ShmGroup, SharedBuffersReduceInPlaceBelowAndAboveOneChunk) {
-  // Up to one chunk (256 KiB) every rank reduces the whole buffer (result staged, copied back after the
-  // rendezvous); above it, chunk by chunk, each rank reduces its slice and stores it into every rank's buffer.
-  // Both read the peers' buffers in place.
+  // Up to half a staging area (128 KiB) every rank reduces the whole buffer (result staged, copied back after
+  // the rendezvous); above it, each rank reduces its slice and stores it into every rank's buffer. Both read
+  // the peers' buffers in place.
   for (int size : {2, 3}) {
     expect_ok(run_ranks(size, [&](ShmGroup& g, int rank) {
       for (int64_t n : {int64_t{1000}, int64_t{262144}, int64_t{262145}, int64_t{700001}}) {
@@ -173,7 +173,7 @@ TEST(ShmGroup, SharedBuffersReduceInPlaceBelowAndAboveOneChunk) {
 }
 
 TEST(ShmGroup, ShardsWrittenIntoPeersBuffersLandInTheirViewsOnly) {
-  // Above one chunk each rank stores its reduced slice into every rank's buffer. The views sit at a different
+  // Above half a staging area each rank stores its reduced slice into every rank's buffer. The views sit at a different
   // offset on every rank, the length is not a multiple of the slice alignment, and a rank rewrites its buffer as
   // soon as its allreduce returns: a peer that still read or wrote it would corrupt the next result.
   comm::ShmOptions options;
