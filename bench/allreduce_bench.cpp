@@ -51,7 +51,8 @@ void run_allreduce_bench(const AllreduceArgs& a) {
                 "mpi_us", "stride_busGB/s", "bucket_busGB/s", "mpi_busGB/s", "ratio", "b_ratio");
   }
   for (int64_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= 4) {
-    auto t = torch::ones({bytes / 4}, torch::kFloat);
+    // Zeros: summed in place call after call, ones would reach inf after ~128 calls.
+    auto t = torch::zeros({bytes / 4}, torch::kFloat);
     auto bucket = comm->alloc_buffer(bytes / 4, torch::kFloat);
     bucket.fill_(1);
     // Iterations per round from a quick probe, agreed across ranks (every rank must run the same count).
