@@ -16,11 +16,17 @@
 
 namespace stride::comm::shm_kernels {
 
+// Where a reduction stores its result: `count` buffers (not owned; no allocation for the common single one).
+struct Outputs {
+  char* const* buffers;
+  size_t count;
+};
+
 // One block; M > 0 makes the length a compile-time constant, which is what lets GCC vectorize these loops at -O2
 // (its cheap cost model does not vectorize loops that need a remainder loop).
 template <int64_t M, typename T, typename A, typename F>
-inline void reduce_block(const std::vector<char*>& dst, const std::vector<const char*>& src, int64_t b, int64_t m, F f,
-                         A scale, bool scaled, A* acc) {
+inline void reduce_block(Outputs dst, const std::vector<const char*>& src, int64_t b, int64_t m, F f, A scale,
+                         bool scaled, A* acc) {
   const int64_t len = M > 0 ? M : m;
   const T* s0 = reinterpret_cast<const T*>(src[0]) + b;
   for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(s0[i]);
@@ -31,15 +37,14 @@ inline void reduce_block(const std::vector<char*>& dst, const std::vector<const 
   if (scaled) {
     for (int64_t i = 0; i < len; ++i) acc[i] *= scale;
   }
-  for (char* out : dst) {
-    T* d = reinterpret_cast<T*>(out) + b;
+  for (size_t k = 0; k < dst.count; ++k) {
+    T* d = reinterpret_cast<T*>(dst.buffers[k]) + b;
     for (int64_t i = 0; i < len; ++i) d[i] = static_cast<T>(acc[i]);
   }
 }
 
 template <typename T, typename A, typename F>
-void reduce_typed(const std::vector<char*>& dst, const std::vector<const char*>& src, int64_t n, F f, A scale,
-                  bool scaled) {
+void reduce_typed(Outputs dst, const std::vector<const char*>& src, int64_t n, F f, A scale, bool scaled) {
   constexpr int64_t kBlock = 1024;
   alignas(64) A acc[kBlock];
   int64_t b = 0;
@@ -48,7 +53,7 @@ void reduce_typed(const std::vector<char*>& dst, const std::vector<const char*>&
 }
 
 template <typename T, typename A>
-void reduce_op(const std::vector<char*>& dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
+void reduce_op(Outputs dst, const std::vector<const char*>& src, int64_t n, ReduceOp op, int size) {
   switch (op) {
     case ReduceOp::kSum:
     case ReduceOp::kAvg:
@@ -67,8 +72,8 @@ void reduce_op(const std::vector<char*>& dst, const std::vector<const char*>& sr
   }
 }
 
-inline void reduce(torch::ScalarType dtype, const std::vector<char*>& dst, const std::vector<const char*>& src,
-                   int64_t n, ReduceOp op, int size) {
+inline void reduce(torch::ScalarType dtype, Outputs dst, const std::vector<const char*>& src, int64_t n, ReduceOp op,
+                   int size) {
   switch (dtype) {
     case torch::kFloat:
       return reduce_op<float, float>(dst, src, n, op, size);
@@ -95,7 +100,12 @@ inline void reduce(torch::ScalarType dtype, const std::vector<char*>& dst, const
 
 inline void reduce(torch::ScalarType dtype, char* dst, const std::vector<const char*>& src, int64_t n, ReduceOp op,
                    int size) {
-  reduce(dtype, std::vector<char*>{dst}, src, n, op, size);
+  reduce(dtype, Outputs{&dst, 1}, src, n, op, size);
+}
+
+inline void reduce(torch::ScalarType dtype, const std::vector<char*>& dst, const std::vector<const char*>& src,
+                   int64_t n, ReduceOp op, int size) {
+  reduce(dtype, Outputs{dst.data(), dst.size()}, src, n, op, size);
 }
 
 }  // namespace stride::comm::shm_kernels

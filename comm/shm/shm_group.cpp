@@ -435,10 +435,9 @@ void ShmGroup::allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milli
       s.arrive();
       return;
     }
-    // Staged: in chunks of the staging size, in lock-step.
-    const int64_t chunk = cap;
-    for (int64_t off = 0; off < n; off += chunk) {
-      const int64_t m = std::min(chunk, n - off);
+    // Some tensors go through the staging areas: in chunks of the staging size, in lock-step.
+    for (int64_t off = 0; off < n; off += cap) {
+      const int64_t m = std::min(cap, n - off);
       if (off > 0) {
         if (staged) std::memcpy(s.staging(s.rank), data + off * elem, static_cast<size_t>(m * elem));
         s.arrive();
