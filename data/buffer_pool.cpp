@@ -27,10 +27,17 @@ torch::Tensor BufferPool::empty(at::IntArrayRef sizes, torch::ScalarType dtype) 
   if (!p && bytes > 0) {
     p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!p) throw Error(concat("out of memory allocating a ", bytes, "-byte batch buffer"));
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++allocations_;
   }
   auto self = shared_from_this();
   return torch::from_blob(
       p, sizes, [self, bytes](void* ptr) { self->release(ptr, bytes); }, torch::TensorOptions().dtype(dtype));
+}
+
+uint64_t BufferPool::allocations() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return allocations_;
 }
 
 void BufferPool::release(void* p, size_t bytes) {

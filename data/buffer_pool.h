@@ -21,14 +21,17 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   ~BufferPool();
   // An uninitialised contiguous CPU tensor whose storage returns to the pool.
   torch::Tensor empty(at::IntArrayRef sizes, torch::ScalarType dtype);
+  // Buffers allocated so far (not taken from the free list).
+  uint64_t allocations() const;
 
  private:
   explicit BufferPool(size_t max_free) : max_free_(max_free) {}
   void release(void* p, size_t bytes);
 
   const size_t max_free_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::vector<std::pair<void*, size_t>> free_;  // guarded by mutex_
+  uint64_t allocations_ = 0;                    // guarded by mutex_
 };
 
 }  // namespace stride::data

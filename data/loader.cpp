@@ -30,7 +30,7 @@ struct CorruptData : Error {
 }  // namespace
 
 ShardedLoader::ShardedLoader(LoaderOptions options) : options_(std::move(options)) {
-  index_ = read_index(options_.path);
+  index_ = options_.index ? *options_.index : read_index(options_.path);
   verify_shard_files(options_.path, index_);
   for (uint32_t s = 0; s < static_cast<uint32_t>(index_.shards_size()); ++s) {
     const auto& shard = index_.shards(static_cast<int>(s));
@@ -39,7 +39,8 @@ ShardedLoader::ShardedLoader(LoaderOptions options) : options_(std::move(options
   }
   if (samples_.empty()) throw Error(concat("dataset ", options_.path, " has no samples"));
   fds_.assign(shard_sizes_.size(), -1);
-  pool_ = BufferPool::create(static_cast<size_t>(options_.prefetch + options_.workers + 2));
+  pool_ =
+      options_.pool ? options_.pool : BufferPool::create(static_cast<size_t>(options_.prefetch + options_.workers + 2));
   if (options_.workers < 1) throw UsageError(concat("workers must be at least 1, got ", options_.workers));
   if (options_.prefetch < 1) throw UsageError(concat("prefetch must be at least 1, got ", options_.prefetch));
   if (options_.mix.enabled() && !options_.float_output) {

@@ -45,6 +45,11 @@ struct LoaderOptions {
   MixOptions mix;                 // MixUp/CutMix (float output only)
   int64_t max_corrupt = 100;      // corrupt samples tolerated before the run stops
   bool pin_memory = true;         // pinned host memory when CUDA is available
+  // Where batch buffers come from. Loaders of one process may share a pool (the evaluation loader reuses the
+  // training loader's buffers); null: a pool of the loader's own.
+  std::shared_ptr<BufferPool> pool;
+  // The index of `path` when the caller has read it already (read_index otherwise).
+  std::shared_ptr<const proto::DatasetIndex> index;
 };
 
 struct Batch {

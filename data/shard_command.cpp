@@ -1,6 +1,7 @@
 #include "data/shard_command.h"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -30,11 +31,42 @@ void run(const ShardArgs& a) {
     if (!a.format.empty() || !a.input.empty() || !a.output.empty()) {
       throw UsageError("--index-only takes no --format, --input or --output");
     }
-    const auto name = std::filesystem::path(a.index_only).lexically_normal().filename().string();
-    const auto index = index_webdataset_dir(a.index_only, name);
-    write_index(a.index_only, index);
-    std::printf("%s: indexed %llu samples in %d shards (%d classes)\n", a.index_only.c_str(),
-                static_cast<unsigned long long>(index.num_samples()), index.shards_size(), index.num_classes());
+    // DIR holds the tars of one split, or one folder of tars per split (DIR/train, DIR/test, ...).
+    namespace fs = std::filesystem;
+    auto has_tars = [](const fs::path& d) {
+      for (const auto& e : fs::directory_iterator(d)) {
+        if (e.is_regular_file() && e.path().extension() == ".tar") return true;
+      }
+      return false;
+    };
+    fs::path root = fs::path(a.index_only).lexically_normal();
+    if (root.filename().empty()) root = root.parent_path();  // "DIR/"
+    if (!fs::is_directory(root)) throw UsageError(concat("--index-only: ", a.index_only, " is not a directory"));
+    std::vector<fs::path> dirs;
+    if (has_tars(root)) {
+      dirs.push_back(root);
+    } else {
+      for (const auto& e : fs::directory_iterator(root)) {
+        if (e.is_directory() && has_tars(e.path())) dirs.push_back(e.path());
+      }
+      std::sort(dirs.begin(), dirs.end());
+    }
+    if (dirs.empty()) {
+      throw UsageError(concat("--index-only: no .tar files in ", a.index_only, " nor in its subfolders"));
+    }
+    for (const auto& dir : dirs) {
+      const auto index = index_webdataset_dir(dir.string(), dir.filename().string());
+      write_index(dir.string(), index);
+      std::string shape = "images of different sizes";
+      if (index.image_shape_size() == 3) {
+        shape = concat(index.image_shape(0), "x", index.image_shape(1), "x", index.image_shape(2));
+      }
+      const int channels = index_channels(index);
+      std::printf("%s: indexed %llu samples in %d shards (%d classes, %s, %s)\n", dir.string().c_str(),
+                  static_cast<unsigned long long>(index.num_samples()), index.shards_size(), index.num_classes(),
+                  shape.c_str(),
+                  channels ? concat(channels, channels == 1 ? " channel" : " channels").c_str() : "mixed channels");
+    }
     return;
   }
   if (a.format.empty() || a.input.empty() || a.output.empty()) {
@@ -71,7 +103,8 @@ void add_shard_command(CLI::App& app) {
   cmd->add_option("--samples-per-shard", args->samples_per_shard, "Samples per tar shard")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--index-only", args->index_only, "Only write index.pb for an existing directory of WebDataset tars");
+  cmd->add_option("--index-only", args->index_only,
+                  "Only write index.pb for an existing directory of WebDataset tars (or for each split folder in it)");
   cmd->add_flag("--quiet", args->quiet, "No progress lines");
   cmd->callback([args] { run(*args); });
 }

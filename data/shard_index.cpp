@@ -58,6 +58,41 @@ void verify_shard_files(const std::string& dir, const proto::DatasetIndex& index
   }
 }
 
+bool ImageShapeTally::add(Codec codec, const uint8_t* data, size_t n) {
+  try {
+    add(peek_image(codec, data, n));
+    return true;
+  } catch (const Error&) {
+    ++unreadable_;  // the loader meets it as a corrupt sample
+    return false;
+  }
+}
+
+void ImageShapeTally::add(const ImageInfo& info) {
+  if (count_++ == 0) {
+    first_ = info;
+    return;
+  }
+  same_shape_ =
+      same_shape_ && info.height == first_.height && info.width == first_.width && info.channels == first_.channels;
+  same_channels_ = same_channels_ && info.channels == first_.channels;
+}
+
+void ImageShapeTally::record(proto::DatasetIndex* index) const {
+  index->clear_image_shape();
+  index->set_channels(0);
+  if (count_ == 0) return;
+  if (same_channels_) index->set_channels(first_.channels);
+  if (same_shape_) {
+    for (int64_t d : {first_.height, first_.width, first_.channels}) index->add_image_shape(d);
+  }
+}
+
+int index_channels(const proto::DatasetIndex& index) {
+  if (index.channels() > 0) return index.channels();
+  return index.image_shape_size() == 3 ? static_cast<int>(index.image_shape(2)) : 0;
+}
+
 proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::string& name) {
   if (!fs::is_directory(dir)) throw Error(concat("dataset directory ", dir, " does not exist"));
   std::vector<std::string> tars;
@@ -70,6 +105,7 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
   index.set_version(kIndexVersion);
   index.set_name(name);
   int64_t max_label = -1;
+  ImageShapeTally shapes;
   for (const auto& file : tars) {
     const std::string path = (fs::path(dir) / file).string();
     const std::string bytes = read_file(path);
@@ -77,6 +113,7 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
     shard->set_file(file);
     shard->set_size(bytes.size());
     proto::SampleEntry* sample = nullptr;
+    bool has_image = false;
     for (const auto& m : scan_tar(path)) {
       std::string key, ext;
       split_key(m.name, &key, &ext);
@@ -84,6 +121,12 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
         sample = shard->add_samples();
         sample->set_key(key);
         sample->set_label(-1);
+        has_image = false;
+      }
+      const Codec codec = codec_for(ext);
+      if (codec != Codec::kUnknown && !has_image) {  // the member the loader decodes: the sample's first image
+        has_image = true;
+        shapes.add(codec, reinterpret_cast<const uint8_t*>(bytes.data()) + m.data_offset, m.size);
       }
       auto* member = sample->add_members();
       member->set_ext(ext);
@@ -104,6 +147,7 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
     index.set_num_samples(index.num_samples() + shard->samples_size());
   }
   index.set_num_classes(static_cast<int32_t>(max_label + 1));
+  shapes.record(&index);
   return index;
 }
 

@@ -42,7 +42,13 @@ void ShardWriter::add(const std::string& key, const std::vector<std::pair<std::s
   auto* sample = shard_->add_samples();
   sample->set_key(key);
   sample->set_label(label);
+  bool has_image = false;
   for (const auto& [ext, bytes] : members) {
+    const Codec codec = codec_for(ext);
+    if (codec != Codec::kUnknown && !has_image) {
+      has_image = true;
+      shapes_.add(codec, reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+    }
     const uint64_t at = tar_->add(key + "." + ext, bytes.data(), bytes.size());
     auto* m = sample->add_members();
     m->set_ext(ext);
@@ -67,12 +73,11 @@ void ShardWriter::close_shard() {
   }
 }
 
-proto::DatasetIndex ShardWriter::finish(int32_t num_classes, const std::vector<std::string>& class_names,
-                                        const std::vector<int64_t>& image_shape) {
+proto::DatasetIndex ShardWriter::finish(int32_t num_classes, const std::vector<std::string>& class_names) {
   close_shard();
   index_.set_num_classes(num_classes);
   for (const auto& c : class_names) index_.add_class_names(c);
-  for (int64_t d : image_shape) index_.add_image_shape(d);
+  shapes_.record(&index_);
   write_index(dir_, index_);  // last: its presence marks the directory complete
   return index_;
 }

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "data/shard_index.h"
 #include "data/tar.h"
 #include "proto/dataset_index.pb.h"
 
@@ -25,9 +26,9 @@ class ShardWriter {
   // Appends one sample: members as (extension, bytes), e.g. {{"npy", ...}, {"cls", "3"}}. Keys must be unique
   // and free of dots in the file-name part.
   void add(const std::string& key, const std::vector<std::pair<std::string, std::string>>& members, int64_t label);
-  // Closes the last shard and writes index.pb. Returns the index.
-  proto::DatasetIndex finish(int32_t num_classes, const std::vector<std::string>& class_names,
-                             const std::vector<int64_t>& image_shape);
+  // Closes the last shard and writes index.pb, with the images' shape and channels as their headers give them
+  // (data/shard_index.h, ImageShapeTally). Returns the index.
+  proto::DatasetIndex finish(int32_t num_classes, const std::vector<std::string>& class_names);
 
  private:
   void close_shard();
@@ -39,6 +40,7 @@ class ShardWriter {
   std::unique_ptr<TarWriter> tar_;
   std::string tmp_path_, final_path_;
   proto::ShardEntry* shard_ = nullptr;
+  ImageShapeTally shapes_;
 };
 
 }  // namespace stride::data

@@ -84,7 +84,7 @@ std::vector<std::string> shard_fashion_mnist(const ShardJob& job) {
       const int label = static_cast<unsigned char>(labels[8 + i]);
       writer.add(key_for(i), {{"npy", encode_npy(img)}, {"cls", std::to_string(label)}}, label);
     }
-    writer.finish(10, kClasses, {rows, cols, 1});
+    writer.finish(10, kClasses);
     written.push_back(out);
   }
   return written;
@@ -120,7 +120,7 @@ std::vector<std::string> shard_cifar10(const ShardJob& job) {
         writer.add(key_for(i++), {{"npy", encode_npy(img)}, {"cls", std::to_string(label)}}, label);
       }
     }
-    writer.finish(10, classes, {32, 32, 3});
+    writer.finish(10, classes);
     written.push_back(out);
   }
   return written;
@@ -162,7 +162,7 @@ std::vector<std::string> shard_image_folder(const ShardJob& job) {
         writer.add(key_for(i++), {{ext, buf.str()}, {"cls", std::to_string(c)}}, static_cast<int64_t>(c));
       }
     }
-    writer.finish(static_cast<int32_t>(classes.size()), classes, {});
+    writer.finish(static_cast<int32_t>(classes.size()), classes);
     written.push_back(out);
   }
   return written;

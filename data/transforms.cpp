@@ -13,7 +13,8 @@ AugmentOptions::Crop parse_crop(const std::string& name) {
   if (name == "pad-crop") return AugmentOptions::Crop::kPadCrop;
   if (name == "random-resized") return AugmentOptions::Crop::kRandomResized;
   if (name == "center") return AugmentOptions::Crop::kCenter;
-  throw UsageError(concat("unknown crop '", name, "' (none, pad-crop, random-resized, center)"));
+  if (name == "center-pad") return AugmentOptions::Crop::kCenterPad;
+  throw UsageError(concat("unknown crop '", name, "' (none, pad-crop, random-resized, center, center-pad)"));
 }
 
 Box random_resized_box(int width, int height, const AugmentOptions& o, Rng& rng) {
@@ -255,6 +256,10 @@ Image augment(const uint8_t* data, size_t n, Codec codec, const AugmentOptions& 
       const int x0 = static_cast<int>(rng.below(static_cast<uint64_t>(img.width + 2 * o.pad - size + 1)));
       const int y0 = static_cast<int>(rng.below(static_cast<uint64_t>(img.height + 2 * o.pad - size + 1)));
       img = pad_crop(img, o.pad, size, x0, y0);
+    } else if (o.crop == Crop::kCenterPad) {
+      STRIDE_CHECK(o.size > 0, "crop size must be set");
+      const int pad = std::max(0, (o.size - std::min(img.width, img.height) + 1) / 2);
+      img = pad_crop(img, pad, o.size, (img.width + 2 * pad - o.size) / 2, (img.height + 2 * pad - o.size) / 2);
     }
   }
   if (o.hflip && rng.bernoulli(0.5)) hflip(img);

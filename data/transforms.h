@@ -18,6 +18,8 @@ struct AugmentOptions {
     kPadCrop,        // pad by `pad` pixels (zeros) and take a random size x size crop (CIFAR/Fashion-MNIST)
     kRandomResized,  // RandomResizedCrop(size, scale, ratio), bilinear with antialiasing (ImageNet training)
     kCenter,         // resize the shorter side to `resize`, centre crop size x size (ImageNet evaluation)
+    kCenterPad,      // no resampling: the centre size x size, zero-padded where the image is smaller (the
+                     // evaluation counterpart of kPadCrop)
   };
   Crop crop = Crop::kNone;
   int size = 0;  // output side; 0 with kNone/kPadCrop: the input's own size
@@ -33,7 +35,7 @@ struct AugmentOptions {
   bool jpeg_scaled_decode = true;  // let libjpeg-turbo shrink in the DCT domain when the crop allows
 };
 
-// Parses "none" | "pad-crop" | "random-resized" | "center"; throws UsageError otherwise.
+// Parses "none" | "pad-crop" | "random-resized" | "center" | "center-pad"; throws UsageError otherwise.
 AugmentOptions::Crop parse_crop(const std::string& name);
 
 // Decodes `data` and applies `options`. Throws stride::Error when the bytes cannot be decoded.

@@ -31,6 +31,10 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"crop", "Training crop: pad-crop | random-resized | none", &c.crop},
       {"pad", "pad-crop padding in pixels", &c.pad},
       {"image-size", "Training crop side; 0: the images' own size (224 for random-resized)", &c.image_size},
+      {"val-crop-size", "Evaluation image side; 0: the training side", &c.val_crop_size},
+      {"val-resize-size",
+       "Evaluation resize of the shorter side before the centre crop (random-resized training); 0: side x 256/224",
+       &c.val_resize_size},
       {"hflip", "Random horizontal flips", &c.hflip},
       {"cutout", "Cutout square side in pixels (0: off)", &c.cutout},
       {"random-erase", "Random erasing probability", &c.random_erase},
@@ -232,6 +236,9 @@ void validate(const TrainConfig& c) {
   non_negative("cutout", static_cast<double>(c.cutout));
   non_negative("eval-freq", static_cast<double>(c.eval_freq));
   non_negative("pad", static_cast<double>(c.pad));
+  non_negative("image-size", static_cast<double>(c.image_size));
+  non_negative("val-crop-size", static_cast<double>(c.val_crop_size));
+  non_negative("val-resize-size", static_cast<double>(c.val_resize_size));
   one_of("comm-backend", c.comm_backend, {"auto", "single", "mpi", "nccl"});
   one_of("device", c.device, {"auto", "cpu", "cuda"});
   one_of("amp-dtype", c.amp_dtype, {"float16", "bfloat16"});

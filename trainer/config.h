@@ -34,7 +34,9 @@ struct TrainConfig {
   int64_t prefetch = 4;
   std::string crop = "pad-crop";
   int64_t pad = 4;
-  int64_t image_size = 0;  // 0: the images' own size (pad-crop) / 224 (random-resized)
+  int64_t image_size = 0;       // 0: the images' own size (pad-crop) / 224 (random-resized)
+  int64_t val_crop_size = 0;    // evaluation side; 0: the training side (Note [One transform rule])
+  int64_t val_resize_size = 0;  // evaluation resize before the centre crop (random-resized); 0: side x 256 / 224
   bool hflip = true;
   int64_t cutout = 0;
   double random_erase = 0.0;

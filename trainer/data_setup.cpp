@@ -1,9 +1,13 @@
+#include "trainer/data_setup.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "common/error.h"
 #include "data/shard_index.h"
 #include "data/sources.h"
-#include "trainer/trainer.h"
 
 namespace stride::trainer {
 namespace fs = std::filesystem;
@@ -34,58 +38,184 @@ void ensure_dataset(const TrainConfig& c) {
   }
 }
 
-data::LoaderOptions loader_options(const TrainConfig& c, bool train, uint64_t rank, uint64_t world_size) {
-  data::LoaderOptions o;
-  o.path = (fs::path(c.data_path) / (train ? c.train_split : c.val_split)).string();
-  o.batch_size = static_cast<uint64_t>(c.batch_size);
-  o.rank = rank;
-  o.world_size = world_size;
-  o.seed = static_cast<uint64_t>(c.seed);
-  o.train = train;
-  o.workers = static_cast<int>(c.workers);
-  o.prefetch = static_cast<int>(c.prefetch);
-  o.max_corrupt = c.max_corrupt;
-  o.pin_memory = true;
-  const auto index = data::read_index(o.path);
-  const bool fixed_shape = index.image_shape_size() == 3;
-  const int channels = fixed_shape ? static_cast<int>(index.image_shape(2)) : 3;
-  using Crop = data::AugmentOptions::Crop;
-  auto& a = o.augment;
-  a.channels = fixed_shape ? 0 : 3;
-  if (train) {
-    a.crop = data::parse_crop(c.crop);
-    a.pad = static_cast<int>(c.pad);
-    a.size = static_cast<int>(c.image_size);
-    if (a.crop == Crop::kRandomResized && a.size == 0) a.size = 224;
-    a.hflip = c.hflip;
-    a.cutout = static_cast<int>(c.cutout);
-    a.erasing = c.random_erase;
-    o.mix = {c.mixup_alpha, c.cutmix_alpha};
-  } else if (!fixed_shape || c.crop == "random-resized") {
-    a.crop = Crop::kCenter;
-    a.size = c.image_size > 0 ? static_cast<int>(c.image_size) : 224;
+namespace {
+
+std::string side(int64_t h, int64_t w) { return concat(h, "x", w); }
+
+// The shape of a split's images as its index records it.
+struct SplitShape {
+  bool fixed = false;
+  int64_t height = 0, width = 0;
+  std::string describe() const { return fixed ? side(height, width) : std::string("images of different sizes"); }
+};
+
+SplitShape shape_of(const proto::DatasetIndex& index) {
+  SplitShape s;
+  s.fixed = index.image_shape_size() == 3;
+  if (s.fixed) {
+    s.height = index.image_shape(0);
+    s.width = index.image_shape(1);
   }
-  // Normalisation: explicit values, else the dataset's well-known statistics.
-  o.mean = c.mean;
-  o.std = c.std;
-  if (o.mean.empty()) {
-    const std::string name = index.name();
+  return s;
+}
+
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.4g", v);
+  return buf;
+}
+
+std::string list(const std::vector<double>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + number(v[i]);
+  return out;
+}
+
+// --mean/--std, else the dataset's well-known statistics (by the index's name), else none (x / 255).
+void set_normalisation(const TrainConfig& c, const proto::DatasetIndex& index, int channels, DataPlan& p) {
+  std::vector<double> mean = c.mean, std = c.std;
+  if (mean.empty()) {
+    const std::string& name = index.name();
     if (name.rfind("fashion-mnist", 0) == 0) {
-      o.mean = {0.2860};
-      o.std = {0.3530};
+      mean = {0.2860};
+      std = {0.3530};
     } else if (name.rfind("cifar10", 0) == 0) {
-      o.mean = {0.4914, 0.4822, 0.4465};
-      o.std = {0.2470, 0.2435, 0.2616};
+      mean = {0.4914, 0.4822, 0.4465};
+      std = {0.2470, 0.2435, 0.2616};
     } else if (channels == 3) {
-      o.mean = {0.485, 0.456, 0.406};  // ImageNet
-      o.std = {0.229, 0.224, 0.225};
+      mean = {0.485, 0.456, 0.406};  // ImageNet
+      std = {0.229, 0.224, 0.225};
     }
   }
-  if (!o.mean.empty() && o.mean.size() != static_cast<size_t>(channels)) {
-    throw UsageError(
-        concat("--mean/--std have ", o.mean.size(), " values but ", o.path, " has ", channels, "-channel images"));
+  if (!mean.empty() && mean.size() != static_cast<size_t>(channels)) {
+    throw UsageError(concat("--mean/--std have ", mean.size(), " values but the images have ", channels, " channel",
+                            channels == 1 ? "" : "s"));
   }
-  return o;
+  p.train.mean = p.eval.mean = mean;
+  p.train.std = p.eval.std = std;
+  p.normalisation = mean.empty() ? "x / 255" : concat("mean ", list(mean), " std ", list(std));
+}
+
+}  // namespace
+
+DataPlan plan_data(const TrainConfig& c) {
+  using Crop = data::AugmentOptions::Crop;
+  DataPlan p;
+  const std::string train_dir = (fs::path(c.data_path) / c.train_split).string();
+  const std::string eval_dir = (fs::path(c.data_path) / c.val_split).string();
+  std::shared_ptr<const proto::DatasetIndex> train_index, eval_index;
+  if (!c.test_only) train_index = std::make_shared<proto::DatasetIndex>(data::read_index(train_dir));
+  eval_index = std::make_shared<proto::DatasetIndex>(data::read_index(eval_dir));
+  // The reference split decides sizes and channels: training's, or evaluation's when only evaluating.
+  const auto& ref = train_index ? *train_index : *eval_index;
+  const std::string& ref_dir = train_index ? train_dir : eval_dir;
+  const SplitShape own = shape_of(ref), eval_own = shape_of(*eval_index);
+  const int channels = data::index_channels(ref) > 0 ? data::index_channels(ref) : 3;
+  p.in_channels = channels;
+  p.num_classes = ref.num_classes();
+
+  const Crop crop = data::parse_crop(c.crop);
+  if (!own.fixed && crop != Crop::kRandomResized) {
+    throw UsageError(concat(ref_dir, " holds images of different sizes, which --crop ", c.crop,
+                            " cannot batch: pass --crop random-resized (--image-size N, default 224), or reshard "
+                            "the images to one size (if they do share one, `stride shard --index-only ",
+                            ref_dir, "` records it)"));
+  }
+  // Training: S x S (or the images' own H x W with --crop none).
+  auto& a = p.train.augment;
+  a.crop = crop;
+  a.channels = channels;
+  int64_t s_h = 0, s_w = 0;
+  if (crop == Crop::kPadCrop) {
+    s_h = s_w = c.image_size > 0 ? c.image_size : std::min(own.height, own.width);
+    if (s_h > std::min(own.height, own.width) + 2 * c.pad) {
+      throw UsageError(concat("--image-size ", s_h, " is larger than the padded images (", own.describe(), " + 2 x ",
+                              c.pad, " of --pad)"));
+    }
+    a.size = static_cast<int>(s_h);
+    a.pad = static_cast<int>(c.pad);
+    p.train_transform = concat("pad-crop ", side(s_h, s_w), " (pad ", c.pad, ")");
+  } else if (crop == Crop::kNone) {
+    if (c.image_size > 0 && (c.image_size != own.height || c.image_size != own.width)) {
+      throw UsageError(concat("--crop none keeps the images' own size (", own.describe(), "), not --image-size ",
+                              c.image_size, ": drop --image-size or pass --crop pad-crop|random-resized"));
+    }
+    s_h = own.height;
+    s_w = own.width;
+    p.train_transform = concat("none (", side(s_h, s_w), ", the images' own size)");
+  } else {
+    s_h = s_w = c.image_size > 0 ? c.image_size : 224;
+    a.size = static_cast<int>(s_h);
+    p.train_transform =
+        concat("random-resized ", side(s_h, s_w), " (scale ", number(a.scale_min), "-", number(a.scale_max), ")");
+  }
+  a.hflip = c.hflip;
+  a.cutout = static_cast<int>(c.cutout);
+  a.erasing = c.random_erase;
+  p.train.mix = {c.mixup_alpha, c.cutmix_alpha};
+  if (c.hflip) p.train_transform += ", hflip";
+  if (c.cutout > 0) p.train_transform += concat(", cutout ", c.cutout);
+  if (c.random_erase > 0) p.train_transform += concat(", random erasing ", number(c.random_erase));
+  if (c.mixup_alpha > 0) p.train_transform += concat(", mixup ", number(c.mixup_alpha));
+  if (c.cutmix_alpha > 0) p.train_transform += concat(", cutmix ", number(c.cutmix_alpha));
+
+  // Evaluation: V x V by Note [One transform rule].
+  auto& e = p.eval.augment;
+  e.channels = channels;
+  const int64_t v = c.val_crop_size > 0 ? c.val_crop_size : s_h;
+  const bool own_side = eval_own.fixed && eval_own.height == v && eval_own.width == v;
+  if (crop != Crop::kNone || c.val_crop_size > 0) p.eval_side = v;
+  if (crop == Crop::kRandomResized) {
+    if (own_side && c.val_resize_size == 0) {
+      p.eval_transform = concat("none (", eval_own.describe(), ", the images' own size)");
+    } else {
+      e.crop = Crop::kCenter;
+      e.size = static_cast<int>(v);
+      e.resize = static_cast<int>(c.val_resize_size > 0 ? c.val_resize_size : std::llround(v * 256.0 / 224.0));
+      p.eval_transform = concat("resize ", e.resize, ", centre crop ", side(v, v));
+    }
+  } else {
+    if (!eval_own.fixed || eval_own.height != own.height || eval_own.width != own.width) {
+      throw UsageError(concat(eval_dir, " holds ", eval_own.describe(), " but ", ref_dir, " holds ", own.describe(),
+                              ": with --crop ", c.crop,
+                              " both splits must share one shape (or pass --crop random-resized)"));
+    }
+    if (c.val_resize_size > 0) throw UsageError("--val-resize-size applies to --crop random-resized only");
+    if (own_side || (crop == Crop::kNone && c.val_crop_size == 0)) {
+      p.eval_transform = concat("none (", eval_own.describe(), ", the images' own size)");
+    } else {
+      e.crop = Crop::kCenterPad;
+      e.size = static_cast<int>(v);
+      p.eval_transform = concat("centre ", side(v, v), " (no resampling)");
+    }
+  }
+
+  set_normalisation(c, ref, channels, p);
+  // The evaluation loader reuses the training loader's batch buffers (one pool per process).
+  const auto pool = data::BufferPool::create(static_cast<size_t>(c.prefetch + c.workers + 2));
+  for (auto* o : {&p.train, &p.eval}) {
+    o->batch_size = static_cast<uint64_t>(c.batch_size);
+    o->seed = static_cast<uint64_t>(c.seed);
+    o->workers = static_cast<int>(c.workers);
+    o->prefetch = static_cast<int>(c.prefetch);
+    o->max_corrupt = c.max_corrupt;
+    o->pin_memory = true;
+    o->pool = pool;
+  }
+  p.train.train = true;
+  p.eval.train = false;
+  p.train.path = train_index ? train_dir : std::string();
+  p.train.index = train_index;
+  p.eval.path = eval_dir;
+  p.eval.index = eval_index;
+  return p;
+}
+
+void apply_resolved(const DataPlan& plan, TrainConfig& c) {
+  using Crop = data::AugmentOptions::Crop;
+  if (plan.train.augment.crop != Crop::kNone) c.image_size = plan.train.augment.size;
+  c.val_crop_size = plan.eval_side;
+  if (plan.eval.augment.crop == Crop::kCenter) c.val_resize_size = plan.eval.augment.resize;
 }
 
 }  // namespace stride::trainer

@@ -29,6 +29,7 @@
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/checkpoint_writer.h"
+#include "trainer/data_setup.h"
 #include "trainer/loss.h"
 #include "trainer/run_output.h"
 #include "trainer/safetensors.h"
@@ -220,16 +221,28 @@ void Trainer::State::setup() {
     std::fprintf(stderr, "stride: %llu ranks over %s%s\n", static_cast<unsigned long long>(world),
                  comm->backend().c_str(), note.c_str());
   }
+  // The dataset and its transforms first: a problem there stops the run before it writes anything.
+  ensure_dataset(c);
+  DataPlan plan = plan_data(c);
+  apply_resolved(plan, c);
+  if (c.num_classes <= 0 && plan.num_classes <= 0) {
+    throw UsageError("the dataset does not record its classes: pass --num-classes");
+  }
   fs::create_directories(c.output_dir);
-  const std::string config_text = to_toml(c);
+  const std::string config_text =
+      concat("# train transform: ", plan.train_transform, "\n# eval transform: ", plan.eval_transform,
+             "\n# input: ", plan.in_channels, " channel", plan.in_channels == 1 ? "" : "s", ", ", plan.normalisation,
+             "\n", to_toml(c));
   config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
   if (rank == 0) write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
+  out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
+                    plan.in_channels == 1 ? " channel, " : " channels, ", plan.normalisation));
   if (!c.test_only) start_coordination();
 
-  ensure_dataset(c);
-  auto make_loader = [&](bool train) {
-    auto o = loader_options(c, train, rank, world);
+  auto make_loader = [&](data::LoaderOptions o) {
+    o.rank = rank;
+    o.world_size = world;
     // On a GPU the loader hands over uint8 (4x less to copy) and normalisation runs on the device; MixUp/CutMix
     // mix float images in the loader.
     if (device.is_cuda() && !o.mix.enabled()) {
@@ -245,14 +258,12 @@ void Trainer::State::setup() {
     }
     return std::make_unique<data::ShardedLoader>(o);
   };
-  eval_data = make_loader(false);
-  if (!c.test_only) train_data = make_loader(true);
-  const auto& index = (train_data ? train_data : eval_data)->index();
+  eval_data = make_loader(plan.eval);
+  if (!c.test_only) train_data = make_loader(plan.train);
 
   models::ModelOptions mo;
-  mo.num_classes = c.num_classes > 0 ? c.num_classes : index.num_classes();
-  if (mo.num_classes <= 0) throw UsageError(concat("the dataset does not record its classes: pass --num-classes"));
-  mo.in_channels = index.image_shape_size() == 3 ? index.image_shape(2) : 3;
+  mo.num_classes = c.num_classes > 0 ? c.num_classes : plan.num_classes;
+  mo.in_channels = plan.in_channels;
   mo.drop_path = c.drop_path;
   mo.dropout = c.dropout;
   mo.zero_init_residual = c.zero_init_residual;

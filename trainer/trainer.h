@@ -16,11 +16,6 @@ struct EvalResult {
   int64_t count = 0;
 };
 
-// Shards the dataset into config.data_path when it has no index and config.dataset names a raw format.
-void ensure_dataset(const TrainConfig& config);
-// Loader options for a split, from the config and what the dataset's index says (channels, statistics).
-data::LoaderOptions loader_options(const TrainConfig& config, bool train, uint64_t rank, uint64_t world_size);
-
 class Trainer {
  public:
   explicit Trainer(TrainConfig config);

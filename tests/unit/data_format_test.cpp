@@ -173,7 +173,7 @@ TEST(ShardIndex, WriterIndexMatchesAScanOfTheTars) {
   for (int i = 0; i < 10; ++i) {
     w.add("s" + std::to_string(i), {{"npy", encode_npy(pattern(3, 3, 1, i))}, {"cls", std::to_string(i % 3)}}, i % 3);
   }
-  auto written = w.finish(3, {"a", "b", "c"}, {3, 3, 1});
+  auto written = w.finish(3, {"a", "b", "c"});
   EXPECT_EQ(written.shards_size(), 3);
   EXPECT_EQ(written.num_samples(), 10u);
   auto read = read_index(dir.path().string());
@@ -189,6 +189,13 @@ TEST(ShardIndex, WriterIndexMatchesAScanOfTheTars) {
     }
   }
   EXPECT_EQ(scanned.num_classes(), 3);
+  // Both read the shape from the images' headers.
+  EXPECT_EQ(std::vector<int64_t>(written.image_shape().begin(), written.image_shape().end()),
+            (std::vector<int64_t>{3, 3, 1}));
+  EXPECT_EQ(written.channels(), 1);
+  EXPECT_EQ(std::vector<int64_t>(scanned.image_shape().begin(), scanned.image_shape().end()),
+            (std::vector<int64_t>{3, 3, 1}));
+  EXPECT_EQ(scanned.channels(), 1);
   // No temporaries left behind.
   for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
     EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
@@ -202,7 +209,7 @@ TEST(ShardIndex, DamageIsAClearError) {
   expect_error([&] { read_index(d); }, {"index.pb", "stride shard"});
   ShardWriter w(d, "toy", 2);
   for (int i = 0; i < 3; ++i) w.add("k" + std::to_string(i), {{"cls", "1"}}, 1);
-  auto index = w.finish(2, {}, {});
+  auto index = w.finish(2, {});
   std::string bytes = slurp(dir.file("index.pb"));
   std::string flipped = bytes;
   flipped[bytes.size() - 3] ^= 1;

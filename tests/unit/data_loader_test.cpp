@@ -31,7 +31,7 @@ std::string make_dataset(const ScratchDir& dir, int n, int per_shard, const std:
     img.pixels[1] = static_cast<uint8_t>(i / 256);
     w.add(concat("s", i), {{"npy", encode_npy(img)}, {"cls", std::to_string(i % 5)}}, i % 5);
   }
-  w.finish(5, {}, {6, 6, 1});
+  w.finish(5, {});
   return path;
 }
 
@@ -259,7 +259,7 @@ TEST(ShardedLoader, UndecodableImageIsSkipped) {
   for (int i = 0; i < 4; ++i) {
     w.add(concat("s", i), {{"jpg", i == 2 ? std::string("not a jpeg at all") : encode_jpeg(img)}, {"cls", "0"}}, 0);
   }
-  w.finish(1, {}, {});
+  w.finish(1, {});
   auto o = base(path, 4);
   o.train = false;
   ShardedLoader loader(o);
