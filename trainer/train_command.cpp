@@ -10,6 +10,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/safetensors.h"
+#include "trainer/stop_signals.h"
 #include "trainer/trainer.h"
 
 namespace stride::trainer {
@@ -36,6 +37,7 @@ void add_train_command(CLI::App& app) {
   add_train_options(*cmd, *config);
   cmd->callback([config, cmd] {
     if (!config->config_file.empty()) apply_config_file(config->config_file, *cmd, *config);
+    if (!config->test_only) install_stop_signals();  // a stop then checkpoints first (trainer/stop_signals.h)
     Trainer trainer(*config);
     const int rc = trainer.run();
     if (rc != 0) throw Error(concat("training failed with code ", rc));

@@ -1,6 +1,6 @@
-// The training loop of one rank: data, model, optimizer, schedule, evaluation and checkpoints, as configured by
-// TrainConfig. Single-process today; the data-parallel pieces (communicator, gradient reducer) plug in where
-// Note [Rank identity] says. Runs on the calling thread.
+// The training run of one rank: data, model, optimizer, schedule, evaluation and checkpoints, as configured by
+// TrainConfig, taking part in its job through trainer/coordination.h. Implemented in setup.cpp (what the run is
+// built from) and trainer.cpp (the loop); their shared state is trainer/run_state.h. Runs on the calling thread.
 #pragma once
 
 #include <memory>

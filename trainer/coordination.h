@@ -1,0 +1,53 @@
+// How one rank's run takes part in its job (Note [Coordinated checkpoints] in cluster/coordinator_core.h):
+// the connection to the job's coordinator (hosted by rank 0 when no launcher provides one), heartbeats, the
+// ranks' agreement on checkpoint and stop requests at control points, and the two phases of a checkpoint
+// (this rank's files written in the background and reported; the coordinator's commit awaited at the end).
+//
+// Two forms: JobCoordination for training runs (any world size: with one rank the agreement needs no
+// collective), and a do-nothing one for --test-only, which checkpoints nothing and joins no job.
+//
+// Threading: call from the training thread only. The client and the checkpoint writer run threads of their own.
+// A dead peer or a lost coordinator ends the process with exit code 75 (comm::kCommFailureExitCode) from the
+// client's thread, without unwinding through collectives that will never complete.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "comm/communicator.h"
+#include "proto/cluster.pb.h"
+#include "trainer/checkpoint_writer.h"
+#include "trainer/config.h"
+#include "trainer/run_output.h"
+
+namespace stride::trainer {
+
+class Coordination {
+ public:
+  virtual ~Coordination() = default;
+
+  struct Decision {
+    bool checkpoint = false;  // some rank was asked to checkpoint now
+    bool stop = false;        // some rank was asked to stop (checkpoint first)
+    int signal = 0;           // the signal that asked this rank to stop, if any
+  };
+  // Every rank calls it at the same steps; all get the same decision.
+  virtual Decision control_point() = 0;
+  // The newest heartbeat figures (sent by the client's thread); `new_interval` marks fresh interval figures.
+  virtual void update(const proto::Heartbeat& hb, bool new_interval = false) = 0;
+  // Hands this rank's part of a checkpoint to the background writer (after at most one queued job).
+  virtual void submit(CheckpointJob job) = 0;
+  // End of the run: waits for the newest submitted checkpoint to be committed (throws when it was not), says
+  // goodbye, and on the rank hosting the coordinator waits until every rank has said it.
+  virtual void finish(bool stopped, int64_t step) = 0;
+};
+
+// Connects to the launcher's coordinator (STRIDE_COORDINATOR, STRIDE_JOB_TOKEN) or hosts one on rank 0 and
+// tells the other ranks where it is over `comm`. Prints the status URL on rank 0.
+std::unique_ptr<Coordination> start_job_coordination(const TrainConfig& config, comm::Communicator& comm,
+                                                     RunOutput& out);
+// For --test-only: no coordinator, no checkpoints, stop requests only by signal.
+std::unique_ptr<Coordination> no_coordination();
+
+}  // namespace stride::trainer

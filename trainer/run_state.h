@@ -1,0 +1,83 @@
+// The state of one rank's training run, shared by the files that implement Trainer: setup.cpp (device,
+// communicator, data, model set, optimizer, schedule, resume) and trainer.cpp (the loop, evaluation and what a
+// checkpoint holds). Internal to trainer/; used from the training thread only.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/reducer.h"
+#include "data/loader.h"
+#include "models/resnet.h"
+#include "proto/cluster.pb.h"
+#include "trainer/amp.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/coordination.h"
+#include "trainer/run_output.h"
+#include "trainer/schedule.h"
+#include "trainer/sgd.h"
+#include "trainer/trainer.h"
+
+namespace stride::trainer {
+
+struct Trainer::State {
+  TrainConfig c;
+  // Note [Rank identity]: from the communicator (MPI under mpirun/srun, else a single rank).
+  std::shared_ptr<comm::Communicator> comm;
+  std::unique_ptr<comm::GradientReducer> reducer;
+  uint64_t rank = 0, world = 1;
+  torch::Device device{torch::kCPU};
+  torch::ScalarType amp_dtype = torch::kHalf;
+  std::unique_ptr<GradScaler> scaler;
+  torch::Tensor norm_scale, norm_shift;  // uint8 -> normalised float on the device: x * scale + shift
+  std::unique_ptr<RunOutput> out;
+  std::unique_ptr<data::ShardedLoader> train_data, eval_data;
+  models::ResNet model{nullptr}, ema{nullptr};
+  std::unique_ptr<Sgd> sgd;
+  std::unique_ptr<LrSchedule> schedule;
+  std::unique_ptr<CheckpointStore> store;
+  std::string config_digest;
+  int64_t step = 0;  // optimizer steps completed
+  data::Cursor cursor;
+  int64_t steps_per_epoch = 0;
+  int64_t total_steps = 0;
+  std::map<std::string, double> last_eval;
+  std::unique_ptr<Coordination> coordination;
+  int64_t last_checkpoint_step = -1;  // the newest step checkpointed (or resumed from): never rewritten
+  proto::Heartbeat hb;
+  bool stopped = false;
+
+  // setup.cpp
+  void setup();
+  void load_weights(const std::string& path);
+  void resume();
+  void apply_freeze();
+
+  // trainer.cpp
+  void train();
+  // At a control point: checkpoints when asked; returns true when the run must stop.
+  bool control_point();
+  EvalResult evaluate(models::ResNet& m);
+  void evaluate_and_record();
+  void checkpoint();
+  void update_ema();
+  // Element-wise sum of `values` over all ranks (one small collective).
+  std::vector<double> sum_over_ranks(std::vector<double> values);
+  // Plain BN keeps per-rank running statistics; average them before they are evaluated or saved.
+  void sync_buffers();
+  // The batch's images on the training device, normalised and in the training memory format.
+  torch::Tensor device_images(const data::Batch& batch);
+  torch::Tensor to_device(const torch::Tensor& t) const;
+};
+
+// The default CPU generator's state (saved in checkpoints, restored on resume).
+torch::Tensor cpu_rng_state();
+void set_cpu_rng_state(const torch::Tensor& state);
+
+}  // namespace stride::trainer

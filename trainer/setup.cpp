@@ -1,0 +1,293 @@
+#include <ATen/core/Generator.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <set>
+
+#include "comm/sync_batch_norm.h"
+#include "common/error.h"
+#include "common/file_io.h"
+#include "data/crc32c.h"
+#include "models/registry.h"
+#include "models/state_dict.h"
+#include "trainer/data_setup.h"
+#include "trainer/run_state.h"
+#include "trainer/safetensors.h"
+
+namespace stride::trainer {
+namespace fs = std::filesystem;
+
+torch::Tensor cpu_rng_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_cpu_rng_state(const torch::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+void Trainer::State::setup() {
+  validate(c);
+  const bool cuda = c.device == "cuda" || (c.device == "auto" && torch::cuda::is_available());
+  if (cuda && !torch::cuda::is_available()) {
+    throw UsageError("--device cuda: no CUDA device is visible (or this LibTorch build has no CUDA)");
+  }
+  comm::CommOptions co;
+  co.backend = c.comm_backend;
+  co.prefer_gpu = cuda;
+  co.timeout = std::chrono::milliseconds(static_cast<int64_t>(c.comm_timeout * 1000.0));
+  if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
+  // Compute threads plus loader workers: whether the ranks leave cores idle decides how their collectives wait.
+  co.busy_threads = torch::get_num_threads() + static_cast<int>(c.workers);
+  comm = comm::create_communicator(co);
+  rank = static_cast<uint64_t>(comm->rank());
+  world = static_cast<uint64_t>(comm->size());
+  if (c.amp && !cuda) {
+    throw UsageError("--amp needs a CUDA device; this machine has none (run without --amp on CPU)");
+  }
+  if (cuda) {
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank() %
+                                                                       static_cast<int>(torch::cuda::device_count())));
+    at::globalContext().setBenchmarkCuDNN(true);
+  }
+  amp_dtype = parse_amp_dtype(c.amp_dtype);
+  if (c.sync_bn && world == 1) {
+    std::fprintf(stderr, "stride: note: --sync-bn with one rank is plain BatchNorm\n");
+  }
+  if (world > 1 && rank == 0) {
+    const std::string transport = comm->transport();
+    const std::string wait = comm->shm_wait();  // docs/distributed.md, STRIDE_SHM_WAIT
+    const std::string note =
+        transport == comm->backend()
+            ? ""
+            : concat(" (", transport, " within the host", wait.empty() ? "" : concat("; waiting ranks ", wait), ")");
+    std::fprintf(stderr, "stride: %llu ranks over %s%s\n", static_cast<unsigned long long>(world),
+                 comm->backend().c_str(), note.c_str());
+  }
+  // The dataset and its transforms first: a problem there stops the run before it writes anything.
+  ensure_dataset(c);
+  DataPlan plan = plan_data(c);
+  apply_resolved(plan, c);
+  if (c.num_classes <= 0 && plan.num_classes <= 0) {
+    throw UsageError("the dataset does not record its classes: pass --num-classes");
+  }
+  fs::create_directories(c.output_dir);
+  const std::string config_text =
+      concat("# train transform: ", plan.train_transform, "\n# eval transform: ", plan.eval_transform,
+             "\n# input: ", plan.in_channels, " channel", plan.in_channels == 1 ? "" : "s", ", ", plan.normalisation,
+             "\n", to_toml(c));
+  config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
+  if (rank == 0) write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
+  out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
+  out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
+                    plan.in_channels == 1 ? " channel, " : " channels, ", plan.normalisation));
+  coordination = c.test_only ? no_coordination() : start_job_coordination(c, *comm, *out);
+
+  auto make_loader = [&](data::LoaderOptions o) {
+    o.rank = rank;
+    o.world_size = world;
+    // On a GPU the loader hands over uint8 (4x less to copy) and normalisation runs on the device; MixUp/CutMix
+    // mix float images in the loader.
+    if (device.is_cuda() && !o.mix.enabled()) {
+      std::vector<double> scale, shift;
+      for (size_t i = 0; i < std::max<size_t>(o.mean.size(), 1); ++i) {
+        const double m = o.mean.empty() ? 0.0 : o.mean[i], sd = o.std.empty() ? 1.0 : o.std[i];
+        scale.push_back(1.0 / (255.0 * sd));
+        shift.push_back(-m / sd);
+      }
+      norm_scale = torch::tensor(scale, torch::kFloat).view({1, -1, 1, 1}).to(device);
+      norm_shift = torch::tensor(shift, torch::kFloat).view({1, -1, 1, 1}).to(device);
+      o.float_output = false;
+    }
+    return std::make_unique<data::ShardedLoader>(o);
+  };
+  eval_data = make_loader(plan.eval);
+  if (!c.test_only) train_data = make_loader(plan.train);
+
+  models::ModelOptions mo;
+  mo.num_classes = c.num_classes > 0 ? c.num_classes : plan.num_classes;
+  mo.in_channels = plan.in_channels;
+  mo.drop_path = c.drop_path;
+  mo.dropout = c.dropout;
+  mo.zero_init_residual = c.zero_init_residual;
+  torch::manual_seed(static_cast<uint64_t>(c.seed));
+  model = models::make_model(c.model, mo);
+  if (!c.weights.empty()) load_weights(c.weights);
+  for (const auto& item : model->named_parameters()) {
+    if (std::find(c.freeze.begin(), c.freeze.end(), models::stage_of(item.key())) != c.freeze.end()) {
+      item.value().set_requires_grad(false);
+    }
+  }
+  std::set<std::string> stages;
+  for (const auto& g : model->stage_parameters()) stages.insert(g.stage);
+  for (const auto& stage : c.freeze) {
+    if (!stages.count(stage)) {
+      throw UsageError(concat("--freeze: unknown stage '", stage, "' (", c.model, " has stem, layer1..layer",
+                              model->stages().size(), ", head)"));
+    }
+  }
+  model->to(device);
+  if (c.channels_last) to_channels_last(*model);
+  if (c.model_ema) {
+    ema = models::make_model(c.model, mo);
+    ema->to(device);
+    if (c.channels_last) to_channels_last(*ema);
+    models::load_state_dict(*ema, models::state_dict(*model));
+    for (auto& p : ema->parameters()) p.set_requires_grad(false);
+  }
+  GradScalerOptions gso;
+  gso.enabled = c.amp && amp_dtype == torch::kHalf;  // bfloat16 has float32's range: no scaling needed
+  scaler = std::make_unique<GradScaler>(gso);
+
+  const double lr =
+      c.lr_scaling == "linear" ? c.lr * static_cast<double>(c.batch_size * static_cast<int64_t>(world)) / 256.0 : c.lr;
+  sgd =
+      std::make_unique<Sgd>(weight_decay_groups(model->named_parameters().pairs(), c.weight_decay, c.norm_weight_decay),
+                            c.momentum, c.nesterov);
+  if (train_data) {
+    steps_per_epoch = static_cast<int64_t>(train_data->steps_per_epoch()) / c.accum_steps;
+    if (steps_per_epoch <= 0) {
+      throw UsageError(
+          concat("an epoch has ", train_data->steps_per_epoch(), " batches, fewer than --accum-steps ", c.accum_steps));
+    }
+  } else {
+    steps_per_epoch = 1;
+  }
+  total_steps = steps_per_epoch * c.epochs;
+  ScheduleOptions so;
+  so.base_lr = lr;
+  so.kind = c.lr_scheduler;
+  so.steps_per_epoch = steps_per_epoch;
+  so.total_steps = total_steps;
+  so.warmup_steps = static_cast<int64_t>(std::llround(c.lr_warmup_epochs * static_cast<double>(steps_per_epoch)));
+  so.warmup_method = c.lr_warmup_method;
+  so.warmup_decay = c.lr_warmup_decay;
+  so.step_size_epochs = c.lr_step_size;
+  so.milestones_epochs = c.lr_milestones;
+  so.gamma = c.lr_gamma;
+  so.lr_min = c.lr_min;
+  schedule = std::make_unique<LrSchedule>(so);
+  store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
+  cursor = {0, 0, static_cast<uint64_t>(c.seed)};
+  if (c.resume.empty() && !c.test_only) {
+    // Starting from scratch would checkpoint over the steps of an earlier run: make the user choose.
+    for (const auto& info : store->list(/*deep=*/false)) {
+      if (!info.valid) continue;
+      throw UsageError(concat(c.output_dir, " already holds checkpoints of a run (newest: step ", info.step,
+                              "): continue it with --resume auto, or train into another --output-dir"));
+    }
+  }
+  if (!c.resume.empty()) resume();
+  if (!c.resume.empty() && step > 0) last_checkpoint_step = step;
+  if (world > 1) {
+    // Every replica starts from rank 0's weights and buffers (after --weights / --resume, which all ranks read).
+    comm::broadcast_module_state(*model, *comm);
+    if (ema) comm::broadcast_module_state(*ema, *comm);
+    if (c.sync_bn) comm::convert_sync_batchnorm(*model, comm);
+    if (!c.test_only) {
+      comm::ReducerOptions ro;
+      ro.bucket_cap_bytes = static_cast<int64_t>(c.bucket_cap_mb * 1024.0 * 1024.0);
+      ro.compression = c.grad_compression;
+      reducer = std::make_unique<comm::GradientReducer>(model->named_parameters().pairs(), comm, ro);
+    }
+  }
+}
+
+void Trainer::State::load_weights(const std::string& path) {
+  models::NamedTensors tensors;
+  if (fs::is_directory(path)) {
+    tensors = load_checkpoint(path).model;
+  } else if (fs::exists(path)) {
+    tensors = read_safetensors(path).tensors;
+  } else {
+    throw UsageError(concat("--weights ", path, " does not exist"));
+  }
+  models::LoadOptions lo;
+  lo.source = path;
+  auto fc = tensors.find("fc.weight");
+  if (fc != tensors.end() && fc->second.size(0) != model->num_classes()) {
+    lo.skip_prefixes = {"fc."};  // a new head for a different number of classes
+    out->print(concat("weights: ", path, " has ", fc->second.size(0), " classes; the head is new (",
+                      model->num_classes(), " classes)"));
+  }
+  auto report = models::load_state_dict(*model, tensors, lo);
+  out->print(concat("weights: loaded ", report.loaded.size(), " tensors from ", path));
+}
+
+void Trainer::State::resume() {
+  std::optional<std::string> path;
+  if (c.resume == "auto") {
+    std::vector<CheckpointInfo> skipped;
+    auto latest = store->latest(&skipped);
+    for (const auto& s : skipped) {
+      std::fprintf(stderr, "stride: warning: skipping checkpoint %s: %s\n", s.path.c_str(), s.problem.c_str());
+    }
+    if (!latest) {
+      out->print(concat("resume: no checkpoint in ", store->dir(), "; starting from scratch"));
+      return;
+    }
+    path = latest->path;
+  } else {
+    path = c.resume;
+  }
+  auto ckpt = load_checkpoint(*path);
+  const auto& m = ckpt.manifest;
+  if (m.model() != c.model) {
+    throw UsageError(concat("checkpoint ", *path, " is of model ", m.model(), ", not ", c.model));
+  }
+  models::load_state_dict(*model, ckpt.model, {true, {}, *path + "/model.safetensors"});
+  for (auto& [name, buf] : ckpt.optimizer) sgd->momentum_buffers()[name] = buf.to(device);
+  {
+    std::map<std::string, torch::Tensor> amp_state;
+    for (const auto& [k, v] : ckpt.state) {
+      if (k.rfind("amp.", 0) == 0) amp_state[k] = v;
+    }
+    if (!amp_state.empty() && scaler->enabled()) scaler->load_state(amp_state);
+  }
+  if (ema) {
+    if (ckpt.ema.empty()) {
+      models::load_state_dict(*ema, models::state_dict(*model));
+    } else {
+      models::load_state_dict(*ema, ckpt.ema, {true, {}, *path + "/ema.safetensors"});
+    }
+  }
+  if (ckpt.state.count("rng")) set_cpu_rng_state(ckpt.state.at("rng"));
+  step = static_cast<int64_t>(m.step());
+  cursor = {m.cursor().epoch(), m.cursor().consumed(), m.cursor().seed()};
+  const uint64_t global_batch = static_cast<uint64_t>(c.batch_size) * world;
+  if (m.global_batch() != global_batch) {
+    std::fprintf(stderr, "stride: warning: global batch changes from %llu to %llu on resume\n",
+                 static_cast<unsigned long long>(m.global_batch()), static_cast<unsigned long long>(global_batch));
+  }
+  for (const auto& [k, v] : m.metrics()) last_eval[k] = v;
+  if (c.resume != "auto") {
+    for (const auto& info : store->list(/*deep=*/false)) {
+      if (info.valid && info.step > m.step()) {
+        std::fprintf(stderr,
+                     "stride: warning: %s holds newer checkpoints (up to step %llu); they are replaced as training "
+                     "passes their steps\n",
+                     store->dir().c_str(), static_cast<unsigned long long>(info.step));
+        break;
+      }
+    }
+  }
+  out->print(
+      concat("resume: ", *path, " (step ", step, ", epoch ", cursor.epoch, ", ", cursor.consumed, " samples into it)"));
+}
+
+void Trainer::State::apply_freeze() {
+  if (c.freeze.empty()) return;
+  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
+    if (item.value()->as<models::Norm2d>() &&
+        std::find(c.freeze.begin(), c.freeze.end(), models::stage_of(item.key() + ".")) != c.freeze.end()) {
+      item.value()->eval();  // frozen BN keeps its running statistics
+    }
+  }
+}
+
+}  // namespace stride::trainer
