@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -98,7 +99,7 @@ std::string commit_manifest(FileOps& ops, const std::string& root, proto::Manife
   ops.write_file((fs::path(root) / ".LATEST.tmp").string(), name + "\n");
   ops.rename((fs::path(root) / ".LATEST.tmp").string(), (fs::path(root) / "LATEST").string());
   ops.fsync_dir(root);
-  garbage_collect(ops, root, keep);
+  garbage_collect(ops, root, keep, m.step());
   return dir;
 }
 
@@ -124,20 +125,141 @@ std::vector<CheckpointInfo> list_checkpoints(const std::string& root, bool deep)
   return out;
 }
 
-void garbage_collect(FileOps& ops, const std::string& root, int64_t keep) {
+namespace {
+
+const CheckpointInfo* find_step(const std::vector<CheckpointInfo>& all, uint64_t step) {
+  for (const auto& c : all) {
+    if (c.step == step) return &c;
+  }
+  return nullptr;
+}
+
+bool has_lineage(const CheckpointInfo& c) { return c.valid && c.manifest.has_lineage(); }
+
+// The parent of `c` as its MANIFEST names it, when that directory exists.
+const CheckpointInfo* parent_of(const std::vector<CheckpointInfo>& all, const CheckpointInfo& c) {
+  if (!has_lineage(c) || !c.manifest.lineage().has_parent()) return nullptr;
+  const uint64_t p = c.manifest.lineage().parent_step();
+  if (p >= c.step) return nullptr;  // parents are older: a cycle cannot form
+  const CheckpointInfo* parent = find_step(all, p);
+  // The directory may hold another branch's checkpoint at that step now: then the link is broken.
+  if (!parent || !parent->valid || parent->manifest.lineage().id() != c.manifest.lineage().parent_id()) return nullptr;
+  return parent;
+}
+
+// `c` and its ancestors, newest first, as far as the MANIFESTs link them.
+std::vector<const CheckpointInfo*> ancestry(const std::vector<CheckpointInfo>& all, const CheckpointInfo& c) {
+  std::vector<const CheckpointInfo*> chain{&c};
+  for (auto* p = parent_of(all, c); p; p = parent_of(all, *p)) chain.push_back(p);
+  return chain;
+}
+
+std::optional<uint64_t> read_latest(const std::string& root) {
+  std::error_code ec;
+  const auto path = fs::path(root) / "LATEST";
+  if (!fs::exists(path, ec)) return std::nullopt;
+  std::string name;
+  try {
+    name = read_file(path.string());
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  if (name.rfind("step-", 0) != 0) return std::nullopt;
+  char* end = nullptr;
+  const uint64_t step = std::strtoull(name.c_str() + 5, &end, 10);
+  if (end == name.c_str() + 5 || *end != '\0') return std::nullopt;
+  return step;
+}
+
+}  // namespace
+
+void garbage_collect(FileOps& ops, const std::string& root, int64_t keep, uint64_t head_step) {
   keep = std::max<int64_t>(1, keep);
-  int64_t kept = 0;
-  bool seen_valid = false;
-  for (const auto& info : list_checkpoints(root, /*deep=*/false)) {
-    if (info.valid && kept < keep) {
-      ++kept;
-      seen_valid = true;
+  const auto all = list_checkpoints(root, /*deep=*/false);
+  const CheckpointInfo* head = find_step(all, head_step);
+  if (!head || !has_lineage(*head)) {
+    // Step order (checkpoints without lineage): keep the newest `keep` valid ones.
+    int64_t kept = 0;
+    bool seen_valid = false;
+    for (const auto& info : all) {
+      if (info.valid && kept < keep) {
+        ++kept;
+        seen_valid = true;
+        continue;
+      }
+      // Invalid and newer than every commit: possibly being written right now.
+      if (!info.valid && !seen_valid) continue;
+      ops.remove_all(info.path);
+    }
+    return;
+  }
+  const auto branch = ancestry(all, *head);
+  for (const auto& info : all) {
+    const auto at = std::find(branch.begin(), branch.end(), &info);
+    if (at != branch.end()) {
+      if (at - branch.begin() >= keep) ops.remove_all(info.path);
       continue;
     }
-    // Invalid and newer than every commit: possibly being written right now.
-    if (!info.valid && !seen_valid) continue;
+    // Newer than the commit: possibly being written right now, or an abandoned branch's checkpoint that the
+    // new branch has not reached yet.
+    if (info.step > head_step) continue;
     ops.remove_all(info.path);
   }
+}
+
+std::optional<CheckpointInfo> lineage_head(const std::string& root, std::vector<CheckpointInfo>* skipped) {
+  const auto all = list_checkpoints(root, /*deep=*/false);
+  auto deep_valid = [&](const CheckpointInfo& c) {
+    CheckpointInfo v = c;
+    try {
+      v.manifest = verify_checkpoint(c.path, /*deep=*/true);
+      v.valid = true;
+      v.problem.clear();
+    } catch (const Error& e) {
+      v.valid = false;
+      v.problem = e.what();
+    }
+    if (!v.valid && skipped) skipped->push_back(v);
+    return v;
+  };
+  auto newest_valid_below = [&](uint64_t bound) -> std::optional<CheckpointInfo> {
+    for (const auto& c : all) {
+      if (c.step >= bound) continue;
+      auto v = deep_valid(c);
+      if (v.valid) return v;
+    }
+    return std::nullopt;
+  };
+  const auto latest = read_latest(root);
+  const CheckpointInfo* head = latest ? find_step(all, *latest) : nullptr;
+  // No LATEST, or checkpoints from before lineages were recorded: the newest checkpoint that verifies.
+  if (!head || (head->valid && !has_lineage(*head))) return newest_valid_below(UINT64_MAX);
+  if (!head->valid) {  // LATEST's MANIFEST is damaged, so is its parent link
+    deep_valid(*head);
+    return newest_valid_below(head->step);
+  }
+  // LATEST, or a newer commit descending from it.
+  for (const auto& c : all) {
+    if (c.step < head->step) break;
+    const auto chain = ancestry(all, c);
+    if (std::find(chain.begin(), chain.end(), head) == chain.end()) continue;
+    auto v = deep_valid(c);
+    if (v.valid) return v;
+  }
+  // Then LATEST's ancestors; past a broken link, the newest checkpoint older than it.
+  const CheckpointInfo* cur = head;
+  while (cur) {
+    const CheckpointInfo* next = parent_of(all, *cur);
+    if (!next) {
+      if (cur->manifest.lineage().has_parent()) return newest_valid_below(cur->step);  // a missing link
+      return std::nullopt;  // the first checkpoint of the branch's run
+    }
+    auto v = deep_valid(*next);
+    if (v.valid) return v;
+    cur = next;
+  }
+  return std::nullopt;
 }
 
 proto::Manifest verify_checkpoint(const std::string& dir, bool deep) {

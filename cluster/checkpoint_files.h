@@ -11,11 +11,22 @@
 // `keep`, and invalid directories *older* than the newest commit (crashed attempts); directories newer than it
 // may be checkpoints still being written and are left alone. So the newest committed checkpoint always survives.
 //
+// Note [Checkpoint lineage]
+// A run resumed from an older checkpoint (`--resume RUN/checkpoints/step-23`) starts a new branch: its commits
+// name their parent (Manifest.lineage: the checkpoint the run resumed from, then its previous checkpoint), and
+// LATEST names the newest commit of the newest branch. The checkpoint to continue from (lineage_head) is the
+// newest valid checkpoint that is LATEST's or descends from it (a commit whose LATEST update was cut short),
+// else the newest valid ancestor of LATEST; newer checkpoints of an abandoned branch are never picked. Garbage
+// collection keeps the newest `keep` checkpoints of the committing branch, keeps an abandoned branch's
+// checkpoints at steps the new branch has not reached (they are replaced as training passes them), and removes
+// the rest. Checkpoints written before lineages were recorded (no Manifest.lineage) fall back to step order.
+//
 // All file operations go through FileOps so tests can fail any single operation (a crash at that instant).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,8 +75,13 @@ struct CheckpointInfo {
 // Every step-* directory under checkpoint_root, newest first. `deep` verifies every file's size and checksum;
 // otherwise only the MANIFEST and file sizes are checked.
 std::vector<CheckpointInfo> list_checkpoints(const std::string& checkpoint_root, bool deep = true);
-// Removes what Note [Checkpoint commit] says may go. Never removes the newest valid checkpoint.
-void garbage_collect(FileOps& ops, const std::string& checkpoint_root, int64_t keep);
+// Removes what Notes [Checkpoint commit] and [Checkpoint lineage] say may go, after the commit of `head_step`.
+// Never removes the newest valid checkpoint of the committing branch.
+void garbage_collect(FileOps& ops, const std::string& checkpoint_root, int64_t keep, uint64_t head_step);
+// The checkpoint a run continues from (Note [Checkpoint lineage]), verified deeply; `skipped` receives the
+// candidates that did not verify, with the reason. nullopt when there is none.
+std::optional<CheckpointInfo> lineage_head(const std::string& checkpoint_root,
+                                           std::vector<CheckpointInfo>* skipped = nullptr);
 // Checks MANIFEST and (deep) every file it lists. Throws stride::Error naming the file on any mismatch.
 proto::Manifest verify_checkpoint(const std::string& dir, bool deep = true);
 

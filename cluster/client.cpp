@@ -137,6 +137,12 @@ void CoordinatorClient::goodbye(bool finished, const std::string& reason, double
   e.mutable_goodbye()->set_reason(reason);
   std::unique_lock<std::mutex> lock(mu_);
   if (bye_queued_) return;
+  // The last state first (the final step and evaluation), so the job's final status shows it.
+  proto::Envelope last;
+  *last.mutable_heartbeat() = hb_;
+  last.mutable_heartbeat()->set_has_loss(hb_.has_loss() && hb_fresh_);
+  hb_fresh_ = false;
+  outbox_.push_back(encode_frame(last));
   outbox_.push_back(encode_frame(e));
   bye_queued_ = true;
   lock.unlock();

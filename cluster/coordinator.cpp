@@ -600,11 +600,21 @@ void write_endpoint_files(const Coordinator& coordinator, const std::string& run
                          {"pid", ::getpid()},
                          {"host", local_hostname()}};
   if (launcher) info["launcher"] = true;
+  std::error_code ec;
+  std::filesystem::remove(std::filesystem::path(run_dir) / "status.json", ec);  // an earlier start's final state
   write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
   const std::string token_path = (std::filesystem::path(run_dir) / "job_token").string();
   write_file_atomic(token_path, coordinator.token() + "\n");
   std::filesystem::permissions(token_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
                                std::filesystem::perm_options::replace);
+}
+
+void write_final_status(const Coordinator& coordinator, const std::string& run_dir) {
+  try {
+    write_file_atomic((std::filesystem::path(run_dir) / "status.json").string(), coordinator.status_json() + "\n");
+  } catch (const Error& e) {
+    std::fprintf(stderr, "stride: warning: cannot write the final status: %s\n", e.what());
+  }
 }
 
 void remove_endpoint_file(const std::string& run_dir) {

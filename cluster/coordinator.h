@@ -73,5 +73,8 @@ void write_endpoint_files(const Coordinator& coordinator, const std::string& run
                           bool launcher);
 // Removes RUN/coordinator.json, which describes a live job, at the job's end.
 void remove_endpoint_file(const std::string& run_dir);
+// RUN/status.json: the /status JSON as the job ends (state finished, stopped or failed, the last metrics), which
+// `stride status` shows once the endpoint is gone.
+void write_final_status(const Coordinator& coordinator, const std::string& run_dir);
 
 }  // namespace stride::cluster

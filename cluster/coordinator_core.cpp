@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <set>
 
 #include "cluster/wire.h"
@@ -65,14 +66,12 @@ CoordinatorCore::CoordinatorCore(CoreOptions options, double now, double wall)
     : o_(std::move(options)), t0_(now), wall0_(wall), ranks_(o_.world_size) {
   STRIDE_CHECK_GT(o_.world_size, 0u, "world size");
   if (!o_.ops) o_.ops = real_file_ops();
-  // Resume: the newest commit on disk is the starting point of "last committed".
+  // Resume: the head of the newest branch on disk is the starting point of "last committed".
   if (!o_.checkpoint_root.empty()) {
-    for (const auto& info : list_checkpoints(o_.checkpoint_root, /*deep=*/true)) {
-      if (!info.valid) continue;
+    if (const auto head = lineage_head(o_.checkpoint_root)) {
       has_commit_ = true;
-      last_committed_step_ = info.step;
-      last_committed_path_ = info.path;
-      break;
+      last_committed_step_ = head->step;
+      last_committed_path_ = head->path;
     }
   }
   add_event("info", concat("job ", o_.job, " started: waiting for ", o_.world_size, " rank(s)"), now);
@@ -145,6 +144,7 @@ void CoordinatorCore::goodbye(uint32_t rank, const proto::Goodbye& bye, double n
   auto& r = ranks_.at(rank);
   r.finished = true;
   r.connected = false;
+  if (!bye.finished()) stopped_ = true;  // stopped on request before the end (resumable)
   add_event(
       "info",
       concat(rank_name(rank), bye.finished() ? " finished" : " left", bye.reason().empty() ? "" : ": ", bye.reason()),
@@ -316,7 +316,7 @@ bool CoordinatorCore::rank_alive(uint32_t rank) const { return rank < ranks_.siz
 
 std::string CoordinatorCore::state(double now) const {
   if (failure_) return "failed";
-  if (finished()) return "finished";
+  if (finished()) return stopped_ ? "stopped" : "finished";
   if (stopping_) return "stopping";
   for (const auto& r : ranks_) {
     if (!r.joined) return "starting";
@@ -327,18 +327,21 @@ std::string CoordinatorCore::state(double now) const {
 std::string CoordinatorCore::status_json(double now) const {
   using nlohmann::json;
   const auto& h0 = ranks_[0].hb;
-  json j = {{"job", o_.job},
-            {"state", state(now)},
-            {"world_size", o_.world_size},
-            {"step", h0.step()},
-            {"total_steps", h0.total_steps()},
-            {"epoch", h0.epoch()},
-            {"loss", h0.has_loss() || h0.loss() != 0 ? json(h0.loss()) : json(nullptr)},
-            {"accuracy", h0.has_eval() ? json(h0.eval_acc1()) : json(nullptr)},
-            {"img_per_s", h0.img_per_s()},
-            {"eta_seconds", h0.eta_seconds()},
-            {"restarts", o_.restarts},
-            {"uptime_seconds", now - t0_}};
+  json j = {
+      {"job", o_.job},
+      {"state", state(now)},
+      {"world_size", o_.world_size},
+      {"step", h0.step()},
+      {"total_steps", h0.total_steps()},
+      {"epoch", h0.epoch()},
+      {"loss", h0.has_loss() || h0.loss() != 0 ? json(h0.loss()) : json(nullptr)},
+      {"accuracy", h0.has_eval() ? json(h0.eval_acc1()) : json(nullptr)},
+      {"img_per_s", h0.img_per_s()},
+      {"eta_seconds", h0.eta_seconds()},
+      {"restarts", o_.restarts},
+      {"run_dir", o_.checkpoint_root.empty() ? json(nullptr)
+                                             : json(std::filesystem::path(o_.checkpoint_root).parent_path().string())},
+      {"uptime_seconds", now - t0_}};
   json ck = {{"last_committed_step", has_commit_ ? json(last_committed_step_) : json(nullptr)},
              {"last_committed_path", has_commit_ ? json(last_committed_path_) : json(nullptr)},
              {"in_progress_step", pending_.empty() ? json(nullptr) : json(pending_.begin()->first)},

@@ -133,6 +133,7 @@ class CoordinatorCore {
   bool stopping_ = false;
   uint32_t attempt_ = 0;
   std::vector<std::string> dead_hosts_;
+  bool stopped_ = false;  // a rank said goodbye before the end (a stop on request)
   uint64_t last_committed_step_ = 0;
   bool has_commit_ = false;
   std::string last_committed_path_;

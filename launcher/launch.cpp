@@ -1,5 +1,6 @@
 #include "launcher/launch.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -21,6 +22,7 @@
 #include "cluster/coordinator.h"
 #include "common/error.h"
 #include "common/file_io.h"
+#include "launcher/rank_output.h"
 #include "trainer/config.h"
 #include "trainer/train_command.h"
 
@@ -113,7 +115,13 @@ std::string describe_status(int status) {
   return "ended";
 }
 
+RankOutput* g_output = nullptr;  // the job's output while launch() runs (launcher/rank_output.h)
+
 void print(const std::string& line) {
+  if (g_output) {
+    g_output->print_line("launch: " + line);
+    return;
+  }
   std::printf("launch: %s\n", line.c_str());
   std::fflush(stdout);
 }
@@ -142,7 +150,7 @@ std::vector<std::string> rank_command(const LaunchOptions& o, bool resume) {
       cmd.insert(cmd.end(), {"--mca", "btl_tcp_if_include", o.iface, "--mca", "oob_tcp_if_include", o.iface});
     }
     // Remote ranks get the coordinator's address and token from mpirun; local ones inherit them anyway.
-    for (const char* v : {"STRIDE_COORDINATOR", "STRIDE_JOB_TOKEN", "STRIDE_RESTART_COUNT"}) {
+    for (const char* v : {"STRIDE_COORDINATOR", "STRIDE_JOB_TOKEN", "STRIDE_RESTART_COUNT", "STRIDE_PROGRESS"}) {
       cmd.insert(cmd.end(), {"-x", v});
     }
   }
@@ -208,6 +216,17 @@ int launch(LaunchOptions o) {
   print(concat(o.ranks, " rank(s) via ", starter, "; run directory ", tc.output_dir,
                coordinator.status_port() >= 0 ? concat("; status ", coordinator.status_url()) : std::string()));
 
+  // The ranks' output goes to RUN/logs/ranks.log and is shown from there (launcher/rank_output.h): one live
+  // progress line for the job on a terminal, plain lines otherwise.
+  ::setenv("STRIDE_PROGRESS", "tagged", 1);
+  const std::string ranks_log = (fs::path(tc.output_dir) / "logs" / "ranks.log").string();
+  fs::create_directories(fs::path(ranks_log).parent_path());
+  RankOutput output(::isatty(STDOUT_FILENO) != 0);
+  g_output = &output;
+  struct OutputReset {
+    ~OutputReset() { g_output = nullptr; }
+  } output_reset;
+
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
@@ -220,10 +239,16 @@ int launch(LaunchOptions o) {
     std::string shown;
     for (const auto& a : cmd) shown += (shown.empty() ? "" : " ") + a;
     print(concat("start ", attempt + 1, ": ", shown));
+    const int log_fd = ::open(ranks_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    const int follow_fd = ::open(ranks_log.c_str(), O_RDONLY | O_CLOEXEC);
+    if (log_fd < 0 || follow_fd < 0) throw Error(concat("cannot open ", ranks_log, ": ", std::strerror(errno)));
+    ::lseek(follow_fd, 0, SEEK_END);  // this start's output only
     const pid_t pid = ::fork();
     if (pid < 0) throw Error(concat("fork: ", std::strerror(errno)));
     if (pid == 0) {
       ::setpgid(0, 0);  // its own process group: stopped or killed as one, Ctrl-C reaches only the launcher
+      ::dup2(log_fd, STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the copies
+      ::dup2(log_fd, STDERR_FILENO);
       // The coordinator's sockets must die with the launcher: an inherited listening socket would accept the
       // ranks' reconnects after the launcher is gone and leave them waiting for an answer.
       if (::close_range(3, ~0U, 0) != 0) {
@@ -238,6 +263,8 @@ int launch(LaunchOptions o) {
       std::_Exit(127);
     }
     ::setpgid(pid, pid);
+    ::close(log_fd);
+    output.follow(follow_fd);
     bool stopping = false, failed = false, killed = false;
     Clock::time_point deadline{};
     int status = 0;
@@ -309,6 +336,7 @@ int launch(LaunchOptions o) {
       }
     });
     ::kill(-pid, SIGKILL);  // anything left in the job's process group
+    output.finish();        // the job's last lines, before the launcher's verdict
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
     const uint64_t committed = coordinator.last_committed_step();
     if (stopping) {
@@ -395,6 +423,7 @@ int launch(LaunchOptions o) {
     }
     coordinator.restart(static_cast<uint32_t>(o.ranks), static_cast<uint32_t>(attempt + 1), reason);
   }
+  cluster::write_final_status(coordinator, tc.output_dir);
   cluster::remove_endpoint_file(tc.output_dir);
   return exit_code;
 }

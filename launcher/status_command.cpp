@@ -39,6 +39,22 @@ std::string duration(double s) {
   return buf;
 }
 
+// A short duration for the rank table: "15us", "2.3ms", "154ms", "1.52s".
+std::string seconds(double s) {
+  if (!(s >= 0)) return "-";
+  char buf[32];
+  if (s < 1e-3) {
+    std::snprintf(buf, sizeof(buf), "%.0fus", s * 1e6);
+  } else if (s < 1e-2) {
+    std::snprintf(buf, sizeof(buf), "%.1fms", s * 1e3);
+  } else if (s < 1.0) {
+    std::snprintf(buf, sizeof(buf), "%.0fms", s * 1e3);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.2fs", s);
+  }
+  return buf;
+}
+
 double num(const json& j, const char* key, double fallback = 0.0) {
   return j.contains(key) && j[key].is_number() ? j[key].get<double>() : fallback;
 }
@@ -109,10 +125,9 @@ void print_summary(const json& s) {
     std::printf("%-5d %-16s %-8d %-6s %-8.0f %-10s %-10s %-10s %-10s\n", static_cast<int>(num(r, "rank")),
                 joined ? str(r, "host").c_str() : "-", static_cast<int>(num(r, "pid")),
                 !joined ? "-" : (r.value("alive", false) ? (r.value("finished", false) ? "done" : "yes") : "DEAD"),
-                num(r, "step"),
-                joined ? concat(static_cast<int>(num(r, "last_heartbeat_age_s") * 10) / 10.0, "s").c_str() : "-",
-                concat(num(r, "step_time_s"), "s").c_str(), concat(num(r, "data_wait_s"), "s").c_str(),
-                concat(num(r, "comm_wait_s"), "s").c_str());
+                num(r, "step"), joined ? seconds(num(r, "last_heartbeat_age_s")).c_str() : "-",
+                seconds(num(r, "step_time_s")).c_str(), seconds(num(r, "data_wait_s")).c_str(),
+                seconds(num(r, "comm_wait_s")).c_str());
   }
   const auto events = s.value("events", json::array());
   if (!events.empty()) {
@@ -128,7 +143,43 @@ void print_summary(const json& s) {
   }
 }
 
+bool is_final(const std::string& state) { return state == "finished" || state == "stopped" || state == "failed"; }
+
+// The exit code of `stride status` for a job in `state`: 0 while it runs and when it finished or was stopped on
+// request (resumable), 1 when it failed.
+int outcome(const std::string& state) { return state == "failed" ? 1 : 0; }
+
+// After the job's end: RUN/status.json, written by the coordinator as the job ended.
+int show_final_state(const std::string& run_dir, const std::string& url, const json& last_seen) {
+  const fs::path path = fs::path(run_dir.empty() ? "." : run_dir) / "status.json";
+  for (int i = 0; i < 20 && !run_dir.empty() && !fs::exists(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the endpoint may close just before it lands
+  }
+  if (run_dir.empty() || !fs::exists(path)) {
+    throw Error(
+        concat("the job's status endpoint ", url, " is gone and ",
+               run_dir.empty() ? std::string("no run directory is known") : concat(run_dir, " holds no status.json"),
+               ": the job ended abnormally (last seen: ", last_seen.value("state", "?"), " at step ",
+               last_seen.value("step", 0), ")"));
+  }
+  const json s = json::parse(read_file(path.string()), nullptr, /*allow_exceptions=*/false);
+  if (s.is_discarded()) throw Error(concat(path.string(), ": not JSON"));
+  std::printf("job ended (final state from %s):\n", path.string().c_str());
+  print_summary(s);
+  std::fflush(stdout);
+  return outcome(s.value("state", ""));
+}
+
 int run_status(const StatusArgs& a) {
+  // A run whose job has ended: its final state, without an endpoint.
+  if (a.url.empty() && !a.run_dir.empty() && !fs::exists(fs::path(a.run_dir) / "coordinator.json") &&
+      fs::exists(fs::path(a.run_dir) / "status.json") && !a.checkpoint && !a.stop) {
+    if (a.json_out) {
+      std::printf("%s\n", read_file((fs::path(a.run_dir) / "status.json").string()).c_str());
+      return outcome(json::parse(read_file((fs::path(a.run_dir) / "status.json").string())).value("state", ""));
+    }
+    return show_final_state(a.run_dir, "", json::object());
+  }
   const std::string url = resolve_url(a);
   if (a.checkpoint || a.stop) {
     const std::string token = resolve_token(a);
@@ -139,16 +190,22 @@ int run_status(const StatusArgs& a) {
     return 0;
   }
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
+  std::string run_dir = a.run_dir;
+  json last;
   for (;;) {
     cluster::HttpResponse r;
     try {
       r = cluster::http_request("GET", url + "status");
     } catch (const Error& e) {
+      // Gone after it answered: the job ended. Its final state is in the run directory.
+      if (!last.is_null()) return show_final_state(run_dir, url, last);
       throw Error(concat("no status endpoint at ", url, " (", e.what(), "); pass --url or --run-dir"));
     }
     if (r.status != 200) throw Error(concat(url, "status: HTTP ", r.status));
     const json s = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
     if (s.is_discarded()) throw Error(concat(url, "status: not JSON"));
+    last = s;
+    if (run_dir.empty() && s.contains("run_dir") && s["run_dir"].is_string()) run_dir = s["run_dir"];
     if (a.watch_set && tty) std::printf("\033[H\033[2J");
     if (a.json_out) {
       std::printf("%s\n", s.dump(2).c_str());
@@ -157,7 +214,7 @@ int run_status(const StatusArgs& a) {
     }
     std::fflush(stdout);
     const std::string state = s.value("state", "");
-    if (!a.watch_set || state == "finished" || state == "failed") return state == "failed" ? 1 : 0;
+    if (!a.watch_set || is_final(state)) return outcome(state);
     std::this_thread::sleep_for(std::chrono::duration<double>(a.watch));
     if (!tty) std::printf("\n");
   }

@@ -37,11 +37,7 @@ std::string CheckpointStore::commit(CheckpointData data) {
 std::vector<CheckpointInfo> CheckpointStore::list(bool deep) const { return cluster::list_checkpoints(dir_, deep); }
 
 std::optional<CheckpointInfo> CheckpointStore::latest(std::vector<CheckpointInfo>* skipped) const {
-  for (auto& info : list()) {
-    if (info.valid) return info;
-    if (skipped) skipped->push_back(info);
-  }
-  return std::nullopt;
+  return cluster::lineage_head(dir_, skipped);
 }
 
 CheckpointData load_checkpoint(const std::string& dir) {

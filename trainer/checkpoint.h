@@ -43,7 +43,8 @@ class CheckpointStore {
   // Every step-* directory, newest first. `deep` verifies every file's size and checksum; otherwise only the
   // MANIFEST is read (cheap, for garbage collection).
   std::vector<CheckpointInfo> list(bool deep = true) const;
-  // The newest checkpoint that verifies; `skipped` receives the newer ones that did not, with the reason.
+  // The checkpoint to continue from: the newest that verifies on the newest branch (Note [Checkpoint lineage]
+  // in cluster/checkpoint_files.h); `skipped` receives the candidates that did not verify, with the reason.
   std::optional<CheckpointInfo> latest(std::vector<CheckpointInfo>* skipped = nullptr) const;
   const std::string& dir() const { return dir_; }
 

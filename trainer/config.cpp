@@ -2,7 +2,9 @@
 
 #include <toml++/toml.h>
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <cmath>
+#include <map>
 #include <sstream>
 
 #include "common/error.h"
@@ -66,7 +68,14 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"model-ema", "Keep an exponential moving average of the weights and evaluate it too", &c.model_ema},
       {"model-ema-decay", "EMA decay per optimizer step", &c.model_ema_decay},
       {"output-dir", "Run directory (config, metrics, checkpoints)", &c.output_dir},
-      {"resume", "auto (newest valid checkpoint in output-dir) or a checkpoint directory", &c.resume},
+      {"resume",
+       "auto (the newest valid checkpoint of output-dir's current lineage: LATEST or its ancestors) or a checkpoint "
+       "directory",
+       &c.resume},
+      {"allow-config-change",
+       "Resume even though settings that change the result (lr, schedule, augmentation, ...) differ from the "
+       "checkpoint's run",
+       &c.allow_config_change},
       {"checkpoint-every", "Optimizer steps between checkpoints (0: end of each epoch)", &c.checkpoint_every},
       {"keep-checkpoints", "Committed checkpoints kept", &c.keep_checkpoints},
       {"print-freq", "Steps between progress lines", &c.print_freq},
@@ -278,25 +287,60 @@ void validate(const TrainConfig& c) {
   if (c.output_dir.empty()) throw UsageError("--output-dir must not be empty");
 }
 
+namespace {
+
+// A double in the shortest form that reads back as the same value ("0.1", not toml++'s 0.10000000000000001).
+std::string toml_double(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  std::string s(buf, r.ptr);
+  if (s.find_first_of(".e") == std::string::npos) s += ".0";
+  return s;
+}
+
+std::string toml_string(const std::string& v) {
+  std::ostringstream out;
+  out << toml::value<std::string>(v);  // quoted and escaped by toml++
+  return out.str();
+}
+
+template <typename T>
+std::string toml_scalar(const T& v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return v ? "true" : "false";
+  } else if constexpr (std::is_same_v<T, double>) {
+    return toml_double(v);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return toml_string(v);
+  } else {
+    return std::to_string(v);
+  }
+}
+
+}  // namespace
+
 std::string to_toml(TrainConfig config) {
-  toml::table t;
+  std::map<std::string, std::string> lines;  // sorted by key
   for (auto& spec : option_specs(config)) {
     std::visit(
         [&](auto* p) {
           using T = std::remove_pointer_t<decltype(p)>;
           if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
                         std::is_same_v<T, std::vector<std::string>>) {
-            toml::array a;
-            for (const auto& v : *p) a.push_back(v);
-            t.insert(spec.name, std::move(a));
+            std::string a = "[";
+            for (size_t i = 0; i < p->size(); ++i) a += (i ? ", " : " ") + toml_scalar((*p)[i]);
+            lines[spec.name] = a + (p->empty() ? "]" : " ]");
           } else {
-            t.insert(spec.name, *p);
+            lines[spec.name] = toml_scalar(*p);
           }
         },
         spec.target);
   }
   std::ostringstream out;
-  out << "# Resolved configuration of this run (defaults < --config file < command line).\n" << t << "\n";
+  out << "# Resolved configuration of this run (defaults < --config file < command line).\n";
+  for (const auto& [key, value] : lines) out << key << " = " << value << "\n";
   return out.str();
 }
 

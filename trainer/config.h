@@ -70,8 +70,9 @@ struct TrainConfig {
   double model_ema_decay = 0.999;
   // Run
   std::string output_dir = "runs/default";
-  std::string resume;            // "" | auto | PATH
-  int64_t checkpoint_every = 0;  // steps between checkpoints; 0: at the end of each epoch
+  std::string resume;                // "" | auto | PATH
+  bool allow_config_change = false;  // resume even when settings that change the result differ from the checkpoint's
+  int64_t checkpoint_every = 0;      // steps between checkpoints; 0: at the end of each epoch
   int64_t keep_checkpoints = 3;
   int64_t print_freq = 50;
   int64_t eval_freq = 1;  // epochs between evaluations; 0: only after the last epoch

@@ -165,6 +165,7 @@ void JobCoordination::finish(bool stopped, int64_t step) {
     while (!coordinator_->finished() && Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
+    cluster::write_final_status(*coordinator_, c_.output_dir);
     cluster::remove_endpoint_file(c_.output_dir);
   }
 }

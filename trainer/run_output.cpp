@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -11,8 +12,30 @@
 
 namespace stride::trainer {
 
-RunOutput::RunOutput(const std::string& run_dir, bool quiet_rank)
-    : enabled_(!quiet_rank), tty_(::isatty(STDOUT_FILENO) != 0) {
+namespace {
+
+bool under_a_job_starter() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}) {
+    const char* value = std::getenv(v);
+    if (value && *value) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+RunOutput::RunOutput(const std::string& run_dir, bool quiet_rank) : enabled_(!quiet_rank), mode_(Progress::kPlain) {
+  const char* env = std::getenv("STRIDE_PROGRESS");
+  const std::string how = env ? env : "";
+  if (how == "live") {
+    mode_ = Progress::kLive;
+  } else if (how == "tagged") {
+    mode_ = Progress::kTagged;
+  } else if (how.empty() || how == "auto") {
+    mode_ = ::isatty(STDOUT_FILENO) != 0 && !under_a_job_starter() ? Progress::kLive : Progress::kPlain;
+  } else if (how != "plain") {
+    throw UsageError(concat("STRIDE_PROGRESS must be auto, live, plain or tagged, not '", how, "'"));
+  }
   if (!enabled_) return;
   const std::string path = run_dir + "/metrics.jsonl";
   metrics_ = std::fopen(path.c_str(), "a");
@@ -41,11 +64,17 @@ void RunOutput::record(const std::string& type, int64_t step, const nlohmann::js
 
 void RunOutput::progress(const std::string& line) {
   if (!enabled_) return;
-  if (tty_) {
-    std::printf("\r\033[K%s", line.c_str());
-    live_line_ = true;
-  } else {
-    std::printf("%s\n", line.c_str());
+  switch (mode_) {
+    case Progress::kLive:
+      std::printf("\r\033[K%s", line.c_str());
+      live_line_ = true;
+      break;
+    case Progress::kTagged:
+      std::printf("@progress %s\n", line.c_str());  // launcher/rank_output.h kProgressMarker
+      break;
+    case Progress::kPlain:
+      std::printf("%s\n", line.c_str());
+      break;
   }
   std::fflush(stdout);
 }

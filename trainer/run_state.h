@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,12 +43,19 @@ struct Trainer::State {
   std::unique_ptr<Sgd> sgd;
   std::unique_ptr<LrSchedule> schedule;
   std::unique_ptr<CheckpointStore> store;
-  std::string config_digest;
-  int64_t step = 0;  // optimizer steps completed
+  std::string config_text;    // the resolved config.toml (also recorded in every MANIFEST)
+  std::string config_digest;  // its CRC32C
+  std::string resume_from;    // the checkpoint directory this run continues ("" from scratch)
+  std::string resume_note;    // what choose_checkpoint() has to say once output is set up
+  int64_t step = 0;           // optimizer steps completed
   data::Cursor cursor;
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
+  int64_t step_limit = 0;  // where this run stops: total_steps, or --max-steps when smaller
   std::map<std::string, double> last_eval;
+  int64_t last_eval_step = -1;  // the step last_eval was measured at
+  // Note [Checkpoint lineage] (cluster/checkpoint_files.h): the checkpoint the next one continues.
+  std::optional<std::pair<uint64_t, std::string>> lineage_parent;  // step, id
   std::unique_ptr<Coordination> coordination;
   int64_t last_checkpoint_step = -1;  // the newest step checkpointed (or resumed from): never rewritten
   proto::Heartbeat hb;
@@ -56,6 +64,9 @@ struct Trainer::State {
   // setup.cpp
   void setup();
   void load_weights(const std::string& path);
+  // --resume: picks the checkpoint (resume_from) and checks the configuration against its run's. Throws
+  // UsageError before anything is written when the model differs or settings change the result.
+  void choose_checkpoint();
   void resume();
   void apply_freeze();
 

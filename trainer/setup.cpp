@@ -12,6 +12,7 @@
 #include "data/crc32c.h"
 #include "models/registry.h"
 #include "models/state_dict.h"
+#include "trainer/config_diff.h"
 #include "trainer/data_setup.h"
 #include "trainer/run_state.h"
 #include "trainer/safetensors.h"
@@ -76,13 +77,20 @@ void Trainer::State::setup() {
   if (c.num_classes <= 0 && plan.num_classes <= 0) {
     throw UsageError("the dataset does not record its classes: pass --num-classes");
   }
+  store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
+  choose_checkpoint();  // before anything is written: a refused resume leaves the run directory as it was
   fs::create_directories(c.output_dir);
-  const std::string config_text =
-      concat("# train transform: ", plan.train_transform, "\n# eval transform: ", plan.eval_transform,
-             "\n# input: ", plan.in_channels, " channel", plan.in_channels == 1 ? "" : "s", ", ", plan.normalisation,
-             "\n", to_toml(c));
+  config_text = concat("# train transform: ", plan.train_transform, "\n# eval transform: ", plan.eval_transform,
+                       "\n# input: ", plan.in_channels, " channel", plan.in_channels == 1 ? "" : "s", ", ",
+                       plan.normalisation, "\n", to_toml(c));
   config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
-  if (rank == 0) write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
+  if (rank == 0) {
+    // config.toml is this start's configuration; config.<N>.toml keeps every start's (N = 1, 2, ...).
+    int start = 1;
+    while (fs::exists(fs::path(c.output_dir) / concat("config.", start, ".toml"))) ++start;
+    write_file_atomic((fs::path(c.output_dir) / concat("config.", start, ".toml")).string(), config_text);
+    write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
+  }
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
   out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
                     plan.in_channels == 1 ? " channel, " : " channels, ", plan.normalisation));
@@ -159,6 +167,7 @@ void Trainer::State::setup() {
     steps_per_epoch = 1;
   }
   total_steps = steps_per_epoch * c.epochs;
+  step_limit = c.max_steps > 0 ? std::min(c.max_steps, total_steps) : total_steps;
   ScheduleOptions so;
   so.base_lr = lr;
   so.kind = c.lr_scheduler;
@@ -172,18 +181,15 @@ void Trainer::State::setup() {
   so.gamma = c.lr_gamma;
   so.lr_min = c.lr_min;
   schedule = std::make_unique<LrSchedule>(so);
-  store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
   cursor = {0, 0, static_cast<uint64_t>(c.seed)};
-  if (c.resume.empty() && !c.test_only) {
-    // Starting from scratch would checkpoint over the steps of an earlier run: make the user choose.
-    for (const auto& info : store->list(/*deep=*/false)) {
-      if (!info.valid) continue;
-      throw UsageError(concat(c.output_dir, " already holds checkpoints of a run (newest: step ", info.step,
-                              "): continue it with --resume auto, or train into another --output-dir"));
-    }
-  }
-  if (!c.resume.empty()) resume();
-  if (!c.resume.empty() && step > 0) last_checkpoint_step = step;
+  if (!resume_from.empty()) resume();
+  if (!resume_note.empty()) out->print(resume_note);
+  if (!resume_from.empty() && step > 0) last_checkpoint_step = step;
+  // The status shows where the run stands and where it stops from the first heartbeat on.
+  hb.set_step(static_cast<uint64_t>(step));
+  hb.set_total_steps(static_cast<uint64_t>(step_limit));
+  hb.set_epoch(cursor.epoch);
+  coordination->update(hb);
   if (world > 1) {
     // Every replica starts from rank 0's weights and buffers (after --weights / --resume, which all ranks read).
     comm::broadcast_module_state(*model, *comm);
@@ -219,28 +225,75 @@ void Trainer::State::load_weights(const std::string& path) {
   out->print(concat("weights: loaded ", report.loaded.size(), " tensors from ", path));
 }
 
-void Trainer::State::resume() {
-  std::optional<std::string> path;
+void Trainer::State::choose_checkpoint() {
+  if (c.resume.empty()) {
+    if (c.test_only) return;
+    // Starting from scratch would checkpoint over the steps of an earlier run: make the user choose.
+    for (const auto& info : store->list(/*deep=*/false)) {
+      if (!info.valid) continue;
+      throw UsageError(concat(c.output_dir, " already holds checkpoints of a run (newest: step ", info.step,
+                              "): continue it with --resume auto, or train into another --output-dir"));
+    }
+    return;
+  }
   if (c.resume == "auto") {
     std::vector<CheckpointInfo> skipped;
-    auto latest = store->latest(&skipped);
+    auto head = store->latest(&skipped);
     for (const auto& s : skipped) {
       std::fprintf(stderr, "stride: warning: skipping checkpoint %s: %s\n", s.path.c_str(), s.problem.c_str());
     }
-    if (!latest) {
-      out->print(concat("resume: no checkpoint in ", store->dir(), "; starting from scratch"));
+    if (!head) {
+      resume_note = concat("resume: no checkpoint in ", store->dir(), "; starting from scratch");
       return;
     }
-    path = latest->path;
+    resume_from = head->path;
   } else {
-    path = c.resume;
+    if (!fs::is_directory(c.resume)) throw UsageError(concat("--resume ", c.resume, ": no such checkpoint directory"));
+    resume_from = c.resume;
   }
-  auto ckpt = load_checkpoint(*path);
-  const auto& m = ckpt.manifest;
+  const proto::Manifest m = verify_checkpoint(resume_from, /*deep=*/false);
   if (m.model() != c.model) {
-    throw UsageError(concat("checkpoint ", *path, " is of model ", m.model(), ", not ", c.model));
+    throw UsageError(concat("checkpoint ", resume_from, " is of model ", m.model(), ", not ", c.model));
   }
-  models::load_state_dict(*model, ckpt.model, {true, {}, *path + "/model.safetensors"});
+  if (c.test_only) return;  // evaluating a checkpoint: its training settings do not matter
+  // The configuration the checkpoint's run had: recorded in its MANIFEST, or (older checkpoints) the run's
+  // config.toml when its digest still matches.
+  std::string before = m.config();
+  if (before.empty()) {
+    const auto run_config = fs::path(resume_from).parent_path().parent_path() / "config.toml";
+    std::error_code ec;
+    if (fs::exists(run_config, ec)) {
+      const std::string text = read_file(run_config.string());
+      if (concat(std::hex, data::crc32c(text.data(), text.size())) == m.config_digest()) before = text;
+    }
+  }
+  if (before.empty()) {
+    std::fprintf(stderr, "stride: warning: %s records no configuration: changed settings cannot be checked\n",
+                 resume_from.c_str());
+    return;
+  }
+  std::vector<ConfigChange> result, operational;
+  for (auto& ch : config_changes(before, m.world_size(), c, world)) {
+    (ch.changes_result ? result : operational).push_back(std::move(ch));
+  }
+  if (!result.empty() && !c.allow_config_change) {
+    throw UsageError(concat("resuming ", resume_from, " with settings that change the result: ", describe(result),
+                            " (pass --allow-config-change to continue anyway)"));
+  }
+  if (!result.empty()) {
+    std::fprintf(stderr, "stride: warning: resuming with settings that change the result (--allow-config-change): %s\n",
+                 describe(result).c_str());
+  }
+  if (!operational.empty()) {
+    std::fprintf(stderr, "stride: note: settings changed since the checkpoint: %s\n", describe(operational).c_str());
+  }
+}
+
+void Trainer::State::resume() {
+  const std::string& path = resume_from;
+  auto ckpt = load_checkpoint(path);
+  const auto& m = ckpt.manifest;
+  models::load_state_dict(*model, ckpt.model, {true, {}, path + "/model.safetensors"});
   for (auto& [name, buf] : ckpt.optimizer) sgd->momentum_buffers()[name] = buf.to(device);
   {
     std::map<std::string, torch::Tensor> amp_state;
@@ -253,31 +306,31 @@ void Trainer::State::resume() {
     if (ckpt.ema.empty()) {
       models::load_state_dict(*ema, models::state_dict(*model));
     } else {
-      models::load_state_dict(*ema, ckpt.ema, {true, {}, *path + "/ema.safetensors"});
+      models::load_state_dict(*ema, ckpt.ema, {true, {}, path + "/ema.safetensors"});
     }
   }
   if (ckpt.state.count("rng")) set_cpu_rng_state(ckpt.state.at("rng"));
   step = static_cast<int64_t>(m.step());
   cursor = {m.cursor().epoch(), m.cursor().consumed(), m.cursor().seed()};
-  const uint64_t global_batch = static_cast<uint64_t>(c.batch_size) * world;
-  if (m.global_batch() != global_batch) {
-    std::fprintf(stderr, "stride: warning: global batch changes from %llu to %llu on resume\n",
-                 static_cast<unsigned long long>(m.global_batch()), static_cast<unsigned long long>(global_batch));
-  }
+  lineage_parent = std::make_pair(m.step(), m.lineage().id());
+  // The checkpoint's score belongs to its step only (it is not carried into later checkpoints).
   for (const auto& [k, v] : m.metrics()) last_eval[k] = v;
+  if (!last_eval.empty()) last_eval_step = step;
   if (c.resume != "auto") {
     for (const auto& info : store->list(/*deep=*/false)) {
       if (info.valid && info.step > m.step()) {
         std::fprintf(stderr,
-                     "stride: warning: %s holds newer checkpoints (up to step %llu); they are replaced as training "
+                     "stride: warning: %s holds newer checkpoints (up to step %llu) of another branch; once this run "
+                     "commits, --resume auto follows its branch (from step %llu), and they are replaced as training "
                      "passes their steps\n",
-                     store->dir().c_str(), static_cast<unsigned long long>(info.step));
+                     store->dir().c_str(), static_cast<unsigned long long>(info.step),
+                     static_cast<unsigned long long>(m.step()));
         break;
       }
     }
   }
   out->print(
-      concat("resume: ", *path, " (step ", step, ", epoch ", cursor.epoch, ", ", cursor.consumed, " samples into it)"));
+      concat("resume: ", path, " (step ", step, ", epoch ", cursor.epoch, ", ", cursor.consumed, " samples into it)"));
 }
 
 void Trainer::State::apply_freeze() {

@@ -1,10 +1,12 @@
 #include "trainer/trainer.h"
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "comm/communicator.h"
 #include "common/error.h"
@@ -36,6 +38,14 @@ std::string format_eta(double seconds) {
   } else {
     std::snprintf(buf, sizeof(buf), "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
   }
+  return buf;
+}
+
+// 64 random bits in hex: a checkpoint's identity in its lineage.
+std::string random_id() {
+  std::random_device rd;
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%08x%08x", rd(), rd());
   return buf;
 }
 
@@ -107,13 +117,12 @@ void Trainer::State::update_ema() {
 }
 
 void Trainer::State::train() {
-  const int64_t limit = c.max_steps > 0 ? std::min(c.max_steps, total_steps) : total_steps;
+  const int64_t limit = step_limit;
   out->print(concat("train: ", c.model, " (", models::count_parameters(*model), " parameters), ",
                     train_data->num_samples(), " training images, ", steps_per_epoch, " steps/epoch x ", c.epochs,
                     " epochs, global batch ", c.batch_size * static_cast<int64_t>(world) * c.accum_steps));
   const auto run_start = Clock::now();
   const int64_t first_step = step;
-  hb.set_total_steps(static_cast<uint64_t>(limit));
   std::ofstream trace;  // --trace-samples: "epoch batch id id ..." per micro-batch, valid samples only
   if (c.trace_samples) {
     fs::create_directories(fs::path(c.output_dir) / "samples");
@@ -128,7 +137,7 @@ void Trainer::State::train() {
     sgd->zero_grad();
     int64_t micro = 0, images = 0, skipped_steps = 0;
     StepSums interval_sums, epoch_sums;  // this rank's, until reduced over ranks for printing
-    auto interval_start = Clock::now();
+    auto interval_start = Clock::now(), heartbeat_mark = interval_start;
     DeviceSums device_sums(device);
     const auto over_ranks = [this](std::vector<double> v) { return sum_over_ranks(std::move(v)); };
     while (auto batch = train_data->next()) {
@@ -171,25 +180,28 @@ void Trainer::State::train() {
       if (ema) update_ema();
       hb.set_step(static_cast<uint64_t>(step));
       hb.set_epoch(cursor.epoch);
-      coordination->update(hb);
+      const auto interval_figures = [&] {  // seconds, images/s of the job as this rank sees it, ETA to `limit`
+        const double secs = seconds_since(interval_start);
+        const double done_frac = static_cast<double>(step - first_step) / static_cast<double>(limit - first_step);
+        return std::array<double, 3>{secs,
+                                     static_cast<double>(images) * static_cast<double>(world) / std::max(secs, 1e-9),
+                                     seconds_since(run_start) * (1.0 - done_frac) / std::max(done_frac, 1e-9)};
+      };
       if (step % c.print_freq == 0 || step == limit) {
         const StepSums taken = device_sums.take();
         interval_sums += taken;
         epoch_sums += taken;
         // Loss and training error over all ranks' samples (every rank reaches the same steps).
         const StepSums all = interval_sums.over_ranks(over_ranks);
-        const double secs = seconds_since(interval_start);
-        const double ips = static_cast<double>(images) * static_cast<double>(world) / std::max(secs, 1e-9);
-        const double done_frac = static_cast<double>(step - first_step) / static_cast<double>(limit - first_step);
-        const double eta = seconds_since(run_start) * (1.0 - done_frac) / std::max(done_frac, 1e-9);
+        const auto [secs, ips, eta] = interval_figures();
         const double mean_loss = all.mean_loss();
         char line[160];
         std::snprintf(line, sizeof(line), "epoch %llu/%lld step %lld/%lld loss %.4f lr %.4g %.0f img/s eta %s",
                       static_cast<unsigned long long>(cursor.epoch + 1), static_cast<long long>(c.epochs),
-                      static_cast<long long>(step), static_cast<long long>(total_steps), mean_loss, lr, ips,
+                      static_cast<long long>(step), static_cast<long long>(limit), mean_loss, lr, ips,
                       format_eta(eta).c_str());
         out->progress(line);
-        nlohmann::json fields = {{"epoch", cursor.epoch},
+        nlohmann::json fields = {{"epoch", cursor.epoch + 1},
                                  {"epoch_progress", static_cast<double>(step) / static_cast<double>(steps_per_epoch)},
                                  {"loss", mean_loss},
                                  {"lr", lr},
@@ -215,12 +227,27 @@ void Trainer::State::train() {
         coordination->update(hb, /*new_interval=*/true);
         interval_sums = {};
         images = 0;
-        interval_start = Clock::now();
+        interval_start = heartbeat_mark = Clock::now();
+      } else if (seconds_since(heartbeat_mark) >= c.heartbeat_interval) {
+        // Between progress lines the status shows this rank's own figures, from the first steps on.
+        const StepSums taken = device_sums.take();
+        interval_sums += taken;
+        epoch_sums += taken;
+        const auto [secs, ips, eta] = interval_figures();
+        hb.set_loss(interval_sums.mean_loss());
+        hb.set_img_per_s(ips);
+        hb.set_step_time_s(secs / static_cast<double>(std::max<int64_t>(1, step - interval_first_step)));
+        hb.set_eta_seconds(eta);
+        coordination->update(hb);
+        heartbeat_mark = Clock::now();
+      } else {
+        coordination->update(hb);
       }
       // The epoch's last step is checkpointed at the epoch end (with the cursor past the epoch).
       const bool epoch_has_more =
           cursor.consumed < train_data->num_samples() && train_data->plan().steps(cursor.consumed) > 0;
-      if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && epoch_has_more) checkpoint();
+      // The run's last step is checkpointed after its evaluation (below), so the checkpoint carries the score.
+      if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && epoch_has_more && step < limit) checkpoint();
       if (step % c.control_every == 0 && control_point()) {
         stopped = true;
         break;
@@ -229,7 +256,9 @@ void Trainer::State::train() {
     }
     if (stopped) break;
     if (step >= limit && cursor.consumed < train_data->num_samples() && train_data->plan().steps(cursor.consumed) > 0) {
-      // Stopped mid-epoch by --max-steps: the cursor points into this epoch.
+      // Stopped mid-epoch by --max-steps: the run ends here, so it is evaluated here (the cursor points into
+      // this epoch).
+      evaluate_and_record();
       checkpoint();
       break;
     }
@@ -246,9 +275,12 @@ void Trainer::State::train() {
     }
     checkpoint();  // every epoch end (replacing a same-step mid-epoch one: its cursor now points past the epoch)
   }
-  out->print(concat("done: ", step, " steps in ", format_eta(seconds_since(run_start)),
-                    last_eval.count("acc1") ? concat(", test acc1 ", std::round(last_eval["acc1"] * 100) / 100, "%")
-                                            : std::string()));
+  // A score is reported only for the step that produced it.
+  const bool scored = last_eval_step == step && last_eval.count("acc1");
+  out->print(concat("done: ", step - first_step, " steps",
+                    first_step > 0 ? concat(" (", first_step, " -> ", step, ")") : std::string(), " in ",
+                    format_eta(seconds_since(run_start)),
+                    scored ? concat(", test acc1 ", std::round(last_eval["acc1"] * 100) / 100, "%") : std::string()));
 }
 
 torch::Tensor Trainer::State::to_device(const torch::Tensor& t) const {
@@ -307,10 +339,18 @@ void Trainer::State::evaluate_and_record() {
   sync_buffers();
   auto r = evaluate(model);
   last_eval = {{"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}};
-  nlohmann::json fields = {{"epoch", cursor.epoch}, {"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}};
-  char buf[160];
-  std::snprintf(buf, sizeof(buf), "eval epoch %llu: acc1 %.2f%% acc5 %.2f%% loss %.4f (%lld images)",
-                static_cast<unsigned long long>(cursor.epoch), r.acc1, r.acc5, r.loss, static_cast<long long>(r.count));
+  last_eval_step = step;
+  // At an epoch's end the cursor already points at the next epoch: `epoch` counts the epochs done.
+  const bool epoch_end = cursor.consumed == 0;
+  const double epochs_done = static_cast<double>(cursor.epoch) +
+                             (train_data ? static_cast<double>(cursor.consumed) / train_data->num_samples() : 0.0);
+  nlohmann::json fields = {{"acc1", r.acc1}, {"acc5", r.acc5}, {"loss", r.loss}};
+  fields["epoch"] = epoch_end ? nlohmann::json(cursor.epoch) : nlohmann::json(epochs_done);
+  char buf[200];
+  const std::string where = epoch_end ? concat("epoch ", cursor.epoch)
+                                      : concat("at step ", step, " (epoch ", std::round(epochs_done * 100) / 100, ")");
+  std::snprintf(buf, sizeof(buf), "eval %s: acc1 %.2f%% acc5 %.2f%% loss %.4f (%lld images)", where.c_str(), r.acc1,
+                r.acc5, r.loss, static_cast<long long>(r.count));
   std::string line = buf;
   if (ema) {
     auto re = evaluate(ema);
@@ -332,6 +372,7 @@ void Trainer::State::evaluate_and_record() {
 void Trainer::State::checkpoint() {
   if (step == last_checkpoint_step) return;  // already checkpointed (or resumed from): never rewrite a commit
   const auto t0 = Clock::now();
+  const std::string checkpoint_id = random_id();
   sync_buffers();
   // Replicas are identical after the step, so the files are shared out: rank r writes the parts with
   // index % world == r (model on rank 0, optimizer on rank 1, ...); rank 0 also sends the training state.
@@ -359,13 +400,24 @@ void Trainer::State::checkpoint() {
     m.set_global_batch(static_cast<uint64_t>(c.batch_size) * world);
     m.set_model(c.model);
     m.set_config_digest(config_digest);
+    m.set_config(config_text);
+    auto& lineage = *m.mutable_lineage();
+    lineage.set_id(checkpoint_id);
+    lineage.set_has_parent(lineage_parent.has_value());
+    if (lineage_parent) {
+      lineage.set_parent_step(lineage_parent->first);
+      lineage.set_parent_id(lineage_parent->second);
+    }
     m.set_created_unix(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
     m.set_stride_version(STRIDE_VERSION);
-    for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
+    if (last_eval_step == step) {
+      for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
+    }
     job.manifest = std::move(m);
   }
   coordination->submit(std::move(job));
   last_checkpoint_step = step;
+  lineage_parent = std::make_pair(static_cast<uint64_t>(step), checkpoint_id);
   out->record("checkpoint", step, {{"stall_seconds", seconds_since(t0)}});
 }
 

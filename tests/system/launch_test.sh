@@ -119,7 +119,8 @@ launcher_kill)
   done
   pgrep -f "$STRIDE train.*$run" > /dev/null && fail "ranks still running 30 s after the launcher died"
   $PY -c "import time; print(f'ranks and mpirun gone {time.time() - $t0:.1f} s after the launcher died')"
-  grep -q "lost the coordinator for 3 s" "$WORK/launch1.log" || fail "the ranks did not give up after the heartbeat timeout"
+  # The launcher is gone, so the ranks' last words are in RUN/logs/ranks.log only.
+  grep -q "lost the coordinator for 3 s" "$run/logs/ranks.log" || fail "the ranks did not give up after the heartbeat timeout"
   pkill -9 -f "mpirun.*$run" 2>/dev/null || true
   "$STRIDE" launch -n 2 --status-port 0 -- "${flags[@]}" --output-dir "$run" --resume auto \
     > "$WORK/launch2.log" 2>&1 || fail "the relaunch"

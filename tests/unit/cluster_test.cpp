@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "cluster/client.h"
@@ -372,12 +373,91 @@ TEST(CheckpointFiles, GarbageCollectionKeepsTheNewestAndInFlightDirectories) {
   EXPECT_EQ(steps, (std::vector<uint64_t>{40, 30}));
   EXPECT_EQ(newest_valid(root), 30u);
   // keep = 1 with a corrupt newest: the valid one below it is what survives.
-  garbage_collect(ops, root, 1);
+  garbage_collect(ops, root, 1, 30);
   EXPECT_EQ(newest_valid(root), 30u);
   std::ifstream latest(root + "/LATEST");
   std::string name;
   latest >> name;
   EXPECT_EQ(name, "step-00000030");
+}
+
+std::string read_manifest_id(const std::string& dir) { return verify_checkpoint(dir, false).lineage().id(); }
+
+// Note [Checkpoint lineage]: a branch started from an older checkpoint is what LATEST, lineage_head and garbage
+// collection follow; the abandoned branch's newer checkpoints are never picked and go once they are passed.
+TEST(CheckpointFiles, LineageHeadAndGarbageCollectionFollowTheNewestBranch) {
+  ScratchDir dir("lineage");
+  const std::string root = dir.file("ckpt");
+  auto& ops = *real_file_ops();
+  int ids = 0;
+  auto id_of = [&](uint64_t step) { return read_manifest_id(step_dir(root, step)); };
+  auto commit = [&](uint64_t step, std::optional<uint64_t> parent, int64_t keep = 3) {
+    proto::Manifest m;
+    m.set_step(step);
+    m.mutable_lineage()->set_id(concat("id", step, "-", ++ids));
+    m.mutable_lineage()->set_has_parent(parent.has_value());
+    if (parent) {
+      m.mutable_lineage()->set_parent_step(*parent);
+      m.mutable_lineage()->set_parent_id(id_of(*parent));
+    }
+    prepare_step_dir(ops, root, step);
+    *m.add_files() = write_checkpoint_file(ops, step_dir(root, step), "a.bin", concat("step ", step));
+    commit_manifest(ops, root, m, keep);
+  };
+  auto steps = [&] {
+    std::vector<uint64_t> out;
+    for (const auto& info : list_checkpoints(root)) out.push_back(info.step);
+    return out;
+  };
+  auto head = [&] { return lineage_head(root).value().step; };
+  auto spit = [](const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::trunc) << bytes; };
+  commit(10, std::nullopt);
+  commit(20, 10);
+  commit(30, 20);
+  EXPECT_EQ(steps(), (std::vector<uint64_t>{30, 20, 10}));
+  EXPECT_EQ(head(), 30u);
+  // Resumed from step 10: the branch 10 -> 15 is the run now; 20 and 30 stay until the branch passes them.
+  commit(15, 10);
+  EXPECT_EQ(head(), 15u);
+  EXPECT_EQ(steps(), (std::vector<uint64_t>{30, 20, 15, 10}));
+  commit(17, 15);
+  EXPECT_EQ(steps(), (std::vector<uint64_t>{30, 20, 17, 15, 10}));
+  commit(19, 17);  // keep 3 of the branch: 10 goes, the other branch's 20 and 30 stay
+  EXPECT_EQ(steps(), (std::vector<uint64_t>{30, 20, 19, 17, 15}));
+  EXPECT_EQ(head(), 19u);
+  // A damaged head falls back along its own branch, not to the newer step 30 of the other one.
+  spit(step_dir(root, 19) + "/a.bin", "step 1X");  // same size: only the checksum tells
+  std::vector<CheckpointInfo> skipped;
+  EXPECT_EQ(lineage_head(root, &skipped).value().step, 17u);
+  ASSERT_EQ(skipped.size(), 1u);
+  EXPECT_EQ(skipped[0].step, 19u);
+  // A commit whose LATEST update was cut short still counts: it descends from LATEST.
+  commit(21, 17);
+  EXPECT_EQ(steps(), (std::vector<uint64_t>{30, 21, 17, 15}));  // 20 passed, 19 (damaged, older) removed
+  spit(root + "/LATEST", "step-00000017\n");
+  EXPECT_EQ(head(), 21u);
+  // Passing the other branch's last step removes it.
+  commit(31, 21);
+  EXPECT_EQ(steps(), (std::vector<uint64_t>{31, 21, 17}));
+  // A branch that rewrites a step directory breaks the other branch's link to it: the old step 40, whose parent
+  // was the old step 31, does not descend from the new step 31.
+  commit(40, 31);
+  commit(33, 31);  // not LATEST-worthy yet: resumed from 31 again, a new branch
+  commit(31, 21);  // and a third branch rewrites step 31 itself
+  EXPECT_EQ(head(), 31u);
+  EXPECT_EQ(steps(), (std::vector<uint64_t>{40, 33, 31, 21}));
+  // Checkpoints from before lineages were recorded: step order.
+  ScratchDir old("lineage-old");
+  const std::string old_root = old.file("ckpt");
+  for (uint64_t step : {10, 20}) {
+    proto::Manifest m;
+    m.set_step(step);
+    prepare_step_dir(ops, old_root, step);
+    *m.add_files() = write_checkpoint_file(ops, step_dir(old_root, step), "a.bin", "x");
+    commit_manifest(ops, old_root, m, 3);
+  }
+  spit(old_root + "/LATEST", "step-00000010\n");
+  EXPECT_EQ(lineage_head(old_root).value().step, 20u);
 }
 
 // ---------------------------------------------------------------------------------------------------------

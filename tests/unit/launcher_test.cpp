@@ -34,7 +34,8 @@ TEST(Launch, MpirunCommandCarriesHostsNetworkAndTheCoordinatorEnvironment) {
   EXPECT_EQ(first,
             "mpirun -np 4 --bind-to none --tag-output --oversubscribe --host h1:2,h2:2 --mca btl_tcp_if_include "
             "10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 -x STRIDE_COORDINATOR -x STRIDE_JOB_TOKEN -x "
-            "STRIDE_RESTART_COUNT /opt/stride train --model resnet20 --resume runs/x/checkpoints/step-00000010");
+            "STRIDE_RESTART_COUNT -x STRIDE_PROGRESS /opt/stride train --model resnet20 --resume "
+            "runs/x/checkpoints/step-00000010");
   // A restart resumes from the newest commit, whatever --resume said at first.
   const std::string again = joined(rank_command(o, /*resume=*/true));
   EXPECT_NE(again.find("/opt/stride train --model resnet20 --resume auto"), std::string::npos) << again;

@@ -13,6 +13,7 @@
 #include "test_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/config_diff.h"
 #include "trainer/loss.h"
 #include "trainer/schedule.h"
 #include "trainer/sgd.h"
@@ -107,6 +108,57 @@ TEST(TrainConfig, ResolvedTomlRoundTrips) {
 // ---------------------------------------------------------------------------------------------------------
 // Schedule
 // ---------------------------------------------------------------------------------------------------------
+TEST(TrainConfig, ChangesOnResumeAreFoundAndClassified) {
+  TrainConfig before;
+  before.batch_size = 64;
+  before.nesterov = true;
+  const std::string text = to_toml(before);
+  auto find = [](const std::vector<ConfigChange>& changes, const std::string& key) -> const ConfigChange* {
+    for (const auto& c : changes) {
+      if (c.key == key) return &c;
+    }
+    return nullptr;
+  };
+  // Half the per-rank batch on twice the ranks: the same global batch, nothing changed.
+  TrainConfig same = before;
+  same.batch_size = 32;
+  EXPECT_TRUE(config_changes(text, 1, same, 2).empty());
+  TrainConfig after = before;
+  after.nesterov = false;
+  after.lr = 0.2;
+  after.print_freq = 7;
+  after.batch_size = 128;
+  const auto changes = config_changes(text, 1, after, 1);
+  ASSERT_NE(find(changes, "nesterov"), nullptr);
+  EXPECT_TRUE(find(changes, "nesterov")->changes_result);
+  EXPECT_EQ(find(changes, "nesterov")->before, "true");
+  EXPECT_EQ(find(changes, "nesterov")->after, "false");
+  ASSERT_NE(find(changes, "lr"), nullptr);
+  EXPECT_TRUE(find(changes, "lr")->changes_result);
+  ASSERT_NE(find(changes, "print-freq"), nullptr);
+  EXPECT_FALSE(find(changes, "print-freq")->changes_result);
+  ASSERT_NE(find(changes, "global batch"), nullptr);
+  EXPECT_EQ(find(changes, "global batch")->before, "64");
+  EXPECT_EQ(find(changes, "global batch")->after, "128");
+  EXPECT_EQ(find(changes, "batch-size"), nullptr);
+  EXPECT_EQ(changes.size(), 4u) << describe(changes);
+  // A key the checkpoint's run did not have counts as its default.
+  std::string without_ema = text;
+  const auto at = without_ema.find("model-ema = false\n");
+  ASSERT_NE(at, std::string::npos);
+  without_ema.erase(at, std::string("model-ema = false\n").size());
+  TrainConfig ema = before;
+  EXPECT_TRUE(config_changes(without_ema, 1, ema, 1).empty());
+  ema.model_ema = true;
+  ASSERT_NE(find(config_changes(without_ema, 1, ema, 1), "model-ema"), nullptr);
+  try {
+    config_changes("lr = [", 1, after, 1);
+    FAIL() << "expected stride::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot parse"), std::string::npos) << e.what();
+  }
+}
+
 TEST(LrSchedule, WarmupThenCosine) {
   ScheduleOptions o;
   o.base_lr = 1.0;
