@@ -23,7 +23,7 @@
 #include "cluster/dashboard_html.h"
 #include "cluster/wire.h"
 #include "common/error.h"
-#include "common/file_io.h"
+#include "storage/file_io.h"
 
 namespace stride::cluster {
 namespace asio = boost::asio;
@@ -600,9 +600,9 @@ void write_endpoint_files(const Coordinator& coordinator, const std::string& run
                          {"pid", ::getpid()},
                          {"host", local_hostname()}};
   if (launcher) info["launcher"] = true;
-  write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
+  storage::write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
   const std::string token_path = (std::filesystem::path(run_dir) / "job_token").string();
-  write_file_atomic(token_path, coordinator.token() + "\n");
+  storage::write_file_atomic(token_path, coordinator.token() + "\n");
   std::filesystem::permissions(token_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
                                std::filesystem::perm_options::replace);
 }

@@ -12,7 +12,7 @@
 
 #include "cluster/client.h"
 #include "common/error.h"
-#include "common/file_io.h"
+#include "storage/file_io.h"
 
 namespace stride::launcher {
 namespace {
@@ -51,7 +51,7 @@ std::string resolve_url(const StatusArgs& a) {
   if (url.empty() && !a.run_dir.empty()) {
     const std::string path = (fs::path(a.run_dir) / "coordinator.json").string();
     if (!fs::exists(path)) throw UsageError(concat(path, " not found: is a job running in ", a.run_dir, "?"));
-    url = json::parse(read_file(path)).value("status_url", "");
+    url = json::parse(storage::read_file(path)).value("status_url", "");
     if (url.empty()) throw UsageError(concat(path, ": the job runs without a status endpoint (--status-port -1)"));
   }
   if (url.empty()) {
@@ -67,7 +67,7 @@ std::string resolve_token(const StatusArgs& a) {
   if (!a.run_dir.empty()) {
     const std::string path = (fs::path(a.run_dir) / "job_token").string();
     if (fs::exists(path)) {
-      std::string t = read_file(path);
+      std::string t = storage::read_file(path);
       while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
       return t;
     }

@@ -8,10 +8,10 @@
 
 #include "comm/sync_batch_norm.h"
 #include "common/error.h"
-#include "common/file_io.h"
-#include "data/crc32c.h"
 #include "models/registry.h"
 #include "models/state_dict.h"
+#include "storage/crc32c.h"
+#include "storage/file_io.h"
 #include "trainer/data_setup.h"
 #include "trainer/run_state.h"
 #include "trainer/safetensors.h"
@@ -81,8 +81,8 @@ void Trainer::State::setup() {
       concat("# train transform: ", plan.train_transform, "\n# eval transform: ", plan.eval_transform,
              "\n# input: ", plan.in_channels, " channel", plan.in_channels == 1 ? "" : "s", ", ", plan.normalisation,
              "\n", to_toml(c));
-  config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
-  if (rank == 0) write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
+  config_digest = concat(std::hex, storage::crc32c(config_text.data(), config_text.size()));
+  if (rank == 0) storage::write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
   out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
                     plan.in_channels == 1 ? " channel, " : " channels, ", plan.normalisation));
