@@ -23,7 +23,7 @@
 #include "cluster/dashboard_html.h"
 #include "cluster/wire.h"
 #include "common/error.h"
-#include "common/file_io.h"
+#include "storage/file_io.h"
 
 namespace stride::cluster {
 namespace asio = boost::asio;
@@ -602,16 +602,17 @@ void write_endpoint_files(const Coordinator& coordinator, const std::string& run
   if (launcher) info["launcher"] = true;
   std::error_code ec;
   std::filesystem::remove(std::filesystem::path(run_dir) / "status.json", ec);  // an earlier start's final state
-  write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
+  storage::write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
   const std::string token_path = (std::filesystem::path(run_dir) / "job_token").string();
-  write_file_atomic(token_path, coordinator.token() + "\n");
+  storage::write_file_atomic(token_path, coordinator.token() + "\n");
   std::filesystem::permissions(token_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
                                std::filesystem::perm_options::replace);
 }
 
 void write_final_status(const Coordinator& coordinator, const std::string& run_dir) {
   try {
-    write_file_atomic((std::filesystem::path(run_dir) / "status.json").string(), coordinator.status_json() + "\n");
+    storage::write_file_atomic((std::filesystem::path(run_dir) / "status.json").string(),
+                               coordinator.status_json() + "\n");
   } catch (const Error& e) {
     std::fprintf(stderr, "stride: warning: cannot write the final status: %s\n", e.what());
   }

@@ -65,10 +65,10 @@ void CoordinatorCore::Series::add(double xv, double yv) {
 CoordinatorCore::CoordinatorCore(CoreOptions options, double now, double wall)
     : o_(std::move(options)), t0_(now), wall0_(wall), ranks_(o_.world_size) {
   STRIDE_CHECK_GT(o_.world_size, 0u, "world size");
-  if (!o_.ops) o_.ops = real_file_ops();
+  if (!o_.ops) o_.ops = storage::real_file_ops();
   // Resume: the head of the newest branch on disk is the starting point of "last committed".
   if (!o_.checkpoint_root.empty()) {
-    if (const auto head = lineage_head(o_.checkpoint_root)) {
+    if (const auto head = storage::lineage_head(o_.checkpoint_root)) {
       has_commit_ = true;
       last_committed_step_ = head->step;
       last_committed_path_ = head->path;
@@ -256,7 +256,7 @@ void CoordinatorCore::try_commit(uint64_t step, double now) {
   }
   std::string path;
   try {
-    path = commit_manifest(*o_.ops, o_.checkpoint_root, m, o_.keep);
+    path = storage::commit_manifest(*o_.ops, o_.checkpoint_root, m, o_.keep);
   } catch (const Error& e) {
     discard(step, concat("writing the MANIFEST failed: ", e.what()), now);
     return;

@@ -12,7 +12,7 @@
 //    the training state; the files of all reports are listed) via commit_manifest(), then tells every rank
 //    COMMITTED. A failed report, a dead rank or a failed MANIFEST write discards the step instead (DISCARDED):
 //    its directory has no MANIFEST and stays invisible; the previous commit stays the newest.
-// 3. Garbage collection runs only after a commit (cluster/checkpoint_files.h).
+// 3. Garbage collection runs only after a commit (storage/checkpoint_files.h).
 #pragma once
 
 #include <cstdint>
@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "cluster/checkpoint_files.h"
 #include "proto/cluster.pb.h"
+#include "storage/checkpoint_files.h"
 
 namespace stride::cluster {
 
@@ -38,7 +38,7 @@ struct CoreOptions {
   double reconnect_grace_s = 10.0;    // a rank whose connection dropped must reconnect within this
   std::string checkpoint_root;        // RUN/checkpoints
   int64_t keep = 3;
-  std::shared_ptr<FileOps> ops = real_file_ops();
+  std::shared_ptr<storage::FileOps> ops = storage::real_file_ops();
   int restarts = 0;  // how often the job was restarted (shown in /status)
 };
 

@@ -10,9 +10,9 @@
 #include <filesystem>
 
 #include "common/error.h"
-#include "common/file_io.h"
-#include "data/crc32c.h"
 #include "data/shard_index.h"
+#include "storage/crc32c.h"
+#include "storage/file_io.h"
 
 #include <array>
 
@@ -159,7 +159,7 @@ std::string ShardedLoader::read_span(const SampleRef& ref, uint64_t* span_begin)
   }
   std::string buf(end - begin, '\0');
   const int fd = shard_fd(ref.shard);
-  if (!pread_full(fd, buf.data(), buf.size(), begin)) {
+  if (!storage::pread_full(fd, buf.data(), buf.size(), begin)) {
     throw Error(concat("read of ", buf.size(), " bytes at offset ", begin, " of shard ",
                        index_.shards(static_cast<int>(ref.shard)).file(),
                        " failed: ", errno ? std::strerror(errno) : "unexpected end of file"));
@@ -182,7 +182,8 @@ Members check_members(const proto::SampleEntry& entry, const std::string& span, 
   m.label = entry.label();
   for (const auto& member : entry.members()) {
     const auto* p = reinterpret_cast<const uint8_t*>(span.data()) + (member.offset() - span_begin);
-    if (crc32c(p, member.size()) != member.crc32c()) throw CorruptData(concat("CRC32C mismatch in .", member.ext()));
+    if (storage::crc32c(p, member.size()) != member.crc32c())
+      throw CorruptData(concat("CRC32C mismatch in .", member.ext()));
     const Codec c = codec_for(member.ext());
     if (c != Codec::kUnknown && m.codec == Codec::kUnknown) {
       m.image = p;

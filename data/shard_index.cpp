@@ -8,10 +8,10 @@
 #include <filesystem>
 
 #include "common/error.h"
-#include "common/file_io.h"
-#include "data/crc32c.h"
-#include "data/framing.h"
 #include "data/tar.h"
+#include "storage/crc32c.h"
+#include "storage/file_io.h"
+#include "storage/framing.h"
 
 namespace stride::data {
 namespace fs = std::filesystem;
@@ -24,7 +24,7 @@ constexpr char kMagic[8] = {'S', 'T', 'R', 'I', 'D', 'X', '1', '\n'};
 void write_index(const std::string& dir, const proto::DatasetIndex& index) {
   std::string payload;
   if (!index.SerializeToString(&payload)) throw Error("cannot serialize the dataset index");
-  write_file_atomic((fs::path(dir) / kIndexFile).string(), frame_payload(kMagic, payload));
+  storage::write_file_atomic((fs::path(dir) / kIndexFile).string(), storage::frame_payload(kMagic, payload));
 }
 
 proto::DatasetIndex read_index(const std::string& dir) {
@@ -34,7 +34,7 @@ proto::DatasetIndex read_index(const std::string& dir) {
     throw Error(concat(path, " does not exist: make it with `stride shard` (or `stride shard --index-only ", dir,
                        "` for existing WebDataset tars)"));
   }
-  const std::string payload = unframe_payload(kMagic, read_file(path), path, "Stride dataset index");
+  const std::string payload = storage::unframe_payload(kMagic, storage::read_file(path), path, "Stride dataset index");
   proto::DatasetIndex index;
   if (!index.ParseFromString(payload)) throw Error(concat(path, ": cannot parse"));
   if (index.version() > kIndexVersion) {
@@ -108,7 +108,7 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
   ImageShapeTally shapes;
   for (const auto& file : tars) {
     const std::string path = (fs::path(dir) / file).string();
-    const std::string bytes = read_file(path);
+    const std::string bytes = storage::read_file(path);
     auto* shard = index.add_shards();
     shard->set_file(file);
     shard->set_size(bytes.size());
@@ -132,7 +132,7 @@ proto::DatasetIndex index_webdataset_dir(const std::string& dir, const std::stri
       member->set_ext(ext);
       member->set_offset(m.data_offset);
       member->set_size(m.size);
-      member->set_crc32c(crc32c(bytes.data() + m.data_offset, m.size));
+      member->set_crc32c(storage::crc32c(bytes.data() + m.data_offset, m.size));
       if (ext == "cls") {
         const std::string text = bytes.substr(m.data_offset, m.size);
         char* end = nullptr;

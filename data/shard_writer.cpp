@@ -4,8 +4,8 @@
 #include <filesystem>
 
 #include "common/error.h"
-#include "data/crc32c.h"
 #include "data/shard_index.h"
+#include "storage/crc32c.h"
 
 namespace stride::data {
 namespace fs = std::filesystem;
@@ -54,7 +54,7 @@ void ShardWriter::add(const std::string& key, const std::vector<std::pair<std::s
     m->set_ext(ext);
     m->set_offset(at);
     m->set_size(bytes.size());
-    m->set_crc32c(crc32c(bytes.data(), bytes.size()));
+    m->set_crc32c(storage::crc32c(bytes.data(), bytes.size()));
   }
   index_.set_num_samples(index_.num_samples() + 1);
   if (static_cast<uint64_t>(shard_->samples_size()) >= samples_per_shard_) close_shard();

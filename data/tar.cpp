@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "common/error.h"
-#include "common/file_io.h"
+#include "storage/file_io.h"
 
 namespace stride::data {
 namespace {
@@ -142,7 +142,7 @@ std::vector<TarMember> scan_tar(const std::string& path) {
     throw Error(concat(path, ": ", why, " at offset ", offset));
   };
   while (true) {
-    if (offset + kTarBlock > file_size || !pread_full(fd, h, kTarBlock, offset)) {
+    if (offset + kTarBlock > file_size || !storage::pread_full(fd, h, kTarBlock, offset)) {
       fail("truncated tar (no end-of-archive marker)");
     }
     bool zero = true;
@@ -160,7 +160,7 @@ std::vector<TarMember> scan_tar(const std::string& path) {
     if (std::memcmp(h + 257, "ustar", 5) == 0 && !prefix.empty()) name = prefix + "/" + name;
     if (type == 'L' || type == 'x') {
       std::string payload(size, '\0');
-      if (!pread_full(fd, payload.data(), size, data)) fail("cannot read extended header");
+      if (!storage::pread_full(fd, payload.data(), size, data)) fail("cannot read extended header");
       if (type == 'L') {
         long_name = payload.c_str();
       } else {

@@ -21,7 +21,6 @@
 
 #include "cluster/coordinator.h"
 #include "common/error.h"
-#include "common/file_io.h"
 #include "launcher/rank_output.h"
 #include "trainer/config.h"
 #include "trainer/train_command.h"

@@ -12,7 +12,7 @@
 
 #include "cluster/client.h"
 #include "common/error.h"
-#include "common/file_io.h"
+#include "storage/file_io.h"
 
 namespace stride::launcher {
 namespace {
@@ -67,7 +67,7 @@ std::string resolve_url(const StatusArgs& a) {
   if (url.empty() && !a.run_dir.empty()) {
     const std::string path = (fs::path(a.run_dir) / "coordinator.json").string();
     if (!fs::exists(path)) throw UsageError(concat(path, " not found: is a job running in ", a.run_dir, "?"));
-    url = json::parse(read_file(path)).value("status_url", "");
+    url = json::parse(storage::read_file(path)).value("status_url", "");
     if (url.empty()) throw UsageError(concat(path, ": the job runs without a status endpoint (--status-port -1)"));
   }
   if (url.empty()) {
@@ -83,7 +83,7 @@ std::string resolve_token(const StatusArgs& a) {
   if (!a.run_dir.empty()) {
     const std::string path = (fs::path(a.run_dir) / "job_token").string();
     if (fs::exists(path)) {
-      std::string t = read_file(path);
+      std::string t = storage::read_file(path);
       while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
       return t;
     }
@@ -162,7 +162,7 @@ int show_final_state(const std::string& run_dir, const std::string& url, const j
                ": the job ended abnormally (last seen: ", last_seen.value("state", "?"), " at step ",
                last_seen.value("step", 0), ")"));
   }
-  const json s = json::parse(read_file(path.string()), nullptr, /*allow_exceptions=*/false);
+  const json s = json::parse(storage::read_file(path.string()), nullptr, /*allow_exceptions=*/false);
   if (s.is_discarded()) throw Error(concat(path.string(), ": not JSON"));
   std::printf("job ended (final state from %s):\n", path.string().c_str());
   print_summary(s);
@@ -175,8 +175,9 @@ int run_status(const StatusArgs& a) {
   if (a.url.empty() && !a.run_dir.empty() && !fs::exists(fs::path(a.run_dir) / "coordinator.json") &&
       fs::exists(fs::path(a.run_dir) / "status.json") && !a.checkpoint && !a.stop) {
     if (a.json_out) {
-      std::printf("%s\n", read_file((fs::path(a.run_dir) / "status.json").string()).c_str());
-      return outcome(json::parse(read_file((fs::path(a.run_dir) / "status.json").string())).value("state", ""));
+      std::printf("%s\n", storage::read_file((fs::path(a.run_dir) / "status.json").string()).c_str());
+      return outcome(
+          json::parse(storage::read_file((fs::path(a.run_dir) / "status.json").string())).value("state", ""));
     }
     return show_final_state(a.run_dir, "", json::object());
   }

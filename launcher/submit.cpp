@@ -12,7 +12,7 @@
 #include <filesystem>
 
 #include "common/error.h"
-#include "common/file_io.h"
+#include "storage/file_io.h"
 #include "trainer/config.h"
 #include "trainer/train_command.h"
 
@@ -125,7 +125,7 @@ int submit(const SubmitOptions& o) {
   const fs::path slurm_dir = fs::path(output_dir) / "slurm";
   fs::create_directories(slurm_dir);
   const std::string path = (slurm_dir / "job.sbatch").string();
-  write_file_atomic(path, script);
+  storage::write_file_atomic(path, script);
   fs::permissions(path, fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read,
                   fs::perm_options::replace);
   if (o.dry_run) {

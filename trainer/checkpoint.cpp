@@ -6,7 +6,6 @@
 #include <filesystem>
 
 #include "common/error.h"
-#include "common/file_io.h"
 #include "trainer/safetensors.h"
 
 namespace stride::trainer {
@@ -25,19 +24,19 @@ CheckpointStore::CheckpointStore(std::string run_dir, int64_t keep, std::shared_
 std::string CheckpointStore::commit(CheckpointData data) {
   auto& m = data.manifest;
   ops_->make_dir(dir_);
-  cluster::prepare_step_dir(*ops_, dir_, m.step());
-  const std::string path = cluster::step_dir(dir_, m.step());
+  storage::prepare_step_dir(*ops_, dir_, m.step());
+  const std::string path = storage::step_dir(dir_, m.step());
   m.clear_files();
   for (const auto& [file, tensors] : checkpoint_parts(data)) {
-    *m.add_files() = cluster::write_checkpoint_file(*ops_, path, file, encode_safetensors(*tensors));
+    *m.add_files() = storage::write_checkpoint_file(*ops_, path, file, encode_safetensors(*tensors));
   }
-  return cluster::commit_manifest(*ops_, dir_, std::move(m), keep_);
+  return storage::commit_manifest(*ops_, dir_, std::move(m), keep_);
 }
 
-std::vector<CheckpointInfo> CheckpointStore::list(bool deep) const { return cluster::list_checkpoints(dir_, deep); }
+std::vector<CheckpointInfo> CheckpointStore::list(bool deep) const { return storage::list_checkpoints(dir_, deep); }
 
 std::optional<CheckpointInfo> CheckpointStore::latest(std::vector<CheckpointInfo>* skipped) const {
-  return cluster::lineage_head(dir_, skipped);
+  return storage::lineage_head(dir_, skipped);
 }
 
 CheckpointData load_checkpoint(const std::string& dir) {

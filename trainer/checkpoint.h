@@ -1,6 +1,6 @@
 // Checkpoints on disk: RUN/checkpoints/step-XXXXXXXX/{model,optimizer,ema,state}.safetensors + MANIFEST. What a
 // checkpoint contains lives here; how it is committed (Note [Checkpoint commit]) lives in
-// cluster/checkpoint_files.h, shared with the coordinator, which commits the checkpoints of a multi-rank job.
+// storage/checkpoint_files.h, shared with the coordinator, which commits the checkpoints of a multi-rank job.
 // CheckpointStore is the synchronous one-process path (tests, tools); it is not thread-safe.
 #pragma once
 
@@ -13,17 +13,17 @@
 #include <string>
 #include <vector>
 
-#include "cluster/checkpoint_files.h"
 #include "proto/checkpoint.pb.h"
+#include "storage/checkpoint_files.h"
 
 namespace stride::trainer {
 
 using NamedTensors = std::map<std::string, torch::Tensor>;
 
-using cluster::CheckpointInfo;
-using cluster::FileOps;
-using cluster::real_file_ops;
-using cluster::verify_checkpoint;
+using storage::CheckpointInfo;
+using storage::FileOps;
+using storage::real_file_ops;
+using storage::verify_checkpoint;
 
 struct CheckpointData {
   NamedTensors model;        // torchvision-named weights and buffers

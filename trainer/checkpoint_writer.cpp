@@ -85,13 +85,13 @@ void CheckpointWriter::run() {
     report.set_step(job.step);
     uint64_t bytes = 0;
     try {
-      cluster::prepare_step_dir(*ops_, root_, job.step);
-      const std::string dir = cluster::step_dir(root_, job.step);
+      storage::prepare_step_dir(*ops_, root_, job.step);
+      const std::string dir = storage::step_dir(root_, job.step);
       for (auto& [name, tensors] : job.files) {
         if (fault_delay_s_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(fault_delay_s_));
         const std::string encoded = encode_safetensors(tensors);
         tensors.clear();  // free the snapshot as soon as it is encoded
-        *report.add_files() = cluster::write_checkpoint_file(*ops_, dir, name, encoded);
+        *report.add_files() = storage::write_checkpoint_file(*ops_, dir, name, encoded);
         bytes += encoded.size();
       }
       if (job.manifest) *report.mutable_manifest() = *job.manifest;

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
-#include "common/file_io.h"
+#include "storage/file_io.h"
 
 namespace stride::trainer {
 namespace {
@@ -120,9 +120,9 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
 }
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
-  write_file_fsync(path, encode_safetensors(tensors, metadata));
+  storage::write_file_fsync(path, encode_safetensors(tensors, metadata));
 }
 
-SafetensorsFile read_safetensors(const std::string& path) { return decode_safetensors(read_file(path), path); }
+SafetensorsFile read_safetensors(const std::string& path) { return decode_safetensors(storage::read_file(path), path); }
 
 }  // namespace stride::trainer

@@ -8,10 +8,10 @@
 
 #include "comm/sync_batch_norm.h"
 #include "common/error.h"
-#include "common/file_io.h"
-#include "data/crc32c.h"
 #include "models/registry.h"
 #include "models/state_dict.h"
+#include "storage/crc32c.h"
+#include "storage/file_io.h"
 #include "trainer/config_diff.h"
 #include "trainer/data_setup.h"
 #include "trainer/run_state.h"
@@ -83,13 +83,13 @@ void Trainer::State::setup() {
   config_text = concat("# train transform: ", plan.train_transform, "\n# eval transform: ", plan.eval_transform,
                        "\n# input: ", plan.in_channels, " channel", plan.in_channels == 1 ? "" : "s", ", ",
                        plan.normalisation, "\n", to_toml(c));
-  config_digest = concat(std::hex, data::crc32c(config_text.data(), config_text.size()));
+  config_digest = concat(std::hex, storage::crc32c(config_text.data(), config_text.size()));
   if (rank == 0) {
     // config.toml is this start's configuration; config.<N>.toml keeps every start's (N = 1, 2, ...).
     int start = 1;
     while (fs::exists(fs::path(c.output_dir) / concat("config.", start, ".toml"))) ++start;
-    write_file_atomic((fs::path(c.output_dir) / concat("config.", start, ".toml")).string(), config_text);
-    write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
+    storage::write_file_atomic((fs::path(c.output_dir) / concat("config.", start, ".toml")).string(), config_text);
+    storage::write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
   }
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
   out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
@@ -263,8 +263,8 @@ void Trainer::State::choose_checkpoint() {
     const auto run_config = fs::path(resume_from).parent_path().parent_path() / "config.toml";
     std::error_code ec;
     if (fs::exists(run_config, ec)) {
-      const std::string text = read_file(run_config.string());
-      if (concat(std::hex, data::crc32c(text.data(), text.size())) == m.config_digest()) before = text;
+      const std::string text = storage::read_file(run_config.string());
+      if (concat(std::hex, storage::crc32c(text.data(), text.size())) == m.config_digest()) before = text;
     }
   }
   if (before.empty()) {

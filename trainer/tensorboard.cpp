@@ -9,14 +9,14 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "data/crc32c.h"
 #include "proto/tensorboard.pb.h"
+#include "storage/crc32c.h"
 
 namespace stride::trainer {
 namespace {
 
 uint32_t masked_crc(const void* data, size_t n) {
-  const uint32_t crc = data::crc32c(data, n);
+  const uint32_t crc = storage::crc32c(data, n);
   return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
 }
 

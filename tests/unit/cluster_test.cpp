@@ -22,6 +22,16 @@
 namespace stride::cluster {
 namespace {
 
+using storage::CheckpointInfo;
+using storage::commit_manifest;
+using storage::FileOps;
+using storage::lineage_head;
+using storage::list_checkpoints;
+using storage::prepare_step_dir;
+using storage::real_file_ops;
+using storage::step_dir;
+using storage::verify_checkpoint;
+using storage::write_checkpoint_file;
 using testing::ScratchDir;
 namespace fs = std::filesystem;
 
@@ -189,7 +199,7 @@ TEST(CoordinatorCore, DroppedConnectionMustComeBackWithinTheGrace) {
 // What rank `rank` of a 2-rank job writes for `step`: its file, fsynced, and the report.
 proto::CheckpointReport write_rank_files(const std::string& root, uint64_t step, uint32_t rank) {
   auto& ops = *real_file_ops();
-  prepare_step_dir(ops, root, step);
+  storage::prepare_step_dir(ops, root, step);
   proto::CheckpointReport r;
   r.set_step(step);
   r.set_ok(true);
@@ -359,9 +369,9 @@ TEST(CheckpointFiles, GarbageCollectionKeepsTheNewestAndInFlightDirectories) {
   auto commit = [&](uint64_t step) {
     proto::Manifest m;
     m.set_step(step);
-    prepare_step_dir(ops, root, step);
+    storage::prepare_step_dir(ops, root, step);
     *m.add_files() = write_checkpoint_file(ops, step_dir(root, step), "a.bin", "abc");
-    commit_manifest(ops, root, m, 1);
+    storage::commit_manifest(ops, root, m, 1);
   };
   commit(10);
   ops.make_dir(step_dir(root, 15));  // a crashed attempt, older than the next commit
@@ -373,7 +383,7 @@ TEST(CheckpointFiles, GarbageCollectionKeepsTheNewestAndInFlightDirectories) {
   EXPECT_EQ(steps, (std::vector<uint64_t>{40, 30}));
   EXPECT_EQ(newest_valid(root), 30u);
   // keep = 1 with a corrupt newest: the valid one below it is what survives.
-  garbage_collect(ops, root, 1, 30);
+  storage::garbage_collect(ops, root, 1, 30);
   EXPECT_EQ(newest_valid(root), 30u);
   std::ifstream latest(root + "/LATEST");
   std::string name;

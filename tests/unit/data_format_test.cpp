@@ -6,15 +6,16 @@
 
 #include "common/error.h"
 #include "data/codec.h"
-#include "data/crc32c.h"
 #include "data/shard_index.h"
 #include "data/shard_writer.h"
 #include "data/tar.h"
+#include "storage/crc32c.h"
 #include "test_util.h"
 
 namespace stride::data {
 namespace {
 
+using storage::crc32c;
 using testing::run_command;
 using testing::ScratchDir;
 

@@ -1,4 +1,4 @@
-#include "cluster/checkpoint_files.h"
+#include "storage/checkpoint_files.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -8,18 +8,18 @@
 #include <filesystem>
 
 #include "common/error.h"
-#include "common/file_io.h"
-#include "data/crc32c.h"
-#include "data/framing.h"
+#include "storage/crc32c.h"
+#include "storage/file_io.h"
+#include "storage/framing.h"
 
-namespace stride::cluster {
+namespace stride::storage {
 namespace fs = std::filesystem;
 namespace {
 
 constexpr char kMagic[8] = {'S', 'T', 'R', 'C', 'K', 'P', '1', '\n'};
 
 proto::Manifest read_manifest(const std::string& path) {
-  const std::string payload = data::unframe_payload(kMagic, read_file(path), path, "MANIFEST");
+  const std::string payload = unframe_payload(kMagic, read_file(path), path, "MANIFEST");
   proto::Manifest m;
   if (!m.ParseFromString(payload)) throw Error(concat(path, ": cannot parse"));
   if (m.version() > kManifestVersion) throw Error(concat(path, ": version ", m.version(), " is newer than this build"));
@@ -27,33 +27,6 @@ proto::Manifest read_manifest(const std::string& path) {
 }
 
 }  // namespace
-
-void FileOps::write_file(const std::string& path, const std::string& bytes) { write_file_fsync(path, bytes); }
-
-void FileOps::rename(const std::string& from, const std::string& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0) {
-    throw Error(concat("rename ", from, " -> ", to, " failed: ", std::strerror(errno)));
-  }
-}
-
-void FileOps::fsync_dir(const std::string& dir) { stride::fsync_dir(dir); }
-
-void FileOps::make_dir(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw Error(concat("cannot create ", dir, ": ", ec.message()));
-}
-
-void FileOps::remove_all(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) throw Error(concat("cannot remove ", path, ": ", ec.message()));
-}
-
-std::shared_ptr<FileOps> real_file_ops() {
-  static auto ops = std::make_shared<FileOps>();
-  return ops;
-}
 
 std::string step_name(uint64_t step) {
   char name[32];
@@ -69,7 +42,7 @@ proto::FileEntry write_checkpoint_file(FileOps& ops, const std::string& dir, con
   proto::FileEntry e;
   e.set_name(name);
   e.set_size(bytes.size());
-  e.set_crc32c(data::crc32c(bytes.data(), bytes.size()));
+  e.set_crc32c(crc32c(bytes.data(), bytes.size()));
   return e;
 }
 
@@ -91,7 +64,7 @@ std::string commit_manifest(FileOps& ops, const std::string& root, proto::Manife
   const std::string dir = (fs::path(root) / name).string();
   m.set_version(kManifestVersion);
   const std::string tmp = (fs::path(dir) / ".MANIFEST.tmp").string();
-  ops.write_file(tmp, data::frame_payload(kMagic, m.SerializeAsString()));
+  ops.write_file(tmp, frame_payload(kMagic, m.SerializeAsString()));
   ops.rename(tmp, (fs::path(dir) / "MANIFEST").string());
   ops.fsync_dir(dir);
   ops.fsync_dir(root);
@@ -274,9 +247,9 @@ proto::Manifest verify_checkpoint(const std::string& dir, bool deep) {
     if (size != f.size()) throw Error(concat(path, ": ", size, " bytes, MANIFEST says ", f.size()));
     if (!deep) continue;
     const std::string bytes = read_file(path);
-    if (data::crc32c(bytes.data(), bytes.size()) != f.crc32c()) throw Error(concat(path, ": checksum mismatch"));
+    if (crc32c(bytes.data(), bytes.size()) != f.crc32c()) throw Error(concat(path, ": checksum mismatch"));
   }
   return m;
 }
 
-}  // namespace stride::cluster
+}  // namespace stride::storage

@@ -1,9 +1,9 @@
-#include "data/crc32c.h"
+#include "storage/crc32c.h"
 
 #include <array>
 #include <cstring>
 
-namespace stride::data {
+namespace stride::storage {
 namespace {
 
 constexpr uint32_t kPoly = 0x82f63b78u;  // reflected Castagnoli polynomial
@@ -67,4 +67,4 @@ uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
   return ~crc_table(p, n, c);
 }
 
-}  // namespace stride::data
+}  // namespace stride::storage

@@ -1,12 +1,12 @@
-#include "data/framing.h"
+#include "storage/framing.h"
 
 #include <cstdint>
 #include <cstring>
 
 #include "common/error.h"
-#include "data/crc32c.h"
+#include "storage/crc32c.h"
 
-namespace stride::data {
+namespace stride::storage {
 namespace {
 
 constexpr size_t kHeader = 20;
@@ -43,4 +43,4 @@ std::string unframe_payload(const char (&magic)[8], const std::string& bytes, co
   return payload;
 }
 
-}  // namespace stride::data
+}  // namespace stride::storage

@@ -1,5 +1,5 @@
 // Whole-file I/O with the durability rules Stride relies on (see Note [Checkpoint commit] in
-// trainer/checkpoint.h). Every failure throws stride::Error naming the path and the OS error; ENOSPC says
+// storage/checkpoint_files.h). Every failure throws stride::Error naming the path and the OS error; ENOSPC says
 // "disk full". Thread-safe for distinct paths.
 #pragma once
 
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-namespace stride {
+namespace stride::storage {
 
 // The whole file.
 std::string read_file(const std::string& path);
@@ -21,4 +21,4 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 // says which).
 bool pread_full(int fd, void* buf, size_t n, uint64_t offset);
 
-}  // namespace stride
+}  // namespace stride::storage

@@ -1,5 +1,6 @@
 // The on-disk checkpoint commit, without LibTorch: RUN/checkpoints/step-XXXXXXXX/ holds the tensor files
-// written by the ranks and, once every file is durable, a MANIFEST listing them.
+// written by the ranks and, once every file is durable, a MANIFEST listing them. Used by the coordinator (a
+// multi-rank job's commit), the trainer (one-process commits, resume) and `stride ckpt`.
 //
 // Note [Checkpoint commit]
 // Files are written and fsynced first (by each rank's background writer, or by CheckpointStore in one
@@ -21,7 +22,11 @@
 // checkpoints at steps the new branch has not reached (they are replaced as training passes them), and removes
 // the rest. Checkpoints written before lineages were recorded (no Manifest.lineage) fall back to step order.
 //
-// All file operations go through FileOps so tests can fail any single operation (a crash at that instant).
+// All file operations go through FileOps (storage/file_ops.h) so tests can fail any single operation (a crash at
+// that instant).
+//
+// Thread-safety: free functions without state; concurrent calls on the same checkpoint root must be serialised
+// by the caller (one committer per run directory).
 #pragma once
 
 #include <cstdint>
@@ -31,20 +36,9 @@
 #include <vector>
 
 #include "proto/checkpoint.pb.h"
+#include "storage/file_ops.h"
 
-namespace stride::cluster {
-
-// The seam for fault injection. The real implementation fsyncs every file it writes.
-class FileOps {
- public:
-  virtual ~FileOps() = default;
-  virtual void write_file(const std::string& path, const std::string& bytes);  // create/truncate, write, fsync
-  virtual void rename(const std::string& from, const std::string& to);
-  virtual void fsync_dir(const std::string& dir);
-  virtual void make_dir(const std::string& dir);
-  virtual void remove_all(const std::string& path);
-};
-std::shared_ptr<FileOps> real_file_ops();
+namespace stride::storage {
 
 constexpr uint32_t kManifestVersion = 1;
 
@@ -85,4 +79,4 @@ std::optional<CheckpointInfo> lineage_head(const std::string& checkpoint_root,
 // Checks MANIFEST and (deep) every file it lists. Throws stride::Error naming the file on any mismatch.
 proto::Manifest verify_checkpoint(const std::string& dir, bool deep = true);
 
-}  // namespace stride::cluster
+}  // namespace stride::storage

@@ -1,4 +1,4 @@
-#include "common/file_io.h"
+#include "storage/file_io.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -11,7 +11,7 @@
 
 #include "common/error.h"
 
-namespace stride {
+namespace stride::storage {
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -84,4 +84,4 @@ bool pread_full(int fd, void* buf, size_t n, uint64_t offset) {
   return true;
 }
 
-}  // namespace stride
+}  // namespace stride::storage

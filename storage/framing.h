@@ -6,7 +6,7 @@
 
 #include <string>
 
-namespace stride::data {
+namespace stride::storage {
 
 std::string frame_payload(const char (&magic)[8], const std::string& payload);
 // The payload of `bytes` read from `path`. Throws stride::Error "PATH: not a WHAT", "PATH: truncated (...)" or
@@ -14,4 +14,4 @@ std::string frame_payload(const char (&magic)[8], const std::string& payload);
 std::string unframe_payload(const char (&magic)[8], const std::string& bytes, const std::string& path,
                             const std::string& what);
 
-}  // namespace stride::data
+}  // namespace stride::storage
