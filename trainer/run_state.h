@@ -14,11 +14,13 @@
 #include "comm/reducer.h"
 #include "data/loader.h"
 #include "models/resnet.h"
+#include "proto/checkpoint.pb.h"
 #include "proto/cluster.pb.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/coordination.h"
+#include "trainer/precision.h"
 #include "trainer/run_output.h"
 #include "trainer/schedule.h"
 #include "trainer/sgd.h"
@@ -33,7 +35,7 @@ struct Trainer::State {
   std::unique_ptr<comm::GradientReducer> reducer;
   uint64_t rank = 0, world = 1;
   torch::Device device{torch::kCPU};
-  torch::ScalarType amp_dtype = torch::kHalf;
+  AmpPlan amp;  // what --amp resolved to on this device and CPU (trainer/precision.h)
   std::unique_ptr<GradScaler> scaler;
   torch::Tensor norm_scale, norm_shift;  // uint8 -> normalised float on the device: x * scale + shift
   std::unique_ptr<RunOutput> out;
@@ -67,6 +69,8 @@ struct Trainer::State {
   void evaluate_and_record();
   void checkpoint();
   void update_ema();
+  // What this run computes in, for metrics.jsonl's "precision" record and the checkpoint MANIFEST.
+  proto::Precision precision_record() const;
   // Element-wise sum of `values` over all ranks (one small collective).
   std::vector<double> sum_over_ranks(std::vector<double> values);
   // Plain BN keeps per-rank running statistics; average them before they are evaluated or saved.
