@@ -9,12 +9,26 @@ namespace stride::models {
 namespace {
 
 thread_local int64_t t_flops = 0;
+thread_local int t_depth = 0;  // counted ops open on this thread: only the outermost one is counted
+
+bool counted(const char* name) {
+  return std::strcmp(name, "aten::convolution") == 0 || std::strcmp(name, "aten::addmm") == 0 ||
+         std::strcmp(name, "aten::mm") == 0;
+}
+
+std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
+  if (counted(fn.name())) ++t_depth;
+  return nullptr;
+}
 
 int64_t numel_of(const c10::IValue& v) { return v.isTensor() ? v.toTensor().numel() : 0; }
 
 // Runs as each observed op ends: its inputs (and, for convolutions, its output) give the product's size.
 void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
   const char* name = fn.name();
+  if (!counted(name)) return;
+  // A product implemented by another counted op (bf16 addmm calling mm, say) is counted once, as the outer op.
+  if (--t_depth > 0) return;
   const auto inputs = fn.inputs();
   if (std::strcmp(name, "aten::convolution") == 0) {
     // Each element of out [N, K, H', W'] is a dot product over one filter of weight [K, C/g, kh, kw].
@@ -42,12 +56,10 @@ int64_t count_flops(const std::function<void()>& fn) {
     ~Remove() { at::removeCallback(h); }
   };
   const int64_t before = t_flops;
-  Remove handle{at::addThreadLocalCallback(
-      at::RecordFunctionCallback(
-          [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> { return nullptr; }, on_end)
-          .needsInputs(true)
-          .needsOutputs(true)
-          .scopes({at::RecordScope::FUNCTION}))};
+  Remove handle{at::addThreadLocalCallback(at::RecordFunctionCallback(on_start, on_end)
+                                               .needsInputs(true)
+                                               .needsOutputs(true)
+                                               .scopes({at::RecordScope::FUNCTION}))};
   fn();
   return t_flops - before;
 }
