@@ -7,12 +7,12 @@ namespace stride::trainer {
 // Note [Fused CPU SGD]
 // Written as tensor operations, one SGD step is five passes over the parameter's size (g + wd*p into a new tensor,
 // buf *= m, buf += d, d + m*buf into another new tensor, p -= lr*d): 14 float reads and writes per parameter and two
-// allocations. For ResNet-50 (25.6M parameters) that is 1.4 GB of memory traffic per step, tens of milliseconds
-// on one core, and it grows in relative weight when bf16 halves the convolutions' time. Fused, a step reads g, p
-// and buf once and writes buf and p once (5 accesses): memory-bound either way, so the loop needs no explicit
-// vectorisation. The arithmetic is torch.optim.SGD's in float32 (trainer_test's Sgd.MatchesTorchOptimSgd); the
-// rounding may differ from ATen's kernels in the last bit (those fuse multiply-adds on AVX2), which only matters
-// between builds, never between runs of one build.
+// allocations with Nesterov, 11 and one without. For ResNet-50 (25.6M parameters) that is 1.4 GB of memory traffic per
+// step, tens of milliseconds on one core, and it grows in relative weight when bf16 halves the convolutions' time.
+// Fused, a step reads g, p and buf once and writes buf and p once (5 accesses): memory-bound either way, so the loop
+// needs no explicit vectorisation. The arithmetic is torch.optim.SGD's in float32 (trainer_test's
+// Sgd.MatchesTorchOptimSgd); the rounding may differ from ATen's kernels in the last bit (those fuse multiply-adds on
+// AVX2), which only matters between builds, never between runs of one build.
 
 bool sgd_fusable(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& buf) {
   auto same = [&](const torch::Tensor& t) {
