@@ -18,9 +18,11 @@
 #include "comm/reducer.h"
 #include "comm/sync_batch_norm.h"
 #include "common/error.h"
+#include "models/flops.h"
 #include "models/registry.h"
 #include "trainer/amp.h"
 #include "trainer/loss.h"
+#include "trainer/precision.h"
 #include "trainer/sgd.h"
 
 namespace stride::bench {
@@ -38,7 +40,8 @@ struct StepArgs {
   bool channels_last = false;
   std::string device = "cpu";
   bool amp = false;
-  std::string amp_dtype = "float16";
+  std::string amp_dtype = "auto";
+  bool amp_force = false;
   // Data parallel (run under mpirun): the communicator, and measurement switches.
   std::string comm_backend = "auto";
   bool no_comm = false;     // gradients are not communicated (the communication-free reference)
@@ -221,7 +224,10 @@ void run_step_bench(const StepArgs& a) {
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank()))
                                    : torch::Device(torch::kCPU);
   if (device.is_cuda() && !torch::cuda::is_available()) throw Error("--device cuda: no CUDA device is available");
-  const torch::ScalarType amp_dtype = trainer::parse_amp_dtype(a.amp_dtype);
+  // The trainer's rule (trainer/precision.h): bf16 on a CPU with bf16 instructions, else float32 unless forced.
+  const trainer::AmpPlan amp = trainer::plan_amp(device, a.amp, a.amp_dtype, a.amp_force,
+                                                 device.is_cuda() ? trainer::CpuBf16{} : trainer::detect_cpu_bf16());
+  if (!amp.warning.empty() && comm->rank() == 0) std::fprintf(stderr, "stride: warning: %s\n", amp.warning.c_str());
   // torchvision's reference train.py turns cuDNN's autotuner on; torch_train_step.py does the same.
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
 
@@ -237,6 +243,15 @@ void run_step_bench(const StepArgs& a) {
   if (a.channels_last) {
     trainer::to_channels_last(*model);
     x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  }
+  // Compute efficiency: the forward pass's FLOPs as this step runs it (same precision), counted once in eval mode
+  // so that BatchNorm's running statistics are untouched.
+  model->eval();
+  int64_t forward_flops = 0;
+  {
+    torch::NoGradGuard no_grad;
+    trainer::AutocastGuard autocast(device, amp.dtype, amp.autocast);
+    forward_flops = models::count_flops([&] { (void)model->forward(x); });
   }
   model->train();
   std::unique_ptr<comm::GradientReducer> reducer;
@@ -254,14 +269,14 @@ void run_step_bench(const StepArgs& a) {
   trainer::Sgd sgd(trainer::weight_decay_groups(model->named_parameters().pairs(), 1e-4, 0.0), 0.9, false);
   // Loss scaling guards fp16's narrow range; bf16 has float32's, so it trains unscaled (as PyTorch recommends).
   trainer::GradScalerOptions so;
-  so.enabled = a.amp && amp_dtype == torch::kHalf;
+  so.enabled = amp.scale_loss;
   trainer::GradScaler scaler(so);
 
   int64_t skipped = 0;
   torch::Tensor loss;
   auto step = [&] {
     {
-      trainer::AutocastGuard autocast(device, amp_dtype, a.amp);
+      trainer::AutocastGuard autocast(device, amp.dtype, amp.autocast);
       loss = trainer::cross_entropy(model->forward(x), y, 0.0);
     }
     if (reducer) reducer->prepare();
@@ -295,13 +310,19 @@ void run_step_bench(const StepArgs& a) {
                         {"threads", torch::get_num_threads()},
                         {"channels_last", a.channels_last},
                         {"amp", a.amp},
-                        {"amp_dtype", a.amp ? a.amp_dtype : std::string("float32")},
+                        {"amp_dtype", trainer::compute_dtype_name(amp)},
+                        {"cpu_bf16", device.is_cuda() ? std::string() : amp.cpu.source},
+                        {"amp_emulated", amp.emulated},
                         {"steps", a.steps},
                         {"skipped_steps", skipped},
                         {"last_loss", loss.item<double>()},
                         {"seconds", secs},
                         {"ranks", world},
-                        {"images_per_s", static_cast<double>(a.batch * a.steps * world) / secs}};
+                        {"images_per_s", static_cast<double>(a.batch * a.steps * world) / secs},
+                        {"forward_gflop_per_image", static_cast<double>(forward_flops) / 1e9 / a.batch},
+                        // Whole job's training arithmetic per second (3x the forward FLOPs per image, models/flops.h).
+                        {"train_gflops_per_s", static_cast<double>(models::training_step_flops(forward_flops)) *
+                                                   static_cast<double>(a.steps * world) / secs / 1e9}};
   if (reducer) {
     const auto st = reducer->stats();
     const double n = static_cast<double>(std::max<int64_t>(st.steps, 1));
@@ -335,8 +356,12 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_option("--steps", a->steps)->capture_default_str();
   cmd->add_flag("--channels-last", a->channels_last, "NHWC activations and 4-D weights");
   cmd->add_option("--device", a->device, "cpu or cuda (GPU 0)")->capture_default_str();
-  cmd->add_flag("--amp", a->amp, "Autocast the forward pass; fp16 also scales the loss dynamically");
-  cmd->add_option("--amp-dtype", a->amp_dtype, "float16 or bfloat16")->capture_default_str();
+  cmd->add_flag("--amp", a->amp,
+                "Autocast the forward pass (CUDA: float16 with dynamic loss scaling; CPU: bfloat16 where the CPU "
+                "has bf16 instructions, else float32)");
+  cmd->add_option("--amp-dtype", a->amp_dtype, "auto (CUDA: float16, CPU: bfloat16), float16 or bfloat16")
+      ->capture_default_str();
+  cmd->add_flag("--amp-force", a->amp_force, "CPU: bf16 autocast even without bf16 instructions (emulated)");
   cmd->add_option("--comm-backend", a->comm_backend, "auto | single | mpi | nccl (auto: mpi under mpirun)")
       ->capture_default_str();
   cmd->add_flag("--no-comm", a->no_comm, "Measurement only: skip gradient communication");

@@ -4,8 +4,11 @@ torch_train_step.py's `build`), per-rank batch, threads, synthetic data and opti
 decay 1e-4 except 1-D parameters), gloo back-end, DDP's default 25 MiB buckets. Rank and world size come from
 Open MPI's environment (OMPI_COMM_WORLD_RANK/SIZE) or torchrun's (RANK/WORLD_SIZE).
 --no-sync skips gradient communication (DDP's no_sync()) to give the communication-free reference.
+--amp runs the forward pass and the loss under torch.autocast("cpu", torch.bfloat16) (parameters, gradients and
+optimizer state stay float32; no loss scaling), --channels-last converts the model and the batch to NHWC.
 Prints one JSON line (rank 0): global images/s = world x batch x steps / the slowest rank's time."""
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +34,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--bucket-cap-mb", type=float, default=25.0)
     p.add_argument("--no-sync", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on the CPU")
+    p.add_argument("--channels-last", action="store_true")
     p.add_argument("--port", type=int, default=29517)
     a = p.parse_args()
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
@@ -40,7 +45,10 @@ def main():
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = DDP(build(a.model, a.in_channels, a.num_classes), bucket_cap_mb=a.bucket_cap_mb)
+    net = build(a.model, a.in_channels, a.num_classes)
+    if a.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = DDP(net, bucket_cap_mb=a.bucket_cap_mb)
     decay = [q for q in model.parameters() if q.dim() > 1]
     no_decay = [q for q in model.parameters() if q.dim() <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
@@ -48,14 +56,20 @@ def main():
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(a.batch_size, a.in_channels, a.image_size, a.image_size, generator=g)
     y = torch.randint(a.num_classes, (a.batch_size,), generator=g)
+    if a.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     model.train()
+
+    def loss():
+        with torch.autocast("cpu", torch.bfloat16) if a.amp else contextlib.nullcontext():
+            return F.cross_entropy(model(x), y)
 
     def step():
         if a.no_sync:
             with model.no_sync():
-                F.cross_entropy(model(x), y).backward()
+                loss().backward()
         else:
-            F.cross_entropy(model(x), y).backward()
+            loss().backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
 
@@ -70,6 +84,7 @@ def main():
     if rank == 0:
         print(json.dumps({"impl": "pytorch-ddp" + ("-nosync" if a.no_sync else ""), "model": a.model, "ranks": world,
                           "batch": a.batch_size, "image_size": a.image_size, "threads": a.threads, "steps": a.steps,
+                          "amp_dtype": "bfloat16" if a.amp else "float32", "channels_last": a.channels_last,
                           "seconds": secs.item(),
                           "images_per_s": world * a.batch_size * a.steps / secs.item()}), flush=True)
     dist.barrier()

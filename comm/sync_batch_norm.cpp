@@ -309,6 +309,14 @@ torch::Tensor SyncBatchNorm::forward(const torch::Tensor& x, models::Norm2dImpl&
     running_mean = bn.running_mean;
     running_var = bn.running_var;
   }
+  if (x.is_cpu() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf)) {
+    // Under CPU autocast the activations arrive in bfloat16. Statistics, the allgather/allreduce payloads and
+    // the normalisation run in float32 (the vectorised kernels above), and the output goes back to the input's
+    // dtype, as CUDA SyncBN does with half inputs. The casts are differentiable, so backward is the float32 one.
+    return SyncBatchNormFunction::apply(x.to(torch::kFloat), bn.weight, bn.bias, running_mean, running_var, comm_.get(),
+                                        o.eps(), momentum)
+        .to(x.scalar_type());
+  }
   return SyncBatchNormFunction::apply(x, bn.weight, bn.bias, running_mean, running_var, comm_.get(), o.eps(), momentum);
 }
 

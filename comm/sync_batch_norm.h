@@ -9,7 +9,8 @@
 // uses the global sums, the weight and bias gradients the local ones (the gradient reducer averages those like any
 // other parameter, which makes the whole thing equal to BatchNorm over the concatenated batch). Unequal per-rank
 // batches work, including a rank with zero samples (it still joins both collectives). Eval mode communicates
-// nothing.
+// nothing. bfloat16/float16 inputs on the CPU (CPU autocast) are normalised in float32: statistics are never
+// accumulated in 16 bits, and the output has the input's dtype.
 #pragma once
 
 #include <memory>

@@ -232,18 +232,25 @@ void ShardedLoader::report_corrupt(const SampleRef& ref, const std::string& reas
 // Note [Fused collate]
 // One pass from the HWC uint8 images into the [b, C, H, W] batch; float output is normalised on the way through a
 // 256-entry table per channel ((v / 255 - mean) / std), instead of separate convert, divide, subtract and divide
-// passes over a 40 MB batch.
+// passes over a 40 MB batch. With channels_last the batch is stored NHWC, which is the images' own HWC order: the
+// uint8 batch is one memcpy per image, and the [b, C, H, W] tensor handed out has channels-last strides, so
+// `contiguous(ChannelsLast)` in the training loop is free.
 torch::Tensor ShardedLoader::collate(const std::vector<Image>& images, int c, int h, int w) {
   const int64_t b = static_cast<int64_t>(images.size());
   const size_t plane = static_cast<size_t>(h) * w;
+  const bool nhwc = options_.channels_last;
+  // NHWC storage viewed as [b, C, H, W] (strides H*W*C, 1, W*C, C), or plain NCHW.
+  auto batch_tensor = [&](torch::ScalarType dtype) {
+    return nhwc ? pool_->empty({b, h, w, c}, dtype).permute({0, 3, 1, 2}) : pool_->empty({b, c, h, w}, dtype);
+  };
   if (!options_.float_output) {
-    auto out = pool_->empty({b, c, h, w}, torch::kUInt8);
+    auto out = batch_tensor(torch::kUInt8);
     uint8_t* dst = out.data_ptr<uint8_t>();
     for (int64_t i = 0; i < b; ++i) {
       const uint8_t* src = images[i].pixels.data();
       uint8_t* o = dst + i * plane * c;
-      if (c == 1) {
-        std::memcpy(o, src, plane);
+      if (c == 1 || nhwc) {
+        std::memcpy(o, src, plane * c);
       } else {
         for (size_t px = 0; px < plane; ++px) {
           for (int ch = 0; ch < c; ++ch) o[ch * plane + px] = src[px * c + ch];
@@ -262,11 +269,17 @@ torch::Tensor ShardedLoader::collate(const std::vector<Image>& images, int c, in
     const double stdv = options_.std.empty() ? 1.0 : options_.std[ch];
     for (int v = 0; v < 256; ++v) lut[ch][v] = static_cast<float>((v / 255.0 - mean) / stdv);
   }
-  auto out = pool_->empty({b, c, h, w}, torch::kFloat32);
+  auto out = batch_tensor(torch::kFloat32);
   float* dst = out.data_ptr<float>();
   for (int64_t i = 0; i < b; ++i) {
     const uint8_t* src = images[i].pixels.data();
     float* o = dst + i * plane * c;
+    if (nhwc) {
+      for (size_t px = 0; px < plane; ++px) {
+        for (int ch = 0; ch < c; ++ch) o[px * c + ch] = lut[ch][src[px * c + ch]];
+      }
+      continue;
+    }
     for (int ch = 0; ch < c; ++ch) {
       const float* t = lut[ch].data();
       float* oc = o + ch * plane;
@@ -349,7 +362,8 @@ Batch ShardedLoader::build_batch(const Epoch& epoch, uint64_t j) {
   if (options_.mix.enabled()) {
     auto mixed = mix_batch(batch.images, batch.labels, num_classes(), options_.mix,
                            derive_seed(epoch.cursor.seed, epoch.cursor.epoch, kMixStream, first));
-    batch.images = mixed.images;
+    // Mixing may hand back a contiguous batch (roll does): back to the layout this loader promises.
+    batch.images = options_.channels_last ? mixed.images.contiguous(torch::MemoryFormat::ChannelsLast) : mixed.images;
     batch.targets = mixed.targets;
   }
   if (options_.pin_memory && torch::cuda::is_available()) batch.images = batch.images.pin_memory();

@@ -41,6 +41,7 @@ struct LoaderOptions {
   int prefetch = 4;           // batches in flight (>= workers keeps every worker busy)
   AugmentOptions augment;
   bool float_output = true;       // float32 normalised; false: uint8 (normalise on the device)
+  bool channels_last = false;     // images in NHWC memory: [b, C, H, W] with channels-last strides (no extra copy)
   std::vector<double> mean, std;  // per channel, in [0, 1] units; empty: plain x / 255
   MixOptions mix;                 // MixUp/CutMix (float output only)
   int64_t max_corrupt = 100;      // corrupt samples tolerated before the run stops
@@ -53,7 +54,7 @@ struct LoaderOptions {
 };
 
 struct Batch {
-  torch::Tensor images;      // [b, C, H, W] float32 or uint8
+  torch::Tensor images;      // [b, C, H, W] float32 or uint8; contiguous, or channels-last with channels_last
   torch::Tensor labels;      // [b] int64
   torch::Tensor targets;     // [b, classes] float soft targets when MixUp/CutMix is on; undefined otherwise
   torch::Tensor valid;       // [b] bool: false for tail padding and substitutes of corrupt samples

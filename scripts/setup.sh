@@ -17,6 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
   libturbojpeg0-dev libpng-dev zlib1g-dev
   dataset-fashion-mnist
+  libgoogle-perftools4  # tcmalloc: bench/bf16_compare.sh preloads it for the PyTorch baselines
   chromium
   slurmctld slurmd slurm-client munge
 )

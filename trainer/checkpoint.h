@@ -44,7 +44,7 @@ class CheckpointStore {
   // MANIFEST is read (cheap, for garbage collection).
   std::vector<CheckpointInfo> list(bool deep = true) const;
   // The checkpoint to continue from: the newest that verifies on the newest branch (Note [Checkpoint lineage]
-  // in cluster/checkpoint_files.h); `skipped` receives the candidates that did not verify, with the reason.
+  // in storage/checkpoint_files.h); `skipped` receives the candidates that did not verify, with the reason.
   std::optional<CheckpointInfo> latest(std::vector<CheckpointInfo>* skipped = nullptr) const;
   const std::string& dir() const { return dir_; }
 

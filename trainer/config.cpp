@@ -83,10 +83,14 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"test-only", "Only evaluate (with --weights or --resume)", &c.test_only},
       {"seed", "Seed for weights, data order and augmentation", &c.seed},
       {"threads", "Intra-op threads (0: LibTorch's default)", &c.threads},
-      {"amp", "Automatic mixed precision (GPU only): autocast + dynamic loss scaling for float16", &c.amp},
-      {"amp-dtype", "float16 | bfloat16", &c.amp_dtype},
+      {"amp",
+       "Automatic mixed precision: autocast (CUDA: float16 with dynamic loss scaling; CPU: bfloat16 where the CPU has "
+       "bf16 instructions)",
+       &c.amp},
+      {"amp-dtype", "auto | float16 (CUDA only) | bfloat16", &c.amp_dtype},
+      {"amp-force", "CPU: bf16 autocast even on a CPU without bf16 instructions (emulated, slow)", &c.amp_force},
       {"device", "auto (a GPU when one is visible; rank r uses GPU local_rank) | cpu | cuda", &c.device},
-      {"channels-last", "NHWC memory format for activations and convolution weights (faster with AMP on GPUs)",
+      {"channels-last", "NHWC memory format for activations and convolution weights (faster with AMP)",
        &c.channels_last},
       {"comm-backend", "auto | single | mpi | nccl (auto: mpi when started by mpirun/srun with several ranks)",
        &c.comm_backend},
@@ -250,7 +254,7 @@ void validate(const TrainConfig& c) {
   non_negative("val-resize-size", static_cast<double>(c.val_resize_size));
   one_of("comm-backend", c.comm_backend, {"auto", "single", "mpi", "nccl"});
   one_of("device", c.device, {"auto", "cpu", "cuda"});
-  one_of("amp-dtype", c.amp_dtype, {"float16", "bfloat16"});
+  one_of("amp-dtype", c.amp_dtype, {"auto", "float16", "bfloat16"});
   one_of("grad-compression", c.grad_compression, {"none", "fp16", "bf16"});
   if (!(c.comm_timeout > 0.0)) throw UsageError(concat("--comm-timeout must be positive, got ", c.comm_timeout));
   if (c.status_port < -1 || c.status_port > 65535)

@@ -80,8 +80,9 @@ struct TrainConfig {
   int64_t seed = 0;
   int64_t threads = 0;  // intra-op threads; 0: LibTorch's default
   bool amp = false;
-  std::string amp_dtype = "float16";  // float16 (with dynamic loss scaling) | bfloat16
-  std::string device = "auto";        // auto (CUDA when available) | cpu | cuda
+  std::string amp_dtype = "auto";  // auto (CUDA: float16 with dynamic loss scaling; CPU: bfloat16) | float16 | bfloat16
+  bool amp_force = false;          // CPU: bf16 autocast even without bf16 instructions (trainer/precision.h)
+  std::string device = "auto";     // auto (CUDA when available) | cpu | cuda
   bool channels_last = false;
   // Data parallelism (docs/distributed.md)
   std::string comm_backend = "auto";      // auto | single | mpi | nccl

@@ -8,7 +8,10 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& ta
                             const torch::Tensor& weights) {
   STRIDE_CHECK(logits.dim() == 2, "logits must be [N, K], got ", logits.sizes());
   const int64_t k = logits.size(1);
-  auto logp = torch::log_softmax(logits, 1);
+  // Under autocast the logits may be bfloat16/float16 (CPU autocast leaves log_softmax in the input's dtype):
+  // the loss is computed in float32 either way (Note [CPU bfloat16]).
+  const bool reduced = logits.scalar_type() == torch::kBFloat16 || logits.scalar_type() == torch::kHalf;
+  auto logp = torch::log_softmax(reduced ? logits.to(torch::kFloat) : logits, 1);
   torch::Tensor soft =
       targets.dim() == 1 ? torch::one_hot(targets, k).to(logp.scalar_type()) : targets.to(logp.scalar_type());
   if (label_smoothing > 0.0) soft = soft * (1.0 - label_smoothing) + label_smoothing / static_cast<double>(k);

@@ -15,11 +15,13 @@
 #include "comm/reducer.h"
 #include "data/loader.h"
 #include "models/resnet.h"
+#include "proto/checkpoint.pb.h"
 #include "proto/cluster.pb.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/coordination.h"
+#include "trainer/precision.h"
 #include "trainer/run_output.h"
 #include "trainer/schedule.h"
 #include "trainer/sgd.h"
@@ -34,7 +36,7 @@ struct Trainer::State {
   std::unique_ptr<comm::GradientReducer> reducer;
   uint64_t rank = 0, world = 1;
   torch::Device device{torch::kCPU};
-  torch::ScalarType amp_dtype = torch::kHalf;
+  AmpPlan amp;  // what --amp resolved to on this device and CPU (trainer/precision.h)
   std::unique_ptr<GradScaler> scaler;
   torch::Tensor norm_scale, norm_shift;  // uint8 -> normalised float on the device: x * scale + shift
   std::unique_ptr<RunOutput> out;
@@ -54,7 +56,7 @@ struct Trainer::State {
   int64_t step_limit = 0;  // where this run stops: total_steps, or --max-steps when smaller
   std::map<std::string, double> last_eval;
   int64_t last_eval_step = -1;  // the step last_eval was measured at
-  // Note [Checkpoint lineage] (cluster/checkpoint_files.h): the checkpoint the next one continues.
+  // Note [Checkpoint lineage] (storage/checkpoint_files.h): the checkpoint the next one continues.
   std::optional<std::pair<uint64_t, std::string>> lineage_parent;  // step, id
   std::unique_ptr<Coordination> coordination;
   int64_t last_checkpoint_step = -1;  // the newest step checkpointed (or resumed from): never rewritten
@@ -78,6 +80,8 @@ struct Trainer::State {
   void evaluate_and_record();
   void checkpoint();
   void update_ema();
+  // What this run computes in, for metrics.jsonl's "precision" record and the checkpoint MANIFEST.
+  proto::Precision precision_record() const;
   // Element-wise sum of `values` over all ranks (one small collective).
   std::vector<double> sum_over_ranks(std::vector<double> values);
   // Plain BN keeps per-rank running statistics; average them before they are evaluated or saved.

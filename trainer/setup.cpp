@@ -48,15 +48,13 @@ void Trainer::State::setup() {
   comm = comm::create_communicator(co);
   rank = static_cast<uint64_t>(comm->rank());
   world = static_cast<uint64_t>(comm->size());
-  if (c.amp && !cuda) {
-    throw UsageError("--amp needs a CUDA device; this machine has none (run without --amp on CPU)");
-  }
   if (cuda) {
     device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank() %
                                                                        static_cast<int>(torch::cuda::device_count())));
     at::globalContext().setBenchmarkCuDNN(true);
   }
-  amp_dtype = parse_amp_dtype(c.amp_dtype);
+  amp = plan_amp(device, c.amp, c.amp_dtype, c.amp_force, cuda ? CpuBf16{} : detect_cpu_bf16());
+  if (!amp.warning.empty() && rank == 0) std::fprintf(stderr, "stride: warning: %s\n", amp.warning.c_str());
   if (c.sync_bn && world == 1) {
     std::fprintf(stderr, "stride: note: --sync-bn with one rank is plain BatchNorm\n");
   }
@@ -92,6 +90,7 @@ void Trainer::State::setup() {
     storage::write_file_atomic((fs::path(c.output_dir) / "config.toml").string(), config_text);
   }
   out = std::make_unique<RunOutput>(c.output_dir, rank != 0);
+  out->print(concat("precision: ", amp.summary, c.channels_last ? "; channels-last" : ""));
   out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
                     plan.in_channels == 1 ? " channel, " : " channels, ", plan.normalisation));
   coordination = c.test_only ? no_coordination() : start_job_coordination(c, *comm, *out);
@@ -99,6 +98,7 @@ void Trainer::State::setup() {
   auto make_loader = [&](data::LoaderOptions o) {
     o.rank = rank;
     o.world_size = world;
+    o.channels_last = c.channels_last;  // collated NHWC: device_images() then copies nothing
     // On a GPU the loader hands over uint8 (4x less to copy) and normalisation runs on the device; MixUp/CutMix
     // mix float images in the loader.
     if (device.is_cuda() && !o.mix.enabled()) {
@@ -149,7 +149,7 @@ void Trainer::State::setup() {
     for (auto& p : ema->parameters()) p.set_requires_grad(false);
   }
   GradScalerOptions gso;
-  gso.enabled = c.amp && amp_dtype == torch::kHalf;  // bfloat16 has float32's range: no scaling needed
+  gso.enabled = amp.scale_loss;  // float16 only: bfloat16 has float32's range
   scaler = std::make_unique<GradScaler>(gso);
 
   const double lr =
@@ -316,6 +316,11 @@ void Trainer::State::resume() {
   // The checkpoint's score belongs to its step only (it is not carried into later checkpoints).
   for (const auto& [k, v] : m.metrics()) last_eval[k] = v;
   if (!last_eval.empty()) last_eval_step = step;
+  if (m.has_precision() && m.precision().compute_dtype() != compute_dtype_name(amp)) {
+    // Allowed (a run may switch precision), but the continuation is not the run the checkpoint came from.
+    out->print(concat("resume: note: the checkpoint was trained in ", m.precision().compute_dtype(),
+                      ", this run computes in ", compute_dtype_name(amp)));
+  }
   if (c.resume != "auto") {
     for (const auto& info : store->list(/*deep=*/false)) {
       if (info.valid && info.step > m.step()) {

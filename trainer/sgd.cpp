@@ -1,5 +1,7 @@
 #include "trainer/sgd.h"
 
+#include "trainer/sgd_cpu.h"
+
 namespace stride::trainer {
 
 std::vector<ParamGroup> weight_decay_groups(const std::vector<std::pair<std::string, torch::Tensor>>& named,
@@ -29,6 +31,7 @@ void Sgd::step(double lr) {
     for (auto& [name, p] : group.params) {
       auto g = p.grad();
       if (!g.defined()) continue;
+      if (step_fused(name, p, g, group.weight_decay, lr)) continue;
       torch::Tensor d = group.weight_decay != 0.0 ? g.add(p, group.weight_decay) : g;
       if (momentum_ != 0.0) {
         auto it = buffers_.find(name);
@@ -42,6 +45,25 @@ void Sgd::step(double lr) {
       p.add_(d, -lr);
     }
   }
+}
+
+bool Sgd::step_fused(const std::string& name, torch::Tensor& p, const torch::Tensor& g, double weight_decay,
+                     double lr) {
+  auto it = buffers_.find(name);
+  const bool first = it == buffers_.end();
+  torch::Tensor none;
+  if (!sgd_fusable(p, g, none)) return false;
+  if (momentum_ != 0.0 && !first && !sgd_fusable(p, g, it->second)) {
+    // A buffer restored from a checkpoint is stored contiguous: give it the parameter's layout (same values), so
+    // a resumed run takes the same path, and rounds the same way, as the run it continues.
+    if (it->second.scalar_type() != torch::kFloat || it->second.sizes() != p.sizes()) return false;
+    it->second = torch::empty_like(p).copy_(it->second);
+  }
+  if (momentum_ != 0.0 && first) it = buffers_.emplace(name, torch::empty_like(p)).first;
+  torch::Tensor& buf = momentum_ != 0.0 ? it->second : none;
+  sgd_step_fused(p, g, buf, first,
+                 {static_cast<float>(lr), static_cast<float>(weight_decay), static_cast<float>(momentum_), nesterov_});
+  return true;
 }
 
 // The same arithmetic as the per-tensor loop in step(), as multi-tensor kernels: on a GPU the optimizer is then a

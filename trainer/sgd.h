@@ -2,7 +2,8 @@
 // name so checkpoints store it next to the weights. The update is PyTorch's torch.optim.SGD (dampening 0):
 //   d = g + wd * p;  buf = d (first step) or momentum * buf + d;  d = nesterov ? d + momentum * buf : buf;
 //   p -= lr * d
-// Parameters on a GPU are updated with multi-tensor (foreach) kernels, the same arithmetic in fewer launches.
+// Parameters on a GPU are updated with multi-tensor (foreach) kernels, the same arithmetic in fewer launches;
+// float32 CPU parameters in one fused pass each (trainer/sgd_cpu.h).
 // Not thread-safe; one per replica.
 #pragma once
 
@@ -37,6 +38,8 @@ class Sgd {
 
  private:
   void step_group_foreach(ParamGroup& group, double lr);
+  // The fused CPU update of one parameter; false (nothing done) when its tensors do not allow it.
+  bool step_fused(const std::string& name, torch::Tensor& p, const torch::Tensor& g, double weight_decay, double lr);
 
   std::vector<ParamGroup> groups_;
   double momentum_;

@@ -89,6 +89,12 @@ void add_ckpt_command(CLI::App& app) {
         j["epoch"] = info.manifest.epoch();
         j["world_size"] = info.manifest.world_size();
         for (const auto& [k, v] : info.manifest.metrics()) j["metrics"][k] = v;
+        if (info.manifest.has_precision()) {
+          const auto& p = info.manifest.precision();
+          j["precision"] = {{"compute_dtype", p.compute_dtype()}, {"device", p.device()},
+                            {"cpu_bf16", p.cpu_bf16()},           {"emulated", p.emulated()},
+                            {"amp_requested", p.amp_requested()}, {"channels_last", p.channels_last()}};
+        }
       } else {
         j["problem"] = info.problem;
       }

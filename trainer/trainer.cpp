@@ -123,6 +123,16 @@ void Trainer::State::train() {
                     " epochs, global batch ", c.batch_size * static_cast<int64_t>(world) * c.accum_steps));
   const auto run_start = Clock::now();
   const int64_t first_step = step;
+  {
+    const auto p = precision_record();
+    out->record("precision", step,
+                {{"compute_dtype", p.compute_dtype()},
+                 {"device", p.device()},
+                 {"cpu_bf16", p.cpu_bf16()},
+                 {"emulated", p.emulated()},
+                 {"amp_requested", p.amp_requested()},
+                 {"channels_last", p.channels_last()}});
+  }
   std::ofstream trace;  // --trace-samples: "epoch batch id id ..." per micro-batch, valid samples only
   if (c.trace_samples) {
     fs::create_directories(fs::path(c.output_dir) / "samples");
@@ -157,7 +167,7 @@ void Trainer::State::train() {
       auto target = batch->targets.defined() ? to_device(batch->targets) : labels;
       torch::Tensor logits, loss;
       {
-        AutocastGuard autocast(device, amp_dtype, c.amp);
+        AutocastGuard autocast(device, amp.dtype, amp.autocast);
         logits = model->forward(x);
         loss = cross_entropy(logits, target, c.label_smoothing, valid);
       }
@@ -283,6 +293,17 @@ void Trainer::State::train() {
                     scored ? concat(", test acc1 ", std::round(last_eval["acc1"] * 100) / 100, "%") : std::string()));
 }
 
+proto::Precision Trainer::State::precision_record() const {
+  proto::Precision p;
+  p.set_compute_dtype(compute_dtype_name(amp));
+  p.set_device(device.is_cuda() ? "cuda" : "cpu");
+  if (!device.is_cuda()) p.set_cpu_bf16(amp.cpu.source);
+  p.set_emulated(amp.emulated);
+  p.set_amp_requested(c.amp);
+  p.set_channels_last(c.channels_last);
+  return p;
+}
+
 torch::Tensor Trainer::State::to_device(const torch::Tensor& t) const {
   if (!t.defined() || t.device() == device) return t;
   return t.to(device, /*non_blocking=*/true);
@@ -306,7 +327,7 @@ EvalResult Trainer::State::evaluate(models::ResNet& m) {
   while (auto b = eval_data->next()) {
     torch::Tensor logits;
     {
-      AutocastGuard autocast(device, amp_dtype, c.amp);
+      AutocastGuard autocast(device, amp.dtype, amp.autocast);
       const auto x = device_images(*b);
       logits = m->forward(x);
       // --eval-hflip: the mirror image is as likely as the image under the training distribution (hflip).
@@ -413,6 +434,7 @@ void Trainer::State::checkpoint() {
     if (last_eval_step == step) {
       for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
     }
+    *m.mutable_precision() = precision_record();
     job.manifest = std::move(m);
   }
   coordination->submit(std::move(job));

@@ -15,6 +15,7 @@
 #include "comm/sync_batch_norm.h"
 #include "models/registry.h"
 #include "models/state_dict.h"
+#include "trainer/amp.h"
 #include "trainer/loss.h"
 #include "trainer/sgd.h"
 
@@ -201,6 +202,130 @@ inline void check_sync_batch_norm(std::shared_ptr<comm::Communicator> c, const s
   ref->eval();
   auto probe = torch::randn({2, channels, 3, 3}, gen, torch::kFloat);
   EXPECT_LE(max_abs_diff(bn->forward(probe), ref->forward(probe)), 1e-4) << "eval output";
+}
+
+// SyncBatchNorm on bfloat16 activations (CPU autocast): statistics in float32, so the output, the input gradient,
+// the parameter gradients and the running statistics equal float32 BatchNorm on the whole batch of the same
+// (bf16-rounded) values, up to the output's bf16 rounding. The data sit far from zero (mean 100, std 3): a mean or
+// variance accumulated in bf16 (8 significant bits, a step of 0.5 at 100) would miss the running mean by ~0.1.
+inline void check_sync_batch_norm_bf16(std::shared_ptr<comm::Communicator> c, const std::vector<int64_t>& sizes) {
+  const int n = c->size(), r = c->rank();
+  ASSERT_EQ(static_cast<int>(sizes.size()), n);
+  const int64_t channels = 5, total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+  const int64_t offset = std::accumulate(sizes.begin(), sizes.begin() + r, int64_t{0}), mine = sizes[r];
+  auto gen = seeded(11);
+  const auto x16 = (torch::randn({total, channels, 6, 5}, gen, torch::kFloat) * 3 + 100).to(torch::kBFloat16);
+  const auto weights = torch::randn({total, channels, 6, 5}, gen, torch::kFloat);
+  auto make_bn = [&] {
+    models::Norm2d bn(channels);
+    torch::NoGradGuard no_grad;
+    bn->weight.copy_(torch::rand({channels}, gen, torch::kFloat) + 0.5);
+    bn->bias.copy_(torch::randn({channels}, gen, torch::kFloat));
+    return bn;
+  };
+  auto ref = make_bn();
+  auto bn = make_bn();
+  {
+    torch::NoGradGuard no_grad;
+    bn->weight.copy_(ref->weight);
+    bn->bias.copy_(ref->bias);
+  }
+  auto xr = x16.to(torch::kFloat).requires_grad_(true);
+  auto ref_out = ref->forward(xr);
+  (ref_out * weights).sum().backward();
+
+  comm::convert_sync_batchnorm(*bn, c);
+  auto xl = x16.narrow(0, offset, mine).clone().requires_grad_(true);
+  auto out = bn->forward(xl);
+  EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
+  (out.to(torch::kFloat) * weights.narrow(0, offset, mine)).sum().backward();
+  if (mine > 0) {
+    // Normalised outputs lie within a few units: one bf16 rounding is at most 2^-8 relative.
+    const auto expect = ref_out.detach().narrow(0, offset, mine);
+    EXPECT_LE(max_abs_diff(out, expect), 4.0 / 256) << "output";
+    EXPECT_EQ(xl.grad().scalar_type(), torch::kBFloat16);
+    const auto gref = xr.grad().narrow(0, offset, mine);
+    EXPECT_LE(max_abs_diff(xl.grad(), gref), gref.abs().max().item<double>() / 128) << "input gradient";
+  }
+  auto wg = bn->weight.grad().clone(), bg = bn->bias.grad().clone();
+  EXPECT_EQ(wg.scalar_type(), torch::kFloat32);
+  c->allreduce(wg, comm::ReduceOp::kSum)->wait();
+  c->allreduce(bg, comm::ReduceOp::kSum)->wait();
+  EXPECT_LE(max_abs_diff(wg, ref->weight.grad()), 1e-2 * ref->weight.grad().abs().max().item<double>() + 1e-3)
+      << "weight gradient";
+  EXPECT_LE(max_abs_diff(bg, ref->bias.grad()), 1e-2 * ref->bias.grad().abs().max().item<double>() + 1e-3)
+      << "bias gradient";
+  EXPECT_EQ(bn->running_mean.scalar_type(), torch::kFloat32);
+  EXPECT_LE(max_abs_diff(bn->running_mean, ref->running_mean), 1e-4) << "running mean";
+  EXPECT_LE(max_abs_diff(bn->running_var, ref->running_var), 1e-3) << "running var";
+}
+
+// Data parallel under CPU bf16 autocast with SyncBN and bf16 gradient compression, as `--amp --sync-bn
+// --grad-compression bf16` trains: gradients arrive in float32 (the reducer's buckets are the float32 ones),
+// replicas stay bit-identical, and one step lands close to float32 training on the whole batch in one process.
+inline void check_bf16_data_parallel(std::shared_ptr<comm::Communicator> c) {
+  const int n = c->size(), r = c->rank();
+  const int64_t b = 8;
+  models::ModelOptions mo;
+  mo.num_classes = 10;
+  mo.in_channels = 1;
+  auto model = models::make_model("resnet20", mo);
+  comm::broadcast_module_state(*model, *c);
+  auto ref = models::make_model("resnet20", mo);
+  models::load_state_dict(*ref, models::state_dict(*model));
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : model->named_parameters()) before[p.key()] = p.value().detach().clone();
+  comm::convert_sync_batchnorm(*model, c);
+  comm::ReducerOptions ro;
+  ro.bucket_cap_bytes = 64 << 10;
+  ro.first_bucket_bytes = 16 << 10;
+  ro.compression = "bf16";
+  comm::GradientReducer reducer(model->named_parameters().pairs(), c, ro);
+  trainer::Sgd sgd(trainer::weight_decay_groups(model->named_parameters().pairs(), 5e-4, 0.0), 0.9, false);
+  trainer::Sgd sgd_ref(trainer::weight_decay_groups(ref->named_parameters().pairs(), 5e-4, 0.0), 0.9, false);
+  model->train();
+  ref->train();
+  auto gen = seeded(2024);
+  auto x = torch::randn({n * b, 1, 16, 16}, gen, torch::kFloat);
+  auto y = torch::randint(10, {n * b}, gen, torch::kLong);
+  torch::Tensor loss;
+  reducer.prepare();
+  {
+    trainer::AutocastGuard autocast(torch::kCPU, torch::kBFloat16);
+    auto logits = model->forward(x.narrow(0, r * b, b));
+    EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+    loss = trainer::cross_entropy(logits, y.narrow(0, r * b, b), 0.0);
+  }
+  EXPECT_EQ(loss.scalar_type(), torch::kFloat32);
+  loss.backward();
+  reducer.finish();
+  for (const auto& p : model->named_parameters()) {
+    EXPECT_EQ(p.value().grad().scalar_type(), torch::kFloat32) << p.key();
+  }
+  sgd.step(0.1);
+  trainer::cross_entropy(ref->forward(x), y, 0.0).backward();
+  sgd_ref.step(0.1);
+  {
+    std::vector<torch::Tensor> flat;
+    for (auto& p : model->parameters()) flat.push_back(p.detach().reshape({-1}));
+    auto mine_flat = torch::cat(flat), root_flat = mine_flat.clone();
+    c->broadcast(root_flat, 0)->wait();
+    EXPECT_TRUE(torch::equal(mine_flat, root_flat)) << "rank " << r << " diverged from rank 0";
+  }
+  // The step taken (new - old weights) against float32's: bf16 forward/backward (Note [bf16 tolerance] in
+  // tests/unit/precision_test.cpp) plus bf16 rounding of the averaged gradients.
+  std::vector<torch::Tensor> step16, step32;
+  auto now16 = model->named_parameters(), now32 = ref->named_parameters();
+  for (const auto& p : now32) {
+    step16.push_back((now16[p.key()].detach() - before.at(p.key())).reshape({-1}).to(torch::kDouble));
+    step32.push_back((p.value().detach() - before.at(p.key())).reshape({-1}).to(torch::kDouble));
+  }
+  auto s16 = torch::cat(step16), s32 = torch::cat(step32);
+  const double rel = ((s16 - s32).norm() / s32.norm()).item<double>();
+  const double cosine = (s16.dot(s32) / (s16.norm() * s32.norm())).item<double>();
+  EXPECT_GT(rel, 0.0);
+  EXPECT_LT(rel, 0.3) << "rank " << r;
+  EXPECT_GT(cosine, 0.97) << "rank " << r;
 }
 
 }  // namespace stride::testing

@@ -94,6 +94,8 @@ TEST(Mpi, Fp16CompressedDataParallelStaysClose) { check_data_parallel_equivalenc
 
 TEST(Mpi, SyncBatchNormDataParallelEqualsOneProcessOnTheWholeBatch) { check_data_parallel_equivalence(world(), true); }
 
+TEST(Mpi, Bf16AutocastDataParallelWithSyncBnAndBf16Compression) { check_bf16_data_parallel(world()); }
+
 TEST(Mpi, SyncBatchNormWithUnequalBatchesIncludingAnEmptyRank) {
   auto c = world();
   std::vector<int64_t> sizes;
@@ -101,6 +103,13 @@ TEST(Mpi, SyncBatchNormWithUnequalBatchesIncludingAnEmptyRank) {
   check_sync_batch_norm(c, sizes);
   std::vector<int64_t> equal(static_cast<size_t>(c->size()), 4);
   check_sync_batch_norm(c, equal);
+}
+
+TEST(Mpi, SyncBatchNormOnBf16ActivationsKeepsFloat32Statistics) {
+  auto c = world();
+  std::vector<int64_t> sizes;
+  for (int r = 0; r < c->size(); ++r) sizes.push_back(r == 1 ? 0 : 3 + 2 * r);
+  check_sync_batch_norm_bf16(c, sizes);
 }
 
 // Rank 1 is killed with SIGKILL in the middle of a collective sequence; the survivors must fail with CommError

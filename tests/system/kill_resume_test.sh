@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # System test: a training run killed with SIGKILL mid-run and resumed with --resume auto ends with weights
 # bitwise identical to an uninterrupted run with the same seed (CPU, same thread count).
-#   kill_resume_test.sh STRIDE_BINARY WORK_DIR
+#   kill_resume_test.sh STRIDE_BINARY WORK_DIR [EXTRA TRAIN FLAGS...]
+# With EXPECT_COMPUTE_DTYPE set (e.g. bfloat16 for the `--amp` variant), the final checkpoint's MANIFEST must
+# record that compute dtype, so the variant cannot pass by silently training in float32.
 set -euo pipefail
 STRIDE=$1
 WORK=$2
+shift 2
+EXTRA=("$@")
 rm -rf "$WORK" && mkdir -p "$WORK"
 trap 'pkill -9 -f "$WORK/" 2>/dev/null || true' EXIT
 
@@ -13,7 +17,7 @@ trap 'pkill -9 -f "$WORK/" 2>/dev/null || true' EXIT
 
 common=(--model resnet20 --data-path "$WORK/data" --batch-size 32 --epochs 1 --max-steps 36 --checkpoint-every 6
         --lr 0.1 --lr-warmup-epochs 0.01 --label-smoothing 0.1 --drop-path 0.1 --model-ema --seed 7
-        --threads 1 --workers 1 --print-freq 1000)
+        --threads 1 --workers 1 --print-freq 1000 "${EXTRA[@]}")
 
 echo "== uninterrupted run"
 "$STRIDE" train "${common[@]}" --output-dir "$WORK/full" > "$WORK/full.log" 2>&1
@@ -44,4 +48,13 @@ for f in model.safetensors ema.safetensors optimizer.safetensors; do
     exit 1
   fi
 done
+if [ -n "${EXPECT_COMPUTE_DTYPE:-}" ]; then
+  for run in full killed; do
+    dtype=$("$STRIDE" ckpt list --json "$WORK/$run" |
+      /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["precision"]["compute_dtype"])')
+    [ "$dtype" = "$EXPECT_COMPUTE_DTYPE" ] ||
+      { echo "FAIL: $run trained in $dtype, not $EXPECT_COMPUTE_DTYPE"; exit 1; }
+  done
+  echo "both runs computed in $EXPECT_COMPUTE_DTYPE"
+fi
 echo "PASS: final model, EMA and optimizer state are bitwise identical"

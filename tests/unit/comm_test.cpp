@@ -302,6 +302,16 @@ TEST(SyncBatchNorm, EqualsBatchNormOnTheConcatenatedBatch) {
   run_ranks(4, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm(c, {2, 0, 6, 3}); });
 }
 
+TEST(SyncBatchNorm, Bf16ActivationsKeepFloat32Statistics) {
+  run_ranks(1, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm_bf16(c, {7}); });
+  run_ranks(2, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm_bf16(c, {4, 5}); });
+  run_ranks(3, [](int, std::shared_ptr<comm::Communicator> c) { check_sync_batch_norm_bf16(c, {3, 0, 6}); });
+}
+
+TEST(Reducer, Bf16AutocastDataParallelWithSyncBnAndBf16Compression) {
+  run_ranks(2, [](int, std::shared_ptr<comm::Communicator> c) { check_bf16_data_parallel(c); });
+}
+
 TEST(Reducer, Fp16CompressedDataParallelStaysClose) {
   run_ranks(3, [](int, std::shared_ptr<comm::Communicator> c) { check_data_parallel_equivalence(c, false, "fp16"); });
 }

@@ -433,5 +433,46 @@ TEST(Mix, LoaderEmitsSoftTargets) {
   EXPECT_TRUE(torch::allclose(b.targets.sum(1), torch::ones({8})));
 }
 
+// Channels-last batches come out of the collate in NHWC memory: the same values as the NCHW batch, strides that
+// make `contiguous(ChannelsLast)` a no-op (the training loop copies nothing), for uint8 and normalised float
+// output, and still after MixUp/CutMix.
+TEST(ShardedLoader, ChannelsLastBatchesAreCollatedNhwcWithoutACopy) {
+  ScratchDir dir("nhwc");
+  const std::string path = dir.file("rgb");
+  {
+    ShardWriter w(path, "rgb", 8);
+    for (int i = 0; i < 16; ++i) {
+      Image img(5, 4, 3);
+      for (size_t k = 0; k < img.pixels.size(); ++k) img.pixels[k] = static_cast<uint8_t>((k * 13 + i * 7) % 256);
+      w.add(concat("s", i), {{"npy", encode_npy(img)}, {"cls", std::to_string(i % 5)}}, i % 5);
+    }
+    w.finish(5, {});
+  }
+  for (int variant = 0; variant < 3; ++variant) {  // uint8, normalised float, float + MixUp/CutMix
+    SCOPED_TRACE(variant);
+    auto o = base(path, 8);
+    o.float_output = variant > 0;
+    if (variant > 0) {
+      o.mean = {0.5, 0.4, 0.3};
+      o.std = {0.2, 0.25, 0.3};
+    }
+    if (variant == 2) o.mix = {0.4, 1.0};
+    auto cl = o;
+    cl.channels_last = true;
+    ShardedLoader nchw_loader(o), nhwc_loader(cl);
+    const auto a = drain(nchw_loader, {0, 0, 17}), b = drain(nhwc_loader, {0, 0, 17});
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      const auto& x = b[i].images;
+      EXPECT_EQ(x.sizes(), (std::vector<int64_t>{8, 3, 5, 4}));
+      EXPECT_TRUE(a[i].images.is_contiguous());
+      EXPECT_TRUE(x.is_contiguous(torch::MemoryFormat::ChannelsLast));
+      EXPECT_FALSE(x.is_contiguous());
+      EXPECT_EQ(x.contiguous(torch::MemoryFormat::ChannelsLast).data_ptr(), x.data_ptr());
+      EXPECT_TRUE(torch::equal(x, a[i].images)) << "batch " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace stride::data

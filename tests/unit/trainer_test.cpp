@@ -275,6 +275,45 @@ TEST(Sgd, MatchesTorchOptimSgd) {
   }
 }
 
+// The fused CPU update (trainer/sgd_cpu.h) on channels-last weights, and a resume whose momentum buffers come
+// back contiguous (as a checkpoint stores them): the resumed optimizer continues bitwise like the original.
+TEST(Sgd, ChannelsLastWeightsResumeBitwiseFromContiguousBuffers) {
+  torch::manual_seed(4);
+  auto w = torch::randn({6, 3, 3, 3}).contiguous(torch::MemoryFormat::ChannelsLast).requires_grad_(true);
+  auto b = torch::randn({6}, torch::requires_grad());
+  auto w2 = w.detach().clone().requires_grad_(true);  // clone keeps channels-last
+  auto b2 = b.detach().clone().requires_grad_(true);
+  Sgd a({{"decay", 1e-3, {{"w", w}}}, {"no_decay", 0.0, {{"b", b}}}}, 0.9, true);
+  const auto x = torch::randn({2, 3, 5, 5}).contiguous(torch::MemoryFormat::ChannelsLast);
+  auto loss = [&](const torch::Tensor& wt, const torch::Tensor& bt) { return torch::conv2d(x, wt, bt).pow(2).sum(); };
+  for (int i = 0; i < 2; ++i) {
+    a.zero_grad();
+    loss(w, b).backward();
+    ASSERT_TRUE(w.grad().is_contiguous(torch::MemoryFormat::ChannelsLast));
+    a.step(0.05);
+  }
+  // "Resume": the same weights and a new optimizer whose buffers are contiguous copies.
+  {
+    torch::NoGradGuard no_grad;
+    w2.copy_(w);
+    b2.copy_(b);
+  }
+  Sgd resumed({{"decay", 1e-3, {{"w", w2}}}, {"no_decay", 0.0, {{"b", b2}}}}, 0.9, true);
+  for (const auto& [name, buf] : a.momentum_buffers()) resumed.momentum_buffers()[name] = buf.contiguous().clone();
+  ASSERT_FALSE(resumed.momentum_buffers().at("w").is_contiguous(torch::MemoryFormat::ChannelsLast));
+  for (int i = 0; i < 3; ++i) {
+    a.zero_grad();
+    resumed.zero_grad();
+    loss(w, b).backward();
+    loss(w2, b2).backward();
+    a.step(0.05);
+    resumed.step(0.05);
+  }
+  EXPECT_TRUE(torch::equal(w, w2));
+  EXPECT_TRUE(torch::equal(b, b2));
+  EXPECT_TRUE(torch::equal(a.momentum_buffers().at("w"), resumed.momentum_buffers().at("w")));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Checkpoints
 // ---------------------------------------------------------------------------------------------------------
