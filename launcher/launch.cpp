@@ -15,6 +15,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -22,6 +25,7 @@
 #include "cluster/coordinator.h"
 #include "common/error.h"
 #include "launcher/rank_output.h"
+#include "launcher/restart_policy.h"
 #include "trainer/config.h"
 #include "trainer/train_command.h"
 
@@ -114,6 +118,36 @@ std::string describe_status(int status) {
   return "ended";
 }
 
+double steady_seconds() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+
+// "1.23 s" for the restart timings.
+std::string secs(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f s", s);
+  return buf;
+}
+
+// What the launcher reads from the coordinator's /status while a start runs (it owns the coordinator, so this is
+// in-process: no files, no output parsing).
+struct JobView {
+  uint64_t step = 0;     // rank 0's step (0 until it joined)
+  int64_t commits = 0;   // checkpoints committed by this coordinator
+  double silent_s = -1;  // the longest heartbeat silence of a rank declared dead (-1: none)
+};
+JobView view(const cluster::Coordinator& c) {
+  JobView v;
+  const auto j = nlohmann::json::parse(c.status_json(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return v;
+  v.step = j.value("step", uint64_t{0});
+  if (j.contains("checkpoint")) v.commits = j["checkpoint"].value("commits", int64_t{0});
+  for (const auto& r : j.value("ranks", nlohmann::json::array())) {
+    if (r.value("joined", false) && !r.value("alive", true) && r["last_heartbeat_age_s"].is_number()) {
+      v.silent_s = std::max(v.silent_s, r["last_heartbeat_age_s"].get<double>());
+    }
+  }
+  return v;
+}
+
 RankOutput* g_output = nullptr;  // the job's output while launch() runs (launcher/rank_output.h)
 
 void print(const std::string& line) {
@@ -126,6 +160,36 @@ void print(const std::string& line) {
 }
 
 }  // namespace
+
+std::string rank_failure_from_output(const std::string& raw) {
+  // mpirun: "mpirun noticed that process rank 1 with PID 4242 on node vm exited on signal 9 (Killed)."
+  const std::string line = raw.substr(0, raw.find_last_not_of(" .\r") + 1);
+  const char* m = "mpirun noticed that process rank ";
+  if (line.rfind(m, 0) == 0) {
+    std::stringstream ss(line.substr(std::strlen(m)));
+    std::string rank, with, pid_word, pid, on, node_word, node, exited, on2, sig_word, rest;
+    if (ss >> rank >> with >> pid_word >> pid >> on >> node_word >> node >> exited >> on2 >> sig_word &&
+        sig_word == "signal") {
+      std::getline(ss, rest);
+      return concat("rank ", rank, " (pid ", pid, " on ", node, ") was killed by signal",
+                    rest.empty() ? std::string() : rest);
+    }
+    return "";
+  }
+  // srun: "srun: error: node1: task 1: Killed" / "srun: error: node1: task 1: Exited with exit code 3".
+  const auto task = line.find(": task ");
+  if (line.rfind("srun: error: ", 0) == 0 && task != std::string::npos) {
+    const auto colon = line.find(": ", task + 7);
+    if (colon == std::string::npos) return "";
+    const std::string node = line.substr(13, task - 13), rank = line.substr(task + 7, colon - task - 7);
+    const std::string what = line.substr(colon + 2);
+    if (what.rfind("Exited with exit code ", 0) == 0) {
+      return concat("rank ", rank, " (on ", node, ") exited with code ", what.substr(22));
+    }
+    return concat("rank ", rank, " (on ", node, "): ", what);
+  }
+  return "";
+}
 
 std::string resolve_launcher(const LaunchOptions& o) {
   if (o.launcher != "auto") return o.launcher;
@@ -177,6 +241,13 @@ int launch(LaunchOptions o) {
     const char* n = starter == "srun" ? std::getenv("SLURM_NTASKS") : nullptr;
     o.ranks = n && *n ? std::atoi(n) : 1;
   }
+  RestartPolicyOptions po;
+  po.max_restarts = o.max_restarts;
+  po.window_s = o.restart_window_s;
+  po.backoff_s = o.restart_backoff_s;
+  po.backoff_max_s = o.restart_backoff_max_s;
+  po.progress_steps = o.restart_progress_steps;
+  RestartPolicy policy(po, steady_seconds);  // throws UsageError naming a bad flag
   if (o.stride_binary.empty()) o.stride_binary = fs::read_symlink("/proc/self/exe").string();
   // The ranks' flags are checked here, before anything starts (exit 2 names the flag or key).
   const trainer::TrainConfig tc = trainer::parse_train_flags(o.train_args);
@@ -221,6 +292,14 @@ int launch(LaunchOptions o) {
   const std::string ranks_log = (fs::path(tc.output_dir) / "logs" / "ranks.log").string();
   fs::create_directories(fs::path(ranks_log).parent_path());
   RankOutput output(::isatty(STDOUT_FILENO) != 0);
+  // mpirun's (srun's) own verdict on a rank that died names the rank and the signal: the restart reason.
+  std::mutex died_mu;
+  std::string died;  // guarded by died_mu; the first such line of the current start
+  output.set_line_hook([&](const std::string& line) {
+    const std::string what = rank_failure_from_output(line);
+    std::lock_guard<std::mutex> lock(died_mu);
+    if (!what.empty() && died.empty()) died = what;
+  });
   g_output = &output;
   struct OutputReset {
     ~OutputReset() { g_output = nullptr; }
@@ -231,6 +310,16 @@ int launch(LaunchOptions o) {
   sigemptyset(&sa.sa_mask);
   for (int s : {SIGINT, SIGTERM, SIGUSR2}) ::sigaction(s, &sa, nullptr);
 
+  // Where the seconds of a restart go (issue #18): from the failure to the launcher noticing it (detection), to
+  // every process of the start gone (stop), the back-off, mpirun's start to every rank joined (process start,
+  // model build, state load: ranks join after loading), and to the first step past the resume step (warm-up; seen
+  // in the ranks' heartbeats, so up to --heartbeat-interval late).
+  struct Recovery {
+    bool pending = false;
+    int restart = 0;
+    double detection = 0, stop = 0, backoff = 0, started = 0, joined = -1;
+    uint64_t resume_step = 0;
+  } rec;
   int exit_code = 1;
   for (int attempt = 0;; ++attempt) {
     ::setenv("STRIDE_RESTART_COUNT", std::to_string(attempt).c_str(), 1);
@@ -271,14 +360,60 @@ int launch(LaunchOptions o) {
     std::string reason;
     const auto started = Clock::now();
     bool all_joined = false;
+    {
+      std::lock_guard<std::mutex> lock(died_mu);
+      died.clear();
+    }
+    JobView seen = view(coordinator);
+    const int64_t start_commits = seen.commits;
+    policy.on_start(start_commits, coordinator.last_committed_step());
+    rec.started = steady_seconds();
+    auto next_view = Clock::now();
+    double first_death = -1;  // when a joined rank's process on this host was first seen gone
+    double noticed = -1;      // when the launcher knew this start had failed
     auto kill_job = [&](int sig) {
       ::kill(-pid, SIGCONT);  // a SIGSTOPped rank must run to die of SIGTERM
       ::kill(-pid, sig);
     };
     for (;;) {
       const pid_t r = ::waitpid(pid, &status, WNOHANG);
-      if (r == pid) break;
+      if (r == pid) {
+        if (noticed < 0) noticed = steady_seconds();
+        break;
+      }
       const auto now = Clock::now();
+      if (!stopping && !failed && first_death < 0) {
+        coordinator.with_core([&](cluster::CoordinatorCore& core) {
+          for (const auto& [host, rank_pid] : core.rank_processes()) {
+            if (is_local_host(host) && rank_pid > 0 && !alive(static_cast<pid_t>(rank_pid))) {
+              first_death = steady_seconds();
+            }
+          }
+        });
+      }
+      if (now >= next_view) {
+        next_view = now + std::chrono::milliseconds(100);
+        seen = view(coordinator);
+        if (policy.observe(seen.commits, seen.step) && attempt > 0) {
+          print(concat("progress since restart ", attempt, " (",
+                       seen.commits > start_commits ? concat("commit at step ", coordinator.last_committed_step())
+                                                    : concat("step ", seen.step),
+                       "): the next failure waits ", format_duration(po.backoff_s), " again"));
+        }
+        if (rec.pending && all_joined && rec.joined < 0) rec.joined = steady_seconds();
+        if (rec.pending && rec.joined >= 0 && seen.step > rec.resume_step) {
+          rec.pending = false;
+          const double t = steady_seconds();
+          const double total = rec.detection + rec.stop + rec.backoff + (t - rec.started);
+          const std::string line =
+              concat("recovered from failure ", rec.restart, " in ", secs(total), " (failure to step ", seen.step,
+                     "): detection ", secs(rec.detection), ", stop ", secs(rec.stop), ", back-off ", secs(rec.backoff),
+                     ", start to every rank joined ", secs(rec.joined - rec.started), ", joined to first step ",
+                     secs(t - rec.joined), " (heartbeats every ", tc.heartbeat_interval, " s)");
+          print(line);
+          coordinator.with_core([&](cluster::CoordinatorCore& core) { core.note("info", line, t); });
+        }
+      }
       const int count = g_signal_count.load();
       if (count != seen_signals) {
         seen_signals = count;
@@ -303,6 +438,7 @@ int launch(LaunchOptions o) {
           for (uint32_t r : missing) list += (list.empty() ? "" : ", ") + std::to_string(r);
           failed = true;
           reason = concat("rank(s) ", list, " did not join within ", o.start_timeout_s, " s of the start");
+          noticed = steady_seconds();
           kill_job(SIGTERM);
           killed = true;
           deadline = now + std::chrono::seconds(5);
@@ -311,6 +447,10 @@ int launch(LaunchOptions o) {
       if (!failed && coordinator.failure()) {
         failed = true;
         reason = *coordinator.failure();
+        noticed = steady_seconds();
+        const JobView v = view(coordinator);
+        // A hung rank failed at its last heartbeat, at the latest.
+        if (first_death < 0 && v.silent_s >= 0) first_death = noticed - v.silent_s;
         // The survivors exit with code 75 on their own; give mpirun a moment before stopping it.
         deadline = now + std::chrono::seconds(10);
       }
@@ -336,6 +476,7 @@ int launch(LaunchOptions o) {
     });
     ::kill(-pid, SIGKILL);  // anything left in the job's process group
     output.finish();        // the job's last lines, before the launcher's verdict
+    const double gone = steady_seconds();
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
     const uint64_t committed = coordinator.last_committed_step();
     if (stopping) {
@@ -354,7 +495,12 @@ int launch(LaunchOptions o) {
       exit_code = 2;
       break;
     }
-    if (reason.empty()) reason = concat(starter, " ", describe_status(status));
+    if (reason.empty()) {
+      // mpirun ended first: its own verdict names the dead rank and the signal when it gave one.
+      std::lock_guard<std::mutex> lock(died_mu);
+      reason = !died.empty() ? concat(died, " (", starter, " ", describe_status(status), ")")
+                             : concat(starter, " ", describe_status(status));
+    }
     // --min-ranks: hosts whose ranks never joined this start (mpirun could not start them, or they did not
     // come up in --start-timeout) are dropped while enough ranks remain; the per-rank batch grows so the global
     // batch (and so the sample order) stays the same.
@@ -402,14 +548,28 @@ int launch(LaunchOptions o) {
                      global, " at --min-ranks ", o.min_ranks, ": retrying with every host"));
       }
     }
-    if (attempt >= o.max_restarts) {
-      print(concat("giving up after ", attempt, " restart(s): ", reason));
+    const auto decision = policy.on_failure();
+    if (!decision.restart) {
+      const std::string line = concat("giving up after ", attempt, " restart(s): ", decision.summary, ": ", reason);
+      print(line);
+      coordinator.with_core([&](cluster::CoordinatorCore& core) { core.note("error", line, steady_seconds()); });
       exit_code = code == 0 ? 1 : code;
       break;
     }
-    const double backoff = std::min(60.0, o.restart_backoff_s * std::pow(2.0, attempt));
-    print(concat(reason, "; restarting every rank from the last commit (step ", committed, ") in ", backoff,
-                 " s (restart ", attempt + 1, " of ", o.max_restarts, ")"));
+    const double backoff = decision.backoff_s;
+    if (noticed < 0) noticed = gone;
+    const double failed_at = first_death >= 0 ? std::min(first_death, noticed) : noticed;
+    rec = Recovery{};
+    rec.pending = true;
+    rec.restart = attempt + 1;
+    rec.detection = noticed - failed_at;
+    rec.stop = gone - noticed;
+    rec.backoff = backoff;
+    rec.resume_step = committed;
+    const std::string why = concat(reason, "; ", decision.summary);
+    print(concat(reason, "; restarting every rank from the last commit (step ", committed, ") in ",
+                 format_duration(backoff), ": restart ", attempt + 1, ", ", decision.summary, "; detected in ",
+                 secs(rec.detection), ", stopped in ", secs(rec.stop)));
     const auto until =
         Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff));
     while (Clock::now() < until && g_signal_count.load() == seen_signals) {
@@ -420,7 +580,7 @@ int launch(LaunchOptions o) {
       exit_code = 1;
       break;
     }
-    coordinator.restart(static_cast<uint32_t>(o.ranks), static_cast<uint32_t>(attempt + 1), reason);
+    coordinator.restart(static_cast<uint32_t>(o.ranks), static_cast<uint32_t>(attempt + 1), why);
   }
   cluster::write_final_status(coordinator, tc.output_dir);
   cluster::remove_endpoint_file(tc.output_dir);
@@ -435,9 +595,20 @@ void add_launch_command(CLI::App& app) {
   cmd->add_option("-n,--ranks", o->ranks, "Ranks (default: SLURM_NTASKS inside an allocation, else 1)");
   cmd->add_option("--hostfile", o->hostfile, "mpirun hostfile");
   cmd->add_option("--hosts", o->hosts, "mpirun hosts, e.g. node1:4,node2:4");
-  cmd->add_option("--max-restarts", o->max_restarts, "Restarts after a failure before giving up")
+  // Durations are parsed in the callback, so a bad one is a usage error naming its flag.
+  auto durations = std::make_shared<std::map<std::string, std::string>>();
+  cmd->add_option("--max-restarts", o->max_restarts, "Restarts allowed within --restart-window before giving up")
       ->capture_default_str();
-  cmd->add_option("--restart-backoff", o->restart_backoff_s, "Seconds before the first restart (doubles each time)")
+  cmd->add_option("--restart-window", (*durations)["--restart-window"],
+                  "Sliding window for --max-restarts, e.g. 30s, 15m, 1h (0: the job's whole life)")
+      ->default_str("0");
+  cmd->add_option("--restart-backoff", (*durations)["--restart-backoff"],
+                  "Wait before the first restart (doubles per consecutive failure)")
+      ->default_str("2s");
+  cmd->add_option("--restart-backoff-max", (*durations)["--restart-backoff-max"], "Cap on the back-off")
+      ->default_str("60s");
+  cmd->add_option("--restart-progress-steps", o->restart_progress_steps,
+                  "Steps after a restart that reset the back-off (0: only a new checkpoint commit does)")
       ->capture_default_str();
   cmd->add_option("--status-port", o->status_port, "HTTP status endpoint port (0: any, -1: off)")
       ->capture_default_str();
@@ -460,7 +631,13 @@ void add_launch_command(CLI::App& app) {
                   "Seconds every rank has to join after a start (an unreachable host counts as a failure)")
       ->capture_default_str();
   cmd->add_option("train_args", o->train_args, "stride train flags, after --");
-  cmd->callback([o] {
+  cmd->callback([o, durations, cmd] {
+    const std::pair<const char*, double*> fields[] = {{"--restart-window", &o->restart_window_s},
+                                                      {"--restart-backoff", &o->restart_backoff_s},
+                                                      {"--restart-backoff-max", &o->restart_backoff_max_s}};
+    for (const auto& [flag, field] : fields) {
+      if (cmd->count(flag) > 0) *field = parse_duration(flag, (*durations)[flag]);
+    }
     const int rc = launch(*o);
     if (rc != 0) std::exit(rc);
   });

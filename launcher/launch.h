@@ -1,10 +1,11 @@
 // `stride launch`: starts the job's coordinator and status endpoint, starts every rank with mpirun (or srun
 // inside a Slurm allocation), and supervises them: a dead or hung rank (the coordinator's verdict) or a failed
 // mpirun stops what is left and restarts all ranks with --resume auto from the last committed checkpoint, up to
-// --max-restarts times with back-off. SIGINT/SIGTERM/SIGUSR2 ask the ranks to checkpoint and stop (a second
-// SIGINT kills). See docs/launch.md.
+// --max-restarts times within --restart-window, with back-off (launcher/restart_policy.h). SIGINT/SIGTERM/SIGUSR2
+// ask the ranks to checkpoint and stop (a second SIGINT kills). See docs/launch.md.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -15,12 +16,15 @@ class App;
 namespace stride::launcher {
 
 struct LaunchOptions {
-  int ranks = 0;         // 0: SLURM_NTASKS inside an allocation, else 1
-  std::string hostfile;  // mpirun --hostfile
-  std::string hosts;     // mpirun --host h1:2,h2:2
-  int max_restarts = 3;
-  double restart_backoff_s = 2;  // doubles per restart, at most 60 s
-  int status_port = 8470;        // -1: off; 0: any free port
+  int ranks = 0;                       // 0: SLURM_NTASKS inside an allocation, else 1
+  std::string hostfile;                // mpirun --hostfile
+  std::string hosts;                   // mpirun --host h1:2,h2:2
+  int max_restarts = 3;                // within restart_window_s (launcher/restart_policy.h)
+  double restart_window_s = 0;         // 0: over the job's whole life
+  double restart_backoff_s = 2;        // the first back-off; doubles per consecutive failure
+  double restart_backoff_max_s = 60;   // the cap
+  int64_t restart_progress_steps = 0;  // steps after a restart that reset the back-off (0: only a new commit)
+  int status_port = 8470;              // -1: off; 0: any free port
   std::string status_bind = "127.0.0.1";
   std::string iface;             // network for MPI's TCP traffic (CIDR or interface name)
   std::string coordinator_host;  // address the ranks use to reach the coordinator (default: 127.0.0.1 for a
@@ -39,6 +43,9 @@ struct LaunchOptions {
 
 // The command that starts every rank for one attempt (`resume`: with --resume auto). Pure; unit-tested.
 std::vector<std::string> rank_command(const LaunchOptions& o, bool resume);
+// What a line of mpirun's or srun's own output says about a rank that died ("rank 1 (pid 42 on vm) was killed
+// by signal 9 (Killed)"), or "" when it says nothing of the kind. Pure; unit-tested.
+std::string rank_failure_from_output(const std::string& line);
 // Which starter `auto` means here.
 std::string resolve_launcher(const LaunchOptions& o);
 

@@ -103,6 +103,7 @@ std::string RankOutput::render(const std::string& raw, std::string* progress, bo
 }
 
 void RankOutput::emit(const std::string& raw) {
+  if (hook_) hook_(raw);
   std::string progress;
   bool is_stderr = false;
   const std::string line = render(raw, &progress, &is_stderr);

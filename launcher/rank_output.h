@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -27,6 +28,9 @@ class RankOutput {
   RankOutput(const RankOutput&) = delete;
   RankOutput& operator=(const RankOutput&) = delete;
 
+  // Called on the reader thread with every raw line (the launcher looks for mpirun's verdict on a dead rank).
+  // Set before follow().
+  void set_line_hook(std::function<void(const std::string&)> hook) { hook_ = std::move(hook); }
   // Starts following `fd`, a file the job appends to, from its current offset; closed by finish(). One at a time.
   void follow(int fd);
   // Once the job's processes are gone: shows what is left in the file and stops following it.
@@ -42,6 +46,7 @@ class RankOutput {
   void emit(const std::string& raw);
 
   const bool live_;
+  std::function<void(const std::string&)> hook_;
   std::atomic<bool> finishing_{false};
   std::mutex mu_;
   bool live_line_ = false;  // guarded by mu_

@@ -5,10 +5,15 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "common/error.h"
 #include "launcher/launch.h"
+#include "launcher/restart_policy.h"
 #include "launcher/submit.h"
 
 namespace stride::launcher {
@@ -80,7 +85,173 @@ TEST(Launch, BadInputIsAUsageErrorBeforeAnythingStarts) {
   LaunchOptions hostfile = min_ranks;
   hostfile.hostfile = dir + "/no-such-hostfile";
   expect_usage(hostfile, "cannot read it");
+  LaunchOptions no_backoff_cap;
+  no_backoff_cap.restart_backoff_max_s = 0;
+  no_backoff_cap.train_args = {"--output-dir", dir};
+  expect_usage(no_backoff_cap, "--restart-backoff-max must be a positive duration");
+  // Durations given on the command line are checked by the subcommand, naming the flag.
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"launch --restart-window 5x -- --epochs 1", "--restart-window must be a duration"},
+           {"launch --restart-window=-1h -- --epochs 1", "is negative"},
+           {"launch --restart-backoff-max 0 -- --epochs 1", "--restart-backoff-max must be a positive duration"},
+           {"launch --restart-backoff soon -- --epochs 1", "--restart-backoff must be a duration"}}) {
+    CLI::App app;
+    add_launch_command(app);
+    try {
+      app.parse(args, /*program_name_included=*/false);
+      ADD_FAILURE() << args << ": no error, expected: " << want;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << args << ": " << e.what();
+    }
+  }
   std::filesystem::remove_all(dir);
+}
+
+// mpirun's and srun's verdicts on a dead rank become the restart reason.
+TEST(Launch, TheRankAndSignalOfADeadRankComeFromMpirunsVerdict) {
+  EXPECT_EQ(rank_failure_from_output(
+                "mpirun noticed that process rank 1 with PID 4242 on node vm1 exited on signal 9 (Killed)."),
+            "rank 1 (pid 4242 on vm1) was killed by signal 9 (Killed)");
+  EXPECT_EQ(rank_failure_from_output("srun: error: node2: task 3: Killed"), "rank 3 (on node2): Killed");
+  EXPECT_EQ(rank_failure_from_output("srun: error: node2: task 0: Exited with exit code 75"),
+            "rank 0 (on node2) exited with code 75");
+  EXPECT_EQ(rank_failure_from_output("[1,0]<stdout>:epoch 1/1 step 10/120 loss 2.1"), "");
+  EXPECT_EQ(rank_failure_from_output("mpirun noticed that the job aborted, but has no info as to the process"), "");
+}
+
+// A clock the test moves by hand.
+struct FakeClock {
+  double t = 1000;
+  std::function<double()> fn() {
+    return [this] { return t; };
+  }
+};
+
+RestartPolicyOptions policy(int max_restarts, double window_s) {
+  RestartPolicyOptions o;
+  o.max_restarts = max_restarts;
+  o.window_s = window_s;
+  return o;
+}
+
+// K failures spread wider than the window never stop the job: only those inside the window count.
+TEST(RestartPolicy, FailuresThatLeftTheWindowNoLongerCount) {
+  FakeClock clock;
+  RestartPolicy p(policy(2, 60), clock.fn());
+  for (int i = 0; i < 10; ++i) {
+    const auto d = p.on_failure();
+    EXPECT_TRUE(d.restart) << "failure " << i + 1 << ": " << d.summary;
+    EXPECT_LE(d.failures_in_window, 2) << d.summary;
+    clock.t += 31;  // two failures fit in any 60 s window, never three
+  }
+}
+
+// More than K failures inside the window stop the job, with a message naming the count and the window.
+TEST(RestartPolicy, TooManyFailuresInsideTheWindowStopTheJob) {
+  FakeClock clock;
+  RestartPolicy p(policy(3, 900), clock.fn());
+  for (int i = 0; i < 3; ++i) {
+    const auto d = p.on_failure();
+    ASSERT_TRUE(d.restart) << d.summary;
+    EXPECT_EQ(d.failures_in_window, i + 1);
+    EXPECT_NE(d.summary.find(concat("failure ", i + 1, " of at most 3 within 15m")), std::string::npos) << d.summary;
+    clock.t += 299;
+  }
+  const auto d = p.on_failure();  // the 4th within 15 minutes (3 x 299 s < 900 s)
+  EXPECT_FALSE(d.restart);
+  EXPECT_EQ(d.failures_in_window, 4);
+  EXPECT_EQ(d.summary, "4 failure(s) within 15m exceed --max-restarts 3 (--restart-window 15m)");
+}
+
+// A window of 0 is the old lifetime count: K restarts in the job's life, however far apart.
+TEST(RestartPolicy, ZeroWindowCountsOverTheJobsLife) {
+  FakeClock clock;
+  RestartPolicy p(policy(2, 0), clock.fn());
+  EXPECT_TRUE(p.on_failure().restart);
+  clock.t += 1e6;
+  EXPECT_TRUE(p.on_failure().restart);
+  clock.t += 1e6;
+  const auto d = p.on_failure();
+  EXPECT_FALSE(d.restart);
+  EXPECT_EQ(d.summary, "3 failure(s) over the job's life exceed --max-restarts 2");
+  RestartPolicy none(policy(0, 0), clock.fn());
+  EXPECT_FALSE(none.on_failure().restart);  // --max-restarts 0: never restart
+}
+
+// The back-off doubles per consecutive failure up to the cap, and starts over once the job made progress after
+// a restart: a new commit, or --restart-progress-steps steps past where it resumed.
+TEST(RestartPolicy, BackoffDoublesIsCappedAndResetsAfterProgress) {
+  FakeClock clock;
+  auto o = policy(100, 0);
+  o.backoff_s = 2;
+  o.backoff_max_s = 20;
+  o.progress_steps = 50;
+  RestartPolicy p(o, clock.fn());
+  p.on_start(/*commits=*/0, /*step=*/0);
+  std::vector<double> got;
+  for (int i = 0; i < 6; ++i) {
+    got.push_back(p.on_failure().backoff_s);
+    p.on_start(0, 0);
+    EXPECT_FALSE(p.observe(0, 10));  // no commit, too few steps: no progress
+  }
+  EXPECT_EQ(got, (std::vector<double>{2, 4, 8, 16, 20, 20}));
+  // A commit after the restart is progress: the next failure waits the first back-off again.
+  p.on_start(/*commits=*/4, /*step=*/40);
+  EXPECT_FALSE(p.observe(4, 45));
+  EXPECT_TRUE(p.observe(5, 46));
+  EXPECT_FALSE(p.observe(6, 47));  // reported once per start
+  EXPECT_EQ(p.on_failure().backoff_s, 2);
+  p.on_start(5, 50);
+  EXPECT_EQ(p.on_failure().backoff_s, 4);  // no progress in between: doubles again
+  // Steps alone: 50 steps past the resume step.
+  p.on_start(5, 50);
+  EXPECT_FALSE(p.observe(5, 99));
+  EXPECT_TRUE(p.observe(5, 100));
+  const auto d = p.on_failure();
+  EXPECT_EQ(d.backoff_s, 2);
+  EXPECT_EQ(d.consecutive, 1);
+  // With --restart-progress-steps 0 only a commit counts.
+  auto commits_only = o;
+  commits_only.progress_steps = 0;
+  RestartPolicy q(commits_only, clock.fn());
+  q.on_start(0, 0);
+  EXPECT_FALSE(q.observe(0, 1000000));
+}
+
+TEST(RestartPolicy, DurationsParseAndBadValuesNameTheFlag) {
+  EXPECT_EQ(parse_duration("--restart-window", "0"), 0);
+  EXPECT_EQ(parse_duration("--restart-window", "90"), 90);
+  EXPECT_EQ(parse_duration("--restart-window", "30s"), 30);
+  EXPECT_EQ(parse_duration("--restart-window", "15m"), 900);
+  EXPECT_EQ(parse_duration("--restart-window", "1.5h"), 5400);
+  EXPECT_EQ(parse_duration("--restart-window", "2d"), 172800);
+  EXPECT_EQ(parse_duration("--restart-backoff", "250ms"), 0.25);
+  EXPECT_EQ(format_duration(900), "15m");
+  EXPECT_EQ(format_duration(5400), "1h30m");
+  EXPECT_EQ(format_duration(3600), "1h");
+  EXPECT_EQ(format_duration(2.5), "2.5s");
+  auto expect_usage = [](const std::function<void()>& fn, const std::string& want) {
+    try {
+      fn();
+      ADD_FAILURE() << "no error, expected: " << want;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  expect_usage([] { parse_duration("--restart-window", "-5m"); }, "--restart-window must be a duration");
+  expect_usage([] { parse_duration("--restart-window", "soon"); }, "'soon' is not a number");
+  expect_usage([] { parse_duration("--restart-backoff-max", "5y"); }, "--restart-backoff-max");
+  expect_usage([] { parse_duration("--restart-window", ""); }, "is empty");
+  auto o = policy(3, 0);
+  o.backoff_max_s = 0;
+  expect_usage([&] { validate(o); }, "--restart-backoff-max must be a positive duration");
+  o = policy(-1, 0);
+  expect_usage([&] { validate(o); }, "--max-restarts must be 0 or more");
+  o = policy(3, 0);
+  o.progress_steps = -2;
+  expect_usage([&] { validate(o); }, "--restart-progress-steps");
+  o = policy(3, -1);
+  expect_usage([&] { validate(o); }, "--restart-window");
 }
 
 TEST(Submit, ScriptRequeuesOnTheWarningSignalAndResumes) {
