@@ -6,6 +6,10 @@
 #                  and optimizer state are bitwise identical to an uninterrupted run, and no process is left.
 #   launcher_kill  kill -9 the launcher itself: its ranks exit on their own within the heartbeat timeout, and a
 #                  new `stride launch ... --resume auto` finishes the job, again bitwise identical.
+#   window         --max-restarts 1 --restart-window 2s: two kill -9s more than 2 s apart are each the only
+#                  failure in the window, so the job restarts twice and finishes (a lifetime count of 1 would
+#                  give up); each restart logs its reason, count and back-off, and where the recovery's seconds
+#                  went, also in the final status's events.
 #   stop           SIGTERM to the launcher: every rank checkpoints and stops, the launcher exits 0, and
 #                  --resume auto continues from that checkpoint to the identical end.
 #   launch_test.sh STRIDE_BINARY WORK_DIR SCENARIO
@@ -104,6 +108,44 @@ chaos)
   same_as_reference "$run"
   no_orphans "$run"
   echo "ok: $restarts restarts ($kills kills + 1 hang); final state bitwise identical to the uninterrupted run"
+  ;;
+window)
+  run=$WORK/window
+  "$STRIDE" launch -n 2 --max-restarts 1 --restart-window 2s --restart-backoff 0.2 --status-port 0 -- "${flags[@]}" \
+    --output-dir "$run" > "$WORK/launch.log" 2>&1 &
+  launcher=$!
+  last_kill=0
+  for round in 1 2; do
+    pids=$(wait_running "$run" $((round * 25))) || fail "round $round: the job is not running"
+    # More than the window since the last failure, whatever the machine's speed.
+    while $PY -c "import sys, time; sys.exit(0 if time.time() - $last_kill < 2.5 else 1)"; do sleep 0.1; done
+    victim=$(echo "$pids" | tr ' ' '\n' | shuf -n 1)
+    kill -9 "$victim"
+    last_kill=$(date +%s.%N)
+    echo "round $round: kill -9 rank pid $victim"
+    for _ in $(seq 1 600); do
+      [ "$(grep -c '^launch: start ' "$WORK/launch.log")" -gt "$round" ] && break
+      kill -0 "$launcher" 2>/dev/null || break
+      sleep 0.05
+    done
+  done
+  rc=0
+  timeout 300 tail --pid="$launcher" -f /dev/null || fail "the launcher did not finish"
+  wait "$launcher" || rc=$?
+  grep "^launch: " "$WORK/launch.log" | grep -v "^launch: start" || true
+  [ "$rc" == 0 ] || fail "launch exited $rc: two failures 2 s apart should fit --max-restarts 1 --restart-window 2s"
+  n=$(grep -c "restarting every rank .*failure 1 of at most 1 within 2s; back-off 0.2s" "$WORK/launch.log" || true)
+  [ "$n" == 2 ] || fail "expected 2 restarts, each the only failure in the window, got $n"
+  grep -q "^launch: rank [01] (pid [0-9]* on .*) was killed by signal 9" "$WORK/launch.log" ||
+    fail "the restart reason does not name the killed rank and signal"
+  grep -q "^launch: recovered from failure 2 in .*: detection .*, back-off .*, start to every rank joined .*, joined to first step" \
+    "$WORK/launch.log" || fail "no recovery timing line"
+  status_field "$run" "'\n'.join(e['message'] for e in s['events'])" > "$WORK/events.txt"
+  grep -q "failure 1 of at most 1 within 2s" "$WORK/events.txt" || fail "stride status does not show the restart reason"
+  grep -q "recovered from failure" "$WORK/events.txt" || fail "stride status does not show the recovery timing"
+  same_as_reference "$run"
+  no_orphans "$run"
+  echo "ok: two failures 2 s apart restarted under --max-restarts 1 --restart-window 2s; the job ended identical"
   ;;
 launcher_kill)
   run=$WORK/lk
