@@ -127,29 +127,9 @@ std::string secs(double s) {
   return buf;
 }
 
-// What the launcher reads from the coordinator's /status while a start runs (it owns the coordinator, so this is
-// in-process: no files, no output parsing).
-struct JobView {
-  uint64_t step = 0;     // rank 0's step (0 until it joined)
-  int64_t commits = 0;   // checkpoints committed by this coordinator
-  double silent_s = -1;  // the longest heartbeat silence of a rank declared dead (-1: none)
-};
-JobView view(const cluster::Coordinator& c) {
-  JobView v;
-  const auto j = nlohmann::json::parse(c.status_json(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return v;
-  v.step = j.value("step", uint64_t{0});
-  if (j.contains("checkpoint")) v.commits = j["checkpoint"].value("commits", int64_t{0});
-  for (const auto& r : j.value("ranks", nlohmann::json::array())) {
-    if (r.value("joined", false) && !r.value("alive", true) && r["last_heartbeat_age_s"].is_number()) {
-      v.silent_s = std::max(v.silent_s, r["last_heartbeat_age_s"].get<double>());
-    }
-  }
-  return v;
-}
+JobView view(const cluster::Coordinator& c) { return job_view(c.status_json()); }
 
 RankOutput* g_output = nullptr;  // the job's output while launch() runs (launcher/rank_output.h)
-
 void print(const std::string& line) {
   if (g_output) {
     g_output->print_line("launch: " + line);
@@ -160,6 +140,20 @@ void print(const std::string& line) {
 }
 
 }  // namespace
+
+JobView job_view(const std::string& status_json) {
+  JobView v;
+  const auto j = nlohmann::json::parse(status_json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return v;
+  v.step = j.value("step", uint64_t{0});
+  if (j.contains("checkpoint")) v.commits = j["checkpoint"].value("commits", int64_t{0});
+  for (const auto& r : j.value("ranks", nlohmann::json::array())) {
+    if (r.value("joined", false) && !r.value("alive", true) && r["last_heartbeat_age_s"].is_number()) {
+      v.silent_s = std::max(v.silent_s, r["last_heartbeat_age_s"].get<double>());
+    }
+  }
+  return v;
+}
 
 std::string rank_failure_from_output(const std::string& raw) {
   // mpirun: "mpirun noticed that process rank 1 with PID 4242 on node vm exited on signal 9 (Killed)."
@@ -384,6 +378,8 @@ int launch(LaunchOptions o) {
       const auto now = Clock::now();
       if (!stopping && !failed && first_death < 0) {
         coordinator.with_core([&](cluster::CoordinatorCore& core) {
+          // After a verdict, survivors exit because of it (ABORT): that is not the failure's time.
+          if (core.failure()) return;
           for (const auto& [host, rank_pid] : core.rank_processes()) {
             if (is_local_host(host) && rank_pid > 0 && !alive(static_cast<pid_t>(rank_pid))) {
               first_death = steady_seconds();

@@ -46,6 +46,14 @@ std::vector<std::string> rank_command(const LaunchOptions& o, bool resume);
 // What a line of mpirun's or srun's own output says about a rank that died ("rank 1 (pid 42 on vm) was killed
 // by signal 9 (Killed)"), or "" when it says nothing of the kind. Pure; unit-tested.
 std::string rank_failure_from_output(const std::string& line);
+// What the launcher reads from its coordinator's /status JSON while a start runs (it owns the coordinator, so
+// this is in-process: no files, no output parsing). Pure; unit-tested.
+struct JobView {
+  uint64_t step = 0;     // rank 0's step (0 until it joined)
+  int64_t commits = 0;   // checkpoints committed by this coordinator
+  double silent_s = -1;  // the longest heartbeat silence of a rank declared dead (-1: none)
+};
+JobView job_view(const std::string& status_json);
 // Which starter `auto` means here.
 std::string resolve_launcher(const LaunchOptions& o);
 

@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cluster/coordinator_core.h"
 #include "common/error.h"
 #include "launcher/launch.h"
 #include "launcher/restart_policy.h"
@@ -117,6 +118,43 @@ TEST(Launch, TheRankAndSignalOfADeadRankComeFromMpirunsVerdict) {
             "rank 0 (on node2) exited with code 75");
   EXPECT_EQ(rank_failure_from_output("[1,0]<stdout>:epoch 1/1 step 10/120 loss 2.1"), "");
   EXPECT_EQ(rank_failure_from_output("mpirun noticed that the job aborted, but has no info as to the process"), "");
+}
+
+// What the launcher reads from its coordinator: rank 0's step, the commits, and how long a rank declared dead
+// for silence had been silent (the failure time of a hang, for the detection timing).
+TEST(Launch, JobViewReadsStepCommitsAndTheSilenceOfADeadRank) {
+  cluster::CoreOptions o;
+  o.token = "secret";
+  o.world_size = 2;
+  o.heartbeat_timeout_s = 3.0;
+  o.checkpoint_root = std::filesystem::temp_directory_path() / ("stride-jobview-" + std::to_string(::getpid()));
+  cluster::CoordinatorCore core(o, 0.0, 1e9);
+  for (uint32_t r = 0; r < 2; ++r) {
+    proto::Hello h;
+    h.set_token("secret");
+    h.set_rank(r);
+    h.set_world_size(2);
+    h.set_host("testhost");
+    h.set_pid(1000 + r);
+    h.set_step(40);
+    ASSERT_EQ(core.admit(h, 0.0), "");
+  }
+  auto v = job_view(core.status_json(0.1));
+  EXPECT_EQ(v.step, 40u);
+  EXPECT_EQ(v.commits, 0);
+  EXPECT_EQ(v.silent_s, -1);
+  proto::Heartbeat hb;
+  hb.set_step(41);
+  core.heartbeat(1, hb, 0.5);  // rank 1's last word
+  for (double t = 1.0; t <= 4.0; t += 0.5) {
+    core.heartbeat(0, hb, t);
+    core.tick(t);
+  }
+  ASSERT_TRUE(core.failure().has_value());
+  v = job_view(core.status_json(4.0));
+  EXPECT_EQ(v.step, 41u);
+  EXPECT_NEAR(v.silent_s, 3.5, 1e-9);
+  EXPECT_EQ(job_view("not json").step, 0u);
 }
 
 // A clock the test moves by hand.
