@@ -109,5 +109,34 @@ TEST(Submit, ScriptRequeuesOnTheWarningSignalAndResumes) {
   EXPECT_THROW(sbatch_script(o, "/runs/r50", "/opt/stride"), std::exception);
 }
 
+TEST(Submit, SiteOptionsPassThroughAsSbatchLinesAndLineBreaksAreRefused) {
+  SubmitOptions o;
+  o.mem = "64G";
+  o.qos = "high";
+  o.constraint = "avx512&ib";
+  o.sbatch_lines = {"--exclusive", "--mail-type=END"};
+  const std::string s = sbatch_script(o, "/runs/r", "/opt/stride");
+  for (const char* want : {"#SBATCH --mem=64G\n", "#SBATCH --qos=high\n", "#SBATCH --constraint=avx512&ib\n",
+                           "#SBATCH --exclusive\n", "#SBATCH --mail-type=END\n"}) {
+    EXPECT_NE(s.find(want), std::string::npos) << want << "\n" << s;
+  }
+  // Every #SBATCH line comes before the first command: sbatch stops reading options there.
+  EXPECT_LT(s.find("#SBATCH --mail-type=END"), s.find("\nset -u"));
+  const auto usage = [](const SubmitOptions& bad, const std::string& want) {
+    try {
+      sbatch_script(bad, "/runs/r", "/opt/stride");
+      ADD_FAILURE() << "no error, wanted " << want;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  SubmitOptions two_lines = o;
+  two_lines.qos = "high\nrm -rf /";
+  usage(two_lines, "--qos must be one line");
+  SubmitOptions not_an_option = o;
+  not_an_option.sbatch_lines = {"exclusive"};
+  usage(not_an_option, "--sbatch-line 'exclusive'");
+}
+
 }  // namespace
 }  // namespace stride::launcher
