@@ -604,9 +604,8 @@ void write_endpoint_files(const Coordinator& coordinator, const std::string& run
   std::filesystem::remove(std::filesystem::path(run_dir) / "status.json", ec);  // an earlier start's final state
   storage::write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
   const std::string token_path = (std::filesystem::path(run_dir) / "job_token").string();
-  storage::write_file_atomic(token_path, coordinator.token() + "\n");
-  std::filesystem::permissions(token_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
-                               std::filesystem::perm_options::replace);
+  // Created 0600: the token authorises control, and run directories often live on shared file systems.
+  storage::write_file_atomic(token_path, coordinator.token() + "\n", 0600);
 }
 
 void write_final_status(const Coordinator& coordinator, const std::string& run_dir) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,7 @@
 #include "cluster/client.h"
 #include "cluster/coordinator.h"
 #include "cluster/wire.h"
+#include "storage/file_io.h"
 #include "tests/unit/test_util.h"
 
 namespace stride::cluster {
@@ -562,6 +564,38 @@ TEST(Coordinator, BadPeersAreRejectedAndTheServerKeepsServing) {
   CoordinatorClient client(co, nullptr);
   EXPECT_TRUE(client.wait_connected(5.0));
   EXPECT_FALSE(coord->failure());
+}
+
+// RUN/job_token authorises /checkpoint and /stop, and run directories are often shared: no moment may exist in
+// which another user could read it, whatever the umask (#17). A watcher stats the file and its temporary while
+// the endpoint files are written again and again.
+TEST(Coordinator, JobTokenIsCreatedPrivate) {
+  ScratchDir dir("token");
+  auto coord = start(dir.file("ckpt"), 1);
+  const std::string run = dir.file("run");
+  fs::create_directories(run);
+  const std::string token = (fs::path(run) / "job_token").string();
+  const std::string tmp = (fs::path(run) / ".job_token.tmp").string();
+  const mode_t old_umask = ::umask(0);
+  std::atomic<bool> done{false};
+  std::atomic<int> exposed{0};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      for (const auto& p : {token, tmp}) {
+        struct stat st {};
+        if (::stat(p.c_str(), &st) == 0 && (st.st_mode & 077) != 0) ++exposed;
+      }
+    }
+  });
+  for (int i = 0; i < 40; ++i) write_endpoint_files(*coord, run, coord->address(), false);
+  done = true;
+  watcher.join();
+  ::umask(old_umask);
+  EXPECT_EQ(exposed.load(), 0) << "job_token or its temporary was readable by group or others";
+  struct stat st {};
+  ASSERT_EQ(::stat(token.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(storage::read_file(token), coord->token() + "\n");
 }
 
 TEST(Coordinator, ClientsCheckpointStopAndSeeAPeerDie) {
