@@ -185,7 +185,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     void write_next() {
       if (queue.empty()) {
         writing = false;
-        if (closing) close();
+        if (closing) closed();  // a rejected connection leaves `sessions`: it must not count against the cap
         return;
       }
       writing = true;

@@ -566,6 +566,57 @@ TEST(Coordinator, BadPeersAreRejectedAndTheServerKeepsServing) {
   EXPECT_FALSE(coord->failure());
 }
 
+// Rejected connections (a port scan, a wrong token, ranks of an earlier start) must not use up the connection
+// cap (4 x world + 16): after three times that many, a restarted job's ranks still join (#17).
+TEST(Coordinator, RejectedConnectionsDoNotExhaustTheConnectionCap) {
+  ScratchDir dir("cap");
+  constexpr uint32_t kWorld = 2;
+  auto coord = start(dir.file("ckpt"), kWorld);
+  const uint16_t port = coord->port();
+  auto client = [&](uint32_t rank, uint32_t attempt) {
+    ClientOptions co;
+    co.address = coord->address();
+    co.token = coord->token();
+    co.rank = rank;
+    co.world_size = kWorld;
+    co.host = "h";
+    co.pid = 100 + rank + 10 * attempt;
+    co.attempt = attempt;
+    return std::make_unique<CoordinatorClient>(co, nullptr);
+  };
+  {
+    auto c0 = client(0, 0), c1 = client(1, 0);
+    ASSERT_TRUE(c0->wait_connected(5.0));
+    ASSERT_TRUE(c1->wait_connected(5.0));
+  }
+  coord->restart(kWorld, 1, "test restart");
+  proto::Envelope stale = hello(coord->token(), 0, kWorld);  // start 0 of the job: refused after the restart
+  const std::string bad[] = {std::string("\0\0\0\x06garbag", 10), encode_frame(hello("wrong", 0, kWorld)),
+                             encode_frame(stale)};
+  const int n = 3 * (4 * static_cast<int>(kWorld) + 16);
+  int64_t before = 0;
+  coord->with_core([&](CoordinatorCore& c) { before = c.rejected_connections; });
+  for (int i = 0; i < n; ++i) {
+    const int fd = raw_connect(port);
+    ASSERT_GE(fd, 0);
+    const std::string& b = bad[i % 3];
+    ::send(fd, b.data(), b.size(), MSG_NOSIGNAL);
+    const std::string reply = read_until_closed(fd);
+    FrameDecoder dec;  // each one is told why, not just dropped by the cap
+    dec.feed(reply.data(), reply.size());
+    auto e = dec.next();
+    ASSERT_TRUE(e.has_value()) << "connection " << i << " closed without a Reject";
+    EXPECT_EQ(e->body_case(), proto::Envelope::kReject);
+  }
+  int64_t after = 0;
+  coord->with_core([&](CoordinatorCore& c) { after = c.rejected_connections; });
+  EXPECT_EQ(after - before, n);
+  auto c0 = client(0, 1), c1 = client(1, 1);
+  EXPECT_TRUE(c0->wait_connected(5.0));
+  EXPECT_TRUE(c1->wait_connected(5.0));
+  EXPECT_FALSE(coord->failure());
+}
+
 // RUN/job_token authorises /checkpoint and /stop, and run directories are often shared: no moment may exist in
 // which another user could read it, whatever the umask (#17). A watcher stats the file and its temporary while
 // the endpoint files are written again and again.
