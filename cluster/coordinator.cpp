@@ -46,11 +46,14 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
   tcp::acceptor ranks_acceptor{ioc};
   tcp::acceptor http_acceptor{ioc};
   asio::steady_timer tick_timer{ioc};
+  asio::steady_timer ranks_accept_retry{ioc}, http_accept_retry{ioc};  // back-off after a failed accept
   std::thread thread;
   mutable std::mutex mu;  // guards core (the io thread and callers of the public methods)
   std::unique_ptr<CoordinatorCore> core;
   int http_port = -1;
   bool failure_reported = false;
+  bool accept_failing = false;  // io thread only: an accept failed, not yet one succeeded since
+  static constexpr int kAcceptRetryMs = 100;
 
   struct RankSession;
   std::map<uint32_t, std::shared_ptr<RankSession>> by_rank;  // io thread only
@@ -100,7 +103,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         if (ec) return self->closed();
         uint32_t n = 0;
         try {
-          n = frame_length(self->header);
+          n = frame_length(self->header, self->rank < 0 ? kMaxHelloFrameBytes : kMaxFrameBytes);
         } catch (const WireError& e) {
           return self->reject(e.what());
         }
@@ -432,6 +435,8 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       ranks_acceptor.close(ec);
       http_acceptor.close(ec);
       tick_timer.cancel();
+      ranks_accept_retry.cancel();
+      http_accept_retry.cancel();
       for (auto& s : sessions) s->close();
       for (auto* h : http_open) h->close();
     });
@@ -442,6 +447,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     ranks_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;
       if (!ec) {
+        self->accept_failing = false;
         const size_t cap = 4 * static_cast<size_t>(self->o.core.world_size) + 16;
         if (self->sessions.size() >= cap) {
           boost::system::error_code ignored;
@@ -454,6 +460,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
           session->start();
         }
       }
+      if (ec) return self->accept_later(self->ranks_accept_retry, ec, [self] { self->accept_ranks(); });
       self->accept_ranks();
     });
   }
@@ -462,6 +469,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     http_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;
       if (!ec) {
+        self->accept_failing = false;
         if (self->http_sessions >= self->o.max_http_connections) {
           boost::system::error_code ignored;
           s.close(ignored);
@@ -471,7 +479,24 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
           std::make_shared<HttpSession>(self.get(), std::move(s))->read();
         }
       }
+      if (ec) return self->accept_later(self->http_accept_retry, ec, [self] { self->accept_http(); });
       self->accept_http();
+    });
+  }
+
+  // An accept failed (EMFILE, ENFILE, ENOBUFS: out of descriptors or memory). Accepting again at once would fail
+  // again at once and spin the io thread; wait a little, and say so once per episode.
+  void accept_later(asio::steady_timer& timer, const boost::system::error_code& ec, std::function<void()> again) {
+    if (!accept_failing) {
+      accept_failing = true;
+      std::lock_guard<std::mutex> lock(mu);
+      core->note("warning",
+                 concat("accepting a connection failed: ", ec.message(), "; retrying every ", kAcceptRetryMs, " ms"),
+                 steady_now());
+    }
+    timer.expires_after(std::chrono::milliseconds(kAcceptRetryMs));
+    timer.async_wait([again = std::move(again)](const boost::system::error_code& e) {
+      if (!e) again();
     });
   }
 

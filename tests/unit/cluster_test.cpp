@@ -1,8 +1,10 @@
 // The coordinator: wire framing, liveness with a fake clock, the two-phase checkpoint commit (a rank dying at
 // every phase, a MANIFEST write failing at every operation), garbage collection, and the real server on
 // loopback (bad peers, clients, HTTP endpoint).
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -615,6 +617,94 @@ TEST(Coordinator, RejectedConnectionsDoNotExhaustTheConnectionCap) {
   EXPECT_TRUE(c0->wait_connected(5.0));
   EXPECT_TRUE(c1->wait_connected(5.0));
   EXPECT_FALSE(coord->failure());
+}
+
+// Before its Hello a connection is nobody: a first frame announcing 1 MiB is refused at once, without waiting
+// for (or allocating) its body, and the server keeps serving (#17).
+TEST(Coordinator, LargeFirstFrameIsRefusedBeforeHello) {
+  ScratchDir dir("bigframe");
+  auto coord = start(dir.file("ckpt"), 1);  // Hello timeout 10 s: a refusal within 4 s is the size check
+  const auto t0 = std::chrono::steady_clock::now();
+  const int fd = raw_connect(coord->port());
+  ASSERT_GE(fd, 0);
+  const uint32_t n = static_cast<uint32_t>(kMaxFrameBytes);
+  const char header[4] = {static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
+                          static_cast<char>(n)};
+  ASSERT_EQ(::send(fd, header, 4, MSG_NOSIGNAL), 4);
+  const std::string reply = read_until_closed(fd);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+  FrameDecoder dec;
+  dec.feed(reply.data(), reply.size());
+  auto e = dec.next();
+  ASSERT_TRUE(e.has_value()) << "no Reject for a 1 MiB first frame";
+  ASSERT_EQ(e->body_case(), proto::Envelope::kReject);
+  EXPECT_NE(e->reject().reason().find("exceeds the limit of 4096"), std::string::npos) << e->reject().reason();
+  ClientOptions co;
+  co.address = coord->address();
+  co.token = coord->token();
+  co.host = "h";
+  co.pid = 1;
+  CoordinatorClient client(co, nullptr);
+  EXPECT_TRUE(client.wait_connected(5.0));
+}
+
+// Out of file descriptors, the accept loop waits between tries instead of spinning on EMFILE, and accepts again
+// once descriptors are free (#17).
+TEST(Coordinator, AcceptBacksOffWhenOutOfDescriptors) {
+  ScratchDir dir("emfile");
+  auto coord = start(dir.file("ckpt"), 1);
+  const uint16_t port = coord->port();
+  rlimit old_limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old_limit), 0);
+  const int peer = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(peer, 0);
+  int open_fds = 0;
+  for (const auto& e : fs::directory_iterator("/proc/self/fd")) {
+    (void)e;
+    ++open_fds;
+  }
+  rlimit low = old_limit;
+  low.rlim_cur = static_cast<rlim_t>(open_fds + 8);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> fillers;  // every descriptor left: the server's accept fails with EMFILE
+  for (;;) {
+    const int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (f < 0) break;
+    fillers.push_back(f);
+  }
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const int rc = ::connect(peer, reinterpret_cast<sockaddr*>(&a), sizeof(a));  // completes in the backlog
+  rusage r0{}, r1{};
+  ::getrusage(RUSAGE_SELF, &r0);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ::getrusage(RUSAGE_SELF, &r1);
+  for (int f : fillers) ::close(f);
+  ::setrlimit(RLIMIT_NOFILE, &old_limit);
+  ASSERT_EQ(rc, 0);
+  auto cpu = [](const rusage& r) {
+    return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) +
+           static_cast<double>(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+  };
+  EXPECT_LT(cpu(r1) - cpu(r0), 0.25) << "the accept loop spun while out of descriptors";
+  // Descriptors are back: the waiting connection is accepted and served.
+  timeval tv{5, 0};
+  ::setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const std::string bad = encode_frame(hello("wrong", 0, 1));
+  ::send(peer, bad.data(), bad.size(), MSG_NOSIGNAL);
+  const std::string reply = read_until_closed(peer);
+  FrameDecoder dec;
+  dec.feed(reply.data(), reply.size());
+  auto e = dec.next();
+  ASSERT_TRUE(e.has_value()) << "the connection that waited out the EMFILE was not served";
+  EXPECT_EQ(e->body_case(), proto::Envelope::kReject);
+  bool noted = false;
+  coord->with_core([&](CoordinatorCore& c) {
+    for (const auto& ev : c.events()) noted |= ev.message.find("accepting a connection failed") != std::string::npos;
+  });
+  EXPECT_TRUE(noted);
 }
 
 // RUN/job_token authorises /checkpoint and /stop, and run directories are often shared: no moment may exist in
