@@ -256,10 +256,20 @@ void CoordinatorCore::try_commit(uint64_t step, double now) {
   }
   std::string path;
   try {
-    path = storage::commit_manifest(*o_.ops, o_.checkpoint_root, m, o_.keep);
+    path = storage::publish_manifest(*o_.ops, o_.checkpoint_root, m);
   } catch (const Error& e) {
     discard(step, concat("writing the MANIFEST failed: ", e.what()), now);
     return;
+  }
+  // Committed from here on: the checkpoint is valid on disk and `--resume auto` will use it, so what follows
+  // failing is logged, never a discard.
+  try {
+    storage::after_commit(*o_.ops, o_.checkpoint_root, step, o_.keep);
+  } catch (const Error& e) {
+    add_event("warning",
+              concat("checkpoint at step ", step,
+                     " is committed, but updating LATEST or removing old checkpoints failed: ", e.what()),
+              now);
   }
   uint64_t bytes = 0;
   double write_s = 0;

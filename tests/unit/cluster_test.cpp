@@ -355,14 +355,63 @@ TEST(CoordinatorCore, ManifestWriteFailingAtEveryOperationKeepsThePreviousCommit
     core.report(0, write_rank_files(root, 20, 0), 0.2);
     auto out = core.take_outbound();
     const uint64_t newest = newest_valid(root);
-    // Either the MANIFEST landed before the failure (committed, and said so) or the step was discarded.
-    if (has_command(out, proto::Command::COMMITTED, 20)) {
-      EXPECT_EQ(newest, 20u);
-    } else {
-      EXPECT_TRUE(has_command(out, proto::Command::DISCARDED, 20) || newest == 20u);
-      EXPECT_TRUE(newest == 10u || newest == 20u);
-    }
+    // Exactly one verdict, and it is the truth on disk: a failure while the MANIFEST is published (write,
+    // rename, the two directory fsyncs) discards the step and leaves step 10 the newest; a failure after it
+    // (LATEST, garbage collection) leaves step 20 committed, and the ranks are told so.
+    const bool committed = has_command(out, proto::Command::COMMITTED, 20);
+    const bool discarded = has_command(out, proto::Command::DISCARDED, 20);
+    EXPECT_NE(committed, discarded);
+    EXPECT_EQ(committed, fail > 4);
+    EXPECT_EQ(newest, committed ? 20u : 10u);
+    EXPECT_EQ(core.last_committed_step(), committed ? 20u : 10u);
     EXPECT_NO_THROW(verify_checkpoint(step_dir(root, newest)));
+  }
+}
+
+// LATEST or garbage collection failing after the MANIFEST rename: the checkpoint is valid on disk and a resume
+// will use it, so the step is reported committed and the failure is a warning, never a discard (#17).
+TEST(CoordinatorCore, FailureAfterTheManifestRenameStillCommits) {
+  struct AfterCommitFailingOps : FileOps {
+    bool fail_latest = false, fail_remove = false;
+    void write_file(const std::string& p, const std::string& b) override {
+      if (fail_latest && p.find("LATEST") != std::string::npos) throw Error(concat("cannot create ", p, ": EIO"));
+      FileOps::write_file(p, b);
+    }
+    void remove_all(const std::string& p) override {
+      if (fail_remove) throw Error(concat("cannot remove ", p, ": EIO"));
+      FileOps::remove_all(p);
+    }
+  };
+  for (const bool latest : {true, false}) {
+    SCOPED_TRACE(latest ? "LATEST fails" : "garbage collection fails");
+    ScratchDir dir("aftercommit");
+    const std::string root = dir.file("ckpt");
+    auto ops = std::make_shared<AfterCommitFailingOps>();
+    auto o = core_options(root, 1);
+    o.keep = 1;  // step 20's commit removes step 10
+    o.ops = ops;
+    CoordinatorCore core(o, 0.0, 1e9);
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+    core.report(0, write_rank_files(root, 10, 0), 0.1);
+    ASSERT_TRUE(has_command(core.take_outbound(), proto::Command::COMMITTED, 10));
+    ops->fail_latest = latest;
+    ops->fail_remove = !latest;
+    core.report(0, write_rank_files(root, 20, 0), 0.2);
+    const auto out = core.take_outbound();
+    EXPECT_TRUE(has_command(out, proto::Command::COMMITTED, 20));
+    EXPECT_FALSE(has_command(out, proto::Command::DISCARDED, 20));
+    EXPECT_EQ(core.last_committed_step(), 20u);
+    EXPECT_EQ(core.commits(), 2);
+    EXPECT_EQ(newest_valid(root), 20u);
+    EXPECT_EQ(lineage_head(root)->step, 20u);     // what `--resume auto` picks
+    EXPECT_TRUE(fs::exists(step_dir(root, 10)));  // left for a later commit's garbage collection
+    const auto status = nlohmann::json::parse(core.status_json(0.3));
+    EXPECT_EQ(status["checkpoint"]["discarded"], 0);
+    bool warned = false;
+    for (const auto& e : core.events()) {
+      warned |= e.level == "warning" && e.message.find("step 20 is committed, but") != std::string::npos;
+    }
+    EXPECT_TRUE(warned);
   }
 }
 
