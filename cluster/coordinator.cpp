@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <deque>
 #include <filesystem>
@@ -37,6 +38,25 @@ double steady_now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 double wall_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The host of a Host header value ("name", "name:port", "[::1]:port"), lower case, without a trailing dot.
+std::string host_of(const std::string& value) {
+  std::string h = value;
+  if (!h.empty() && h.front() == '[') {
+    const auto close = h.find(']');
+    h = close == std::string::npos ? h : h.substr(1, close - 1);
+  } else if (const auto colon = h.find(':');
+             colon != std::string::npos && h.find(':', colon + 1) == std::string::npos) {
+    h = h.substr(0, colon);
+  }
+  while (!h.empty() && h.back() == '.') h.pop_back();
+  return lower(h);
+}
 
 }  // namespace
 
@@ -287,7 +307,12 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         res.body() = std::move(body);
       };
       bool bad = false;
-      if (req.method() == http::verb::get || req.method() == http::verb::head) {
+      if (!host_allowed(req)) {
+        bad = true;
+        set(http::status::misdirected_request, "text/plain; charset=utf-8",
+            concat("misdirected request: this endpoint does not serve the host '", std::string(req[http::field::host]),
+                   "'\n"));
+      } else if (req.method() == http::verb::get || req.method() == http::verb::head) {
         std::lock_guard<std::mutex> lock(impl->mu);
         auto& core = *impl->core;
         // Rendered documents are reused for a quarter of a second: a dashboard or a scraper polling hard costs
@@ -353,6 +378,33 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       res.prepare_payload();
       if (head) res.body().clear();
       write(res.keep_alive());
+    }
+
+    // DNS rebinding: a page on evil.example whose name now resolves to this address sends Host: evil.example.
+    // Allowed: no Host (HTTP/1.0), the names of this machine and the ones configured, the status_bind address
+    // (status_url uses it) and the IP address the request arrived on. The port is not checked, so SSH tunnels
+    // and port forwarding keep working.
+    bool host_allowed(const http::request<http::string_body>& req) {
+      const auto it = req.find(http::field::host);
+      if (it == req.end()) return true;
+      const std::string h = host_of(std::string(it->value()));
+      if (h == "localhost" || h == "127.0.0.1" || h == "::1" || h == lower(local_hostname()) ||
+          h == host_of(impl->o.status_bind)) {
+        return true;
+      }
+      for (const auto& allowed : impl->o.status_hosts) {
+        if (h == host_of(allowed)) return true;
+      }
+      boost::system::error_code ec;
+      const auto local = stream.socket().local_endpoint(ec);
+      boost::system::error_code parse_ec;
+      const auto addr = asio::ip::make_address(h, parse_ec);
+      if (ec || parse_ec) return false;
+      auto here = local.address();
+      if (here.is_v6() && here.to_v6().is_v4_mapped()) {
+        here = asio::ip::make_address_v4(asio::ip::v4_mapped, here.to_v6());
+      }
+      return addr == here;
     }
 
     std::string remote() {

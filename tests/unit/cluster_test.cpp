@@ -899,8 +899,91 @@ TEST(Coordinator, HttpEndpointServesStatusMetricsAndGuardsControl) {
     read_until_closed(fd);
   }
   EXPECT_EQ(http_request("GET", url + "healthz").status, 200);
+  // Counted: the three refused control requests (no token, wrong token, DELETE) and the five junk requests.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // past the quarter-second render cache
   auto after = http_request("GET", url + "metrics").body;
-  EXPECT_EQ(after.find("stride_http_bad_requests_total 0"), std::string::npos);  // counted
+  EXPECT_NE(after.find("\nstride_http_bad_requests_total 8\n"), std::string::npos) << after;
+}
+
+// The first line of the answer to a raw HTTP request ("HTTP/1.1 421 Misdirected Request").
+std::string raw_http_status_line(uint16_t port, const std::string& request) {
+  const int fd = raw_connect(port);
+  EXPECT_GE(fd, 0);
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);
+  const std::string all = read_until_closed(fd);
+  return all.substr(0, all.find("\r\n"));
+}
+
+// DNS rebinding: a page whose name the attacker points at 127.0.0.1 sends its own name as Host. Only this
+// machine's names, the configured ones and the address the request came to are served, on any port (#17).
+TEST(Coordinator, HttpEndpointAnswersOnlyItsOwnHostNames) {
+  ScratchDir dir("host");
+  CoordinatorOptions o;
+  o.core = core_options(dir.file("ckpt"), 1);
+  o.status_port = 0;
+  o.status_hosts = {"stride-head.example.org"};
+  Coordinator coord(o);
+  const uint16_t port = static_cast<uint16_t>(coord.status_port());
+  ClientOptions co;
+  co.address = coord.address();
+  co.token = coord.token();
+  co.host = "h";
+  co.pid = 7;
+  CoordinatorClient client(co, nullptr);
+  ASSERT_TRUE(client.wait_connected(5.0));
+  auto get = [&](const std::string& host_line, const std::string& method = "GET", const std::string& path = "/status",
+                 const std::string& extra = "") {
+    return raw_http_status_line(
+        port, concat(method, " ", path, " HTTP/1.1\r\n", host_line, extra, "Connection: close\r\n\r\n"));
+  };
+  const std::string p = std::to_string(port);
+  for (const std::string& host : std::vector<std::string>{
+           "localhost", "localhost:" + p, "LOCALHOST:" + p, "127.0.0.1:" + p, "[::1]:" + p, "127.0.0.1:9999",
+           "stride-head.example.org", "stride-head.example.org.:80", local_hostname() + ":" + p}) {
+    EXPECT_EQ(get(concat("Host: ", host, "\r\n")), "HTTP/1.1 200 OK") << host;
+  }
+  EXPECT_EQ(get(""), "HTTP/1.1 200 OK") << "no Host header";
+  for (const std::string& host :
+       std::vector<std::string>{"evil.example", "evil.example:" + p, "127.0.0.2", "localhost.evil.example",
+                                "stride-head.example.org.evil.example", "[::2]:" + p}) {
+    EXPECT_EQ(get(concat("Host: ", host, "\r\n")), "HTTP/1.1 421 Misdirected Request") << host;
+    EXPECT_EQ(get(concat("Host: ", host, "\r\n"), "GET", "/metrics"), "HTTP/1.1 421 Misdirected Request") << host;
+  }
+  // Control from a rebound page is refused before the token is even looked at.
+  EXPECT_EQ(get("Host: evil.example\r\n", "POST", "/stop",
+                concat("Authorization: Bearer ", coord.token(), "\r\nContent-Length: 0\r\n")),
+            "HTTP/1.1 421 Misdirected Request");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(client.stop_requested());
+  EXPECT_EQ(http_request("GET", coord.status_url() + "healthz").status, 200);  // the client sends a good Host
+}
+
+// Counters and steps are exact in /metrics: the default stream precision printed 1234567 as 1.23457e+06 (#17).
+TEST(CoordinatorCore, MetricsPrintIntegersExactly) {
+  ScratchDir dir("metrics");
+  CoordinatorCore core(core_options(dir.file("ckpt"), 1), 0.0, 1e9);
+  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+  proto::Heartbeat hb;
+  hb.set_step(1234567);
+  hb.set_total_steps(98765432101ull);
+  hb.set_epoch(1234567);
+  hb.set_loss(0.1);
+  hb.set_img_per_s(1234567.5);
+  hb.set_step_time_s(0.001234);
+  core.heartbeat(0, hb, 0.5);
+  core.rejected_connections = 12345678;
+  core.http_bad_requests = 9876543;
+  const std::string m = core.metrics_text(1.0);
+  for (const char* line :
+       {"\nstride_step 1234567\n", "\nstride_total_steps 98765432101\n", "\nstride_epoch 1234567\n",
+        "\nstride_rejected_connections_total 12345678\n", "\nstride_http_bad_requests_total 9876543\n",
+        "\nstride_rank_step{rank=\"0\",host=\"testhost\"} 1234567\n", "\nstride_loss 0.1\n",
+        "\nstride_images_per_second 1234567.5\n", "\nstride_world_size 1\n", "\nstride_up 1\n",
+        "\nstride_rank_step_seconds{rank=\"0\",host=\"testhost\"} 0.001234\n"}) {
+    EXPECT_NE(m.find(line), std::string::npos) << line << " missing in\n" << m;
+  }
+  EXPECT_EQ(m.find("e+"), std::string::npos) << m;
 }
 
 }  // namespace
