@@ -110,7 +110,7 @@ sigstop)
   echo "$line" | grep -q "rank 1 on $(hostname) (pid $pid1) is dead: no heartbeat for 3\.[0-9] s (last step [0-9]*)" ||
     fail "the report does not name rank, host, pid and last step"
   grep -q "exit code 75\|rank 0: the coordinator stopped the job" "$WORK/run.log" || fail "rank 0 was not told to stop"
-  [ "$rc" != 0 ] || fail "the job exited 0"
+  [ "$rc" == 75 ] || fail "the job exited $rc, not 75 (EX_TEMPFAIL, as the README promises)"
   $PY -c "import sys; d=$t1-$t0; print(f'job ended {d:.1f} s after the SIGSTOP'); sys.exit(0 if d < 15 else 1)" ||
     fail "detection took too long"
   ;;
