@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 
+#include "cluster/coordinator.h"
 #include "common/error.h"
 #include "launcher/launch.h"
 #include "launcher/submit.h"
@@ -40,6 +41,47 @@ TEST(Launch, MpirunCommandCarriesHostsNetworkAndTheCoordinatorEnvironment) {
   const std::string again = joined(rank_command(o, /*resume=*/true));
   EXPECT_NE(again.find("/opt/stride train --model resnet20 --resume auto"), std::string::npos) << again;
   EXPECT_EQ(again.find("step-00000010"), std::string::npos) << again;
+}
+
+// A multi-host job's rank listener binds the address the ranks are told to use, not every interface (#17).
+TEST(Launch, MultiHostRankListenerBindsTheCoordinatorAddress) {
+  LaunchOptions o;
+  std::string warning;
+  EXPECT_EQ(coordinator_bind_address(o, /*remote=*/false, &warning), "127.0.0.1");
+  EXPECT_EQ(warning, "");
+  o.coordinator_host = "127.0.0.1";  // an address of this host (lo)
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "127.0.0.1");
+  EXPECT_EQ(warning, "");
+  o.coordinator_host = "localhost";  // a name, resolved to one of this host's addresses
+  const std::string by_name = coordinator_bind_address(o, true, &warning);
+  EXPECT_TRUE(by_name == "127.0.0.1" || by_name == "::1") << by_name;
+  EXPECT_EQ(warning, "");
+  o.coordinator_host.clear();
+  o.iface = "127.0.0.0/8";  // --iface as a network
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "127.0.0.1");
+  o.iface = "lo";  // --iface as an interface name
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "127.0.0.1");
+  EXPECT_EQ(warning, "");
+  // The address must be this host's; otherwise every interface, and a warning naming the flag.
+  o.iface.clear();
+  o.coordinator_host = "0.0.0.1";  // no interface can have it
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "0.0.0.0");
+  EXPECT_NE(warning.find("--coordinator-host 0.0.0.1 (0.0.0.1) is not an address of this host"), std::string::npos)
+      << warning;
+  o.coordinator_host.clear();
+  o.iface = "0.0.0.0/32";  // a network with no address of this host
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "0.0.0.0");
+  EXPECT_NE(warning.find("--iface 0.0.0.0/32"), std::string::npos) << warning;
+  o.iface.clear();
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "0.0.0.0");
+  EXPECT_NE(warning.find("--coordinator-host"), std::string::npos) << warning;
+  // And the coordinator listens there: a real bind of the chosen address.
+  o.coordinator_host = "127.0.0.1";
+  cluster::CoordinatorOptions co;
+  co.bind = coordinator_bind_address(o, true, &warning);
+  co.status_port = -1;
+  cluster::Coordinator coordinator(co);
+  EXPECT_EQ(coordinator.address(), concat("127.0.0.1:", coordinator.port()));
 }
 
 TEST(Launch, InsideASlurmAllocationRanksStartWithSrunPmix) {
