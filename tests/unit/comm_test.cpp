@@ -2,9 +2,15 @@
 // real MPI ranks in tests/mpi.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <thread>
 
 #include "comm/local/local_communicator.h"
+#ifdef STRIDE_WITH_MPI
+#include "comm/mpi/mpi_communicator.h"
+#endif
+#include "common/env.h"
 #include "tests/common/comm_checks.h"
 
 namespace stride::testing {
@@ -329,6 +335,52 @@ TEST(SyncBatchNorm, ConvertsEveryNormLayerAndBack) {
   EXPECT_EQ(comm::convert_sync_batchnorm(*model, c), 19);
   EXPECT_EQ(comm::convert_sync_batchnorm(*model, nullptr), 19);
 }
+
+TEST(EnvInteger, AcceptsWholeNumbersInRangeAndNamesTheVariableOtherwise) {
+  EXPECT_EQ(parse_env_integer("STRIDE_X", "256", 1, 1024), 256);
+  EXPECT_EQ(parse_env_integer("STRIDE_X", "0", 0, 1), 0);
+  EXPECT_EQ(parse_env_integer("STRIDE_X", "-3", -5, 5), -3);
+  for (const std::string bad :
+       {"abc", "12k", "1.5", " 3", "3 ", "+3", "-", "0x10", "2048", "0", "99999999999999999999"}) {
+    SCOPED_TRACE(bad);
+    try {
+      parse_env_integer("STRIDE_X", bad, 1, 1024);
+      ADD_FAILURE() << "accepted";
+    } catch (const UsageError& e) {
+      EXPECT_EQ(std::string(e.what()), "STRIDE_X must be a whole number from 1 to 1024, not '" + bad + "'");
+    }
+  }
+  ::setenv("STRIDE_TEST_ENV_INTEGER", "", 1);
+  EXPECT_EQ(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), std::nullopt);
+  ::setenv("STRIDE_TEST_ENV_INTEGER", "7", 1);
+  EXPECT_EQ(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), 7);
+  ::setenv("STRIDE_TEST_ENV_INTEGER", "seven", 1);
+  EXPECT_THROW(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), UsageError);
+  ::unsetenv("STRIDE_TEST_ENV_INTEGER");
+  EXPECT_EQ(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), std::nullopt);
+}
+
+#ifdef STRIDE_WITH_MPI
+// A malformed STRIDE_SHM* value stops the communicator before MPI starts, naming the variable (it used to be
+// read with atoi: STRIDE_SHM_STAGING_KB=abc meant 0 bytes, and shared memory was silently off).
+TEST(MpiEnvironment, MalformedShmVariablesStopTheCommunicatorNamingThem) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"STRIDE_SHM_STAGING_KB", "abc"},    {"STRIDE_SHM_STAGING_KB", "0"}, {"STRIDE_SHM_SPIN_US", "50us"},
+      {"STRIDE_SHM_CALLER_SPIN_US", "-1"}, {"STRIDE_SHM", "no"},           {"STRIDE_SHM_WAIT", "spinn"}};
+  for (const auto& [name, value] : cases) {
+    SCOPED_TRACE(name + "=" + value);
+    ::setenv(name.c_str(), value.c_str(), 1);
+    try {
+      comm::MpiCommunicator::create(1);
+      ADD_FAILURE() << "the communicator started";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("'" + value + "'"), std::string::npos) << e.what();
+    }
+    ::unsetenv(name.c_str());
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace stride::testing
