@@ -331,9 +331,30 @@ TEST(SyncBatchNorm, DataParallelResNetEqualsOneProcessOnTheWholeBatch) {
 
 TEST(SyncBatchNorm, ConvertsEveryNormLayerAndBack) {
   auto model = models::make_model("resnet20", {});
-  auto c = comm::LocalWorld::create(1)->communicator(0);
-  EXPECT_EQ(comm::convert_sync_batchnorm(*model, c), 19);
+  model->train();
+  auto recorder = std::make_shared<RecordingCommunicator>(comm::LocalWorld::create(1)->communicator(0));
+  auto norms = [&] {
+    std::vector<models::Norm2dImpl*> out;
+    for (auto& m : model->modules()) {
+      if (auto* norm = dynamic_cast<models::Norm2dImpl*>(m.get())) out.push_back(norm);
+    }
+    return out;
+  };
+  ASSERT_EQ(norms().size(), 19u);
+  const auto x = torch::randn({2, 3, 32, 32});
+
+  EXPECT_EQ(comm::convert_sync_batchnorm(*model, recorder), 19);
+  for (auto* norm : norms()) EXPECT_NE(dynamic_cast<comm::SyncBatchNorm*>(norm->sync().get()), nullptr);
+  model->forward(x);
+  auto calls = recorder->calls();
+  EXPECT_EQ(std::count_if(calls.begin(), calls.end(), [](const auto& c) { return c.first == "allgather"; }), 19)
+      << "a training forward of a synchronised model gathers statistics once per norm layer";
+
+  recorder->clear();
   EXPECT_EQ(comm::convert_sync_batchnorm(*model, nullptr), 19);
+  for (auto* norm : norms()) EXPECT_EQ(norm->sync(), nullptr);
+  model->forward(x);
+  EXPECT_TRUE(recorder->calls().empty()) << "converted back, the layers must not communicate";
 }
 
 TEST(EnvInteger, AcceptsWholeNumbersInRangeAndNamesTheVariableOtherwise) {
