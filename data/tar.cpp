@@ -195,8 +195,9 @@ std::vector<TarMember> scan_tar(const std::string& path) {
             bool valid = !value.empty() && value.size() <= 20;
             uint64_t v = 0;
             for (char c : value) {
-              valid = valid && c >= '0' && c <= '9' && v <= (UINT64_MAX - 9) / 10;
-              if (valid) v = v * 10 + static_cast<uint64_t>(c - '0');
+              const uint64_t digit = static_cast<uint64_t>(c - '0');
+              valid = valid && c >= '0' && c <= '9' && v <= (UINT64_MAX - digit) / 10;
+              if (valid) v = v * 10 + digit;
             }
             if (!valid) fail(concat("malformed pax size record 'size=", value, "'"));
             has_pax_size = true;
