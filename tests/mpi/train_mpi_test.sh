@@ -5,7 +5,7 @@
 #  2. the same run killed (mpirun and its ranks, SIGKILL) after a checkpoint and resumed with --resume auto ends
 #     with model and optimizer state bitwise identical to the uninterrupted run;
 #  3. the 2-rank checkpoint resumes on 1 rank with the same global batch (64 per rank instead of 32);
-#  4. a misspelt STRIDE_SHM_WAIT stops a 2-rank job with a clear error;
+#  4. a misspelt STRIDE_SHM_WAIT, or a malformed STRIDE_SHM_STAGING_KB, stops a 2-rank job with a clear error;
 #  5. `stride bench step --interleave default,mpi` with shared memory turned off fails before the model is built.
 #   train_mpi_test.sh STRIDE_BINARY WORK_DIR MPIRUN [MPIRUN FLAGS...]
 set -euo pipefail
@@ -75,6 +75,14 @@ STRIDE_SHM_WAIT=spinn "${MPIRUN[@]}" -np 2 -x STRIDE_SHM_WAIT "$STRIDE" train "$
 grep -q "STRIDE_SHM_WAIT must be auto, spin or sleep, not 'spinn'" "$WORK/badenv.log" ||
   { echo "FAIL: no clear error for STRIDE_SHM_WAIT"; cat "$WORK/badenv.log"; exit 1; }
 [ ! -d "$WORK/badenv/checkpoints" ] || { echo "FAIL: the job trained"; exit 1; }
+echo "== a malformed STRIDE_SHM_STAGING_KB stops the job naming it (it used to turn shared memory off silently)"
+rc=0
+STRIDE_SHM_STAGING_KB=abc "${MPIRUN[@]}" -np 2 -x STRIDE_SHM_STAGING_KB "$STRIDE" train "${common[@]}" --max-steps 5 \
+  --batch-size 32 --output-dir "$WORK/badkb" > "$WORK/badkb.log" 2>&1 || rc=$?
+[[ $rc != 0 ]] || { echo "FAIL: the job ran with STRIDE_SHM_STAGING_KB=abc"; exit 1; }
+grep -q "STRIDE_SHM_STAGING_KB must be a whole number from 1 to 1048576, not 'abc'" "$WORK/badkb.log" ||
+  { echo "FAIL: no clear error for STRIDE_SHM_STAGING_KB"; cat "$WORK/badkb.log"; exit 1; }
+[ ! -d "$WORK/badkb/checkpoints" ] || { echo "FAIL: the job trained"; exit 1; }
 
 echo "== --interleave ...,mpi without shared memory is a usage error (exit code 2) before the model is built"
 rc=0

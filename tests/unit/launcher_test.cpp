@@ -147,8 +147,13 @@ TEST(Submit, ScriptRequeuesOnTheWarningSignalAndResumes) {
   EXPECT_NE(a.find("#SBATCH --array=0-3\n"), std::string::npos);
   EXPECT_NE(a.find("--output-dir '/runs/r50'/task-${SLURM_ARRAY_TASK_ID}"), std::string::npos) << a;
   EXPECT_NE(a.find("%x-%A_%a.out"), std::string::npos);
-  o.nodes = 0;
-  EXPECT_THROW(sbatch_script(o, "/runs/r50", "/opt/stride"), std::exception);
+  o.nodes = 0;  // a usage error (exit code 2) naming the flags, not any exception
+  try {
+    sbatch_script(o, "/runs/r50", "/opt/stride");
+    ADD_FAILURE() << "--nodes 0 was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_STREQ(e.what(), "--nodes and --ntasks-per-node must be positive");
+  }
 }
 
 TEST(Submit, SiteOptionsPassThroughAsSbatchLinesAndLineBreaksAreRefused) {
