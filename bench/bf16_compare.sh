@@ -15,10 +15,13 @@ CASES=${2:-resnet20,resnet50}
 STRIDE=${STRIDE:-build/stride}
 PY=/usr/bin/python3
 TCMALLOC=${TCMALLOC:-/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4}
+JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
 [ -f "$TCMALLOC" ] || { echo "bf16_compare: $TCMALLOC missing (apt-get install libgoogle-perftools4)" >&2; exit 2; }
+[ -f "$JEMALLOC" ] || { echo "bf16_compare: $JEMALLOC missing (apt-get install libjemalloc2)" >&2; exit 2; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPI=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS)
 MPI_TC=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x LD_PRELOAD="$TCMALLOC")
+MPI_JE=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x LD_PRELOAD="$JEMALLOC")
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
@@ -51,6 +54,10 @@ run_variant() {
     # DDP: a fresh rendezvous port each time (a port in TIME_WAIT can stall gloo's store); without and with tcmalloc.
     ddp-fp32) line=$(timeout 900 "${MPI_TC[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 \
                        --port $((20000 + RANDOM % 20000)) 2>"$OUT/err" | grep '^{') ;;
+    ddp-fp32-plain) line=$(timeout 900 "${MPI[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 \
+                       --port $((20000 + RANDOM % 20000)) 2>"$OUT/err" | grep '^{') ;;
+    ddp-fp32-je) line=$(timeout 900 "${MPI_JE[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 \
+                       --port $((20000 + RANDOM % 20000)) 2>"$OUT/err" | grep '^{') ;;
     ddp-bf16-plain) line=$(timeout 900 "${MPI[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 --amp \
                        --port $((20000 + RANDOM % 20000)) 2>"$OUT/err" | grep '^{') ;;
     ddp-bf16) line=$(timeout 900 "${MPI_TC[@]}" $PY bench/torch_ddp_step.py "${args[@]}" --threads 1 --amp \
@@ -63,8 +70,13 @@ run_variant() {
   echo "$line"
 }
 
-VARIANTS=(stride-fp32 stride-bf16 stride-bf16-cl torch-fp32 torch-bf16 torch-bf16-cl
-          dp-stride-fp32 dp-stride-bf16 dp-stride-bf16-cl ddp-fp32 ddp-bf16-plain ddp-bf16 ddp-bf16-cl)
+# VARIANTS="a b ..." runs a subset (bench/ddp_ratio.sh does), in the order given.
+if [ -n "${VARIANTS:-}" ]; then
+  read -r -a VARIANTS <<< "$VARIANTS"
+else
+  VARIANTS=(stride-fp32 stride-bf16 stride-bf16-cl torch-fp32 torch-bf16 torch-bf16-cl
+            dp-stride-fp32 dp-stride-bf16 dp-stride-bf16-cl ddp-fp32 ddp-bf16-plain ddp-bf16 ddp-bf16-cl)
+fi
 run_case() {
   local label=$1; shift
   for r in $(seq 1 "$ROUNDS"); do
@@ -112,6 +124,8 @@ RATIOS = [
     ("Stride bf16 / Stride fp32", ("dp-stride-bf16", "dp-stride-fp32")),
     ("Stride bf16+CL / Stride fp32", ("dp-stride-bf16-cl", "dp-stride-fp32")),
     ("Stride fp32 / DDP fp32 (tcmalloc)", ("dp-stride-fp32", "ddp-fp32")),
+    ("Stride fp32 / DDP fp32 (jemalloc)", ("dp-stride-fp32", "ddp-fp32-je")),
+    ("Stride fp32 / DDP fp32 (glibc malloc)", ("dp-stride-fp32", "ddp-fp32-plain")),
     ("Stride bf16 / DDP bf16 (no tcmalloc)", ("dp-stride-bf16", "ddp-bf16-plain")),
     ("Stride bf16 / DDP bf16 (tcmalloc)   [target >= 1.25]", ("dp-stride-bf16", "ddp-bf16")),
     ("Stride bf16+CL / DDP bf16 (tcmalloc)", ("dp-stride-bf16-cl", "ddp-bf16")),

@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <deque>
 #include <filesystem>
@@ -38,6 +39,25 @@ double steady_now() {
 }
 double wall_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The host of a Host header value ("name", "name:port", "[::1]:port"), lower case, without a trailing dot.
+std::string host_of(const std::string& value) {
+  std::string h = value;
+  if (!h.empty() && h.front() == '[') {
+    const auto close = h.find(']');
+    h = close == std::string::npos ? h : h.substr(1, close - 1);
+  } else if (const auto colon = h.find(':');
+             colon != std::string::npos && h.find(':', colon + 1) == std::string::npos) {
+    h = h.substr(0, colon);
+  }
+  while (!h.empty() && h.back() == '.') h.pop_back();
+  return lower(h);
+}
+
 }  // namespace
 
 struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
@@ -46,11 +66,14 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
   tcp::acceptor ranks_acceptor{ioc};
   tcp::acceptor http_acceptor{ioc};
   asio::steady_timer tick_timer{ioc};
+  asio::steady_timer ranks_accept_retry{ioc}, http_accept_retry{ioc};  // back-off after a failed accept
   std::thread thread;
   mutable std::mutex mu;  // guards core (the io thread and callers of the public methods)
   std::unique_ptr<CoordinatorCore> core;
   int http_port = -1;
   bool failure_reported = false;
+  bool accept_failing = false;  // io thread only: an accept failed, not yet one succeeded since
+  static constexpr int kAcceptRetryMs = 100;
 
   struct RankSession;
   std::map<uint32_t, std::shared_ptr<RankSession>> by_rank;  // io thread only
@@ -100,7 +123,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         if (ec) return self->closed();
         uint32_t n = 0;
         try {
-          n = frame_length(self->header);
+          n = frame_length(self->header, self->rank < 0 ? kMaxHelloFrameBytes : kMaxFrameBytes);
         } catch (const WireError& e) {
           return self->reject(e.what());
         }
@@ -185,7 +208,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     void write_next() {
       if (queue.empty()) {
         writing = false;
-        if (closing) close();
+        if (closing) closed();  // a rejected connection leaves `sessions`: it must not count against the cap
         return;
       }
       writing = true;
@@ -284,7 +307,12 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         res.body() = std::move(body);
       };
       bool bad = false;
-      if (req.method() == http::verb::get || req.method() == http::verb::head) {
+      if (!host_allowed(req)) {
+        bad = true;
+        set(http::status::misdirected_request, "text/plain; charset=utf-8",
+            concat("misdirected request: this endpoint does not serve the host '", std::string(req[http::field::host]),
+                   "'\n"));
+      } else if (req.method() == http::verb::get || req.method() == http::verb::head) {
         std::lock_guard<std::mutex> lock(impl->mu);
         auto& core = *impl->core;
         // Rendered documents are reused for a quarter of a second: a dashboard or a scraper polling hard costs
@@ -350,6 +378,33 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       res.prepare_payload();
       if (head) res.body().clear();
       write(res.keep_alive());
+    }
+
+    // DNS rebinding: a page on evil.example whose name now resolves to this address sends Host: evil.example.
+    // Allowed: no Host (HTTP/1.0), the names of this machine and the ones configured, the status_bind address
+    // (status_url uses it) and the IP address the request arrived on. The port is not checked, so SSH tunnels
+    // and port forwarding keep working.
+    bool host_allowed(const http::request<http::string_body>& req) {
+      const auto it = req.find(http::field::host);
+      if (it == req.end()) return true;
+      const std::string h = host_of(std::string(it->value()));
+      if (h == "localhost" || h == "127.0.0.1" || h == "::1" || h == lower(local_hostname()) ||
+          h == host_of(impl->o.status_bind)) {
+        return true;
+      }
+      for (const auto& allowed : impl->o.status_hosts) {
+        if (h == host_of(allowed)) return true;
+      }
+      boost::system::error_code ec;
+      const auto local = stream.socket().local_endpoint(ec);
+      boost::system::error_code parse_ec;
+      const auto addr = asio::ip::make_address(h, parse_ec);
+      if (ec || parse_ec) return false;
+      auto here = local.address();
+      if (here.is_v6() && here.to_v6().is_v4_mapped()) {
+        here = asio::ip::make_address_v4(asio::ip::v4_mapped, here.to_v6());
+      }
+      return addr == here;
     }
 
     std::string remote() {
@@ -432,6 +487,8 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       ranks_acceptor.close(ec);
       http_acceptor.close(ec);
       tick_timer.cancel();
+      ranks_accept_retry.cancel();
+      http_accept_retry.cancel();
       for (auto& s : sessions) s->close();
       for (auto* h : http_open) h->close();
     });
@@ -442,6 +499,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     ranks_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;
       if (!ec) {
+        self->accept_failing = false;
         const size_t cap = 4 * static_cast<size_t>(self->o.core.world_size) + 16;
         if (self->sessions.size() >= cap) {
           boost::system::error_code ignored;
@@ -454,6 +512,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
           session->start();
         }
       }
+      if (ec) return self->accept_later(self->ranks_accept_retry, ec, [self] { self->accept_ranks(); });
       self->accept_ranks();
     });
   }
@@ -462,6 +521,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     http_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;
       if (!ec) {
+        self->accept_failing = false;
         if (self->http_sessions >= self->o.max_http_connections) {
           boost::system::error_code ignored;
           s.close(ignored);
@@ -471,7 +531,24 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
           std::make_shared<HttpSession>(self.get(), std::move(s))->read();
         }
       }
+      if (ec) return self->accept_later(self->http_accept_retry, ec, [self] { self->accept_http(); });
       self->accept_http();
+    });
+  }
+
+  // An accept failed (EMFILE, ENFILE, ENOBUFS: out of descriptors or memory). Accepting again at once would fail
+  // again at once and spin the io thread; wait a little, and say so once per episode.
+  void accept_later(asio::steady_timer& timer, const boost::system::error_code& ec, std::function<void()> again) {
+    if (!accept_failing) {
+      accept_failing = true;
+      std::lock_guard<std::mutex> lock(mu);
+      core->note("warning",
+                 concat("accepting a connection failed: ", ec.message(), "; retrying every ", kAcceptRetryMs, " ms"),
+                 steady_now());
+    }
+    timer.expires_after(std::chrono::milliseconds(kAcceptRetryMs));
+    timer.async_wait([again = std::move(again)](const boost::system::error_code& e) {
+      if (!e) again();
     });
   }
 
@@ -604,9 +681,8 @@ void write_endpoint_files(const Coordinator& coordinator, const std::string& run
   std::filesystem::remove(std::filesystem::path(run_dir) / "status.json", ec);  // an earlier start's final state
   storage::write_file_atomic((std::filesystem::path(run_dir) / "coordinator.json").string(), info.dump(2) + "\n");
   const std::string token_path = (std::filesystem::path(run_dir) / "job_token").string();
-  storage::write_file_atomic(token_path, coordinator.token() + "\n");
-  std::filesystem::permissions(token_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
-                               std::filesystem::perm_options::replace);
+  // Created 0600: the token authorises control, and run directories often live on shared file systems.
+  storage::write_file_atomic(token_path, coordinator.token() + "\n", 0600);
 }
 
 void write_final_status(const Coordinator& coordinator, const std::string& run_dir) {

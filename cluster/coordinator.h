@@ -1,7 +1,8 @@
 // The job coordinator: a Boost.Asio server on its own thread and io_context that ranks connect to
 // (length-prefixed protobuf frames, cluster/wire.h) and the HTTP status endpoint (Boost.Beast): GET /status,
 // /history, /metrics (Prometheus), /healthz, / (dashboard); POST /checkpoint and /stop with
-// "Authorization: Bearer <job token>". Both listen on 127.0.0.1 unless told otherwise.
+// "Authorization: Bearer <job token>". Both listen on 127.0.0.1 unless told otherwise; the status endpoint
+// answers only requests whose Host header names this machine (CoordinatorOptions::status_hosts).
 //
 // The logic (liveness, checkpoint commit, what the endpoint shows) is CoordinatorCore; this class owns the
 // sockets and feeds it. Bad peers (wrong token, oversized or malformed frames, unknown ranks, silent
@@ -14,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cluster/coordinator_core.h"
 
@@ -26,6 +28,10 @@ struct CoordinatorOptions {
   std::string status_bind = "127.0.0.1";
   int status_port = 0;               // -1: no HTTP endpoint; 0: any free port
   bool status_port_fallback = true;  // the port is taken: use a free one (and say so) instead of failing
+  // Host names the status endpoint answers to besides localhost, 127.0.0.1, ::1, this machine's name,
+  // status_bind and the address a request arrived on (any port: SSH tunnels keep working). Any other Host header gets
+  // 421 Misdirected Request, so a web page that rebinds its own name to this address cannot read or control the job.
+  std::vector<std::string> status_hosts;
   size_t max_http_connections = 64;
   double hello_timeout_s = 10.0;  // a connection must authenticate within this
   double http_timeout_s = 10.0;

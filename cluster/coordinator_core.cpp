@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 
@@ -28,6 +29,21 @@ proto::Command command(proto::Command::Kind kind, uint64_t step = 0, const std::
 std::string fixed(double v, int digits = 1) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+// Sample values in the Prometheus text format: integers (counters, steps) exactly, other values with the
+// fewest digits that read back as the same double (never 1.23457e+06 for 1234567).
+std::string prom_value(int64_t v) { return std::to_string(v); }
+std::string prom_value(uint64_t v) { return std::to_string(v); }
+std::string prom_value(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  char buf[64];
+  for (int digits = 15; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
   return buf;
 }
 
@@ -256,10 +272,20 @@ void CoordinatorCore::try_commit(uint64_t step, double now) {
   }
   std::string path;
   try {
-    path = storage::commit_manifest(*o_.ops, o_.checkpoint_root, m, o_.keep);
+    path = storage::publish_manifest(*o_.ops, o_.checkpoint_root, m);
   } catch (const Error& e) {
     discard(step, concat("writing the MANIFEST failed: ", e.what()), now);
     return;
+  }
+  // Committed from here on: the checkpoint is valid on disk and `--resume auto` will use it, so what follows
+  // failing is logged, never a discard.
+  try {
+    storage::after_commit(*o_.ops, o_.checkpoint_root, step, o_.keep);
+  } catch (const Error& e) {
+    add_event("warning",
+              concat("checkpoint at step ", step,
+                     " is committed, but updating LATEST or removing old checkpoints failed: ", e.what()),
+              now);
   }
   uint64_t bytes = 0;
   double write_s = 0;
@@ -387,53 +413,53 @@ std::string CoordinatorCore::history_json() const {
 
 std::string CoordinatorCore::metrics_text(double now) const {
   std::string out;
-  auto gauge = [&](const char* name, const char* help, double v, const char* type = "gauge") {
+  auto metric = [&](const char* name, const char* help, const std::string& v, const char* type) {
     out += concat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ", v, "\n");
   };
+  auto gauge = [&](const char* name, const char* help, auto v) { metric(name, help, prom_value(v), "gauge"); };
+  auto counter = [&](const char* name, const char* help, int64_t v) { metric(name, help, prom_value(v), "counter"); };
   const auto& h0 = ranks_[0].hb;
-  int alive = 0;
+  int64_t alive = 0;
   for (const auto& r : ranks_) alive += r.alive ? 1 : 0;
-  gauge("stride_world_size", "Ranks in the job.", o_.world_size);
+  gauge("stride_world_size", "Ranks in the job.", uint64_t{o_.world_size});
   gauge("stride_ranks_alive", "Ranks that joined and are not declared dead.", alive);
-  gauge("stride_up", "1 while the job runs, 0 once it failed.", failure_ ? 0 : 1);
-  gauge("stride_step", "Optimizer steps completed (rank 0).", static_cast<double>(h0.step()));
-  gauge("stride_total_steps", "Optimizer steps the run will take.", static_cast<double>(h0.total_steps()));
-  gauge("stride_epoch", "Current epoch (0-based).", static_cast<double>(h0.epoch()));
-  gauge("stride_loss", "Mean training loss of the last interval.", h0.loss());
-  gauge("stride_images_per_second", "Training throughput of the whole job.", h0.img_per_s());
-  gauge("stride_eta_seconds", "Estimated time to the end of the run.", h0.eta_seconds());
-  if (h0.has_eval()) gauge("stride_eval_accuracy_percent", "Top-1 accuracy of the latest evaluation.", h0.eval_acc1());
-  gauge("stride_restarts_total", "Restarts of the job.", o_.restarts, "counter");
-  gauge("stride_checkpoints_committed_total", "Checkpoints committed by this coordinator.",
-        static_cast<double>(commits_), "counter");
-  gauge("stride_checkpoints_discarded_total", "Checkpoints discarded (a rank failed before the commit).",
-        static_cast<double>(discards_), "counter");
-  gauge("stride_last_checkpoint_step", "Step of the newest committed checkpoint.",
-        static_cast<double>(last_committed_step_));
+  gauge("stride_up", "1 while the job runs, 0 once it failed.", int64_t{failure_ ? 0 : 1});
+  gauge("stride_step", "Optimizer steps completed (rank 0).", uint64_t{h0.step()});
+  gauge("stride_total_steps", "Optimizer steps the run will take.", uint64_t{h0.total_steps()});
+  gauge("stride_epoch", "Current epoch (0-based).", uint64_t{h0.epoch()});
+  gauge("stride_loss", "Mean training loss of the last interval.", double{h0.loss()});
+  gauge("stride_images_per_second", "Training throughput of the whole job.", double{h0.img_per_s()});
+  gauge("stride_eta_seconds", "Estimated time to the end of the run.", double{h0.eta_seconds()});
+  if (h0.has_eval()) {
+    gauge("stride_eval_accuracy_percent", "Top-1 accuracy of the latest evaluation.", double{h0.eval_acc1()});
+  }
+  counter("stride_restarts_total", "Restarts of the job.", o_.restarts);
+  counter("stride_checkpoints_committed_total", "Checkpoints committed by this coordinator.", commits_);
+  counter("stride_checkpoints_discarded_total", "Checkpoints discarded (a rank failed before the commit).", discards_);
+  gauge("stride_last_checkpoint_step", "Step of the newest committed checkpoint.", last_committed_step_);
   gauge("stride_checkpoint_commit_seconds", "Latency of the last commit (first report to MANIFEST).",
         last_commit_seconds_);
-  gauge("stride_http_bad_requests_total", "Malformed or rejected HTTP requests.",
-        static_cast<double>(http_bad_requests), "counter");
-  gauge("stride_rejected_connections_total", "Rank connections rejected (token, size, format).",
-        static_cast<double>(rejected_connections), "counter");
+  counter("stride_http_bad_requests_total", "Malformed or rejected HTTP requests.", http_bad_requests);
+  counter("stride_rejected_connections_total", "Rank connections rejected (token, size, format).",
+          rejected_connections);
   struct PerRank {
     const char* name;
     const char* help;
-    double (*get)(const RankState&, double);
+    std::string (*get)(const RankState&, double);
   };
   const PerRank per_rank[] = {
       {"stride_rank_step", "Steps completed by the rank.",
-       [](const RankState& r, double) { return static_cast<double>(r.hb.step()); }},
+       [](const RankState& r, double) { return prom_value(uint64_t{r.hb.step()}); }},
       {"stride_rank_alive", "1 while the rank is alive.",
-       [](const RankState& r, double) { return r.alive ? 1.0 : 0.0; }},
+       [](const RankState& r, double) { return prom_value(int64_t{r.alive ? 1 : 0}); }},
       {"stride_rank_heartbeat_age_seconds", "Seconds since the rank's last message.",
-       [](const RankState& r, double t) { return t - r.last_seen; }},
+       [](const RankState& r, double t) { return prom_value(t - r.last_seen); }},
       {"stride_rank_step_seconds", "Mean step time over the last interval.",
-       [](const RankState& r, double) { return r.hb.step_time_s(); }},
+       [](const RankState& r, double) { return prom_value(double{r.hb.step_time_s()}); }},
       {"stride_rank_data_wait_seconds", "Time waiting for data over the last interval.",
-       [](const RankState& r, double) { return r.hb.data_wait_s(); }},
+       [](const RankState& r, double) { return prom_value(double{r.hb.data_wait_s()}); }},
       {"stride_rank_comm_wait_seconds", "Time waiting for gradient collectives over the last interval.",
-       [](const RankState& r, double) { return r.hb.comm_wait_s(); }},
+       [](const RankState& r, double) { return prom_value(double{r.hb.comm_wait_s()}); }},
   };
   for (const auto& m : per_rank) {
     out += concat("# HELP ", m.name, " ", m.help, "\n# TYPE ", m.name, " gauge\n");

@@ -9,10 +9,11 @@
 //    saw a CHECKPOINT/STOP command or a signal. Every rank takes its in-memory snapshot at that same step and
 //    trains on; its background writer writes and fsyncs its share of the files and sends a CheckpointReport.
 // 2. When every rank of the world has reported the step, the core writes the MANIFEST (rank 0's report carries
-//    the training state; the files of all reports are listed) via commit_manifest(), then tells every rank
+//    the training state; the files of all reports are listed) via publish_manifest(), then tells every rank
 //    COMMITTED. A failed report, a dead rank or a failed MANIFEST write discards the step instead (DISCARDED):
 //    its directory has no MANIFEST and stays invisible; the previous commit stays the newest.
-// 3. Garbage collection runs only after a commit (storage/checkpoint_files.h).
+// 3. LATEST and garbage collection run only after a commit (storage::after_commit). Their failure is logged as a
+//    warning and the step stays committed: the checkpoint on disk is valid and a resume uses it.
 #pragma once
 
 #include <cstdint>

@@ -17,6 +17,9 @@ namespace stride::cluster {
 constexpr uint32_t kProtocolVersion = 1;
 // No legitimate message comes near this: the largest is a checkpoint report listing a few files.
 constexpr size_t kMaxFrameBytes = 1 << 20;
+// Until a connection has said Hello (a few hundred bytes) it is nobody: its first frame may not be larger than
+// this, so an unauthenticated peer cannot make the coordinator allocate kMaxFrameBytes.
+constexpr size_t kMaxHelloFrameBytes = 4 << 10;
 
 class WireError : public Error {
  public:

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "common/error.h"
@@ -134,7 +135,9 @@ std::vector<TarMember> scan_tar(const std::string& path) {
   ::fstat(fd, &st);
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   std::vector<TarMember> members;
-  std::string long_name;  // from a GNU 'L' or pax 'x' record, applies to the next member
+  std::string long_name;      // from a GNU 'L' or pax 'x' record, applies to the next member
+  bool has_pax_size = false;  // a pax 'x' record's size=, which overrides the next member's header size field
+  uint64_t pax_size = 0;
   uint64_t offset = 0;
   unsigned char h[kTarBlock];
   auto fail = [&](const std::string& why) {
@@ -150,11 +153,19 @@ std::vector<TarMember> scan_tar(const std::string& path) {
     if (zero) break;
     if (!header_checksum_ok(h)) fail("bad tar header checksum");
     bool ok;
-    const uint64_t size = parse_number(reinterpret_cast<const char*>(h) + 124, 12, &ok);
-    if (!ok) fail("malformed tar member size");
-    const uint64_t data = offset + kTarBlock;
-    if (data + size > file_size) fail(concat("tar member of ", size, " bytes runs past the end of the file"));
     const char type = static_cast<char>(h[156]);
+    uint64_t size = parse_number(reinterpret_cast<const char*>(h) + 124, 12, &ok);
+    if (!ok) fail("malformed tar member size");
+    // pax size= applies to the member header that follows the 'x' record (members over 8 GiB, or writers that
+    // put the size only there), not to another extended header.
+    if (has_pax_size && type != 'x' && type != 'g' && type != 'L') {
+      size = pax_size;
+      has_pax_size = false;
+    }
+    const uint64_t data = offset + kTarBlock;
+    if (size > file_size || data + size > file_size) {
+      fail(concat("tar member of ", size, " bytes runs past the end of the file"));
+    }
     std::string name = field_string(reinterpret_cast<const char*>(h), 100);
     const std::string prefix = field_string(reinterpret_cast<const char*>(h) + 345, 155);
     if (std::memcmp(h + 257, "ustar", 5) == 0 && !prefix.empty()) name = prefix + "/" + name;
@@ -164,15 +175,34 @@ std::vector<TarMember> scan_tar(const std::string& path) {
       if (type == 'L') {
         long_name = payload.c_str();
       } else {
-        // pax records: "<len> <key>=<value>\n"
+        // pax records: "<len> <key>=<value>\n", <len> counting the whole record.
         size_t pos = 0;
-        while (pos < payload.size()) {
+        while (pos < payload.size() && payload[pos] != '\0') {
           const size_t sp = payload.find(' ', pos);
-          if (sp == std::string::npos) break;
-          const size_t len = std::strtoull(payload.c_str() + pos, nullptr, 10);
-          if (len == 0 || pos + len > payload.size()) break;
+          size_t len = 0;
+          bool framed = sp != std::string::npos && sp > pos;
+          for (size_t i = pos; framed && i < sp; ++i) {
+            framed = payload[i] >= '0' && payload[i] <= '9' && len <= payload.size();
+            len = len * 10 + static_cast<size_t>(payload[i] - '0');
+          }
+          framed = framed && len > sp - pos + 1 && pos + len <= payload.size() && payload[pos + len - 1] == '\n';
+          if (!framed) fail(concat("malformed pax extended header record at byte ", pos, " of the record block"));
           const std::string record = payload.substr(sp + 1, pos + len - sp - 2);
-          if (record.rfind("path=", 0) == 0) long_name = record.substr(5);
+          if (record.rfind("path=", 0) == 0) {
+            long_name = record.substr(5);
+          } else if (record.rfind("size=", 0) == 0) {
+            const std::string value = record.substr(5);
+            bool valid = !value.empty() && value.size() <= 20;
+            uint64_t v = 0;
+            for (char c : value) {
+              const uint64_t digit = static_cast<uint64_t>(c - '0');
+              valid = valid && c >= '0' && c <= '9' && v <= (UINT64_MAX - digit) / 10;
+              if (valid) v = v * 10 + digit;
+            }
+            if (!valid) fail(concat("malformed pax size record 'size=", value, "'"));
+            has_pax_size = true;
+            pax_size = v;
+          }
           pos += len;
         }
       }

@@ -1,6 +1,7 @@
 // POSIX ustar archives, the container of WebDataset shards. The writer emits plain ustar members (mode 0644,
 // mtime 0, so shards are byte-for-byte reproducible); the reader understands ustar, GNU long names and pax
-// `path` records, which is what GNU tar and Python's tarfile produce.
+// `path` and `size` records (a pax size overrides the header's size field: members over 8 GiB), which is what
+// GNU tar and Python's tarfile produce.
 //
 // TarWriter is single-threaded. scan_tar is thread-safe for distinct calls.
 #pragma once
@@ -44,7 +45,8 @@ class TarWriter {
 std::string ustar_header(const std::string& name, uint64_t size);
 
 // Lists the regular-file members of the archive at `path` (reading only headers). Throws stride::Error naming
-// the file and offset on a bad header checksum, a malformed size, or a member running past the end of the file.
+// the file and offset on a bad header checksum, a malformed size (header field or pax `size=` record), a
+// malformed pax record, or a member running past the end of the file.
 std::vector<TarMember> scan_tar(const std::string& path);
 
 // WebDataset naming: "dir/abc.seg.jpg" -> key "dir/abc", extension "seg.jpg" (split at the first dot of the

@@ -1,6 +1,10 @@
 #include "launcher/launch.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netdb.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -18,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -191,6 +196,115 @@ std::string resolve_launcher(const LaunchOptions& o) {
   return job && *job && o.hostfile.empty() && o.hosts.empty() ? "srun" : "mpirun";
 }
 
+namespace {
+
+struct LocalAddress {
+  std::string iface, address;
+  int family = AF_INET;
+  unsigned char bytes[16] = {0};
+};
+
+std::vector<LocalAddress> local_addresses() {
+  std::vector<LocalAddress> out;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return out;
+  for (ifaddrs* a = list; a; a = a->ifa_next) {
+    if (!a->ifa_addr || (a->ifa_addr->sa_family != AF_INET && a->ifa_addr->sa_family != AF_INET6)) continue;
+    LocalAddress l;
+    l.iface = a->ifa_name;
+    l.family = a->ifa_addr->sa_family;
+    char buf[INET6_ADDRSTRLEN] = {0};
+    if (l.family == AF_INET) {
+      const auto* in = reinterpret_cast<const sockaddr_in*>(a->ifa_addr);
+      std::memcpy(l.bytes, &in->sin_addr, 4);
+      ::inet_ntop(AF_INET, &in->sin_addr, buf, sizeof(buf));
+    } else {
+      const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a->ifa_addr);
+      if (IN6_IS_ADDR_LINKLOCAL(&in6->sin6_addr)) continue;  // would need a scope id to bind
+      std::memcpy(l.bytes, &in6->sin6_addr, 16);
+      ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof(buf));
+    }
+    l.address = buf;
+    out.push_back(l);
+  }
+  ::freeifaddrs(list);
+  return out;
+}
+
+// This host's address that `name` (an IP or a host name) stands for, if any.
+std::optional<std::string> local_address_of(const std::string& name, const std::vector<LocalAddress>& locals,
+                                            std::vector<std::string>* resolved) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(name.c_str(), nullptr, &hints, &res) != 0) return std::nullopt;
+  std::optional<std::string> found;
+  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+    char buf[INET6_ADDRSTRLEN] = {0};
+    const void* bytes = ai->ai_family == AF_INET
+                            ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(ai->ai_addr)->sin_addr)
+                            : static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(ai->ai_addr)->sin6_addr);
+    ::inet_ntop(ai->ai_family, bytes, buf, sizeof(buf));
+    if (resolved) resolved->push_back(buf);
+    for (const auto& l : locals) {
+      if (!found && l.family == ai->ai_family && l.address == buf) found = l.address;
+    }
+  }
+  ::freeaddrinfo(res);
+  return found;
+}
+
+// This host's address on --iface: an IPv4 CIDR (10.0.0.0/24) or an interface name (eth1).
+std::optional<std::string> iface_address(const std::string& iface, const std::vector<LocalAddress>& locals) {
+  const auto slash = iface.find('/');
+  if (slash == std::string::npos) {
+    for (const auto& l : locals) {
+      if (l.iface == iface && l.family == AF_INET) return l.address;
+    }
+    for (const auto& l : locals) {
+      if (l.iface == iface) return l.address;
+    }
+    return std::nullopt;
+  }
+  in_addr net{};
+  char* end = nullptr;
+  const long bits = std::strtol(iface.c_str() + slash + 1, &end, 10);
+  if (::inet_pton(AF_INET, iface.substr(0, slash).c_str(), &net) != 1 || *end != '\0' || bits < 0 || bits > 32) {
+    return std::nullopt;
+  }
+  const uint32_t mask = bits == 0 ? 0 : ~uint32_t{0} << (32 - bits);
+  for (const auto& l : locals) {
+    if (l.family != AF_INET) continue;
+    uint32_t a = 0;
+    std::memcpy(&a, l.bytes, 4);
+    if ((ntohl(a) & mask) == (ntohl(net.s_addr) & mask)) return l.address;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string coordinator_bind_address(const LaunchOptions& o, bool remote, std::string* warning) {
+  if (!remote) return "127.0.0.1";
+  const auto locals = local_addresses();
+  std::string why;
+  if (!o.coordinator_host.empty()) {
+    std::vector<std::string> resolved;
+    if (auto a = local_address_of(o.coordinator_host, locals, &resolved)) return *a;
+    why = resolved.empty() ? concat("--coordinator-host ", o.coordinator_host, " does not resolve")
+                           : concat("--coordinator-host ", o.coordinator_host, " (", resolved.front(),
+                                    ") is not an address of this host");
+  } else if (!o.iface.empty()) {
+    if (auto a = iface_address(o.iface, locals)) return *a;
+    why = concat("this host has no address on --iface ", o.iface);
+  } else {
+    why = "neither --coordinator-host nor --iface names this host's address for the ranks";
+  }
+  if (warning) *warning = concat(why, ": the rank listener binds 0.0.0.0 (every interface)");
+  return "0.0.0.0";
+}
+
 std::vector<std::string> rank_command(const LaunchOptions& o, bool resume) {
   std::vector<std::string> cmd;
   const std::string starter = resolve_launcher(o);
@@ -263,12 +377,19 @@ int launch(LaunchOptions o) {
   co.core.checkpoint_root = (fs::path(tc.output_dir) / "checkpoints").string();
   co.core.keep = tc.keep_checkpoints;
   if (const char* rc = std::getenv("SLURM_RESTART_COUNT")) co.core.restarts = std::atoi(rc);  // requeues
-  co.bind = remote ? "0.0.0.0" : "127.0.0.1";
+  std::string bind_warning;
+  co.bind = coordinator_bind_address(o, remote, &bind_warning);
   co.status_bind = o.status_bind;
   co.status_port = o.status_port;
+  co.status_hosts = o.status_hosts;
+  if (!o.coordinator_host.empty()) co.status_hosts.push_back(o.coordinator_host);
   cluster::Coordinator coordinator(co);
-  const std::string coord_host =
-      !o.coordinator_host.empty() ? o.coordinator_host : (remote ? cluster::local_hostname() : "127.0.0.1");
+  if (!bind_warning.empty()) print(concat("warning: ", bind_warning));
+  // The ranks reach the coordinator where it listens: --coordinator-host, else its --iface address.
+  const std::string coord_host = !o.coordinator_host.empty() ? o.coordinator_host
+                                 : !remote                   ? "127.0.0.1"
+                                 : co.bind != "0.0.0.0"      ? co.bind
+                                                             : cluster::local_hostname();
   const std::string coord_addr = concat(coord_host, ":", coordinator.port());
   ::setenv("STRIDE_COORDINATOR", coord_addr.c_str(), 1);
   ::setenv("STRIDE_JOB_TOKEN", coordinator.token().c_str(), 1);
@@ -611,8 +732,12 @@ void add_launch_command(CLI::App& app) {
   cmd->add_option("--status-bind", o->status_bind, "Address of the status endpoint")->capture_default_str();
   cmd->add_option("--iface", o->iface, "Network for MPI's TCP traffic (CIDR such as 10.0.0.0/24, or a name)");
   cmd->add_option("--coordinator-host", o->coordinator_host,
-                  "Address the ranks use to reach the coordinator (default: 127.0.0.1, or this host's name for "
-                  "multi-host jobs)");
+                  "Address the ranks use to reach the coordinator, and that its rank listener binds (default: "
+                  "127.0.0.1; for multi-host jobs the --iface address, else this host's name)");
+  cmd->add_option("--status-host", o->status_hosts,
+                  "Another name the status endpoint answers to (repeat; e.g. this host's DNS alias); requests "
+                  "naming any other Host get 421")
+      ->allow_extra_args(false);
   cmd->add_flag("--oversubscribe", o->oversubscribe, "Allow more ranks than cores (mpirun)");
   cmd->add_option("--launcher", o->launcher, "auto | mpirun | srun")->capture_default_str();
   cmd->add_option("--mpirun", o->mpirun, "mpirun executable")->capture_default_str();

@@ -26,9 +26,10 @@ struct LaunchOptions {
   int64_t restart_progress_steps = 0;  // steps after a restart that reset the back-off (0: only a new commit)
   int status_port = 8470;              // -1: off; 0: any free port
   std::string status_bind = "127.0.0.1";
-  std::string iface;             // network for MPI's TCP traffic (CIDR or interface name)
-  std::string coordinator_host;  // address the ranks use to reach the coordinator (default: 127.0.0.1 for a
-                                 // local job, this host's name when --hostfile/--hosts name other hosts)
+  std::string iface;                      // network for MPI's TCP traffic (CIDR or interface name)
+  std::string coordinator_host;           // address the ranks use to reach the coordinator (default: 127.0.0.1 for a
+                                          // local job; for a multi-host job the --iface address, else this host's name)
+  std::vector<std::string> status_hosts;  // more Host names the status endpoint answers to
   bool oversubscribe = false;
   std::string launcher = "auto";  // auto (srun inside a Slurm allocation, else mpirun) | mpirun | srun
   std::string mpirun = "mpirun";
@@ -56,6 +57,11 @@ struct JobView {
 JobView job_view(const std::string& status_json);
 // Which starter `auto` means here.
 std::string resolve_launcher(const LaunchOptions& o);
+// The address the coordinator's rank listener binds. A job on this host: 127.0.0.1. A multi-host job
+// (`remote`): the --coordinator-host address (an IP, or a name resolved to one of this host's addresses), else
+// this host's address on --iface (a CIDR or an interface name), else 0.0.0.0. When it falls back to 0.0.0.0,
+// `warning` says why and which flag would avoid it. Reads this host's interfaces (getifaddrs).
+std::string coordinator_bind_address(const LaunchOptions& o, bool remote, std::string* warning);
 
 // Runs the job to its end; returns the exit code (0 finished or stopped on request, 2 usage error, 75 or 1 when
 // the restarts ran out).

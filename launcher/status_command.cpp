@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 struct StatusArgs {
-  std::string url, run_dir, token;
+  std::string url, run_dir, token, token_file;
   bool json_out = false, checkpoint = false, stop = false;
   double watch = 0.0;
   bool watch_set = false;
@@ -78,21 +78,33 @@ std::string resolve_url(const StatusArgs& a) {
   return url;
 }
 
+// The token in a file (RUN/job_token or --token-file), without the trailing newline.
+std::string read_token_file(const std::string& path, const char* flag) {
+  std::string t;
+  try {
+    t = storage::read_file(path);
+  } catch (const Error& e) {
+    throw UsageError(concat(flag, ": ", e.what()));
+  }
+  while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
+  if (t.empty()) throw UsageError(concat(flag, ": ", path, " is empty"));
+  return t;
+}
+
+// In this order: --token, --token-file, RUN_DIR/job_token, $STRIDE_JOB_TOKEN. A file keeps the token out of the
+// command line, which every user of the machine can read (ps).
 std::string resolve_token(const StatusArgs& a) {
   if (!a.token.empty()) return a.token;
+  if (!a.token_file.empty()) return read_token_file(a.token_file, "--token-file");
   if (!a.run_dir.empty()) {
     const std::string path = (fs::path(a.run_dir) / "job_token").string();
-    if (fs::exists(path)) {
-      std::string t = storage::read_file(path);
-      while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
-      return t;
-    }
+    if (fs::exists(path)) return read_token_file(path, "--run-dir");
   }
   const char* env = std::getenv("STRIDE_JOB_TOKEN");
   if (env && *env) return env;
   throw UsageError(
-      "--checkpoint/--stop need the job token: --token T, --run-dir DIR (reads DIR/job_token) or "
-      "STRIDE_JOB_TOKEN");
+      "--checkpoint/--stop need the job token: --run-dir DIR (reads DIR/job_token), --token-file FILE, "
+      "$STRIDE_JOB_TOKEN or --token T");
 }
 
 void print_summary(const json& s) {
@@ -234,7 +246,10 @@ void add_status_command(CLI::App& app) {
   cmd->add_flag("--json", args->json_out, "Print the raw /status JSON");
   cmd->add_flag("--checkpoint", args->checkpoint, "Ask the job to checkpoint now (needs the job token)");
   cmd->add_flag("--stop", args->stop, "Ask the job to checkpoint and stop (needs the job token)");
-  cmd->add_option("--token", args->token, "Job token (default: RUN_DIR/job_token or $STRIDE_JOB_TOKEN)");
+  auto* token_file = cmd->add_option("--token-file", args->token_file,
+                                     "File holding the job token (default: RUN_DIR/job_token, else $STRIDE_JOB_TOKEN)");
+  cmd->add_option("--token", args->token, "Job token (visible to every user in ps: prefer --run-dir or --token-file)")
+      ->excludes(token_file);
   cmd->callback([args, cmd] {
     args->watch_set = cmd->count("--watch") > 0;
     if (args->watch_set && !(args->watch > 0)) args->watch = 2.0;

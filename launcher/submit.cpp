@@ -48,6 +48,23 @@ std::string run_capture(const std::vector<std::string>& argv, int* status) {
 std::string sbatch_script(const SubmitOptions& o, const std::string& output_dir, const std::string& stride_binary) {
   if (o.nodes < 1 || o.ntasks_per_node < 1) throw UsageError("--nodes and --ntasks-per-node must be positive");
   if (o.signal_seconds < 1) throw UsageError("--signal-seconds must be positive");
+  // A value is one #SBATCH line: a line break would start another line of the script.
+  for (const auto& [flag, value] :
+       std::vector<std::pair<const char*, const std::string*>>{{"--time", &o.time},
+                                                               {"--partition", &o.partition},
+                                                               {"--account", &o.account},
+                                                               {"--job-name", &o.job_name},
+                                                               {"--array", &o.array},
+                                                               {"--mem", &o.mem},
+                                                               {"--qos", &o.qos},
+                                                               {"--constraint", &o.constraint}}) {
+    if (value->find_first_of("\r\n") != std::string::npos) throw UsageError(concat(flag, " must be one line"));
+  }
+  for (const auto& line : o.sbatch_lines) {
+    if (line.rfind("--", 0) != 0 || line.find_first_of("\r\n") != std::string::npos) {
+      throw UsageError(concat("--sbatch-line '", line, "': give one sbatch option, starting with --, on one line"));
+    }
+  }
   const std::string slurm_dir = (fs::path(output_dir) / "slurm").string();
   const std::string name = !o.job_name.empty() ? o.job_name : fs::path(output_dir).filename().string();
   std::string s = "#!/bin/bash\n";
@@ -64,6 +81,10 @@ std::string sbatch_script(const SubmitOptions& o, const std::string& output_dir,
   if (!o.partition.empty()) s += concat("#SBATCH --partition=", o.partition, "\n");
   if (!o.account.empty()) s += concat("#SBATCH --account=", o.account, "\n");
   if (!o.array.empty()) s += concat("#SBATCH --array=", o.array, "\n");
+  if (!o.mem.empty()) s += concat("#SBATCH --mem=", o.mem, "\n");
+  if (!o.qos.empty()) s += concat("#SBATCH --qos=", o.qos, "\n");
+  if (!o.constraint.empty()) s += concat("#SBATCH --constraint=", o.constraint, "\n");
+  for (const auto& line : o.sbatch_lines) s += concat("#SBATCH ", line, "\n");
   s += "#SBATCH --requeue\n";
   s += "#SBATCH --open-mode=append\n";
   s += concat("#SBATCH --signal=B:USR2@", o.signal_seconds, "\n");
@@ -144,13 +165,22 @@ int submit(const SubmitOptions& o) {
 void add_submit_command(CLI::App& app) {
   auto o = std::make_shared<SubmitOptions>();
   auto* cmd = app.add_subcommand("submit", "Write an sbatch script for a supervised, requeueable job and submit it");
-  cmd->add_option("--nodes", o->nodes)->capture_default_str();
+  cmd->add_option("--nodes", o->nodes, "Nodes (#SBATCH --nodes)")->capture_default_str();
   cmd->add_option("--ntasks-per-node", o->ntasks_per_node, "Ranks per node")->capture_default_str();
-  cmd->add_option("--cpus-per-task", o->cpus_per_task)->capture_default_str();
-  cmd->add_option("--gpus-per-node", o->gpus_per_node)->capture_default_str();
+  cmd->add_option("--cpus-per-task", o->cpus_per_task, "CPUs per rank (#SBATCH --cpus-per-task)")
+      ->capture_default_str();
+  cmd->add_option("--gpus-per-node", o->gpus_per_node, "GPUs per node, 0 for none (#SBATCH --gpus-per-node)")
+      ->capture_default_str();
   cmd->add_option("--time", o->time, "Time limit (Slurm format, e.g. 1:00:00)");
-  cmd->add_option("--partition", o->partition);
-  cmd->add_option("--account", o->account);
+  cmd->add_option("--partition", o->partition, "Slurm partition (#SBATCH --partition)");
+  cmd->add_option("--account", o->account, "Account to charge (#SBATCH --account)");
+  cmd->add_option("--mem", o->mem, "Memory per node (Slurm format, e.g. 64G; #SBATCH --mem)");
+  cmd->add_option("--qos", o->qos, "Quality of service (#SBATCH --qos)");
+  cmd->add_option("--constraint", o->constraint, "Node features (e.g. 'avx512&ib'; #SBATCH --constraint)");
+  cmd->add_option("--sbatch-line", o->sbatch_lines,
+                  "Any other sbatch option, written as its own #SBATCH line (repeatable; give it with '=', "
+                  "e.g. --sbatch-line=--exclusive)")
+      ->allow_extra_args(false);
   cmd->add_option("--job-name", o->job_name, "Default: the run directory's name");
   cmd->add_option("--array", o->array, "Array job (e.g. 0-3): each task trains into OUTPUT_DIR/task-ID");
   cmd->add_option("--signal-seconds", o->signal_seconds, "USR2 this long before the time limit")->capture_default_str();

@@ -16,7 +16,9 @@ struct SubmitOptions {
   int cpus_per_task = 1;
   int gpus_per_node = 0;
   std::string time, partition, account, job_name, array;
-  int signal_seconds = 120;  // --signal=B:USR2@N
+  std::string mem, qos, constraint;       // passed through as #SBATCH --mem=, --qos=, --constraint=
+  std::vector<std::string> sbatch_lines;  // raw sbatch options, one #SBATCH line each (e.g. "--exclusive")
+  int signal_seconds = 120;               // --signal=B:USR2@N
   int max_restarts = 3;
   double restart_backoff_s = 2;
   int status_port = 8470;

@@ -18,6 +18,7 @@ PACKAGES=(
   libturbojpeg0-dev libpng-dev zlib1g-dev
   dataset-fashion-mnist
   libgoogle-perftools4  # tcmalloc: bench/bf16_compare.sh preloads it for the PyTorch baselines
+  libjemalloc2          # jemalloc: bench/ddp_ratio.sh preloads it for PyTorch DDP too
   chromium
   slurmctld slurmd slurm-client munge
 )

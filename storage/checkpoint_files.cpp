@@ -59,20 +59,41 @@ void prepare_step_dir(FileOps& ops, const std::string& root, uint64_t step) {
   }
 }
 
-std::string commit_manifest(FileOps& ops, const std::string& root, proto::Manifest m, int64_t keep) {
+std::string publish_manifest(FileOps& ops, const std::string& root, proto::Manifest m) {
   const std::string name = step_name(m.step());
   const std::string dir = (fs::path(root) / name).string();
   m.set_version(kManifestVersion);
   const std::string tmp = (fs::path(dir) / ".MANIFEST.tmp").string();
+  const std::string manifest = (fs::path(dir) / "MANIFEST").string();
   ops.write_file(tmp, frame_payload(kMagic, m.SerializeAsString()));
-  ops.rename(tmp, (fs::path(dir) / "MANIFEST").string());
-  ops.fsync_dir(dir);
-  ops.fsync_dir(root);
+  ops.rename(tmp, manifest);
+  try {
+    ops.fsync_dir(dir);
+    ops.fsync_dir(root);
+  } catch (const Error&) {
+    // The rename may not survive a crash: this is not a commit, so it must not be visible as one either.
+    try {
+      ops.remove_all(manifest);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "stride: warning: cannot remove %s after a failed commit: %s\n", manifest.c_str(), e.what());
+    }
+    throw;
+  }
+  return dir;
+}
+
+void after_commit(FileOps& ops, const std::string& root, uint64_t step, int64_t keep) {
   // LATEST is a convenience for people; readers scan for the newest valid MANIFEST instead.
-  ops.write_file((fs::path(root) / ".LATEST.tmp").string(), name + "\n");
+  ops.write_file((fs::path(root) / ".LATEST.tmp").string(), step_name(step) + "\n");
   ops.rename((fs::path(root) / ".LATEST.tmp").string(), (fs::path(root) / "LATEST").string());
   ops.fsync_dir(root);
-  garbage_collect(ops, root, keep, m.step());
+  garbage_collect(ops, root, keep, step);
+}
+
+std::string commit_manifest(FileOps& ops, const std::string& root, proto::Manifest m, int64_t keep) {
+  const uint64_t step = m.step();
+  const std::string dir = publish_manifest(ops, root, std::move(m));
+  after_commit(ops, root, step, keep);
   return dir;
 }
 

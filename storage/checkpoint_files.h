@@ -53,9 +53,17 @@ proto::FileEntry write_checkpoint_file(FileOps& ops, const std::string& dir, con
 // Creates the step directory and removes a MANIFEST left there by an earlier attempt at the same step, so the
 // directory is invisible while files are (re)written.
 void prepare_step_dir(FileOps& ops, const std::string& checkpoint_root, uint64_t step);
-// Phase two: writes `manifest` (its files already durable) as MANIFEST, atomically, then LATEST, then garbage
-// collects beyond the newest `keep`. Returns the checkpoint directory. Throws stride::Error on I/O failure;
-// the checkpoint is then not committed and the previous ones are untouched.
+// Phase two, the commit itself: writes `manifest` (its files already durable) as MANIFEST, atomically, and makes
+// the rename durable. Returns the checkpoint directory. Throws stride::Error on I/O failure; the checkpoint is
+// then not committed (a MANIFEST renamed into place whose directory fsync failed is removed again) and the
+// previous ones are untouched.
+std::string publish_manifest(FileOps& ops, const std::string& checkpoint_root, proto::Manifest manifest);
+// After a commit of `step` (publish_manifest returned): LATEST, then garbage collection beyond the newest `keep`.
+// Throws stride::Error on I/O failure, but the checkpoint stays committed: readers do not trust LATEST, and
+// garbage left behind is collected after a later commit. Callers log such a failure; it is never a discard.
+void after_commit(FileOps& ops, const std::string& checkpoint_root, uint64_t step, int64_t keep);
+// publish_manifest, then after_commit (one process that commits its own checkpoints). Throws stride::Error on
+// either's failure.
 std::string commit_manifest(FileOps& ops, const std::string& checkpoint_root, proto::Manifest manifest, int64_t keep);
 
 struct CheckpointInfo {

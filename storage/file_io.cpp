@@ -22,8 +22,8 @@ std::string read_file(const std::string& path) {
   return buf.str();
 }
 
-void write_file_fsync(const std::string& path, const std::string& bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+void write_file_fsync(const std::string& path, const std::string& bytes, mode_t mode) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) throw Error(concat("cannot create ", path, ": ", std::strerror(errno)));
   size_t done = 0;
   while (done < bytes.size()) {
@@ -53,12 +53,13 @@ void fsync_dir(const std::string& dir) {
   if (rc != 0) throw Error(concat("fsync of directory ", dir, " failed: ", std::strerror(errno)));
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+void write_file_atomic(const std::string& path, const std::string& bytes, mode_t mode) {
   const std::filesystem::path target(path);
   const std::string dir = target.has_parent_path() ? target.parent_path().string() : ".";
   const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp")).string();
+  ::unlink(tmp.c_str());  // a temporary left by a crash keeps its own mode: create it anew with `mode`
   try {
-    write_file_fsync(tmp, bytes);
+    write_file_fsync(tmp, bytes, mode);
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;

@@ -1,9 +1,15 @@
 #include "trainer/data_setup.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "data/shard_index.h"
@@ -27,6 +33,20 @@ void ensure_dataset(const TrainConfig& c) {
   }
   job.output = c.data_path;
   job.samples_per_shard = 10000;
+  // Every rank comes here; the first to take the lock shards, the others wait for it and then find the index
+  // (ranks of other hosts too, where data-path is a shared filesystem with flock, as NFS v4 has).
+  fs::create_directories(c.data_path);
+  const std::string lock_path = (fs::path(c.data_path) / ".shard.lock").string();
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(concat("cannot create ", lock_path, ": ", std::strerror(errno)));
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }
+  } unlock{fd};
+  while (::flock(fd, LOCK_EX) != 0) {
+    if (errno != EINTR) throw Error(concat("cannot lock ", lock_path, ": ", std::strerror(errno)));
+  }
+  if (fs::exists(train_dir / data::kIndexFile)) return;  // another rank made it while this one waited
   std::fprintf(stderr, "stride: sharding %s from %s into %s\n", c.dataset.c_str(), job.input.c_str(),
                c.data_path.c_str());
   if (c.dataset == "fashion-mnist") {

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -35,6 +36,12 @@ torch::ScalarType dtype_from(const std::string& name, const std::string& source,
     if (name == d.name) return d.type;
   }
   throw Error(concat(source, ": tensor '", tensor, "' has unsupported dtype '", name, "'"));
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
 }
 
 }  // namespace
@@ -99,17 +106,28 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
         throw Error(concat(source, ": tensor '", name, "' has data offsets outside the file (data section is ",
                            data_size, " bytes): truncated?"));
       }
-      int64_t numel = 1;
+      // Check the shape against the bytes the header claims before allocating anything: a crafted header can
+      // name any shape, and numel * element size can overflow.
+      const uint64_t element_size = c10::elementSize(dtype);
+      uint64_t numel = 1;
       for (int64_t d : shape) {
         if (d < 0) throw Error(concat(source, ": tensor '", name, "' has a negative dimension"));
-        numel *= d;
+        if (d != 0 && numel > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) {
+          throw Error(concat(source, ": tensor '", name, "' has shape ", shape_string(shape),
+                             " whose element count overflows 64 bits"));
+        }
+        numel *= static_cast<uint64_t>(d);
       }
-      auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
-      const uint64_t expect = static_cast<uint64_t>(numel) * t.element_size();
+      if (numel > std::numeric_limits<uint64_t>::max() / element_size) {
+        throw Error(concat(source, ": tensor '", name, "' has shape ", shape_string(shape), " whose size in bytes",
+                           " overflows 64 bits"));
+      }
+      const uint64_t expect = numel * element_size;
       if (offsets[1] - offsets[0] != expect) {
         throw Error(concat(source, ": tensor '", name, "' holds ", offsets[1] - offsets[0], " bytes but shape ",
-                           t.sizes(), " needs ", expect));
+                           shape_string(shape), " of ", entry.at("dtype").get<std::string>(), " needs ", expect));
       }
+      auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
       if (expect > 0) std::memcpy(t.data_ptr(), data + offsets[0], expect);
       file.tensors[name] = t;
     } catch (const nlohmann::json::exception& e) {

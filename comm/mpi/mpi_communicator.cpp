@@ -14,6 +14,7 @@
 #include "comm/owner_thread.h"
 #include "comm/shm/host_cpus.h"
 #include "comm/shm/shm_group.h"
+#include "common/env.h"
 
 namespace stride::comm {
 namespace {
@@ -36,6 +37,13 @@ std::string mpi_error_string(int rc) {
 std::mutex g_mu;
 std::weak_ptr<MpiCommunicator> g_instance;
 bool g_finalized = false;
+
+// The STRIDE_SHM* environment (docs/distributed.md).
+struct ShmEnv {
+  bool enabled = true;        // STRIDE_SHM (0 or 1)
+  std::optional<bool> spare;  // STRIDE_SHM_WAIT: spin (true), sleep (false), auto (nullopt)
+  ShmOptions options;         // STRIDE_SHM_SPIN_US, STRIDE_SHM_CALLER_SPIN_US, STRIDE_SHM_STAGING_KB
+};
 
 }  // namespace
 
@@ -73,22 +81,16 @@ struct MpiCommunicator::Impl {
     return out;
   }
 
-  // Collective, on the owner thread: all ranks agree to use shared memory, or none does. `spare`: how the
-  // ranks wait (STRIDE_SHM_WAIT, or decided from `threads` compute threads per rank and this host's CPUs).
-  void setup_shm(int local_size, std::optional<bool> spare, int threads) {
+  // Collective, on the owner thread: all ranks agree to use shared memory, or none does. `env`: the
+  // STRIDE_SHM* settings (read on the calling thread); without STRIDE_SHM_WAIT, how the ranks wait is decided
+  // from `threads` compute threads per rank and this host's CPUs.
+  void setup_shm(int local_size, const ShmEnv& env, int threads) {
     if (size < 2) return;
-    const char* env = std::getenv("STRIDE_SHM");
-    const bool disabled = env && std::string(env) == "0";
-    int want = local_size == size && !disabled ? 1 : 0, all = 0;
+    int want = local_size == size && env.enabled ? 1 : 0, all = 0;
     check(MPI_Allreduce(&want, &all, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
     if (!all) return;  // the ranks span several hosts, or STRIDE_SHM=0 on some rank
-    ShmOptions options;
-    options.spare_cores = spare.value_or(spare_cores(local_size, threads, usable_cpus()));
-    if (const char* us = std::getenv("STRIDE_SHM_SPIN_US")) options.spin = std::chrono::microseconds(std::atoi(us));
-    if (const char* kb = std::getenv("STRIDE_SHM_STAGING_KB")) options.staging_bytes = int64_t{1024} * std::atoi(kb);
-    if (const char* us = std::getenv("STRIDE_SHM_CALLER_SPIN_US")) {
-      options.caller_spin = std::chrono::microseconds(std::atoi(us));
-    }
+    ShmOptions options = env.options;
+    options.spare_cores = env.spare.value_or(spare_cores(local_size, threads, usable_cpus()));
     try {
       const ShmBootstrap bootstrap{rank, size, [this](const std::string& s) { return allgather_strings(s); }};
       shm = std::make_unique<ShmGroup>(bootstrap, options);
@@ -184,12 +186,27 @@ std::optional<bool> shm_wait_from_env() {
   throw UsageError(concat("STRIDE_SHM_WAIT must be auto, spin or sleep, not '", v, "'"));
 }
 
+// Every STRIDE_SHM* variable, checked before MPI starts: a malformed value stops the job naming the variable
+// (atoi("abc") used to mean 0, which turned shared memory off without a word).
+ShmEnv shm_env() {
+  ShmEnv env;
+  env.enabled = env_integer("STRIDE_SHM", 0, 1).value_or(1) == 1;
+  env.spare = shm_wait_from_env();
+  constexpr int64_t kMaxSpinUs = 10'000'000;  // 10 s
+  if (auto us = env_integer("STRIDE_SHM_SPIN_US", 0, kMaxSpinUs)) env.options.spin = std::chrono::microseconds(*us);
+  if (auto us = env_integer("STRIDE_SHM_CALLER_SPIN_US", 0, kMaxSpinUs)) {
+    env.options.caller_spin = std::chrono::microseconds(*us);
+  }
+  if (auto kb = env_integer("STRIDE_SHM_STAGING_KB", 1, int64_t{1} << 20)) env.options.staging_bytes = 1024 * *kb;
+  return env;
+}
+
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl>()) {
   // Read here, on the calling thread: the environment check fails before MPI starts, and the intra-op thread
   // count is the caller's (set it before creating the communicator).
-  const std::optional<bool> spare = shm_wait_from_env();
+  const ShmEnv env = shm_env();
   const int threads = busy_threads > 0 ? busy_threads : at::get_num_threads();
   struct Setup {
     int rank = 0, size = 1, local_rank = 0;
@@ -197,7 +214,7 @@ MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl
   };
   std::promise<Setup> promise;
   auto future = promise.get_future();
-  impl_->owner.post([impl = impl_, &promise, spare, threads] {
+  impl_->owner.post([impl = impl_, &promise, env, threads] {
     try {
       int initialized = 0;
       MPI_Initialized(&initialized);
@@ -232,7 +249,7 @@ MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl
       MPI_Op_create(&sum_16<c10::Half>, 1, &impl->half_sum);
       MPI_Op_create(&sum_16<c10::BFloat16>, 1, &impl->bf16_sum);
       impl->size = s.size;
-      impl->setup_shm(local_size, spare, threads);
+      impl->setup_shm(local_size, env, threads);
       promise.set_value(s);
     } catch (...) {
       promise.set_exception(std::current_exception());

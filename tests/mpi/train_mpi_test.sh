@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Data-parallel training with real Open MPI ranks (ctest label `mpi`):
-#  1. `mpirun -np 2 stride train` runs, logs once (rank 0), checkpoints with world_size 2;
+#  1. `mpirun -np 2 stride train` shards the dataset on first use (once, both ranks wanting it), runs, logs once
+#     (rank 0), checkpoints with world_size 2;
 #  2. the same run killed (mpirun and its ranks, SIGKILL) after a checkpoint and resumed with --resume auto ends
 #     with model and optimizer state bitwise identical to the uninterrupted run;
 #  3. the 2-rank checkpoint resumes on 1 rank with the same global batch (64 per rank instead of 32);
-#  4. a misspelt STRIDE_SHM_WAIT stops a 2-rank job with a clear error;
+#  4. a misspelt STRIDE_SHM_WAIT, or a malformed STRIDE_SHM_STAGING_KB, stops a 2-rank job with a clear error;
 #  5. `stride bench step --interleave default,mpi` with shared memory turned off fails before the model is built.
 #   train_mpi_test.sh STRIDE_BINARY WORK_DIR MPIRUN [MPIRUN FLAGS...]
 set -euo pipefail
@@ -15,15 +16,14 @@ MPIRUN=("$@")
 rm -rf "$WORK" && mkdir -p "$WORK"
 trap 'pkill -9 -f "$WORK/" 2>/dev/null || true' EXIT
 
-"$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
-  --samples-per-shard 5000 > /dev/null
-
-common=(--model resnet20 --data-path "$WORK/data" --epochs 1 --checkpoint-every 10 --lr 0.1
+# No shards yet: the first run's two ranks make them on first use, one rank while the other waits.
+common=(--model resnet20 --dataset fashion-mnist --data-path "$WORK/data" --epochs 1 --checkpoint-every 10 --lr 0.1
         --lr-warmup-epochs 0.01 --label-smoothing 0.1 --seed 3 --threads 1 --workers 1 --print-freq 10)
 
 echo "== 2 ranks, uninterrupted"
 "${MPIRUN[@]}" -np 2 "$STRIDE" train "${common[@]}" --max-steps 30 --batch-size 32 --output-dir "$WORK/full" > "$WORK/full.log" 2>&1 ||
   { echo "FAIL: 2-rank run"; cat "$WORK/full.log"; exit 1; }
+[[ $(grep -c "^stride: sharding fashion-mnist" "$WORK/full.log") == 1 ]] || { echo "FAIL: not sharded once"; cat "$WORK/full.log"; exit 1; }
 grep -q "2 ranks over mpi" "$WORK/full.log" || { echo "FAIL: not 2 MPI ranks"; cat "$WORK/full.log"; exit 1; }
 [[ $(grep -c '^train: ' "$WORK/full.log") == 1 ]] || { echo "FAIL: more than one rank logged"; exit 1; }
 # Logged loss and training error are real numbers summed over both ranks.
@@ -75,6 +75,14 @@ STRIDE_SHM_WAIT=spinn "${MPIRUN[@]}" -np 2 -x STRIDE_SHM_WAIT "$STRIDE" train "$
 grep -q "STRIDE_SHM_WAIT must be auto, spin or sleep, not 'spinn'" "$WORK/badenv.log" ||
   { echo "FAIL: no clear error for STRIDE_SHM_WAIT"; cat "$WORK/badenv.log"; exit 1; }
 [ ! -d "$WORK/badenv/checkpoints" ] || { echo "FAIL: the job trained"; exit 1; }
+echo "== a malformed STRIDE_SHM_STAGING_KB stops the job naming it (it used to turn shared memory off silently)"
+rc=0
+STRIDE_SHM_STAGING_KB=abc "${MPIRUN[@]}" -np 2 -x STRIDE_SHM_STAGING_KB "$STRIDE" train "${common[@]}" --max-steps 5 \
+  --batch-size 32 --output-dir "$WORK/badkb" > "$WORK/badkb.log" 2>&1 || rc=$?
+[[ $rc != 0 ]] || { echo "FAIL: the job ran with STRIDE_SHM_STAGING_KB=abc"; exit 1; }
+grep -q "STRIDE_SHM_STAGING_KB must be a whole number from 1 to 1048576, not 'abc'" "$WORK/badkb.log" ||
+  { echo "FAIL: no clear error for STRIDE_SHM_STAGING_KB"; cat "$WORK/badkb.log"; exit 1; }
+[ ! -d "$WORK/badkb/checkpoints" ] || { echo "FAIL: the job trained"; exit 1; }
 
 echo "== --interleave ...,mpi without shared memory is a usage error (exit code 2) before the model is built"
 rc=0

@@ -6,8 +6,9 @@
 #   sigstop 2 ranks with --heartbeat-timeout 3; rank 1 is SIGSTOPped: the coordinator declares it dead within the
 #           timeout (plus one heartbeat), names rank, host and last step, and the job exits with code 75.
 #   http    1 rank training while the status endpoint gets a burst of malformed requests and then 100 GET/s
-#           for 5 s (loopback): every GET answers 200, training advances, /healthz stays ok, and a POST /stop
-#           with the job token stops the run with a committed checkpoint.
+#           for 5 s (loopback): every GET answers 200, training advances, /healthz stays ok, a foreign Host
+#           gets 421, `stride status --checkpoint` finds the token in RUN/job_token (0600) or --token-file, and
+#           a POST /stop with the job token stops the run with a committed checkpoint.
 #   coordinator_test.sh STRIDE_BINARY WORK_DIR SCENARIO MPIRUN [MPIRUN FLAGS...]
 set -euo pipefail
 STRIDE=$1
@@ -109,7 +110,7 @@ sigstop)
   echo "$line" | grep -q "rank 1 on $(hostname) (pid $pid1) is dead: no heartbeat for 3\.[0-9] s (last step [0-9]*)" ||
     fail "the report does not name rank, host, pid and last step"
   grep -q "exit code 75\|rank 0: the coordinator stopped the job" "$WORK/run.log" || fail "rank 0 was not told to stop"
-  [ "$rc" != 0 ] || fail "the job exited 0"
+  [ "$rc" == 75 ] || fail "the job exited $rc, not 75 (EX_TEMPFAIL, as the README promises)"
   $PY -c "import sys; d=$t1-$t0; print(f'job ended {d:.1f} s after the SIGSTOP'); sys.exit(0 if d < 15 else 1)" ||
     fail "detection took too long"
   ;;
@@ -119,6 +120,14 @@ http)
   job=$!
   wait_for "$run/coordinator.json" 120 || fail "no coordinator"
   url=$($PY -c "import json; print(json.load(open('$run/coordinator.json'))['status_url'])")
+  # The token never needs to be on the command line: RUN/job_token (mode 0600) by default, or --token-file.
+  [ "$(stat -c %a "$run/job_token")" == 600 ] || fail "job_token has mode $(stat -c %a "$run/job_token")"
+  "$STRIDE" status --run-dir "$run" --checkpoint > "$WORK/token_default.log" 2>&1 || fail "--checkpoint with RUN/job_token"
+  "$STRIDE" status --url "$url" --token-file "$run/job_token" --checkpoint > "$WORK/token_file.log" 2>&1 ||
+    fail "--checkpoint with --token-file"
+  rc=0
+  "$STRIDE" status --url "$url" --token-file "$WORK/no_such_token" --checkpoint > "$WORK/token_missing.log" 2>&1 || rc=$?
+  [ "$rc" == 2 ] && grep -q "no_such_token" "$WORK/token_missing.log" || fail "a missing --token-file: rc $rc"
   $PY - "$url" "$(cat "$run/job_token")" <<'PYEOF' || fail "HTTP load"
 import http.client, json, socket, sys, time, urllib.parse
 url, token = sys.argv[1], sys.argv[2]
@@ -174,6 +183,14 @@ assert st["step"] > step0, "training did not advance under load"
 assert st["state"] in ("running", "checkpointing"), st["state"]
 m = get("/metrics")[1].decode()
 assert "stride_http_bad_requests_total" in m and "stride_http_bad_requests_total 0\n" not in m
+# DNS rebinding: another Host name gets 421, for reads and for control.
+c = http.client.HTTPConnection(host, port, timeout=5)
+c.request("GET", "/status", headers={"Host": "rebind.example:%d" % port})
+assert c.getresponse().status == 421
+c = http.client.HTTPConnection(host, port, timeout=5)
+c.request("POST", "/stop", headers={"Host": "rebind.example", "Authorization": "Bearer " + token})
+assert c.getresponse().status == 421
+assert json.loads(get("/status")[1])["state"] in ("running", "checkpointing")
 # Stop with the token: the run checkpoints and exits 0.
 c = http.client.HTTPConnection(host, port, timeout=5)
 c.request("POST", "/stop", headers={"Authorization": "Bearer " + token})

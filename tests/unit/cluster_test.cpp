@@ -1,9 +1,12 @@
 // The coordinator: wire framing, liveness with a fake clock, the two-phase checkpoint commit (a rank dying at
 // every phase, a MANIFEST write failing at every operation), garbage collection, and the real server on
 // loopback (bad peers, clients, HTTP endpoint).
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
@@ -17,6 +20,7 @@
 #include "cluster/client.h"
 #include "cluster/coordinator.h"
 #include "cluster/wire.h"
+#include "storage/file_io.h"
 #include "tests/unit/test_util.h"
 
 namespace stride::cluster {
@@ -351,14 +355,63 @@ TEST(CoordinatorCore, ManifestWriteFailingAtEveryOperationKeepsThePreviousCommit
     core.report(0, write_rank_files(root, 20, 0), 0.2);
     auto out = core.take_outbound();
     const uint64_t newest = newest_valid(root);
-    // Either the MANIFEST landed before the failure (committed, and said so) or the step was discarded.
-    if (has_command(out, proto::Command::COMMITTED, 20)) {
-      EXPECT_EQ(newest, 20u);
-    } else {
-      EXPECT_TRUE(has_command(out, proto::Command::DISCARDED, 20) || newest == 20u);
-      EXPECT_TRUE(newest == 10u || newest == 20u);
-    }
+    // Exactly one verdict, and it is the truth on disk: a failure while the MANIFEST is published (write,
+    // rename, the two directory fsyncs) discards the step and leaves step 10 the newest; a failure after it
+    // (LATEST, garbage collection) leaves step 20 committed, and the ranks are told so.
+    const bool committed = has_command(out, proto::Command::COMMITTED, 20);
+    const bool discarded = has_command(out, proto::Command::DISCARDED, 20);
+    EXPECT_NE(committed, discarded);
+    EXPECT_EQ(committed, fail > 4);
+    EXPECT_EQ(newest, committed ? 20u : 10u);
+    EXPECT_EQ(core.last_committed_step(), committed ? 20u : 10u);
     EXPECT_NO_THROW(verify_checkpoint(step_dir(root, newest)));
+  }
+}
+
+// LATEST or garbage collection failing after the MANIFEST rename: the checkpoint is valid on disk and a resume
+// will use it, so the step is reported committed and the failure is a warning, never a discard (#17).
+TEST(CoordinatorCore, FailureAfterTheManifestRenameStillCommits) {
+  struct AfterCommitFailingOps : FileOps {
+    bool fail_latest = false, fail_remove = false;
+    void write_file(const std::string& p, const std::string& b) override {
+      if (fail_latest && p.find("LATEST") != std::string::npos) throw Error(concat("cannot create ", p, ": EIO"));
+      FileOps::write_file(p, b);
+    }
+    void remove_all(const std::string& p) override {
+      if (fail_remove) throw Error(concat("cannot remove ", p, ": EIO"));
+      FileOps::remove_all(p);
+    }
+  };
+  for (const bool latest : {true, false}) {
+    SCOPED_TRACE(latest ? "LATEST fails" : "garbage collection fails");
+    ScratchDir dir("aftercommit");
+    const std::string root = dir.file("ckpt");
+    auto ops = std::make_shared<AfterCommitFailingOps>();
+    auto o = core_options(root, 1);
+    o.keep = 1;  // step 20's commit removes step 10
+    o.ops = ops;
+    CoordinatorCore core(o, 0.0, 1e9);
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+    core.report(0, write_rank_files(root, 10, 0), 0.1);
+    ASSERT_TRUE(has_command(core.take_outbound(), proto::Command::COMMITTED, 10));
+    ops->fail_latest = latest;
+    ops->fail_remove = !latest;
+    core.report(0, write_rank_files(root, 20, 0), 0.2);
+    const auto out = core.take_outbound();
+    EXPECT_TRUE(has_command(out, proto::Command::COMMITTED, 20));
+    EXPECT_FALSE(has_command(out, proto::Command::DISCARDED, 20));
+    EXPECT_EQ(core.last_committed_step(), 20u);
+    EXPECT_EQ(core.commits(), 2);
+    EXPECT_EQ(newest_valid(root), 20u);
+    EXPECT_EQ(lineage_head(root)->step, 20u);     // what `--resume auto` picks
+    EXPECT_TRUE(fs::exists(step_dir(root, 10)));  // left for a later commit's garbage collection
+    const auto status = nlohmann::json::parse(core.status_json(0.3));
+    EXPECT_EQ(status["checkpoint"]["discarded"], 0);
+    bool warned = false;
+    for (const auto& e : core.events()) {
+      warned |= e.level == "warning" && e.message.find("step 20 is committed, but") != std::string::npos;
+    }
+    EXPECT_TRUE(warned);
   }
 }
 
@@ -564,6 +617,177 @@ TEST(Coordinator, BadPeersAreRejectedAndTheServerKeepsServing) {
   EXPECT_FALSE(coord->failure());
 }
 
+// Rejected connections (a port scan, a wrong token, ranks of an earlier start) must not use up the connection
+// cap (4 x world + 16): after three times that many, a restarted job's ranks still join (#17).
+TEST(Coordinator, RejectedConnectionsDoNotExhaustTheConnectionCap) {
+  ScratchDir dir("cap");
+  constexpr uint32_t kWorld = 2;
+  auto coord = start(dir.file("ckpt"), kWorld);
+  const uint16_t port = coord->port();
+  auto client = [&](uint32_t rank, uint32_t attempt) {
+    ClientOptions co;
+    co.address = coord->address();
+    co.token = coord->token();
+    co.rank = rank;
+    co.world_size = kWorld;
+    co.host = "h";
+    co.pid = 100 + rank + 10 * attempt;
+    co.attempt = attempt;
+    return std::make_unique<CoordinatorClient>(co, nullptr);
+  };
+  {
+    auto c0 = client(0, 0), c1 = client(1, 0);
+    ASSERT_TRUE(c0->wait_connected(5.0));
+    ASSERT_TRUE(c1->wait_connected(5.0));
+  }
+  coord->restart(kWorld, 1, "test restart");
+  proto::Envelope stale = hello(coord->token(), 0, kWorld);  // start 0 of the job: refused after the restart
+  const std::string bad[] = {std::string("\0\0\0\x06garbag", 10), encode_frame(hello("wrong", 0, kWorld)),
+                             encode_frame(stale)};
+  const int n = 3 * (4 * static_cast<int>(kWorld) + 16);
+  int64_t before = 0;
+  coord->with_core([&](CoordinatorCore& c) { before = c.rejected_connections; });
+  for (int i = 0; i < n; ++i) {
+    const int fd = raw_connect(port);
+    ASSERT_GE(fd, 0);
+    const std::string& b = bad[i % 3];
+    ::send(fd, b.data(), b.size(), MSG_NOSIGNAL);
+    const std::string reply = read_until_closed(fd);
+    FrameDecoder dec;  // each one is told why, not just dropped by the cap
+    dec.feed(reply.data(), reply.size());
+    auto e = dec.next();
+    ASSERT_TRUE(e.has_value()) << "connection " << i << " closed without a Reject";
+    EXPECT_EQ(e->body_case(), proto::Envelope::kReject);
+  }
+  int64_t after = 0;
+  coord->with_core([&](CoordinatorCore& c) { after = c.rejected_connections; });
+  EXPECT_EQ(after - before, n);
+  auto c0 = client(0, 1), c1 = client(1, 1);
+  EXPECT_TRUE(c0->wait_connected(5.0));
+  EXPECT_TRUE(c1->wait_connected(5.0));
+  EXPECT_FALSE(coord->failure());
+}
+
+// Before its Hello a connection is nobody: a first frame announcing 1 MiB is refused at once, without waiting
+// for (or allocating) its body, and the server keeps serving (#17).
+TEST(Coordinator, LargeFirstFrameIsRefusedBeforeHello) {
+  ScratchDir dir("bigframe");
+  auto coord = start(dir.file("ckpt"), 1);  // Hello timeout 10 s: a refusal within 4 s is the size check
+  const auto t0 = std::chrono::steady_clock::now();
+  const int fd = raw_connect(coord->port());
+  ASSERT_GE(fd, 0);
+  const uint32_t n = static_cast<uint32_t>(kMaxFrameBytes);
+  const char header[4] = {static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
+                          static_cast<char>(n)};
+  ASSERT_EQ(::send(fd, header, 4, MSG_NOSIGNAL), 4);
+  const std::string reply = read_until_closed(fd);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+  FrameDecoder dec;
+  dec.feed(reply.data(), reply.size());
+  auto e = dec.next();
+  ASSERT_TRUE(e.has_value()) << "no Reject for a 1 MiB first frame";
+  ASSERT_EQ(e->body_case(), proto::Envelope::kReject);
+  EXPECT_NE(e->reject().reason().find("exceeds the limit of 4096"), std::string::npos) << e->reject().reason();
+  ClientOptions co;
+  co.address = coord->address();
+  co.token = coord->token();
+  co.host = "h";
+  co.pid = 1;
+  CoordinatorClient client(co, nullptr);
+  EXPECT_TRUE(client.wait_connected(5.0));
+}
+
+// Out of file descriptors, the accept loop waits between tries instead of spinning on EMFILE, and accepts again
+// once descriptors are free (#17).
+TEST(Coordinator, AcceptBacksOffWhenOutOfDescriptors) {
+  ScratchDir dir("emfile");
+  auto coord = start(dir.file("ckpt"), 1);
+  const uint16_t port = coord->port();
+  rlimit old_limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old_limit), 0);
+  const int peer = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(peer, 0);
+  int open_fds = 0;
+  for (const auto& e : fs::directory_iterator("/proc/self/fd")) {
+    (void)e;
+    ++open_fds;
+  }
+  rlimit low = old_limit;
+  low.rlim_cur = static_cast<rlim_t>(open_fds + 8);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> fillers;  // every descriptor left: the server's accept fails with EMFILE
+  for (;;) {
+    const int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (f < 0) break;
+    fillers.push_back(f);
+  }
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const int rc = ::connect(peer, reinterpret_cast<sockaddr*>(&a), sizeof(a));  // completes in the backlog
+  rusage r0{}, r1{};
+  ::getrusage(RUSAGE_SELF, &r0);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ::getrusage(RUSAGE_SELF, &r1);
+  for (int f : fillers) ::close(f);
+  ::setrlimit(RLIMIT_NOFILE, &old_limit);
+  ASSERT_EQ(rc, 0);
+  auto cpu = [](const rusage& r) {
+    return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) +
+           static_cast<double>(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+  };
+  EXPECT_LT(cpu(r1) - cpu(r0), 0.25) << "the accept loop spun while out of descriptors";
+  // Descriptors are back: the waiting connection is accepted and served.
+  timeval tv{5, 0};
+  ::setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const std::string bad = encode_frame(hello("wrong", 0, 1));
+  ::send(peer, bad.data(), bad.size(), MSG_NOSIGNAL);
+  const std::string reply = read_until_closed(peer);
+  FrameDecoder dec;
+  dec.feed(reply.data(), reply.size());
+  auto e = dec.next();
+  ASSERT_TRUE(e.has_value()) << "the connection that waited out the EMFILE was not served";
+  EXPECT_EQ(e->body_case(), proto::Envelope::kReject);
+  bool noted = false;
+  coord->with_core([&](CoordinatorCore& c) {
+    for (const auto& ev : c.events()) noted |= ev.message.find("accepting a connection failed") != std::string::npos;
+  });
+  EXPECT_TRUE(noted);
+}
+
+// RUN/job_token authorises /checkpoint and /stop, and run directories are often shared: no moment may exist in
+// which another user could read it, whatever the umask (#17). A watcher stats the file and its temporary while
+// the endpoint files are written again and again.
+TEST(Coordinator, JobTokenIsCreatedPrivate) {
+  ScratchDir dir("token");
+  auto coord = start(dir.file("ckpt"), 1);
+  const std::string run = dir.file("run");
+  fs::create_directories(run);
+  const std::string token = (fs::path(run) / "job_token").string();
+  const std::string tmp = (fs::path(run) / ".job_token.tmp").string();
+  const mode_t old_umask = ::umask(0);
+  std::atomic<bool> done{false};
+  std::atomic<int> exposed{0};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      for (const auto& p : {token, tmp}) {
+        struct stat st {};
+        if (::stat(p.c_str(), &st) == 0 && (st.st_mode & 077) != 0) ++exposed;
+      }
+    }
+  });
+  for (int i = 0; i < 40; ++i) write_endpoint_files(*coord, run, coord->address(), false);
+  done = true;
+  watcher.join();
+  ::umask(old_umask);
+  EXPECT_EQ(exposed.load(), 0) << "job_token or its temporary was readable by group or others";
+  struct stat st {};
+  ASSERT_EQ(::stat(token.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(storage::read_file(token), coord->token() + "\n");
+}
+
 TEST(Coordinator, ClientsCheckpointStopAndSeeAPeerDie) {
   ScratchDir dir("clients");
   const std::string root = dir.file("ckpt");
@@ -675,8 +899,91 @@ TEST(Coordinator, HttpEndpointServesStatusMetricsAndGuardsControl) {
     read_until_closed(fd);
   }
   EXPECT_EQ(http_request("GET", url + "healthz").status, 200);
+  // Counted: the three refused control requests (no token, wrong token, DELETE) and the five junk requests.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // past the quarter-second render cache
   auto after = http_request("GET", url + "metrics").body;
-  EXPECT_EQ(after.find("stride_http_bad_requests_total 0"), std::string::npos);  // counted
+  EXPECT_NE(after.find("\nstride_http_bad_requests_total 8\n"), std::string::npos) << after;
+}
+
+// The first line of the answer to a raw HTTP request ("HTTP/1.1 421 Misdirected Request").
+std::string raw_http_status_line(uint16_t port, const std::string& request) {
+  const int fd = raw_connect(port);
+  EXPECT_GE(fd, 0);
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);
+  const std::string all = read_until_closed(fd);
+  return all.substr(0, all.find("\r\n"));
+}
+
+// DNS rebinding: a page whose name the attacker points at 127.0.0.1 sends its own name as Host. Only this
+// machine's names, the configured ones and the address the request came to are served, on any port (#17).
+TEST(Coordinator, HttpEndpointAnswersOnlyItsOwnHostNames) {
+  ScratchDir dir("host");
+  CoordinatorOptions o;
+  o.core = core_options(dir.file("ckpt"), 1);
+  o.status_port = 0;
+  o.status_hosts = {"stride-head.example.org"};
+  Coordinator coord(o);
+  const uint16_t port = static_cast<uint16_t>(coord.status_port());
+  ClientOptions co;
+  co.address = coord.address();
+  co.token = coord.token();
+  co.host = "h";
+  co.pid = 7;
+  CoordinatorClient client(co, nullptr);
+  ASSERT_TRUE(client.wait_connected(5.0));
+  auto get = [&](const std::string& host_line, const std::string& method = "GET", const std::string& path = "/status",
+                 const std::string& extra = "") {
+    return raw_http_status_line(
+        port, concat(method, " ", path, " HTTP/1.1\r\n", host_line, extra, "Connection: close\r\n\r\n"));
+  };
+  const std::string p = std::to_string(port);
+  for (const std::string& host : std::vector<std::string>{
+           "localhost", "localhost:" + p, "LOCALHOST:" + p, "127.0.0.1:" + p, "[::1]:" + p, "127.0.0.1:9999",
+           "stride-head.example.org", "stride-head.example.org.:80", local_hostname() + ":" + p}) {
+    EXPECT_EQ(get(concat("Host: ", host, "\r\n")), "HTTP/1.1 200 OK") << host;
+  }
+  EXPECT_EQ(get(""), "HTTP/1.1 200 OK") << "no Host header";
+  for (const std::string& host :
+       std::vector<std::string>{"evil.example", "evil.example:" + p, "127.0.0.2", "localhost.evil.example",
+                                "stride-head.example.org.evil.example", "[::2]:" + p}) {
+    EXPECT_EQ(get(concat("Host: ", host, "\r\n")), "HTTP/1.1 421 Misdirected Request") << host;
+    EXPECT_EQ(get(concat("Host: ", host, "\r\n"), "GET", "/metrics"), "HTTP/1.1 421 Misdirected Request") << host;
+  }
+  // Control from a rebound page is refused before the token is even looked at.
+  EXPECT_EQ(get("Host: evil.example\r\n", "POST", "/stop",
+                concat("Authorization: Bearer ", coord.token(), "\r\nContent-Length: 0\r\n")),
+            "HTTP/1.1 421 Misdirected Request");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(client.stop_requested());
+  EXPECT_EQ(http_request("GET", coord.status_url() + "healthz").status, 200);  // the client sends a good Host
+}
+
+// Counters and steps are exact in /metrics: the default stream precision printed 1234567 as 1.23457e+06 (#17).
+TEST(CoordinatorCore, MetricsPrintIntegersExactly) {
+  ScratchDir dir("metrics");
+  CoordinatorCore core(core_options(dir.file("ckpt"), 1), 0.0, 1e9);
+  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+  proto::Heartbeat hb;
+  hb.set_step(1234567);
+  hb.set_total_steps(98765432101ull);
+  hb.set_epoch(1234567);
+  hb.set_loss(0.1);
+  hb.set_img_per_s(1234567.5);
+  hb.set_step_time_s(0.001234);
+  core.heartbeat(0, hb, 0.5);
+  core.rejected_connections = 12345678;
+  core.http_bad_requests = 9876543;
+  const std::string m = core.metrics_text(1.0);
+  for (const char* line :
+       {"\nstride_step 1234567\n", "\nstride_total_steps 98765432101\n", "\nstride_epoch 1234567\n",
+        "\nstride_rejected_connections_total 12345678\n", "\nstride_http_bad_requests_total 9876543\n",
+        "\nstride_rank_step{rank=\"0\",host=\"testhost\"} 1234567\n", "\nstride_loss 0.1\n",
+        "\nstride_images_per_second 1234567.5\n", "\nstride_world_size 1\n", "\nstride_up 1\n",
+        "\nstride_rank_step_seconds{rank=\"0\",host=\"testhost\"} 0.001234\n"}) {
+    EXPECT_NE(m.find(line), std::string::npos) << line << " missing in\n" << m;
+  }
+  EXPECT_EQ(m.find("e+"), std::string::npos) << m;
 }
 
 }  // namespace

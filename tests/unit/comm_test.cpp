@@ -2,9 +2,15 @@
 // real MPI ranks in tests/mpi.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <thread>
 
 #include "comm/local/local_communicator.h"
+#ifdef STRIDE_WITH_MPI
+#include "comm/mpi/mpi_communicator.h"
+#endif
+#include "common/env.h"
 #include "tests/common/comm_checks.h"
 
 namespace stride::testing {
@@ -325,10 +331,77 @@ TEST(SyncBatchNorm, DataParallelResNetEqualsOneProcessOnTheWholeBatch) {
 
 TEST(SyncBatchNorm, ConvertsEveryNormLayerAndBack) {
   auto model = models::make_model("resnet20", {});
-  auto c = comm::LocalWorld::create(1)->communicator(0);
-  EXPECT_EQ(comm::convert_sync_batchnorm(*model, c), 19);
+  model->train();
+  auto recorder = std::make_shared<RecordingCommunicator>(comm::LocalWorld::create(1)->communicator(0));
+  auto norms = [&] {
+    std::vector<models::Norm2dImpl*> out;
+    for (auto& m : model->modules()) {
+      if (auto* norm = dynamic_cast<models::Norm2dImpl*>(m.get())) out.push_back(norm);
+    }
+    return out;
+  };
+  ASSERT_EQ(norms().size(), 19u);
+  const auto x = torch::randn({2, 3, 32, 32});
+
+  EXPECT_EQ(comm::convert_sync_batchnorm(*model, recorder), 19);
+  for (auto* norm : norms()) EXPECT_NE(dynamic_cast<comm::SyncBatchNorm*>(norm->sync().get()), nullptr);
+  model->forward(x);
+  auto calls = recorder->calls();
+  EXPECT_EQ(std::count_if(calls.begin(), calls.end(), [](const auto& c) { return c.first == "allgather"; }), 19)
+      << "a training forward of a synchronised model gathers statistics once per norm layer";
+
+  recorder->clear();
   EXPECT_EQ(comm::convert_sync_batchnorm(*model, nullptr), 19);
+  for (auto* norm : norms()) EXPECT_EQ(norm->sync(), nullptr);
+  model->forward(x);
+  EXPECT_TRUE(recorder->calls().empty()) << "converted back, the layers must not communicate";
 }
+
+TEST(EnvInteger, AcceptsWholeNumbersInRangeAndNamesTheVariableOtherwise) {
+  EXPECT_EQ(parse_env_integer("STRIDE_X", "256", 1, 1024), 256);
+  EXPECT_EQ(parse_env_integer("STRIDE_X", "0", 0, 1), 0);
+  EXPECT_EQ(parse_env_integer("STRIDE_X", "-3", -5, 5), -3);
+  for (const std::string bad :
+       {"abc", "12k", "1.5", " 3", "3 ", "+3", "-", "0x10", "2048", "0", "99999999999999999999"}) {
+    SCOPED_TRACE(bad);
+    try {
+      parse_env_integer("STRIDE_X", bad, 1, 1024);
+      ADD_FAILURE() << "accepted";
+    } catch (const UsageError& e) {
+      EXPECT_EQ(std::string(e.what()), "STRIDE_X must be a whole number from 1 to 1024, not '" + bad + "'");
+    }
+  }
+  ::setenv("STRIDE_TEST_ENV_INTEGER", "", 1);
+  EXPECT_EQ(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), std::nullopt);
+  ::setenv("STRIDE_TEST_ENV_INTEGER", "7", 1);
+  EXPECT_EQ(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), 7);
+  ::setenv("STRIDE_TEST_ENV_INTEGER", "seven", 1);
+  EXPECT_THROW(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), UsageError);
+  ::unsetenv("STRIDE_TEST_ENV_INTEGER");
+  EXPECT_EQ(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), std::nullopt);
+}
+
+#ifdef STRIDE_WITH_MPI
+// A malformed STRIDE_SHM* value stops the communicator before MPI starts, naming the variable (it used to be
+// read with atoi: STRIDE_SHM_STAGING_KB=abc meant 0 bytes, and shared memory was silently off).
+TEST(MpiEnvironment, MalformedShmVariablesStopTheCommunicatorNamingThem) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"STRIDE_SHM_STAGING_KB", "abc"},    {"STRIDE_SHM_STAGING_KB", "0"}, {"STRIDE_SHM_SPIN_US", "50us"},
+      {"STRIDE_SHM_CALLER_SPIN_US", "-1"}, {"STRIDE_SHM", "no"},           {"STRIDE_SHM_WAIT", "spinn"}};
+  for (const auto& [name, value] : cases) {
+    SCOPED_TRACE(name + "=" + value);
+    ::setenv(name.c_str(), value.c_str(), 1);
+    try {
+      comm::MpiCommunicator::create(1);
+      ADD_FAILURE() << "the communicator started";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("'" + value + "'"), std::string::npos) << e.what();
+    }
+    ::unsetenv(name.c_str());
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace stride::testing

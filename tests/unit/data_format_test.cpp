@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "common/error.h"
 #include "data/codec.h"
@@ -102,6 +103,68 @@ TEST(Tar, CorruptHeaderAndTruncationAreErrorsNamingTheFile) {
   spit(dir.file("short.tar"), bytes.substr(0, 1024 + 600));
   expect_error([&] { scan_tar(dir.file("short.tar")); }, {"short.tar", "past the end"});
   expect_error([&] { scan_tar(dir.file("missing.tar")); }, {"missing.tar"});
+}
+
+// pax size= overrides the ustar size field (which a writer sets to 0 past 8 GiB). The archives come from Python's
+// tarfile (tests/python/make_pax_tar.py); its reader's view of each member is the reference.
+const std::string kPaxScript = std::string(STRIDE_SOURCE_DIR) + "/tests/python/make_pax_tar.py";
+
+void expect_scan_matches_python(const std::string& mode, const std::string& path) {
+  const auto made = run_command(std::string(STRIDE_REFERENCE_PYTHON) + " " + kPaxScript + " " + mode + " " + path);
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  std::istringstream python(made.output);
+  std::vector<TarMember> expected;
+  TarMember m;
+  while (python >> m.name >> m.size >> m.data_offset) expected.push_back(m);
+  ASSERT_EQ(expected.size(), 2u) << made.output;
+  const auto members = scan_tar(path);
+  ASSERT_EQ(members.size(), expected.size());
+  for (size_t i = 0; i < members.size(); ++i) {
+    EXPECT_EQ(members[i].name, expected[i].name);
+    EXPECT_EQ(members[i].size, expected[i].size) << members[i].name;
+    EXPECT_EQ(members[i].data_offset, expected[i].data_offset) << members[i].name;
+  }
+}
+
+TEST(Tar, PaxSizeRecordOverridesTheHeaderSize) {
+  ScratchDir dir("paxsize");
+  expect_scan_matches_python("override", dir.file("override.tar"));
+  const std::string bytes = slurp(dir.file("override.tar"));
+  const auto members = scan_tar(dir.file("override.tar"));
+  ASSERT_EQ(members.size(), 2u);
+  EXPECT_EQ(members[0].size, 1000u);
+  EXPECT_EQ(static_cast<unsigned char>(bytes[members[0].data_offset + 999]), 999 % 251);
+  EXPECT_EQ(bytes.substr(members[1].data_offset, members[1].size), "7");
+}
+
+TEST(Tar, PaxSizeRecordCarriesMembersOverEightGiB) {
+  ScratchDir dir("paxhuge");  // a sparse 9 GiB archive: only its headers take disk space
+  expect_scan_matches_python("huge", dir.file("huge.tar"));
+  EXPECT_EQ(scan_tar(dir.file("huge.tar"))[0].size, uint64_t{9} << 30);
+}
+
+TEST(Tar, MalformedPaxSizeRecordIsAnErrorNamingTheShard) {
+  ScratchDir dir("paxbad");
+  for (const std::string value : {"12x", "-5", "", "99999999999999999999999", " 12"}) {
+    SCOPED_TRACE(value);
+    const std::string path = dir.file("shard-000.tar");
+    const auto made =
+        run_command(std::string(STRIDE_REFERENCE_PYTHON) + " " + kPaxScript + " bad " + path + " '" + value + "'");
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    expect_error([&] { scan_tar(path); }, {"shard-000.tar", "malformed pax size record 'size=" + value + "'"});
+  }
+  // A size that parses but runs past the end of the archive.
+  const auto made = run_command(std::string(STRIDE_REFERENCE_PYTHON) + " " + kPaxScript + " bad " +
+                                dir.file("long.tar") + " 18446744073709551615");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  expect_error([&] { scan_tar(dir.file("long.tar")); }, {"long.tar", "runs past the end"});
+  // Broken record framing (length field not matching the record) is an error too, not silently skipped.
+  std::string bytes = slurp(dir.file("long.tar"));
+  const size_t at = bytes.find(" size=");
+  ASSERT_NE(at, std::string::npos);
+  bytes[at - 1] = bytes[at - 1] == '1' ? '2' : '1';  // the record's length no longer matches it
+  spit(dir.file("framing.tar"), bytes);
+  expect_error([&] { scan_tar(dir.file("framing.tar")); }, {"framing.tar", "malformed pax extended header record"});
 }
 
 TEST(Tar, WebDatasetKeys) {

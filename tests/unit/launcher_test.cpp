@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cluster/coordinator.h"
 #include "cluster/coordinator_core.h"
 #include "common/error.h"
 #include "launcher/launch.h"
@@ -46,6 +47,47 @@ TEST(Launch, MpirunCommandCarriesHostsNetworkAndTheCoordinatorEnvironment) {
   const std::string again = joined(rank_command(o, /*resume=*/true));
   EXPECT_NE(again.find("/opt/stride train --model resnet20 --resume auto"), std::string::npos) << again;
   EXPECT_EQ(again.find("step-00000010"), std::string::npos) << again;
+}
+
+// A multi-host job's rank listener binds the address the ranks are told to use, not every interface (#17).
+TEST(Launch, MultiHostRankListenerBindsTheCoordinatorAddress) {
+  LaunchOptions o;
+  std::string warning;
+  EXPECT_EQ(coordinator_bind_address(o, /*remote=*/false, &warning), "127.0.0.1");
+  EXPECT_EQ(warning, "");
+  o.coordinator_host = "127.0.0.1";  // an address of this host (lo)
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "127.0.0.1");
+  EXPECT_EQ(warning, "");
+  o.coordinator_host = "localhost";  // a name, resolved to one of this host's addresses
+  const std::string by_name = coordinator_bind_address(o, true, &warning);
+  EXPECT_TRUE(by_name == "127.0.0.1" || by_name == "::1") << by_name;
+  EXPECT_EQ(warning, "");
+  o.coordinator_host.clear();
+  o.iface = "127.0.0.0/8";  // --iface as a network
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "127.0.0.1");
+  o.iface = "lo";  // --iface as an interface name
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "127.0.0.1");
+  EXPECT_EQ(warning, "");
+  // The address must be this host's; otherwise every interface, and a warning naming the flag.
+  o.iface.clear();
+  o.coordinator_host = "0.0.0.1";  // no interface can have it
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "0.0.0.0");
+  EXPECT_NE(warning.find("--coordinator-host 0.0.0.1 (0.0.0.1) is not an address of this host"), std::string::npos)
+      << warning;
+  o.coordinator_host.clear();
+  o.iface = "0.0.0.0/32";  // a network with no address of this host
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "0.0.0.0");
+  EXPECT_NE(warning.find("--iface 0.0.0.0/32"), std::string::npos) << warning;
+  o.iface.clear();
+  EXPECT_EQ(coordinator_bind_address(o, true, &warning), "0.0.0.0");
+  EXPECT_NE(warning.find("--coordinator-host"), std::string::npos) << warning;
+  // And the coordinator listens there: a real bind of the chosen address.
+  o.coordinator_host = "127.0.0.1";
+  cluster::CoordinatorOptions co;
+  co.bind = coordinator_bind_address(o, true, &warning);
+  co.status_port = -1;
+  cluster::Coordinator coordinator(co);
+  EXPECT_EQ(coordinator.address(), concat("127.0.0.1:", coordinator.port()));
 }
 
 TEST(Launch, InsideASlurmAllocationRanksStartWithSrunPmix) {
@@ -314,8 +356,42 @@ TEST(Submit, ScriptRequeuesOnTheWarningSignalAndResumes) {
   EXPECT_NE(a.find("#SBATCH --array=0-3\n"), std::string::npos);
   EXPECT_NE(a.find("--output-dir '/runs/r50'/task-${SLURM_ARRAY_TASK_ID}"), std::string::npos) << a;
   EXPECT_NE(a.find("%x-%A_%a.out"), std::string::npos);
-  o.nodes = 0;
-  EXPECT_THROW(sbatch_script(o, "/runs/r50", "/opt/stride"), std::exception);
+  o.nodes = 0;  // a usage error (exit code 2) naming the flags, not any exception
+  try {
+    sbatch_script(o, "/runs/r50", "/opt/stride");
+    ADD_FAILURE() << "--nodes 0 was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_STREQ(e.what(), "--nodes and --ntasks-per-node must be positive");
+  }
+}
+
+TEST(Submit, SiteOptionsPassThroughAsSbatchLinesAndLineBreaksAreRefused) {
+  SubmitOptions o;
+  o.mem = "64G";
+  o.qos = "high";
+  o.constraint = "avx512&ib";
+  o.sbatch_lines = {"--exclusive", "--mail-type=END"};
+  const std::string s = sbatch_script(o, "/runs/r", "/opt/stride");
+  for (const char* want : {"#SBATCH --mem=64G\n", "#SBATCH --qos=high\n", "#SBATCH --constraint=avx512&ib\n",
+                           "#SBATCH --exclusive\n", "#SBATCH --mail-type=END\n"}) {
+    EXPECT_NE(s.find(want), std::string::npos) << want << "\n" << s;
+  }
+  // Every #SBATCH line comes before the first command: sbatch stops reading options there.
+  EXPECT_LT(s.find("#SBATCH --mail-type=END"), s.find("\nset -u"));
+  const auto usage = [](const SubmitOptions& bad, const std::string& want) {
+    try {
+      sbatch_script(bad, "/runs/r", "/opt/stride");
+      ADD_FAILURE() << "no error, wanted " << want;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  SubmitOptions two_lines = o;
+  two_lines.qos = "high\nrm -rf /";
+  usage(two_lines, "--qos must be one line");
+  SubmitOptions not_an_option = o;
+  not_an_option.sbatch_lines = {"exclusive"};
+  usage(not_an_option, "--sbatch-line 'exclusive'");
 }
 
 }  // namespace

@@ -244,10 +244,32 @@ TEST(Dropout, BeforeTheClassifierOnlyInTraining) {
   ModelOptions o;
   o.dropout = 0.5;
   auto model = make_model("resnet20", o);
-  auto x = torch::randn({4, 3, 32, 32});
+  auto reference = make_model("resnet20", {});  // the same weights, no dropout
   torch::NoGradGuard no_grad;
+  {
+    auto params = model->named_parameters();
+    for (auto& p : reference->named_parameters()) p.value().copy_(params[p.key()]);
+    auto buffers = model->named_buffers();
+    for (auto& b : reference->named_buffers()) b.value().copy_(buffers[b.key()]);
+  }
+  auto x = torch::randn({4, 3, 32, 32});
+
+  // Eval: no dropout at all, so the output is the reference's, every time.
   model->eval();
-  EXPECT_TRUE(torch::equal(model->forward(x), model->forward(x)));
+  reference->eval();
+  const auto expected = reference->forward(x);
+  EXPECT_TRUE(torch::equal(model->forward(x), expected));
+  EXPECT_TRUE(torch::equal(model->forward(x), expected));
+
+  // Training: half the features are dropped, at random, so the output differs from call to call and from the
+  // reference (whose training-mode output is deterministic: batch statistics, no randomness).
+  model->train();
+  reference->train();
+  const auto a = model->forward(x), b = model->forward(x);
+  const auto r1 = reference->forward(x), r2 = reference->forward(x);
+  ASSERT_TRUE(torch::equal(r1, r2));
+  EXPECT_FALSE(torch::allclose(a, b)) << "dropout draws a new mask every call";
+  EXPECT_FALSE(torch::allclose(a, r1)) << "training-mode output must not be the dropout-free one";
 }
 
 }  // namespace

@@ -72,6 +72,41 @@ TEST(Safetensors, RejectsBrokenFiles) {
   expect_error_containing(lie(R"({"w":{"dtype":"F32"}})"), "malformed header entry");
 }
 
+std::string with_header(const std::string& header, size_t data_bytes) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  return out + header + std::string(data_bytes, '\0');
+}
+
+// A crafted header names any shape; the reader must check it against the bytes present before allocating, and
+// must not let the element count or the byte count wrap around.
+TEST(Safetensors, RejectsHugeAndOverflowingShapesBeforeAllocating) {
+  // 2^30 x 2^30 floats: 4 EiB, never allocatable. The file holds 16 bytes.
+  expect_error_containing(
+      with_header(R"({"big":{"dtype":"F32","shape":[1073741824,1073741824],"data_offsets":[0,16]}})", 16),
+      "tensor 'big' holds 16 bytes but shape [1073741824, 1073741824] of F32 needs "
+      "4611686018427387904");
+  // 2^32 x 2^32 elements wraps a 64-bit count to 0; 0 bytes would then "match" an empty data range.
+  expect_error_containing(
+      with_header(R"({"wrap":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0),
+      "tensor 'wrap' has shape [4294967296, 4294967296] whose element count overflows");
+  // 2^62 doubles: the count fits, the byte count (2^65) wraps to 0.
+  expect_error_containing(
+      with_header(R"({"bytes":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]}})", 0),
+      "tensor 'bytes' has shape [4611686018427387904] whose size in bytes overflows");
+  // 3 x 2^62 x 2 wraps a signed 64-bit product to a small positive number under the old int64 arithmetic.
+  expect_error_containing(
+      with_header(R"({"signed":{"dtype":"U8","shape":[3,4611686018427387904,2],"data_offsets":[0,16]}})", 16),
+      "whose element count overflows");
+  // A plain size mismatch names the tensor, its shape and dtype.
+  expect_error_containing(with_header(R"({"w":{"dtype":"F16","shape":[2,3],"data_offsets":[0,16]}})", 16),
+                          "tensor 'w' holds 16 bytes but shape [2, 3] of F16 needs 12");
+  // A zero dimension makes an empty tensor whatever the other dimensions say.
+  auto empty =
+      decode_safetensors(with_header(R"({"e":{"dtype":"F32","shape":[0,1073741824],"data_offsets":[0,0]}})", 0), "mem");
+  EXPECT_EQ(empty.tensors.at("e").numel(), 0);
+}
+
 TEST(Safetensors, FileRoundTripAndMissingFile) {
   testing::ScratchDir dir("st");
   write_safetensors(dir.file("a.safetensors"), {{"x", torch::arange(10).to(torch::kFloat)}});

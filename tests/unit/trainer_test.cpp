@@ -6,6 +6,9 @@
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <tuple>
 
 #include "common/error.h"
 #include "models/registry.h"
@@ -400,10 +403,11 @@ TEST(Checkpoint, InterruptedAtEveryOperationIsNeverPickedUp) {
     } catch (const Error&) {
       crashed = true;
     }
-    EXPECT_TRUE(crashed);
     auto latest = CheckpointStore(dir.path().string(), 2).latest();
     ASSERT_TRUE(latest.has_value());
-    // Either the new checkpoint is complete (the crash came after its MANIFEST landed) or the old one is it.
+    // A crash before the MANIFEST is durable fails the save and leaves the old checkpoint newest; one after it
+    // (LATEST, garbage collection) is a warning: the save succeeded and the new checkpoint is the newest.
+    EXPECT_EQ(crashed, latest->step == 10u) << "crashed " << crashed << ", newest step " << latest->step;
     if (latest->step == 20u) {
       EXPECT_TRUE(torch::equal(load_checkpoint(latest->path).model.at("fc.weight"), torch::full({2, 3}, 20.f)));
     } else {
@@ -476,6 +480,63 @@ TEST(TensorBoard, EventsReadBackWithValidChecksums) {
   f.put('\x01');
   f.close();
   EXPECT_THROW(read_tensorboard_scalars(path), Error);
+}
+
+// Golden checks against an independent implementation (tests/python/tfrecord_events.py: Python's protobuf package
+// with TensorFlow's Event field numbers, and TFRecord framing and CRC32C written from the format's description).
+const std::string kEventsScript = std::string(STRIDE_SOURCE_DIR) + "/tests/python/tfrecord_events.py";
+
+TEST(TensorBoard, ReadsGoldenEventsFromAnIndependentWriter) {
+  ScratchDir dir("tbgolden");
+  const std::string path = dir.file("events.out.tfevents.golden");
+  const auto made = testing::run_command(std::string(STRIDE_REFERENCE_PYTHON) + " " + kEventsScript + " write " + path);
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const auto events = read_tensorboard_scalars(path);
+  ASSERT_EQ(events.size(), 4u);  // the file_version record carries no scalar
+  const std::vector<std::tuple<std::string, double, int64_t>> expected = {
+      {"train/loss", 2.5, 0}, {"train/loss", 1.25, 10}, {"eval/acc1", 91.25, 10}, {"lr", 0.1, 20}};
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].tag, std::get<0>(expected[i])) << i;
+    EXPECT_FLOAT_EQ(static_cast<float>(events[i].value), static_cast<float>(std::get<1>(expected[i]))) << i;
+    EXPECT_EQ(events[i].step, std::get<2>(expected[i])) << i;
+  }
+}
+
+TEST(TensorBoard, OurEventsPassAnIndependentReader) {
+  ScratchDir dir("tbindependent");
+  std::string path;
+  {
+    TensorBoardWriter w(dir.path().string());
+    path = w.path();
+    for (int i = 0; i < 3; ++i) w.scalar("train/loss", 1.0 / (i + 1), i * 10);
+    w.scalar("eval/acc1", 91.25, 20);
+  }
+  const auto read = testing::run_command(std::string(STRIDE_REFERENCE_PYTHON) + " " + kEventsScript + " read " + path);
+  ASSERT_EQ(read.exit_code, 0) << read.output;
+  std::istringstream lines(read.output);
+  std::vector<nlohmann::json> events;
+  for (std::string line; std::getline(lines, line);) events.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(events.size(), 5u) << read.output;
+  EXPECT_EQ(events[0].value("file_version", ""), "brain.Event:2");
+  EXPECT_GT(events[0]["wall_time"].get<double>(), 1.7e9);
+  for (int i = 0; i < 3; ++i) {
+    const auto& e = events[static_cast<size_t>(i) + 1];
+    EXPECT_EQ(e["step"].get<int64_t>(), i * 10);
+    ASSERT_EQ(e["values"].size(), 1u);
+    EXPECT_EQ(e["values"][0]["tag"], "train/loss");
+    EXPECT_FLOAT_EQ(e["values"][0]["simple_value"].get<float>(), static_cast<float>(1.0 / (i + 1)));
+  }
+  EXPECT_EQ(events[4]["values"][0]["tag"], "eval/acc1");
+  EXPECT_EQ(events[4]["step"].get<int64_t>(), 20);
+  // The independent reader does check the CRCs: a flipped payload byte fails it.
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(14);
+    f.put('\x7f');
+  }
+  const auto bad = testing::run_command(std::string(STRIDE_REFERENCE_PYTHON) + " " + kEventsScript + " read " + path);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("bad data CRC at 0"), std::string::npos) << bad.output;
 }
 
 }  // namespace
