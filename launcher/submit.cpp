@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "launcher/restart_policy.h"
 #include "storage/file_io.h"
 #include "trainer/config.h"
 #include "trainer/train_command.h"
@@ -48,6 +49,7 @@ std::string run_capture(const std::vector<std::string>& argv, int* status) {
 std::string sbatch_script(const SubmitOptions& o, const std::string& output_dir, const std::string& stride_binary) {
   if (o.nodes < 1 || o.ntasks_per_node < 1) throw UsageError("--nodes and --ntasks-per-node must be positive");
   if (o.signal_seconds < 1) throw UsageError("--signal-seconds must be positive");
+  if (!o.restart_window.empty()) parse_duration("--restart-window", o.restart_window);  // a usage error if bad
   // A value is one #SBATCH line: a line break would start another line of the script.
   for (const auto& [flag, value] :
        std::vector<std::pair<const char*, const std::string*>>{{"--time", &o.time},
@@ -101,7 +103,9 @@ echo "stride: job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname)
   if (!o.array.empty()) out_dir = concat(quote(output_dir), "/task-${SLURM_ARRAY_TASK_ID}");
   s += concat("STRIDE=", quote(stride_binary), "\n");
   s += concat("\"$STRIDE\" launch --launcher srun --max-restarts ", o.max_restarts, " --status-port ", o.status_port,
-              " --restart-backoff ", o.restart_backoff_s, " -- \\\n   ");
+              " --restart-backoff ", o.restart_backoff_s);
+  if (!o.restart_window.empty()) s += concat(" --restart-window ", quote(o.restart_window));
+  s += " -- \\\n   ";
   for (const auto& a : o.train_args) s += " " + quote(a);
   s += concat(" \\\n    --output-dir ", out_dir, " --resume auto &\n");
   s += R"sh(launcher=$!
@@ -186,6 +190,8 @@ void add_submit_command(CLI::App& app) {
   cmd->add_option("--signal-seconds", o->signal_seconds, "USR2 this long before the time limit")->capture_default_str();
   cmd->add_option("--max-restarts", o->max_restarts, "stride launch --max-restarts")->capture_default_str();
   cmd->add_option("--restart-backoff", o->restart_backoff_s, "stride launch --restart-backoff")->capture_default_str();
+  cmd->add_option("--restart-window", o->restart_window,
+                  "stride launch --restart-window: --max-restarts counts failures within it (e.g. 1h)");
   cmd->add_option("--status-port", o->status_port, "stride launch --status-port")->capture_default_str();
   cmd->add_option("--sbatch", o->sbatch, "sbatch executable")->capture_default_str();
   cmd->add_flag("--dry-run", o->dry_run, "Write and print the script, do not submit");

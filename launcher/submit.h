@@ -21,6 +21,7 @@ struct SubmitOptions {
   int signal_seconds = 120;               // --signal=B:USR2@N
   int max_restarts = 3;
   double restart_backoff_s = 2;
+  std::string restart_window;  // stride launch --restart-window (empty: launch's default, the job's whole life)
   int status_port = 8470;
   std::string sbatch = "sbatch";
   bool dry_run = false;

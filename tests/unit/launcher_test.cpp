@@ -392,6 +392,12 @@ TEST(Submit, SiteOptionsPassThroughAsSbatchLinesAndLineBreaksAreRefused) {
   SubmitOptions not_an_option = o;
   not_an_option.sbatch_lines = {"exclusive"};
   usage(not_an_option, "--sbatch-line 'exclusive'");
+  // The restart window goes to stride launch inside the job, checked before anything is submitted.
+  SubmitOptions windowed = o;
+  windowed.restart_window = "1h";
+  EXPECT_NE(sbatch_script(windowed, "/runs/r", "/opt/stride").find("--restart-window '1h' --"), std::string::npos);
+  windowed.restart_window = "an hour";
+  usage(windowed, "--restart-window");
 }
 
 }  // namespace
