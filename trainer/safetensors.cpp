@@ -1,9 +1,12 @@
 #include "trainer/safetensors.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <tuple>
+#include <vector>
 
 #include "common/error.h"
 #include "storage/file_io.h"
@@ -90,6 +93,7 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
   const uint64_t data_size = bytes.size() - 8 - n;
   const char* data = bytes.data() + 8 + n;
   SafetensorsFile file;
+  std::vector<std::tuple<uint64_t, uint64_t, std::string>> ranges;  // [begin, end) of each non-empty tensor
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
       for (const auto& [k, v] : entry.items()) {
@@ -127,11 +131,23 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
         throw Error(concat(source, ": tensor '", name, "' holds ", offsets[1] - offsets[0], " bytes but shape ",
                            shape_string(shape), " of ", entry.at("dtype").get<std::string>(), " needs ", expect));
       }
+      if (expect > 0) ranges.emplace_back(offsets[0], offsets[1], name);
       auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
       if (expect > 0) std::memcpy(t.data_ptr(), data + offsets[0], expect);
       file.tensors[name] = t;
     } catch (const nlohmann::json::exception& e) {
       throw Error(concat(source, ": tensor '", name, "' has a malformed header entry: ", e.what()));
+    }
+  }
+  // Two tensors sharing bytes are not what any writer produces: the file is corrupt or crafted.
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const auto& [prev_begin, prev_end, prev_name] = ranges[i - 1];
+    const auto& [begin, end, name] = ranges[i];
+    if (begin < prev_end) {
+      throw Error(concat(source, ": tensors '", prev_name, "' [", prev_begin, ", ", prev_end, ") and '", name, "' [",
+                         begin, ", ", end,
+                         ") overlap in the data section: corrupt or not written by a safetensors writer"));
     }
   }
   return file;

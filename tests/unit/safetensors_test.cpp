@@ -107,6 +107,20 @@ TEST(Safetensors, RejectsHugeAndOverflowingShapesBeforeAllocating) {
   EXPECT_EQ(empty.tensors.at("e").numel(), 0);
 }
 
+TEST(Safetensors, OverlappingTensorsAreAnError) {
+  expect_error_containing(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                                      12),
+                          "tensors 'a' [0, 8) and 'b' [4, 12) overlap");
+  // Adjacent ranges and empty tensors anywhere are fine.
+  auto ok = decode_safetensors(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                           R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                                           R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                                           12),
+                               "mem");
+  EXPECT_EQ(ok.tensors.size(), 3u);
+}
+
 TEST(Safetensors, FileRoundTripAndMissingFile) {
   testing::ScratchDir dir("st");
   write_safetensors(dir.file("a.safetensors"), {{"x", torch::arange(10).to(torch::kFloat)}});
