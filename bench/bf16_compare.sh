@@ -21,12 +21,14 @@ JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPI=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS)
 MPI_TC=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x LD_PRELOAD="$TCMALLOC")
-MPI_JE=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x LD_PRELOAD="$JEMALLOC")
+# jemalloc as PyTorch's CPU tuning guides set it: freed pages kept (no decay back to the OS), a background thread.
+JE_CONF=${JE_CONF:-oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000}
+MPI_JE=(mpirun --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x LD_PRELOAD="$JEMALLOC" -x MALLOC_CONF="$JE_CONF")
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 cpu_bf16=$(grep -o -w -m1 -E 'avx512_bf16|amx_bf16' /proc/cpuinfo | head -1 || true)
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), bf16 instructions:" \
+echo "machine: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), bf16 instructions:" \
   "${cpu_bf16:-none}, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
 [ -n "$cpu_bf16" ] || echo "note: no bf16 instructions: Stride's --amp runs float32 here (bf16 rows are --amp-force)"
 FORCE=()
