@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build ccache git pkg-config clang-format
   libtorch-dev python3-torch python3-torchvision libopenblas0-pthread
+  python3-pil python3-yaml python3-protobuf  # test references: PIL resizes, deploy/ YAML, TFRecord events
   libopenmpi-dev openmpi-bin
   libboost-dev libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
