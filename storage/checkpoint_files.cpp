@@ -93,7 +93,14 @@ void after_commit(FileOps& ops, const std::string& root, uint64_t step, int64_t 
 std::string commit_manifest(FileOps& ops, const std::string& root, proto::Manifest m, int64_t keep) {
   const uint64_t step = m.step();
   const std::string dir = publish_manifest(ops, root, std::move(m));
-  after_commit(ops, root, step, keep);
+  // Committed from here on: a failure to update LATEST or collect garbage is reported, never a failed save.
+  try {
+    after_commit(ops, root, step, keep);
+  } catch (const Error& e) {
+    std::fprintf(stderr,
+                 "stride: warning: checkpoint %s is committed, but updating LATEST or removing old ones failed: %s\n",
+                 dir.c_str(), e.what());
+  }
   return dir;
 }
 

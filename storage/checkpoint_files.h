@@ -62,8 +62,8 @@ std::string publish_manifest(FileOps& ops, const std::string& checkpoint_root, p
 // Throws stride::Error on I/O failure, but the checkpoint stays committed: readers do not trust LATEST, and
 // garbage left behind is collected after a later commit. Callers log such a failure; it is never a discard.
 void after_commit(FileOps& ops, const std::string& checkpoint_root, uint64_t step, int64_t keep);
-// publish_manifest, then after_commit (one process that commits its own checkpoints). Throws stride::Error on
-// either's failure.
+// publish_manifest, then after_commit (one process that commits its own checkpoints). Throws stride::Error when
+// publishing fails; an after_commit failure is printed as a warning, since the checkpoint is committed.
 std::string commit_manifest(FileOps& ops, const std::string& checkpoint_root, proto::Manifest manifest, int64_t keep);
 
 struct CheckpointInfo {

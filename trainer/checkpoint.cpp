@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -31,17 +30,7 @@ std::string CheckpointStore::commit(CheckpointData data) {
   for (const auto& [file, tensors] : checkpoint_parts(data)) {
     *m.add_files() = storage::write_checkpoint_file(*ops_, path, file, encode_safetensors(*tensors));
   }
-  const uint64_t step = m.step();
-  const std::string committed = storage::publish_manifest(*ops_, dir_, std::move(m));
-  // Committed from here on: a failure to update LATEST or collect garbage is reported, never a failed save.
-  try {
-    storage::after_commit(*ops_, dir_, step, keep_);
-  } catch (const Error& e) {
-    std::fprintf(stderr,
-                 "stride: warning: checkpoint %s is committed, but updating LATEST or removing old ones failed: %s\n",
-                 committed.c_str(), e.what());
-  }
-  return committed;
+  return storage::commit_manifest(*ops_, dir_, std::move(m), keep_);
 }
 
 std::vector<CheckpointInfo> CheckpointStore::list(bool deep) const { return storage::list_checkpoints(dir_, deep); }
