@@ -5,6 +5,7 @@
 
 #include <set>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "data/codec.h"
@@ -77,14 +78,19 @@ TEST(DataPlan, FixedSizeGrayscaleTrainsAndEvaluatesAtItsOwnSize) {
   // Both loaders then produce batches of one shape, and evaluation reuses the buffers training batches lived in
   // (it allocates none of its own).
   EXPECT_EQ(p.eval.pool, p.train.pool);
+  // Training holds all four of its batches at once, so the pool ends up with at least as many buffers as the two
+  // evaluation batches can ever need together, however the loader's threads happen to be scheduled.
   std::set<const void*> train_buffers;
   {
     data::ShardedLoader train(p.train);
     train.start({0, 0, 0});
+    std::vector<torch::Tensor> held;
     while (auto tb = train.next()) {
       EXPECT_EQ(tb->images.sizes(), (std::vector<int64_t>{4, 1, 28, 28}));
       train_buffers.insert(tb->images.data_ptr());
+      held.push_back(tb->images);
     }
+    EXPECT_EQ(train_buffers.size(), 4u);
   }
   const uint64_t before = p.train.pool->allocations();
   data::ShardedLoader eval(p.eval);
