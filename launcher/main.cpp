@@ -10,6 +10,7 @@
 
 #include "bench/bench_command.h"
 #include "comm/build_info.h"
+#include "common/cli_error.h"
 #include "common/error.h"
 #include "data/shard_command.h"
 #include "launcher/launch.h"
@@ -55,8 +56,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::fprintf(stderr, "stride: error: %s\n",
+                 stride::describe_parse_error(app, e, std::vector<std::string>(argv + 1, argv + argc)).c_str());
+    return 2;
   } catch (const stride::UsageError& e) {
     std::fprintf(stderr, "stride: error: %s\n", e.what());
     return 2;

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "common/suggest.h"
 
 namespace stride::models {
 namespace {
@@ -128,13 +129,8 @@ ResNetSpec model_spec(const std::string& name) {
   for (const auto& s : table()) {
     if (s.name == name) return s;
   }
-  std::string similar;
-  for (const auto& s : table()) {
-    const auto prefix = name.substr(0, std::min<size_t>(name.size(), 4));
-    if (!prefix.empty() && s.name.rfind(prefix, 0) == 0) similar += (similar.empty() ? "" : ", ") + s.name;
-  }
-  throw UsageError(concat("unknown model '", name, "'", similar.empty() ? "" : " (did you mean: " + similar + "?)",
-                          "; `stride models` lists them all"));
+  throw UsageError(
+      concat("unknown model '", name, "'", did_you_mean(name, model_names()), "; `stride models` lists them all"));
 }
 
 ResNet make_model(const std::string& name, const ModelOptions& options) { return ResNet(model_spec(name), options); }

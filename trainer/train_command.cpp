@@ -6,6 +6,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "common/cli_error.h"
 #include "common/error.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -24,9 +25,10 @@ TrainConfig parse_train_flags(const std::vector<std::string>& args) {
   try {
     app.parse(reversed);
   } catch (const CLI::ParseError& e) {
-    throw UsageError(concat("train flags: ", e.what()));
+    throw UsageError(concat("train flags: ", describe_parse_error(app, e, args)));
   }
   if (!config.config_file.empty()) apply_config_file(config.config_file, app, config);
+  normalize_aliases(config);
   validate(config);
   return config;
 }
@@ -37,6 +39,7 @@ void add_train_command(CLI::App& app) {
   add_train_options(*cmd, *config);
   cmd->callback([config, cmd] {
     if (!config->config_file.empty()) apply_config_file(config->config_file, *cmd, *config);
+    normalize_aliases(*config);
     if (!config->test_only) install_stop_signals();  // a stop then checkpoints first (trainer/stop_signals.h)
     Trainer trainer(*config);
     const int rc = trainer.run();

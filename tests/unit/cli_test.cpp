@@ -2,9 +2,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/suggest.h"
 #include "models/grad_norms.h"
 #include "models/registry.h"
 #include "test_util.h"
@@ -74,6 +77,77 @@ TEST(CliModels, ErrorsExitWithTwoAndSayWhat) {
   r = run_command(kStride + " models --help");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("--grad-norms"), std::string::npos);
+}
+
+TEST(CliErrors, ClosestNameIgnoresCaseAndSeparatorsAndRefusesFarOnes) {
+  EXPECT_EQ(edit_distance("trian", "train"), 1u);
+  EXPECT_EQ(edit_distance("", "abc"), 3u);
+  EXPECT_EQ(closest_name("trian", {"shard", "train", "launch"}), "train");
+  EXPECT_EQ(closest_name("ResNet-18", models::model_names()), "resnet18");
+  EXPECT_EQ(closest_name("resnet_50", models::model_names()), "resnet50");
+  EXPECT_EQ(closest_name("--bach-size", {"--batch-size", "--bucket-cap-mb"}), "--batch-size");
+  EXPECT_EQ(closest_name("frobnicate", {"train", "launch"}), "");
+  EXPECT_EQ(did_you_mean("cosnie", {"step", "cosine"}), " (did you mean 'cosine'?)");
+}
+
+// Usage errors are one line on stderr that starts with `stride: error:` and names what was probably meant.
+TEST(CliErrors, UnknownNamesAreOneLineWithTheClosestSuggested) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"trian", "unknown command 'trian' for `stride`; did you mean 'train'?"},
+      {"train --bach-size 3", "unknown flag '--bach-size' for `stride train`; did you mean '--batch-size'?"},
+      {"train --nproc-per-node 2", "torchrun's --nproc-per-node is `stride launch -n N`"},
+      {"launch -n 2 --hostfle hosts -- --epochs 1",
+       "unknown flag '--hostfle' for `stride launch`; did you mean '--hostfile'?"},
+      {"launch -n 2 --epochs 3",
+       "unknown flag '--epochs' for `stride launch`; it is a flag of `stride train`; "
+       "training flags go after `--`"},
+      {"bench step --modle resnet20", "unknown flag '--modle' for `stride bench step`; did you mean '--model'?"},
+      {"models --grad-norms ResNet-18", "unknown model 'ResNet-18' (did you mean 'resnet18'?)"},
+      {"train --lr-scheduler cosnie --data-path /nonexistent", "(did you mean 'cosine'?)"},
+  };
+  for (const auto& [args, text] : cases) {
+    const auto r = run_command(kStride + " " + args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(text), std::string::npos) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.rfind("stride: error: ", 0), 0u) << args << "\n" << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << args << "\n" << r.output;
+  }
+}
+
+// `stride launch` with more ranks than Open MPI has slots: one clear error, exit 2, no restarts.
+TEST(CliLaunch, MoreRanksThanSlotsSaysOversubscribeOnceAndDoesNotRestart) {
+  testing::ScratchDir dir("oversubscribe");
+  const auto r = run_command(
+      "env -u OMPI_MCA_rmaps_base_oversubscribe OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kStride +
+      " launch -n 4096 --max-restarts 3 --restart-backoff 1s --status-port -1 -- --dataset fashion-mnist "
+      "--output-dir " +
+      dir.file("run") + " --data-path " + dir.file("data"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  const std::string want = "mpirun has fewer slots than the 4096 ranks asked for";
+  const auto first = r.output.find(want);
+  ASSERT_NE(first, std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(want, first + 1), std::string::npos) << "said more than once:\n" << r.output;
+  EXPECT_NE(r.output.find("add --oversubscribe"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("restart 1"), std::string::npos) << r.output;
+}
+
+// A missing dataset stops `stride launch` before a run directory, a coordinator or a rank exists; a --data-path
+// that points at a split names the folder to pass instead.
+TEST(CliLaunch, DatasetErrorsComeFirstAndLeaveNothingBehind) {
+  testing::ScratchDir dir("nodata");
+  auto r =
+      run_command(kStride + " launch -n 2 -- --output-dir " + dir.file("run") + " --data-path " + dir.file("none"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output.rfind("stride: error: no dataset at " + dir.file("none") + "/train", 0), 0u) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run"))) << "the failed start left a run directory";
+  std::filesystem::create_directories(dir.file("fm/train"));
+  std::ofstream(dir.file("fm/train/index.pb")) << "";
+  r = run_command(kStride + " train --output-dir " + dir.file("run") + " --data-path " + dir.file("fm/train"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("is one split of a dataset (it holds index.pb); pass the folder above it: --data-path " +
+                          dir.file("fm")),
+            std::string::npos)
+      << r.output;
 }
 
 // The probe's numbers must equal the gradient norms computed directly with torch::autograd::grad (a separate
