@@ -32,6 +32,7 @@
 #include "launcher/rank_output.h"
 #include "launcher/restart_policy.h"
 #include "trainer/config.h"
+#include "trainer/data_setup.h"
 #include "trainer/train_command.h"
 
 namespace stride::launcher {
@@ -359,12 +360,15 @@ int launch(LaunchOptions o) {
   if (o.stride_binary.empty()) o.stride_binary = fs::read_symlink("/proc/self/exe").string();
   // The ranks' flags are checked here, before anything starts (exit 2 names the flag or key).
   const trainer::TrainConfig tc = trainer::parse_train_flags(o.train_args);
-  fs::create_directories(tc.output_dir);
-  const int initial_ranks = o.ranks;
-  std::set<std::string> suspects;  // hosts whose ranks were declared dead (short names)
   if (o.min_ranks > 0 && host_slots(o).empty()) {
     throw UsageError("--min-ranks needs --hosts or --hostfile (the hosts that may be dropped)");
   }
+  // So is the dataset, where the ranks run on this host: no run directory, coordinator or rank exists yet. (Other
+  // hosts may hold a --data-path that this one does not.)
+  if (!remote_hosts(o) && starter == "mpirun") trainer::check_dataset_present(tc);
+  fs::create_directories(tc.output_dir);
+  const int initial_ranks = o.ranks;
+  std::set<std::string> suspects;  // hosts whose ranks were declared dead (short names)
 
   const char* slurm_nodes = std::getenv("SLURM_JOB_NUM_NODES");
   const bool remote = (starter == "srun" && slurm_nodes && std::atoi(slurm_nodes) > 1) || remote_hosts(o);
@@ -410,7 +414,10 @@ int launch(LaunchOptions o) {
   // mpirun's (srun's) own verdict on a rank that died names the rank and the signal: the restart reason.
   std::mutex died_mu;
   std::string died;  // guarded by died_mu; the first such line of the current start
+  std::atomic<bool> too_few_slots{false};
   output.set_line_hook([&](const std::string& line) {
+    // Open MPI refuses more ranks than a host's cores unless told to oversubscribe; retrying cannot help.
+    if (line.find("There are not enough slots available in the system") != std::string::npos) too_few_slots = true;
     const std::string what = rank_failure_from_output(line);
     std::lock_guard<std::mutex> lock(died_mu);
     if (!what.empty() && died.empty()) died = what;
@@ -609,6 +616,13 @@ int launch(LaunchOptions o) {
     }
     if (code == 2) {
       print("the ranks rejected their flags (exit code 2): not restarting");
+      exit_code = 2;
+      break;
+    }
+    if (too_few_slots && code != 0) {
+      print(concat("error: mpirun has fewer slots than the ", o.ranks,
+                   " ranks asked for (Open MPI counts one slot per core): add --oversubscribe to run them anyway, "
+                   "use fewer ranks, or give --hosts/--hostfile with more slots; not restarting"));
       exit_code = 2;
       break;
     }

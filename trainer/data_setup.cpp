@@ -18,13 +18,24 @@
 namespace stride::trainer {
 namespace fs = std::filesystem;
 
+void check_dataset_present(const TrainConfig& c) {
+  const bool local = c.data_path.find("://") == std::string::npos && c.data_path.rfind("pipe:", 0) != 0;
+  if (!local || c.dataset != "shards") return;
+  const auto train_dir = fs::path(c.data_path) / c.train_split;
+  if (fs::exists(train_dir / data::kIndexFile)) return;
+  if (fs::exists(fs::path(c.data_path) / data::kIndexFile)) {  // `--data-path fm/train`: a split, not the dataset
+    const auto parent = fs::path(c.data_path).lexically_normal().parent_path();
+    throw UsageError(concat("--data-path ", c.data_path, " is one split of a dataset (it holds ", data::kIndexFile,
+                            "); pass the folder above it: --data-path ", parent.empty() ? "." : parent.string()));
+  }
+  throw UsageError(concat("no dataset at ", train_dir.string(), " (", data::kIndexFile, " missing): make one with ",
+                          "`stride shard`, or pass --dataset fashion-mnist|cifar10|imagefolder to shard it now"));
+}
+
 void ensure_dataset(const TrainConfig& c) {
   const auto train_dir = fs::path(c.data_path) / c.train_split;
   if (fs::exists(train_dir / data::kIndexFile)) return;
-  if (c.dataset == "shards") {
-    throw UsageError(concat("no dataset at ", train_dir.string(), " (", data::kIndexFile, " missing): make one with ",
-                            "`stride shard`, or pass --dataset fashion-mnist|cifar10|imagefolder to shard it now"));
-  }
+  check_dataset_present(c);
   data::ShardJob job;
   job.input = c.dataset_source;
   if (job.input.empty()) {

@@ -35,6 +35,10 @@ struct DataPlan {
 };
 
 // Shards the dataset into config.data_path when it has no index and config.dataset names a raw format.
+// For `--dataset shards` on a local --data-path: throws UsageError when the training split's index is missing,
+// naming the folder (and the parent folder when --data-path points at a split). Cheap; `stride launch` calls it
+// before anything starts.
+void check_dataset_present(const TrainConfig& config);
 void ensure_dataset(const TrainConfig& config);
 
 // Reads the splits' indexes and applies Note [One transform rule]. Throws UsageError naming the flags when the
