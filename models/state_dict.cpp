@@ -65,4 +65,26 @@ LoadReport load_state_dict(torch::nn::Module& module, const NamedTensors& tensor
   return report;
 }
 
+torch::Tensor adapt_input_conv(const torch::Tensor& weight, int64_t in_channels, const std::string& mode,
+                               const std::string& what) {
+  if (weight.dim() != 4 || weight.size(1) == in_channels) return weight;
+  const int64_t have = weight.size(1);
+  if (mode != "sum" && mode != "mean") {
+    throw UsageError(concat(what, " takes ", have, " input channels but the model has ", in_channels,
+                            " (--adapt-stem sum or mean converts it)"));
+  }
+  const auto w = weight.to(torch::kFloat);
+  torch::Tensor out;
+  if (in_channels == 1 && have == 3) {
+    out = mode == "sum" ? w.sum(1, /*keepdim=*/true) : w.mean(1, /*keepdim=*/true);
+  } else if (have == 3 && in_channels > 3) {
+    const int64_t repeat = (in_channels + 2) / 3;
+    out = w.repeat({1, repeat, 1, 1}).narrow(1, 0, in_channels) * (3.0 / static_cast<double>(in_channels));
+  } else {
+    throw UsageError(concat(what, " takes ", have, " input channels; no rule adapts it to ", in_channels,
+                            " (only 3 -> 1 and 3 -> more)"));
+  }
+  return out.to(weight.scalar_type());
+}
+
 }  // namespace stride::models

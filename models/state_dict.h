@@ -32,4 +32,11 @@ struct LoadOptions {
 // is always an error naming the key and both shapes; strictness governs missing/unexpected names.
 LoadReport load_state_dict(torch::nn::Module& module, const NamedTensors& tensors, const LoadOptions& options = {});
 
+// A stem convolution's weight [O, I, kh, kw] made to take `in_channels` inputs, as timm's adapt_input_conv does:
+// RGB weights for a 1-channel model are summed over I ("sum": a gray image g gives what the RGB model gives for
+// (g, g, g)) or averaged ("mean": the activations of an image of mean intensity); for C > 3 channels the RGB
+// weights are repeated and scaled by 3 / C. Throws UsageError naming `what` where no rule applies.
+torch::Tensor adapt_input_conv(const torch::Tensor& weight, int64_t in_channels, const std::string& mode,
+                               const std::string& what);
+
 }  // namespace stride::models

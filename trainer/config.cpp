@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/suggest.h"
 
 namespace stride::trainer {
 
@@ -19,6 +20,10 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"dropout", "Dropout before the classifier", &c.dropout},
       {"zero-init-residual", "Zero-init the last BN of each residual branch", &c.zero_init_residual},
       {"weights", "Initial weights: a checkpoint directory or a torchvision-named safetensors file", &c.weights},
+      {"adapt-stem",
+       "sum | mean | none: --weights with an RGB stem on 1-channel (or >3-channel) data: sum the RGB weights, "
+       "average them, or refuse",
+       &c.adapt_stem},
       {"freeze", "Stages to freeze (stem, layer1, ...); their BNs stay in eval mode", &c.freeze},
       {"sync-bn", "Synchronised BatchNorm across ranks", &c.sync_bn},
       {"data-path", "Dataset directory holding one folder per split (train/, test/) with index.pb", &c.data_path},
@@ -50,6 +55,7 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"lr-scaling", "none | linear (lr x global batch / 256)", &c.lr_scaling},
       {"momentum", "SGD momentum", &c.momentum},
       {"nesterov", "Nesterov momentum", &c.nesterov},
+      {"opt", "Optimizer: sgd | sgd_nesterov (torchvision's names; SGD with momentum is the one Stride has)", &c.opt},
       {"weight-decay", "L2 weight decay", &c.weight_decay},
       {"norm-weight-decay", "Weight decay for BN and bias parameters (<0: same as weight-decay)", &c.norm_weight_decay},
       {"label-smoothing", "Label smoothing epsilon", &c.label_smoothing},
@@ -66,7 +72,12 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"clip-grad-norm", "Clip the global gradient norm to this (0: off)", &c.clip_grad_norm},
       {"accum-steps", "Micro-batches accumulated per optimizer step", &c.accum_steps},
       {"model-ema", "Keep an exponential moving average of the weights and evaluate it too", &c.model_ema},
-      {"model-ema-decay", "EMA decay per optimizer step", &c.model_ema_decay},
+      {"model-ema-decay", "EMA decay per optimizer step (per update, rescaled, with --model-ema-steps)",
+       &c.model_ema_decay},
+      {"model-ema-steps",
+       "torchvision's EMA cadence: update every N steps, decay rescaled by world x batch x N / epochs (0: every "
+       "step, decay as given)",
+       &c.model_ema_steps},
       {"output-dir", "Run directory (config, metrics, checkpoints)", &c.output_dir},
       {"resume",
        "auto (the newest valid checkpoint of output-dir's current lineage: LATEST or its ancestors) or a checkpoint "
@@ -111,6 +122,8 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        &c.heartbeat_timeout},
       {"control-every", "Steps between the ranks' agreement on checkpoint/stop requests (a tiny collective)",
        &c.control_every},
+      {"use-deterministic-algorithms", "Make LibTorch refuse nondeterministic kernels (torchvision's flag)",
+       &c.use_deterministic_algorithms},
       {"eval-hflip", "Test-time augmentation: evaluation averages the logits of each image and its horizontal mirror",
        &c.eval_hflip},
       {"trace-samples",
@@ -121,9 +134,13 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
 }
 
 void add_train_options(CLI::App& cmd, TrainConfig& config) {
+  // torchvision's train.py spellings of the same options (docs/training.md lists the mapping).
+  static const std::map<std::string, std::string> aliases = {
+      {"batch-size", ",-b"}, {"workers", ",-j"}, {"weight-decay", ",--wd"}, {"image-size", ",--train-crop-size"}};
   cmd.add_option("--config", config.config_file, "TOML file whose keys are these flag names");
   for (auto& spec : option_specs(config)) {
-    const std::string flag = "--" + spec.name;
+    const auto alias = aliases.find(spec.name);
+    const std::string flag = "--" + spec.name + (alias != aliases.end() ? alias->second : "");
     std::visit(
         [&](auto* p) {
           using T = std::remove_pointer_t<decltype(p)>;
@@ -215,6 +232,17 @@ void parse_toml(const std::string& text, const std::string& source, TrainConfig&
   apply_table(parse_file_or_text(text, source, false), source, config, {});
 }
 
+void normalize_aliases(TrainConfig& c) {
+  static const std::map<std::string, std::string> schedulers = {
+      {"steplr", "step"}, {"cosineannealinglr", "cosine"}, {"multisteplr", "multistep"}, {"constantlr", "constant"}};
+  if (auto it = schedulers.find(c.lr_scheduler); it != schedulers.end()) c.lr_scheduler = it->second;
+  if (c.opt == "sgd_nesterov") {
+    c.opt = "sgd";
+    c.nesterov = true;
+  }
+  if (c.workers == 0) c.workers = 1;  // torchvision: load in the main process; here one loader thread
+}
+
 void validate(const TrainConfig& c) {
   auto positive = [](const char* key, int64_t v) {
     if (v <= 0) throw UsageError(concat("--", key, " must be positive, got ", v));
@@ -224,11 +252,13 @@ void validate(const TrainConfig& c) {
   };
   auto one_of = [](const char* key, const std::string& v, std::initializer_list<const char*> allowed) {
     std::string list;
+    std::vector<std::string> names;
     for (const char* a : allowed) {
       if (v == a) return;
       list += (list.empty() ? "" : ", ") + std::string(a);
+      names.emplace_back(a);
     }
-    throw UsageError(concat("--", key, " must be one of ", list, "; got '", v, "'"));
+    throw UsageError(concat("--", key, " must be one of ", list, "; got '", v, "'", did_you_mean(v, names)));
   };
   positive("batch-size", c.batch_size);
   positive("epochs", c.epochs);
@@ -274,6 +304,13 @@ void validate(const TrainConfig& c) {
   if (c.random_erase < 0.0 || c.random_erase > 1.0)
     throw UsageError(concat("--random-erase must be in [0, 1], got ", c.random_erase));
   one_of("lr-scheduler", c.lr_scheduler, {"cosine", "step", "multistep", "constant"});
+  if (c.opt != "sgd") {
+    throw UsageError(concat("--opt ", c.opt,
+                            ": Stride trains with SGD and momentum; use --opt sgd, or sgd_nesterov "
+                            "for Nesterov momentum"));
+  }
+  one_of("adapt-stem", c.adapt_stem, {"sum", "mean", "none"});
+  if (c.model_ema_steps < 0) throw UsageError(concat("--model-ema-steps must be 0 or more, got ", c.model_ema_steps));
   one_of("lr-warmup-method", c.lr_warmup_method, {"linear", "constant"});
   one_of("lr-scaling", c.lr_scaling, {"none", "linear"});
   one_of("dataset", c.dataset, {"shards", "fashion-mnist", "cifar10", "imagefolder"});

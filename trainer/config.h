@@ -21,6 +21,7 @@ struct TrainConfig {
   double dropout = 0.0;
   bool zero_init_residual = false;
   std::string weights;              // checkpoint directory or torchvision-named safetensors file
+  std::string adapt_stem = "sum";   // sum | mean | none: RGB stem weights on a model of other channels
   std::vector<std::string> freeze;  // stages to freeze: stem, layer1, ...
   bool sync_bn = false;
   // Data
@@ -51,6 +52,7 @@ struct TrainConfig {
   std::string lr_scaling = "none";  // none | linear: lr x global batch / 256
   double momentum = 0.9;
   bool nesterov = false;
+  std::string opt = "sgd";  // sgd | sgd_nesterov (torchvision's --opt; the latter sets nesterov)
   double weight_decay = 1e-4;
   double norm_weight_decay = -1.0;  // weight decay for BN and bias parameters; < 0: same as weight-decay
   double label_smoothing = 0.0;
@@ -68,6 +70,9 @@ struct TrainConfig {
   int64_t accum_steps = 1;
   bool model_ema = false;
   double model_ema_decay = 0.999;
+  // torchvision's --model-ema-steps: 0 updates every step with model_ema_decay as given; N > 0 updates every N
+  // steps with the decay rescaled as torchvision's train.py does (docs/training.md).
+  int64_t model_ema_steps = 0;
   // Run
   std::string output_dir = "runs/default";
   std::string resume;                // "" | auto | PATH
@@ -98,8 +103,10 @@ struct TrainConfig {
   double heartbeat_timeout = 30.0;             // a rank silent this long is declared dead
   int64_t control_every = 10;                  // steps between the ranks' agreement on checkpoint/stop requests
   bool trace_samples = false;                  // append each step's sample ids to RUN/samples/rank-R.txt
-  bool eval_hflip = false;                     // evaluation averages the logits of each image and its mirror image
-  std::string config_file;                     // the --config file it came from (informational)
+  bool use_deterministic_algorithms =
+      false;                // torch's deterministic-algorithms switch (errors on CUDA ops without one)
+  bool eval_hflip = false;  // evaluation averages the logits of each image and its mirror image
+  std::string config_file;  // the --config file it came from (informational)
 };
 
 using OptionTarget = std::variant<int64_t*, double*, bool*, std::string*, std::vector<int64_t>*, std::vector<double>*,
@@ -118,6 +125,9 @@ void add_train_options(CLI::App& cmd, TrainConfig& config);
 // Applies a TOML file: keys the command line did not set take the file's value. Unknown keys and wrong types
 // are UsageErrors naming the file and key.
 void apply_config_file(const std::string& path, CLI::App& cmd, TrainConfig& config);
+// torchvision's spellings of values, rewritten to Stride's before validate(): --lr-scheduler steplr /
+// cosineannealinglr / multisteplr / constantlr, --opt sgd_nesterov, --workers 0 (one loader thread).
+void normalize_aliases(TrainConfig& config);
 // Range and consistency checks; UsageError naming the key.
 void validate(const TrainConfig& config);
 // The resolved configuration as TOML (what the run directory's config.toml holds).

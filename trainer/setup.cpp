@@ -43,6 +43,7 @@ void Trainer::State::setup() {
   co.prefer_gpu = cuda;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(c.comm_timeout * 1000.0));
   if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
+  if (c.use_deterministic_algorithms) at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
   // Compute threads plus loader workers: whether the ranks leave cores idle decides how their collectives wait.
   co.busy_threads = torch::get_num_threads() + static_cast<int>(c.workers);
   comm = comm::create_communicator(co);
@@ -220,6 +221,15 @@ void Trainer::State::load_weights(const std::string& path) {
     lo.skip_prefixes = {"fc."};  // a new head for a different number of classes
     out->print(concat("weights: ", path, " has ", fc->second.size(0), " classes; the head is new (",
                       model->num_classes(), " classes)"));
+  }
+  // An RGB stem on data of another channel count (ImageNet weights on Fashion-MNIST): adapt it as timm does.
+  if (auto conv1 = tensors.find("conv1.weight");
+      conv1 != tensors.end() && conv1->second.dim() == 4 && conv1->second.size(1) != model->options().in_channels) {
+    const int64_t had = conv1->second.size(1);
+    conv1->second = models::adapt_input_conv(conv1->second, model->options().in_channels, c.adapt_stem,
+                                             concat("--weights ", path, ": conv1.weight"));
+    out->print(concat("weights: conv1 adapted from ", had, " to ", model->options().in_channels, " input channels (",
+                      c.adapt_stem, " over RGB, --adapt-stem)"));
   }
   auto report = models::load_state_dict(*model, tensors, lo);
   out->print(concat("weights: loaded ", report.loaded.size(), " tensors from ", path));

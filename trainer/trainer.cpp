@@ -108,8 +108,18 @@ void Trainer::State::sync_buffers() {
 }
 
 void Trainer::State::update_ema() {
+  double d = c.model_ema_decay;
+  if (c.model_ema_steps > 0) {
+    // torchvision's train.py: update every model_ema_steps iterations, with the decay rescaled so a recipe's value
+    // means the same at any batch and length; during lr warm-up the average restarts from the weights.
+    if (step % c.model_ema_steps != 0) return;
+    const double adjust = static_cast<double>(world) * static_cast<double>(c.batch_size) *
+                          static_cast<double>(c.model_ema_steps) / static_cast<double>(c.epochs);
+    d = 1.0 - std::min(1.0, (1.0 - d) * adjust);
+    if (static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, steps_per_epoch)) < c.lr_warmup_epochs)
+      d = 0.0;
+  }
   torch::NoGradGuard no_grad;
-  const double d = c.model_ema_decay;
   auto src = model->named_parameters();
   for (auto& p : ema->named_parameters()) p.value().mul_(d).add_(src[p.key()], 1.0 - d);
   auto bufs = model->named_buffers();

@@ -46,6 +46,27 @@ TEST(ModelRegistry, UnknownModelIsAUsageErrorWithSuggestions) {
   }
 }
 
+// ImageNet weights on grayscale data: the summed stem sees a gray image exactly as the RGB stem sees it repeated
+// over three channels; "mean" is a third of that; 3 -> 5 channels repeats the RGB weights (R G B R G), scaled by
+// 3/5.
+TEST(ResNet, AdaptInputConvFollowsTimm) {
+  torch::manual_seed(3);
+  const auto rgb = torch::randn({8, 3, 7, 7});
+  const auto gray = torch::randn({2, 1, 16, 16});
+  const auto reference = torch::conv2d(gray.repeat({1, 3, 1, 1}), rgb);
+  const auto summed = adapt_input_conv(rgb, 1, "sum", "conv1.weight");
+  ASSERT_EQ(summed.sizes(), (std::vector<int64_t>{8, 1, 7, 7}));
+  EXPECT_TRUE(torch::allclose(torch::conv2d(gray, summed), reference, 1e-4, 1e-4));
+  EXPECT_TRUE(torch::allclose(adapt_input_conv(rgb, 1, "mean", "conv1.weight") * 3, summed, 1e-5, 1e-6));
+  const auto five = adapt_input_conv(rgb, 5, "sum", "conv1.weight");
+  ASSERT_EQ(five.size(1), 5);
+  EXPECT_TRUE(torch::allclose(five.narrow(1, 0, 3), rgb * 0.6));
+  EXPECT_TRUE(torch::allclose(five.narrow(1, 3, 2), rgb.narrow(1, 0, 2) * 0.6));
+  EXPECT_TRUE(adapt_input_conv(rgb, 3, "none", "x").is_same(rgb));
+  EXPECT_THROW(adapt_input_conv(rgb, 1, "none", "conv1.weight"), UsageError);
+  EXPECT_THROW(adapt_input_conv(torch::randn({8, 2, 3, 3}), 1, "sum", "conv1.weight"), UsageError);
+}
+
 TEST(ModelRegistry, OptionValidation) {
   ModelOptions o;
   o.dropout = 1.5;

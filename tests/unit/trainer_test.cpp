@@ -50,6 +50,7 @@ Parsed parse(std::vector<std::string> args, const std::string& toml = "", const 
   try {
     app.parse(static_cast<int>(argv.size()), const_cast<char**>(argv.data()));
     if (!p.config.config_file.empty()) apply_config_file(p.config.config_file, app, p.config);
+    normalize_aliases(p.config);
     validate(p.config);
   } catch (const UsageError& e) {
     p.error = e.what();
@@ -69,6 +70,32 @@ TEST(TrainConfig, FileValuesYieldToTheCommandLine) {
   EXPECT_EQ(p.config.lr_milestones, (std::vector<int64_t>{3, 6}));
   EXPECT_TRUE(p.config.nesterov);
   EXPECT_FALSE(p.config.hflip);
+}
+
+// torchvision's train.py spellings (docs/training.md, "torchvision's spellings").
+TEST(TrainConfig, TorchvisionNamesAndValuesAreAccepted) {
+  auto p =
+      parse({"-b", "7", "-j", "0", "--wd", "0.3", "--opt", "sgd_nesterov", "--lr-scheduler", "cosineannealinglr",
+             "--train-crop-size", "24", "--model-ema", "--model-ema-steps", "32", "--use-deterministic-algorithms"});
+  ASSERT_EQ(p.error, "");
+  EXPECT_EQ(p.config.batch_size, 7);
+  EXPECT_EQ(p.config.workers, 1);
+  EXPECT_DOUBLE_EQ(p.config.weight_decay, 0.3);
+  EXPECT_TRUE(p.config.nesterov);
+  EXPECT_EQ(p.config.opt, "sgd");
+  EXPECT_EQ(p.config.lr_scheduler, "cosine");
+  EXPECT_EQ(p.config.image_size, 24);
+  EXPECT_EQ(p.config.model_ema_steps, 32);
+  EXPECT_TRUE(p.config.use_deterministic_algorithms);
+  for (const auto& [tv, ours] : std::vector<std::pair<std::string, std::string>>{
+           {"steplr", "step"}, {"multisteplr", "multistep"}, {"constantlr", "constant"}}) {
+    auto q = parse({"--lr-scheduler", tv, "--lr-milestones", "2,4"});
+    ASSERT_EQ(q.error, "") << tv;
+    EXPECT_EQ(q.config.lr_scheduler, ours);
+  }
+  EXPECT_NE(parse({"--opt", "adamw"}).error.find("--opt adamw: Stride trains with SGD"), std::string::npos);
+  EXPECT_NE(parse({"--model-ema-steps", "-1"}).error.find("--model-ema-steps must be 0 or more"), std::string::npos);
+  EXPECT_NE(parse({"--adapt-stem", "max"}).error.find("--adapt-stem must be one of"), std::string::npos);
 }
 
 TEST(TrainConfig, ErrorsNameTheKey) {
