@@ -49,6 +49,8 @@ struct StepArgs {
   bool sync_bn = false;
   double bucket_cap_mb = 25.0;
   std::string grad_compression = "none";
+  int64_t powersgd_rank = 1;
+  int64_t powersgd_warmup_steps = 0;  // the bench's --warmup steps come first anyway
   // Comma-separated variants measured in alternating blocks of --steps steps within this one run (so that the
   // machine's drift hits them alike): default, no-comm, no-overlap, mpi (collectives over MPI instead of shared
   // memory), sync-bn.
@@ -264,6 +266,8 @@ void run_step_bench(const StepArgs& a) {
     ro.overlap = !a.no_overlap;
     ro.skip_communication = a.no_comm;
     ro.compression = a.grad_compression;
+    ro.powersgd_rank = a.powersgd_rank;
+    ro.powersgd_warmup_steps = a.powersgd_warmup_steps;
     reducer = std::make_unique<comm::GradientReducer>(model->named_parameters().pairs(), comm, ro);
   }
   trainer::Sgd sgd(trainer::weight_decay_groups(model->named_parameters().pairs(), 1e-4, 0.0), 0.9, false);
@@ -332,6 +336,7 @@ void run_step_bench(const StepArgs& a) {
     if (!comm->shm_wait().empty()) out["shm_wait"] = comm->shm_wait();
     out["sync_bn"] = a.sync_bn;
     out["grad_compression"] = a.grad_compression;
+    if (a.grad_compression == "powersgd") out["powersgd_rank"] = a.powersgd_rank;
     out["buckets"] = st.buckets;
     out["bytes_per_step"] = st.bytes;
     out["comm_ms_per_step"] = 1e3 * st.comm_seconds / n;
@@ -368,7 +373,11 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_flag("--no-overlap", a->no_overlap, "Reduce buckets after backward instead of during it");
   cmd->add_flag("--sync-bn", a->sync_bn, "Synchronised BatchNorm");
   cmd->add_option("--bucket-cap-mb", a->bucket_cap_mb)->capture_default_str();
-  cmd->add_option("--grad-compression", a->grad_compression, "none | fp16 | bf16")->capture_default_str();
+  cmd->add_option("--grad-compression", a->grad_compression, "none | fp16 | bf16 | powersgd")->capture_default_str();
+  cmd->add_option("--powersgd-rank", a->powersgd_rank, "PowerSGD's approximation rank")->capture_default_str();
+  cmd->add_option("--powersgd-warmup-steps", a->powersgd_warmup_steps,
+                  "Reducing steps of plain all-reduce before PowerSGD starts (counted from the first --warmup step)")
+      ->capture_default_str();
   cmd->add_option(
       "--interleave", a->interleave,
       "Measure variants in alternating blocks of --steps steps within this run: a comma-separated "

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <mutex>
 
+#include "comm/powersgd.h"
+
 namespace stride::comm {
 namespace {
 
@@ -25,6 +27,9 @@ struct Param {
 struct Bucket {
   torch::Tensor flat;        // the gradients, in the parameters' dtype
   torch::Tensor compressed;  // 16-bit copy when compressing
+  std::unique_ptr<PowerSgdBucket> powersgd;
+  bool powersgd_step = false;  // this step's collectives are PowerSGD's
+  WorkPtr q_work;              // PowerSGD's second collective
   std::vector<size_t> params;
   size_t pending = 0;  // parameters not yet ready this step
   bool launched = false;
@@ -53,6 +58,7 @@ struct GradientReducer::State {
   std::vector<bool> ready;
   ReducerStats stats;
   std::vector<std::string> unused;
+  int64_t reduced_steps = 0;  // steps that communicated (PowerSGD's warm-up counts them)
 
   void mark_ready(size_t i) {
     std::lock_guard<std::mutex> lock(mu);
@@ -83,7 +89,10 @@ struct GradientReducer::State {
     b.launched = true;
     if (options.skip_communication || comm->size() == 1) return;
     torch::NoGradGuard no_grad;
-    if (b.compressed.defined()) {
+    b.powersgd_step = b.powersgd && reduced_steps >= options.powersgd_warmup_steps;
+    if (b.powersgd_step) {
+      b.work = b.powersgd->start(*comm);
+    } else if (b.compressed.defined()) {
       b.compressed.copy_(b.flat.div(comm->size()));
       b.work = comm->allreduce(b.compressed, ReduceOp::kSum);
     } else {
@@ -96,6 +105,8 @@ struct GradientReducer::State {
       b.pending = b.params.size();
       b.launched = false;
       b.work.reset();
+      b.q_work.reset();
+      b.powersgd_step = false;
     }
     std::fill(ready.begin(), ready.end(), false);
     next_launch = 0;
@@ -109,8 +120,14 @@ GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_
   s_->options = options;
   s_->built_skipping = options.skip_communication;
   const auto& o = s_->options;
-  if (o.compression != "none" && o.compression != "fp16" && o.compression != "bf16") {
-    throw UsageError(concat("--grad-compression: unknown '", o.compression, "' (none, fp16, bf16)"));
+  if (o.compression != "none" && o.compression != "fp16" && o.compression != "bf16" && o.compression != "powersgd") {
+    throw UsageError(concat("--grad-compression: unknown '", o.compression, "' (none, fp16, bf16, powersgd)"));
+  }
+  if (o.compression == "powersgd" && o.powersgd_rank < 1) {
+    throw UsageError(concat("--powersgd-rank must be at least 1, got ", o.powersgd_rank));
+  }
+  if (o.compression == "powersgd" && o.powersgd_warmup_steps < 0) {
+    throw UsageError(concat("--powersgd-warmup-steps must not be negative, got ", o.powersgd_warmup_steps));
   }
   STRIDE_CHECK_GT(o.bucket_cap_bytes, 0, "bucket cap");
   torch::NoGradGuard no_grad;
@@ -150,7 +167,7 @@ GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_
     const bool communicates = !o.skip_communication && s_->comm->size() > 1;
     b.flat = communicates ? s_->comm->alloc_buffer(numel, first.options().requires_grad(false))
                           : torch::zeros({numel}, first.options().requires_grad(false));
-    if (o.compression != "none" && !o.skip_communication) {
+    if ((o.compression == "fp16" || o.compression == "bf16") && !o.skip_communication) {
       b.compressed =
           torch::empty({numel}, b.flat.options().dtype(o.compression == "fp16" ? torch::kHalf : torch::kBFloat16));
     }
@@ -164,6 +181,18 @@ GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_
       offset += p.tensor.numel();
     }
     b.params = group;
+    if (o.compression == "powersgd" && communicates) {
+      PowerSgdOptions po;
+      po.rank = o.powersgd_rank;
+      po.min_compression_rate = o.powersgd_min_compression_rate;
+      po.seed = o.powersgd_seed;
+      std::vector<PowerSgdBucket::Gradient> grads;
+      for (size_t i : group) {
+        // The index in registration order seeds the initial Q (params are stored in reverse).
+        grads.push_back({s_->params[i].name, s_->params[i].grad_view, static_cast<int64_t>(s_->params.size() - 1 - i)});
+      }
+      b.powersgd = std::make_unique<PowerSgdBucket>(std::move(grads), po, *s_->comm);
+    }
     s_->buckets.push_back(std::move(b));
   }
   s_->ready.assign(s_->params.size(), false);
@@ -217,7 +246,22 @@ void GradientReducer::finish() {
     b.work->wait();
     lock.lock();
     comm += b.work->run_seconds();
-    if (b.compressed.defined()) b.flat.copy_(b.compressed);
+    if (b.powersgd_step) {
+      b.q_work = b.powersgd->middle(*s_->comm);
+    } else if (b.compressed.defined()) {
+      b.flat.copy_(b.compressed);
+    }
+  }
+  // PowerSGD's second collectives were issued in bucket order above; decompress as they complete.
+  for (auto& b : s_->buckets) {
+    if (!b.powersgd_step) continue;
+    if (b.q_work) {
+      lock.unlock();
+      b.q_work->wait();
+      lock.lock();
+      comm += b.q_work->run_seconds();
+    }
+    b.powersgd->finish(*s_->comm);
   }
   auto& st = s_->stats;
   st.exposed_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -225,9 +269,16 @@ void GradientReducer::finish() {
   ++st.steps;
   st.buckets = static_cast<int64_t>(s_->buckets.size());
   st.bytes = 0;
+  bool communicated = false;
   for (auto& b : s_->buckets) {
-    st.bytes += b.compressed.defined() ? b.compressed.numel() * 2 : b.flat.numel() * b.flat.element_size();
+    communicated = communicated || static_cast<bool>(b.work);
+    if (b.powersgd_step) {
+      st.bytes += b.powersgd->bytes();
+    } else {
+      st.bytes += b.compressed.defined() ? b.compressed.numel() * 2 : b.flat.numel() * b.flat.element_size();
+    }
   }
+  if (communicated) ++s_->reduced_steps;
   st.unused_parameters = static_cast<int64_t>(s_->unused.size());
   s_->reset();
 }
@@ -274,6 +325,35 @@ void GradientReducer::reset_stats() {
   s_->stats = {};
   s_->stats.buckets = keep.buckets;
   s_->stats.bytes = keep.bytes;
+}
+
+std::map<std::string, torch::Tensor> GradientReducer::compression_state() const {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  std::map<std::string, torch::Tensor> out;
+  if (s_->options.compression != "powersgd") return out;
+  out["powersgd.rank"] = torch::tensor({s_->options.powersgd_rank}, torch::kLong);
+  out["powersgd.steps"] = torch::tensor({s_->reduced_steps}, torch::kLong);
+  for (const auto& b : s_->buckets) {
+    if (b.powersgd) b.powersgd->save(out);
+  }
+  return out;
+}
+
+void GradientReducer::load_compression_state(const std::map<std::string, torch::Tensor>& state) {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  if (s_->options.compression != "powersgd" || state.empty()) return;
+  const auto rank = state.find("powersgd.rank"), steps = state.find("powersgd.steps");
+  STRIDE_CHECK(rank != state.end() && steps != state.end(), "PowerSGD state without powersgd.rank/powersgd.steps");
+  const int64_t saved = rank->second.item<int64_t>();
+  if (saved != s_->options.powersgd_rank) {
+    throw UsageError(concat("--powersgd-rank ", s_->options.powersgd_rank, " differs from the ", saved,
+                            " the PowerSGD state was made with"));
+  }
+  torch::NoGradGuard no_grad;
+  s_->reduced_steps = steps->second.item<int64_t>();
+  for (auto& b : s_->buckets) {
+    if (b.powersgd) b.powersgd->load(state);
+  }
 }
 
 void broadcast_module_state(torch::nn::Module& module, Communicator& comm, int root) {

@@ -13,8 +13,13 @@
 // Usage per optimizer step:
 //   for each micro-batch: reducer.prepare(/*reduce=*/is_last_micro_batch); loss.backward();
 //   reducer.finish(); optimizer.step(); zero_grad (in place: the .grad views must stay views)
+//
+// With compression "powersgd" each bucket is compressed as Note [PowerSGD] (comm/powersgd.h) says: the bucket's
+// first collective (uncompressed tensors and P) starts when the bucket is ready, during backward; finish() runs
+// the second half (orthonormalise P, all-reduce Q) for every bucket in order, then decompresses.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -31,7 +36,13 @@ struct ReducerOptions {
   bool overlap = true;
   // none | fp16 | bf16: communicate gradients in 16 bits (pre-divided by the world size, so the sum cannot
   // overflow where the average would not), then widen back into the float buckets.
+  // powersgd: low-rank compression with error feedback (comm/powersgd.h); after powersgd_warmup_steps reducing
+  // steps of plain all-reduce, as PyTorch's start_powerSGD_iter.
   std::string compression = "none";
+  int64_t powersgd_rank = 1;             // PyTorch's default matrix_approximation_rank
+  int64_t powersgd_warmup_steps = 1000;  // PyTorch 1.13's default start_powerSGD_iter
+  double powersgd_min_compression_rate = 2.0;
+  uint64_t powersgd_seed = 0;  // the initial Q; the same on every rank
   // Measurement only: gradients are not communicated at all (results are per-rank, i.e. wrong).
   bool skip_communication = false;
 };
@@ -74,6 +85,14 @@ class GradientReducer {
   std::vector<std::string> unused_parameters() const;
   ReducerStats stats() const;
   void reset_stats();
+
+  // State that must survive a resume for it to be exact (between steps only): with powersgd this rank's
+  // error-feedback residuals, the warm-start Q matrices, "powersgd.rank" and "powersgd.steps" (reducing steps so
+  // far, which end the warm-up); empty for the other compressions. The residuals differ between ranks.
+  std::map<std::string, torch::Tensor> compression_state() const;
+  // Restores compression_state() of a run with the same parameters and world size. Throws UsageError naming
+  // --powersgd-rank when the state was made with another rank.
+  void load_compression_state(const std::map<std::string, torch::Tensor>& state);
 
   struct State;
 

@@ -52,4 +52,6 @@ CheckpointData load_checkpoint(const std::string& dir) {
   return d;
 }
 
+std::string powersgd_state_file(uint64_t rank) { return concat("powersgd-rank-", rank, ".safetensors"); }
+
 }  // namespace stride::trainer

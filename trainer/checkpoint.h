@@ -1,4 +1,5 @@
-// Checkpoints on disk: RUN/checkpoints/step-XXXXXXXX/{model,optimizer,ema,state}.safetensors + MANIFEST. What a
+// Checkpoints on disk: RUN/checkpoints/step-XXXXXXXX/{model,optimizer,ema,state}.safetensors + MANIFEST, and with
+// --grad-compression powersgd one powersgd-rank-R.safetensors per rank (each rank's error feedback). What a
 // checkpoint contains lives here; how it is committed (Note [Checkpoint commit]) lives in
 // storage/checkpoint_files.h, shared with the coordinator, which commits the checkpoints of a multi-rank job.
 // CheckpointStore is the synchronous one-process path (tests, tools); it is not thread-safe.
@@ -58,5 +59,7 @@ class CheckpointStore {
 std::vector<std::pair<std::string, const NamedTensors*>> checkpoint_parts(const CheckpointData& d);
 // Verifies, then reads every tensor file.
 CheckpointData load_checkpoint(const std::string& dir);
+// The file holding rank `rank`'s PowerSGD state (GradientReducer::compression_state()).
+std::string powersgd_state_file(uint64_t rank);
 
 }  // namespace stride::trainer

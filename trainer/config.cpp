@@ -107,7 +107,15 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        &c.comm_backend},
       {"comm-timeout", "Seconds a collective may take before the run stops with exit code 75", &c.comm_timeout},
       {"bucket-cap-mb", "Gradient bucket size cap in MiB (the first bucket is 1 MiB at most)", &c.bucket_cap_mb},
-      {"grad-compression", "none | fp16 | bf16: communicate gradients in 16 bits", &c.grad_compression},
+      {"grad-compression",
+       "none | fp16 | bf16 | powersgd: communicate gradients in 16 bits, or as low-rank factors with error feedback "
+       "(PowerSGD)",
+       &c.grad_compression},
+      {"powersgd-rank",
+       "PowerSGD: rank of each gradient matrix's approximation (1-4 typical; more is closer and costs more)",
+       &c.powersgd_rank},
+      {"powersgd-warmup-steps", "PowerSGD: optimizer steps of plain all-reduce before compression starts",
+       &c.powersgd_warmup_steps},
       {"job", "Job name shown by the status endpoint (default: the output directory's name)", &c.job},
       {"status-port",
        "Port of the HTTP status endpoint (0: any free port, -1: off; a taken port falls back to a free one)",
@@ -285,7 +293,9 @@ void validate(const TrainConfig& c) {
   one_of("comm-backend", c.comm_backend, {"auto", "single", "mpi", "nccl"});
   one_of("device", c.device, {"auto", "cpu", "cuda"});
   one_of("amp-dtype", c.amp_dtype, {"auto", "float16", "bfloat16"});
-  one_of("grad-compression", c.grad_compression, {"none", "fp16", "bf16"});
+  one_of("grad-compression", c.grad_compression, {"none", "fp16", "bf16", "powersgd"});
+  positive("powersgd-rank", c.powersgd_rank);
+  non_negative("powersgd-warmup-steps", static_cast<double>(c.powersgd_warmup_steps));
   if (!(c.comm_timeout > 0.0)) throw UsageError(concat("--comm-timeout must be positive, got ", c.comm_timeout));
   if (c.status_port < -1 || c.status_port > 65535)
     throw UsageError(concat("--status-port must be -1 (off), 0 (any) or a port number, got ", c.status_port));

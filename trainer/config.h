@@ -93,7 +93,9 @@ struct TrainConfig {
   std::string comm_backend = "auto";      // auto | single | mpi | nccl
   double comm_timeout = 300.0;            // seconds a collective may take before the run fails (exit code 75)
   double bucket_cap_mb = 25.0;            // gradient bucket cap
-  std::string grad_compression = "none";  // none | fp16 | bf16
+  std::string grad_compression = "none";  // none | fp16 | bf16 | powersgd
+  int64_t powersgd_rank = 1;              // PowerSGD's matrix approximation rank (PyTorch's default)
+  int64_t powersgd_warmup_steps = 1000;   // steps of plain all-reduce before PowerSGD starts (PyTorch 1.13's default)
   // Coordination (docs/cluster.md)
   std::string job;             // job name (default: the output directory's name)
   int64_t status_port = 8470;  // HTTP status endpoint of the coordinator rank 0 hosts; 0: any, -1: off

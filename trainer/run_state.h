@@ -49,7 +49,9 @@ struct Trainer::State {
   std::string config_digest;  // its CRC32C
   std::string resume_from;    // the checkpoint directory this run continues ("" from scratch)
   std::string resume_note;    // what choose_checkpoint() has to say once output is set up
-  int64_t step = 0;           // optimizer steps completed
+  // This rank's PowerSGD state from the checkpoint, loaded into the reducer once it exists (after resume()).
+  std::map<std::string, torch::Tensor> reducer_state;
+  int64_t step = 0;  // optimizer steps completed
   data::Cursor cursor;
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;

@@ -59,6 +59,9 @@ void Trainer::State::setup() {
   if (c.sync_bn && world == 1) {
     std::fprintf(stderr, "stride: note: --sync-bn with one rank is plain BatchNorm\n");
   }
+  if (c.grad_compression == "powersgd" && world == 1 && !c.test_only) {
+    std::fprintf(stderr, "stride: note: --grad-compression powersgd with one rank compresses nothing\n");
+  }
   if (world > 1 && rank == 0) {
     const std::string transport = comm->transport();
     const std::string wait = comm->shm_wait();  // docs/distributed.md, STRIDE_SHM_WAIT
@@ -200,7 +203,14 @@ void Trainer::State::setup() {
       comm::ReducerOptions ro;
       ro.bucket_cap_bytes = static_cast<int64_t>(c.bucket_cap_mb * 1024.0 * 1024.0);
       ro.compression = c.grad_compression;
+      ro.powersgd_rank = c.powersgd_rank;
+      ro.powersgd_warmup_steps = c.powersgd_warmup_steps;
+      ro.powersgd_seed = static_cast<uint64_t>(c.seed);
       reducer = std::make_unique<comm::GradientReducer>(model->named_parameters().pairs(), comm, ro);
+      if (!reducer_state.empty()) {
+        reducer->load_compression_state(reducer_state);
+        reducer_state.clear();
+      }
     }
   }
 }
@@ -320,6 +330,28 @@ void Trainer::State::resume() {
     }
   }
   if (ckpt.state.count("rng")) set_cpu_rng_state(ckpt.state.at("rng"));
+  if (c.grad_compression == "powersgd" && world > 1) {
+    // Error feedback is per rank, so it only carries over to the same world; another --powersgd-rank gets here
+    // only with --allow-config-change (choose_checkpoint() names the key otherwise).
+    const std::string file = powersgd_state_file(rank);
+    bool found = false;
+    for (const auto& f : m.files()) found = found || f.name() == file;
+    if (m.world_size() != world) {
+      out->print(concat("resume: the checkpoint ran on ", m.world_size(),
+                        " ranks: PowerSGD's per-rank state (error feedback, Q) starts afresh, warm-up included"));
+    } else if (!found) {
+      out->print("resume: the checkpoint holds no PowerSGD state: PowerSGD starts afresh, warm-up included");
+    } else {
+      auto tensors = read_safetensors((fs::path(path) / file).string()).tensors;
+      const auto saved = tensors.find("powersgd.rank");
+      if (saved != tensors.end() && saved->second.item<int64_t>() != c.powersgd_rank) {
+        out->print(concat("resume: --powersgd-rank ", c.powersgd_rank, " differs from the checkpoint's ",
+                          saved->second.item<int64_t>(), ": PowerSGD's state starts afresh, warm-up included"));
+      } else {
+        reducer_state = std::move(tensors);
+      }
+    }
+  }
   step = static_cast<int64_t>(m.step());
   cursor = {m.cursor().epoch(), m.cursor().consumed(), m.cursor().seed()};
   lineage_parent = std::make_pair(m.step(), m.lineage().id());

@@ -414,6 +414,11 @@ void Trainer::State::checkpoint() {
   if (0 % w == me) job.files.emplace_back("model.safetensors", snapshot(models::state_dict(*model)));
   if (1 % w == me) job.files.emplace_back("optimizer.safetensors", snapshot(sgd->momentum_buffers()));
   if (ema && 2 % w == me) job.files.emplace_back("ema.safetensors", snapshot(models::state_dict(*ema)));
+  if (reducer) {
+    // PowerSGD's error feedback differs between ranks: every rank writes its own.
+    auto compression = reducer->compression_state();
+    if (!compression.empty()) job.files.emplace_back(powersgd_state_file(rank), snapshot(compression));
+  }
   if (rank == 0) {
     NamedTensors state;
     state["rng"] = cpu_rng_state();

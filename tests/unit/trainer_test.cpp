@@ -122,6 +122,37 @@ TEST(TrainConfig, ErrorsNameTheKey) {
   EXPECT_NE(parse({"--control-every", "0"}).error.find("--control-every must be positive"), std::string::npos);
 }
 
+TEST(TrainConfig, PowerSgdFlagsParseCheckAndReachTheToml) {
+  ScratchDir dir("cfgpowersgd");
+  auto p = parse({"--grad-compression", "powersgd", "--powersgd-rank", "4", "--powersgd-warmup-steps", "0"});
+  ASSERT_EQ(p.error, "");
+  EXPECT_EQ(p.config.grad_compression, "powersgd");
+  EXPECT_EQ(p.config.powersgd_rank, 4);
+  EXPECT_EQ(p.config.powersgd_warmup_steps, 0);
+  // PyTorch 1.13's defaults (matrix_approximation_rank=1, start_powerSGD_iter=1000).
+  auto d = parse({"--grad-compression", "powersgd"});
+  ASSERT_EQ(d.error, "");
+  EXPECT_EQ(d.config.powersgd_rank, 1);
+  EXPECT_EQ(d.config.powersgd_warmup_steps, 1000);
+  auto f = parse({}, "grad-compression = \"powersgd\"\npowersgd-rank = 2\n", &dir);
+  ASSERT_EQ(f.error, "");
+  EXPECT_EQ(f.config.powersgd_rank, 2);
+  EXPECT_NE(to_toml(f.config).find("powersgd-rank = 2"), std::string::npos);
+  EXPECT_NE(parse({"--powersgd-rank", "0"}).error.find("--powersgd-rank must be positive"), std::string::npos);
+  EXPECT_NE(parse({"--powersgd-rank", "-3"}).error.find("--powersgd-rank must be positive"), std::string::npos);
+  EXPECT_NE(parse({"--powersgd-warmup-steps", "-1"}).error.find("--powersgd-warmup-steps must be >= 0"),
+            std::string::npos);
+  EXPECT_NE(parse({"--grad-compression", "powersdg"}).error.find("--grad-compression must be one of"),
+            std::string::npos);
+  // Another rank on resume changes the result: refused unless --allow-config-change, naming the key.
+  TrainConfig before = p.config, after = p.config;
+  after.powersgd_rank = 2;
+  const auto changes = config_changes(to_toml(before), 2, after, 2);
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].key, "powersgd-rank");
+  EXPECT_TRUE(changes[0].changes_result);
+}
+
 TEST(TrainConfig, ResolvedTomlRoundTrips) {
   TrainConfig c;
   c.lr = 0.37;
