@@ -15,7 +15,8 @@
 #      round, median (min-max) over rounds;
 #   3. bytes that crossed the link per training step, from the veth counters: the difference between a 2-step
 #      and a 6-step run over 4 steps (set-up traffic such as the initial broadcast cancels out).
-# Needs root (network namespaces). Env: STRIDE (binary, default build/stride), SKIP_ALLREDUCE=1, SKIP_TRAIN=1.
+# Needs root (network namespaces). Env: STRIDE (binary, default build/stride), STEPS (timed steps per training
+# run, default 20), SKIP_ALLREDUCE=1, SKIP_TRAIN=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:?usage: bench/multihost.sh RATE MODEL [ROUNDS] [RANKS_PER_HOST]}
@@ -96,7 +97,7 @@ fi
 # One training run; prints img/s. $1: variant.
 port=29600
 run_variant() {
-  local v=$1 steps=${2:-20} warmup=${3:-3} line
+  local v=$1 steps=${2:-${STEPS:-20}} warmup=${3:-3} line
   port=$((port + 1))
   case $v in
     stride-mpi) line=$(ip netns exec "$A" "${MPI[@]}" -x STRIDE_ALLREDUCE=mpi "$STRIDE" bench step "${margs[@]}" \

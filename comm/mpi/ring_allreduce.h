@@ -1,13 +1,12 @@
 // A segmented, full-duplex ring all-reduce on MPI point-to-point, for links where bandwidth is what counts (ranks
 // on different hosts).
 //
-// Why not MPI_Allreduce: across two emulated hosts joined by a 1 Gbit/s link, Open MPI's allreduce (TCP btl, every
-// coll/tuned algorithm) moved 0.5-0.69 of the link rate while raw TCP moves 0.95 in both directions at once. Its
-// algorithms exchange one whole step (a ring chunk, or half the vector) as one message, then reduce it, then
-// start the next: the link idles while a rank reduces, and for two ranks the large-message rendezvous of each
-// step costs round trips on a queue that tbf keeps full (docs/distributed.md, "Across hosts", has the
-// measurements). Here each ring chunk is cut into segments, every rank keeps several receives and sends in flight
-// in both directions, and a segment is reduced while the next ones travel, so the link stays busy both ways.
+// Why: across two emulated hosts joined by a 1 Gbit/s link, Open MPI's allreduce (TCP btl) moved 0.5-0.69 of the
+// link rate while raw TCP moves 0.95 in both directions at once. This ring cuts each chunk into segments, keeps
+// several receives and sends in flight both ways and reduces a segment while the next ones travel, so that the
+// algorithm cannot be what limits the link; it also carries the inter-host step of the hierarchical allreduce.
+// Measured so far (docs/benchmarks.md, #16): it reaches the same ~0.5 as MPI_Allreduce on that link, so the limit
+// lies below the algorithm (the TCP transport under sustained two-way traffic); that is still open.
 //
 // The algorithm: reduce-scatter then all-gather around the ring rank -> rank+1, 2(n-1) steps, each moving 1/n of
 // the tensor; a rank sends segment j of step k as soon as it received (and reduced) segment j of step k-1.
@@ -30,8 +29,7 @@ namespace stride::comm {
 
 struct RingOptions {
   // Bytes per message. Small enough that the first segment starts the pipeline early and a segment is reduced
-  // while the next travels; large enough that per-message costs vanish. 256 KiB .. 1 MiB measured alike on a
-  // 1 Gbit/s link (docs/benchmarks.md, #16).
+  // while the next travels; large enough that per-message costs vanish (not yet tuned by measurement).
   int64_t segment_bytes = int64_t{512} << 10;
   // Receives (and, separately, sends) in flight per rank.
   int window = 8;

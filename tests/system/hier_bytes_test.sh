@@ -7,6 +7,10 @@
 # wire-up, the initial broadcast) cancels. Asserts hierarchical <= (1/2 + 5%) of flat, and that training still
 # gives the flat path's loss.
 #   hier_bytes_test.sh STRIDE_BINARY WORK_DIR
+# NOT YET REGISTERED in tests/CMakeLists.txt: its first run did not finish within 330 s on the shared 2-core VM
+# (4 oversubscribed ranks: 4.6-6.7 img/s), so its threshold is unverified. For 2 hosts the hierarchy sends the
+# bucket once per host (2(H-1)/H); a flat ring over 4 ranks sends 1.5x that, recursive doubling 2x: whether
+# "<= 1/2 + 5% of flat" holds depends on the algorithm Open MPI picks for the flat run.
 set -euo pipefail
 STRIDE=$1
 WORK=$2
@@ -55,13 +59,13 @@ train() {
     --threads 1 --warmup 1 --steps "$2" >> "$WORK/run.log" 2>&1 || fail "training with STRIDE_ALLREDUCE=$1 failed"
   grep '^{' "$WORK/run.log" | tail -1 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["last_loss"])'
 }
-per_step() {  # bytes per step for STRIDE_ALLREDUCE=$1; also leaves the 6-step loss in $loss
+per_step() {  # bytes per step for STRIDE_ALLREDUCE=$1; the 6-step run's loss goes to $WORK/loss.$1
   local b0 b1 b2
-  b0=$(tx); train "$1" 2 > /dev/null; b1=$(tx); loss=$(train "$1" 6); b2=$(tx)
+  b0=$(tx); train "$1" 2 > /dev/null; b1=$(tx); train "$1" 6 > "$WORK/loss.$1"; b2=$(tx)
   echo $(( (b2 - b1 - (b1 - b0)) / 4 ))
 }
-flat=$(per_step mpi); flat_loss=$loss
-hier=$(per_step auto); hier_loss=$loss
+flat=$(per_step mpi); flat_loss=$(cat "$WORK/loss.mpi")
+hier=$(per_step auto); hier_loss=$(cat "$WORK/loss.auto")
 echo "bytes across the link per step: flat MPI_Allreduce $flat, hierarchical $hier (ratio $(
   /usr/bin/python3 -c "print(round($hier / $flat, 3))")); loss after 7 steps: flat $flat_loss, hierarchical $hier_loss"
 [ "$flat" -gt 1000000 ] || fail "the flat allreduce moved only $flat bytes per step across the link"
