@@ -11,6 +11,7 @@
 #include <future>
 #include <optional>
 
+#include "comm/mpi/ring_allreduce.h"
 #include "comm/owner_thread.h"
 #include "comm/shm/host_cpus.h"
 #include "comm/shm/shm_group.h"
@@ -45,6 +46,16 @@ struct ShmEnv {
   ShmOptions options;         // STRIDE_SHM_SPIN_US, STRIDE_SHM_CALLER_SPIN_US, STRIDE_SHM_STAGING_KB
 };
 
+// How allreduce travels when the ranks span hosts (STRIDE_ALLREDUCE, docs/distributed.md).
+enum class AllreduceMode { kAuto, kMpi, kRing, kHier };
+
+struct AllreduceEnv {
+  AllreduceMode mode = AllreduceMode::kAuto;
+  int64_t ring_min_bytes = int64_t{1} << 20;  // STRIDE_RING_MIN_BYTES: smaller tensors use MPI_Allreduce
+  RingOptions ring;                           // STRIDE_RING_SEGMENT_KB, STRIDE_RING_WINDOW
+  int test_hosts = 0;                         // STRIDE_TEST_HOSTS (tests only): pretend this many hosts
+};
+
 }  // namespace
 
 struct MpiCommunicator::Impl {
@@ -61,18 +72,63 @@ struct MpiCommunicator::Impl {
   bool shm_active() const { return shm && use_shm.load(); }
   bool shm_for(torch::ScalarType dtype) const { return shm_active() && ShmGroup::supports(dtype); }
 
+  // Across hosts (docs/distributed.md, "Across hosts").
+  AllreduceEnv ar;
+  int local_size = 1;
+  bool spans_hosts = false;             // some rank is on another host
+  MPI_Comm ring_comm = MPI_COMM_NULL;   // the ring's messages, apart from everything else
+  MPI_Comm local_comm = MPI_COMM_NULL;  // the ranks of this host
+  MPI_Comm cross_comm = MPI_COMM_NULL;  // the ranks with this rank's local rank, one per host
+  std::unique_ptr<ShmGroup> local_shm;  // the ranks of this host, when the hierarchical path is possible
+  bool hier_ok() const { return local_shm != nullptr; }
+
+  // Which way an allreduce of `t` goes: "shm", "mpi", "ring" or "hier". Every rank decides alike (same env,
+  // same tensor sizes).
+  std::string path(const torch::Tensor& t, ReduceOp op) const {
+    const bool forced = ar.mode != AllreduceMode::kAuto;
+    if (!forced && shm_active() && ShmGroup::supports(t.scalar_type(), op)) return "shm";
+    if (ar.mode == AllreduceMode::kMpi || size < 2 || !ring_supports(t.scalar_type(), op)) return "mpi";
+    if (ar.mode == AllreduceMode::kRing) return "ring";
+    if (ar.mode == AllreduceMode::kHier) return hier_ok() ? "hier" : "ring";
+    if (!spans_hosts || t.numel() * static_cast<int64_t>(t.element_size()) < ar.ring_min_bytes) return "mpi";
+    return hier_ok() ? "hier" : "ring";
+  }
+
+  // Hierarchical: reduce among the ranks of this host over shared memory, then local rank l carries slice l of
+  // the sum around the ring of local rank l's on every host (each host's link carries 1/local_size of the
+  // tensor per rank, all local ranks in parallel), then each host gathers the slices over shared memory.
+  void hier_allreduce(const torch::Tensor& t, ReduceOp op, std::chrono::milliseconds timeout, const std::string& what) {
+    if (t.numel() == 0) return;
+    const ReduceOp partial = op == ReduceOp::kAvg ? ReduceOp::kSum : op;
+    local_shm->allreduce(t, partial, timeout);
+    const int64_t n = t.numel(), q = n / local_size, extra = n % local_size;
+    auto begin = [&](int64_t l) { return l * q + std::min<int64_t>(l, extra); };
+    auto flat = t.view({-1});
+    int lr = 0;
+    check(MPI_Comm_rank(local_comm, &lr), "MPI_Comm_rank");
+    auto mine = flat.slice(0, begin(lr), begin(lr + 1));
+    ring_allreduce(mine, partial, cross_comm, ar.ring, what);
+    for (int l = 0; l < local_size; ++l) {
+      if (begin(l + 1) > begin(l)) local_shm->broadcast(flat.slice(0, begin(l), begin(l + 1)), l, timeout);
+    }
+    if (op == ReduceOp::kAvg) t.div_(size);
+  }
+
   // Every rank's string, in rank order (the shared-memory group's bootstrap).
-  std::vector<std::string> allgather_strings(const std::string& mine) const {
+  std::vector<std::string> allgather_strings(const std::string& mine) const { return allgather_strings(mine, comm); }
+  std::vector<std::string> allgather_strings(const std::string& mine, MPI_Comm over) const {
+    int size = 1;
+    check(MPI_Comm_size(over, &size), "MPI_Comm_size");
     const int len = static_cast<int>(mine.size());
     std::vector<int> lens(static_cast<size_t>(size)), displs(static_cast<size_t>(size));
-    check(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm), "MPI_Allgather");
+    check(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, over), "MPI_Allgather");
     int total = 0;
     for (int p = 0; p < size; ++p) {
       displs[static_cast<size_t>(p)] = total;
       total += lens[static_cast<size_t>(p)];
     }
     std::vector<char> buf(static_cast<size_t>(std::max(total, 1)));
-    check(MPI_Allgatherv(mine.data(), len, MPI_CHAR, buf.data(), lens.data(), displs.data(), MPI_CHAR, comm),
+    check(MPI_Allgatherv(mine.data(), len, MPI_CHAR, buf.data(), lens.data(), displs.data(), MPI_CHAR, over),
           "MPI_Allgatherv");
     std::vector<std::string> out;
     for (int p = 0; p < size; ++p) {
@@ -98,6 +154,37 @@ struct MpiCommunicator::Impl {
     } catch (const Error&) {  // agreed: every rank failed the same step and uses MPI
       shm.reset();
     }
+  }
+
+  // Collective, on the owner thread, after setup_shm: the ring's communicator, and where ranks span hosts with
+  // the same number of ranks on each, the per-host shared-memory group and the cross-host communicator of the
+  // hierarchical allreduce. All ranks agree on whether the hierarchical path exists.
+  void setup_hier(int local_rank, const ShmEnv& env, int threads) {
+    if (size < 2) return;
+    check(MPI_Comm_dup(comm, &ring_comm), "MPI_Comm_dup");
+    MPI_Comm_set_errhandler(ring_comm, MPI_ERRORS_RETURN);
+    if (!spans_hosts || ar.mode == AllreduceMode::kMpi) return;
+    // Hosts with different numbers of ranks: local rank l would have no partner on some host; the flat ring
+    // serves them (docs/distributed.md). Decided by all ranks alike (STRIDE_SHM=0 on any rank: no hierarchy).
+    int mine[3] = {local_size, -local_size, local_size >= 2 && env.enabled ? 1 : 0}, agreed[3] = {0, 0, 0};
+    check(MPI_Allreduce(mine, agreed, 3, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
+    if (agreed[0] != -agreed[1] || agreed[2] == 0) return;
+    check(MPI_Comm_split(comm, local_rank, rank, &cross_comm), "MPI_Comm_split");
+    MPI_Comm_set_errhandler(cross_comm, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(local_comm, MPI_ERRORS_RETURN);
+    ShmOptions options = env.options;
+    options.spare_cores = env.spare.value_or(spare_cores(local_size, threads, usable_cpus()));
+    int ok = 1;
+    try {
+      const ShmBootstrap bootstrap{local_rank, local_size,
+                                   [this](const std::string& s) { return allgather_strings(s, local_comm); }};
+      local_shm = std::make_unique<ShmGroup>(bootstrap, options);
+    } catch (const Error&) {  // agreed within the host; agreed across hosts below
+      ok = 0;
+    }
+    int all = 0;
+    check(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
+    if (!all) local_shm.reset();
   }
 
   void check(int rc, const char* call) const {
@@ -201,6 +288,29 @@ ShmEnv shm_env() {
   return env;
 }
 
+// STRIDE_ALLREDUCE and its companions, strictly parsed (docs/distributed.md).
+AllreduceEnv allreduce_env() {
+  AllreduceEnv env;
+  const char* mode = std::getenv("STRIDE_ALLREDUCE");
+  const std::string v = mode ? mode : "";
+  if (v.empty() || v == "auto") {
+    env.mode = AllreduceMode::kAuto;
+  } else if (v == "mpi") {
+    env.mode = AllreduceMode::kMpi;
+  } else if (v == "ring") {
+    env.mode = AllreduceMode::kRing;
+  } else if (v == "hier") {
+    env.mode = AllreduceMode::kHier;
+  } else {
+    throw UsageError(concat("STRIDE_ALLREDUCE must be auto, mpi, ring or hier, not '", v, "'"));
+  }
+  if (auto b = env_integer("STRIDE_RING_MIN_BYTES", 0, int64_t{1} << 40)) env.ring_min_bytes = *b;
+  if (auto kb = env_integer("STRIDE_RING_SEGMENT_KB", 1, 64 << 10)) env.ring.segment_bytes = 1024 * *kb;
+  if (auto w = env_integer("STRIDE_RING_WINDOW", 1, 256)) env.ring.window = static_cast<int>(*w);
+  if (auto h = env_integer("STRIDE_TEST_HOSTS", 1, 1 << 20)) env.test_hosts = static_cast<int>(*h);
+  return env;
+}
+
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl>()) {
@@ -214,7 +324,8 @@ MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl
   };
   std::promise<Setup> promise;
   auto future = promise.get_future();
-  impl_->owner.post([impl = impl_, &promise, env, threads] {
+  const AllreduceEnv ar = allreduce_env();
+  impl_->owner.post([impl = impl_, &promise, env, threads, ar] {
     try {
       int initialized = 0;
       MPI_Initialized(&initialized);
@@ -239,17 +350,28 @@ MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl
       s.host.assign(name, static_cast<size_t>(len));
       impl->rank = s.rank;
       impl->host = s.host;
-      MPI_Comm local;
-      impl->check(MPI_Comm_split_type(impl->comm, MPI_COMM_TYPE_SHARED, s.rank, MPI_INFO_NULL, &local),
-                  "MPI_Comm_split_type");
+      impl->size = s.size;
+      MPI_Comm& local = impl->local_comm;
+      if (ar.test_hosts > 0) {
+        // Tests only: ranks [h*size/K, (h+1)*size/K) play host h (uneven when K does not divide size).
+        const int k = std::min(ar.test_hosts, s.size);
+        int h = 0;
+        while (h + 1 < k && s.rank >= (h + 1) * s.size / k) ++h;
+        impl->check(MPI_Comm_split(impl->comm, h, s.rank, &local), "MPI_Comm_split");
+      } else {
+        impl->check(MPI_Comm_split_type(impl->comm, MPI_COMM_TYPE_SHARED, s.rank, MPI_INFO_NULL, &local),
+                    "MPI_Comm_split_type");
+      }
       MPI_Comm_rank(local, &s.local_rank);
       int local_size = 1;
       MPI_Comm_size(local, &local_size);
-      MPI_Comm_free(&local);
       MPI_Op_create(&sum_16<c10::Half>, 1, &impl->half_sum);
       MPI_Op_create(&sum_16<c10::BFloat16>, 1, &impl->bf16_sum);
-      impl->size = s.size;
+      impl->ar = ar;
+      impl->local_size = local_size;
+      impl->spans_hosts = local_size < s.size;
       impl->setup_shm(local_size, env, threads);
+      impl->setup_hier(s.local_rank, env, threads);
       promise.set_value(s);
     } catch (...) {
       promise.set_exception(std::current_exception());
@@ -268,6 +390,10 @@ MpiCommunicator::~MpiCommunicator() {
   impl_->owner.stop(std::chrono::seconds(30), [impl = impl_] {
     impl->shm.reset();
     impl->caller_shm.reset();
+    impl->local_shm.reset();
+    for (MPI_Comm* c : {&impl->ring_comm, &impl->cross_comm, &impl->local_comm}) {
+      if (*c != MPI_COMM_NULL) MPI_Comm_free(c);
+    }
     MPI_Op_free(&impl->half_sum);
     MPI_Op_free(&impl->bf16_sum);
     MPI_Comm_free(&impl->comm);
@@ -298,9 +424,21 @@ WorkPtr MpiCommunicator::allreduce(torch::Tensor t, ReduceOp op) {
   if (op == ReduceOp::kAvg && !t.is_floating_point()) {
     throw Error(concat("allreduce avg on ", describe(), ": needs a floating-point tensor, got ", t.scalar_type()));
   }
-  if (impl_->shm_active() && ShmGroup::supports(t.scalar_type(), op)) {
+  const std::string path = impl_->path(t, op);
+  if (path == "shm") {
     return submit(concat("shared-memory allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
                   [impl = impl_, t, op, limit = timeout()] { impl->shm->allreduce(t, op, limit); });
+  }
+  if (path == "ring" || path == "hier") {
+    STRIDE_CHECK(t.is_contiguous(), "allreduce on ", describe(), ": the ", path, " path takes contiguous tensors");
+    return submit(concat(path, " allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
+                  [impl = impl_, t, op, path, limit = timeout(), what = describe()] {
+                    if (path == "hier") {
+                      impl->hier_allreduce(t, op, limit, what);
+                    } else {
+                      ring_allreduce(t, op, impl->ring_comm, impl->ar.ring, what);
+                    }
+                  });
   }
   const MPI_Datatype dt = impl_->datatype(t);
   const MPI_Op mop = impl_->op_for(t, op);
@@ -401,6 +539,10 @@ torch::Tensor MpiCommunicator::alloc_buffer(int64_t numel, const torch::TensorOp
 }
 
 std::string MpiCommunicator::transport() const { return impl_->shm_active() ? "shm" : "mpi"; }
+
+std::string MpiCommunicator::allreduce_path(const torch::Tensor& t, ReduceOp op) const { return impl_->path(t, op); }
+
+int MpiCommunicator::local_size() const { return impl_->local_size; }
 
 bool MpiCommunicator::set_shm_enabled(bool enabled) {
   impl_->use_shm = enabled;

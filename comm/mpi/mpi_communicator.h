@@ -54,6 +54,13 @@ class MpiCommunicator : public Communicator {
   // Measurement switch, like set_shm_enabled: waiting ranks spin (true) or sleep.
   void set_shm_wait(bool spin);
 
+  // Which way an allreduce of `t` with `op` travels: "shm" (every rank on this host), "mpi" (MPI_Allreduce),
+  // "ring" (comm/mpi/ring_allreduce.h over all ranks) or "hier" (shared memory within each host, the ring
+  // between hosts). Chosen from STRIDE_ALLREDUCE, the tensor's size and the host layout (docs/distributed.md).
+  std::string allreduce_path(const torch::Tensor& t, ReduceOp op) const;
+  // The number of ranks on this host (as STRIDE_TEST_HOSTS pretends, in tests).
+  int local_size() const;
+
   // Runs `fn` on the owner thread (the only thread allowed to call MPI) and waits. For benchmarks that compare
   // with raw MPI calls on the same buffers.
   void run_on_owner(std::function<void()> fn);

@@ -6,6 +6,8 @@
 
 #include <cstdlib>
 
+#include <mpi.h>
+
 #include "comm/mpi/mpi_communicator.h"
 #include "tests/common/comm_checks.h"
 
@@ -45,7 +47,110 @@ TEST(Mpi, LargeAllreduceMatchesTheFormula) {
 TEST(Mpi, TransportIsSharedMemoryOnOneHostUnlessTurnedOff) {
   auto c = world();
   const char* env = std::getenv("STRIDE_SHM");
-  EXPECT_EQ(c->transport(), env && std::string(env) == "0" ? "mpi" : "shm");
+  const bool pretend_hosts = std::getenv("STRIDE_TEST_HOSTS") != nullptr;  // then the ranks span "hosts"
+  EXPECT_EQ(c->transport(), (env && std::string(env) == "0") || pretend_hosts ? "mpi" : "shm");
+}
+
+// The path a large float allreduce takes under this job's STRIDE_ALLREDUCE / STRIDE_TEST_HOSTS (ctest runs the
+// suite with ring, hierarchical and uneven-host layouts and names the path it expects in
+// STRIDE_TEST_EXPECT_PATH): a job that silently fell back to MPI_Allreduce fails here.
+TEST(MpiAllreduce, TakesTheExpectedPath) {
+  auto c = std::dynamic_pointer_cast<comm::MpiCommunicator>(world());
+  ASSERT_TRUE(c);
+  const char* expect = std::getenv("STRIDE_TEST_EXPECT_PATH");
+  if (!expect) GTEST_SKIP() << "set STRIDE_TEST_EXPECT_PATH";
+  auto t = torch::zeros({int64_t{1} << 20});
+  EXPECT_EQ(c->allreduce_path(t, comm::ReduceOp::kSum), expect);
+  if (const char* hosts = std::getenv("STRIDE_TEST_HOSTS")) {
+    const int k = std::atoi(hosts);
+    EXPECT_LT(c->local_size(), c->size());
+    EXPECT_GE(c->local_size(), c->size() / k);
+  }
+  // Not ring-reducible: half max stays on MPI (and fails there as before); bool never rings.
+  EXPECT_NE(c->allreduce_path(torch::zeros({1 << 20}, torch::kHalf), comm::ReduceOp::kMax), "ring");
+}
+
+// Integer-valued data, small enough that every partial sum is exact in every dtype: whatever the order of the
+// additions (ring, hierarchy, MPI), the result equals the flat sum bitwise. Sizes cover empty, fewer elements
+// than ranks, not divisible by the ranks, one segment, many segments.
+TEST(MpiAllreduce, EqualsTheFlatSumBitwiseForEverySizeDtypeAndOp) {
+  auto c = world();
+  auto mpi = std::dynamic_pointer_cast<comm::MpiCommunicator>(c);
+  ASSERT_TRUE(mpi);
+  const int n = c->size();
+  for (int64_t numel : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{3}, int64_t{5}, int64_t{7}, int64_t{13},
+                        int64_t{1000}, int64_t{4099}, int64_t{65539}, int64_t{300001}, (int64_t{1} << 20) + 7}) {
+    auto idx = torch::arange(numel, torch::kLong);
+    auto value = [&](int r) { return (idx * 7 + r * 13).remainder(11) - 5; };
+    auto sum = torch::zeros({numel}, torch::kLong), mx = value(0), mn = value(0);
+    for (int r = 0; r < n; ++r) {
+      sum += value(r);
+      mx = torch::maximum(mx, value(r));
+      mn = torch::minimum(mn, value(r));
+    }
+    for (auto dtype : {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16, torch::kLong}) {
+      std::vector<comm::ReduceOp> ops = {comm::ReduceOp::kSum};
+      if (dtype != torch::kLong) ops.push_back(comm::ReduceOp::kAvg);
+      if (dtype == torch::kFloat || dtype == torch::kLong) {
+        ops.push_back(comm::ReduceOp::kMax);
+        ops.push_back(comm::ReduceOp::kMin);
+      }
+      for (auto op : ops) {
+        auto t = value(c->rank()).to(dtype);
+        c->allreduce(t, op)->wait();
+        torch::Tensor expected;
+        switch (op) {
+          case comm::ReduceOp::kSum:
+            expected = sum.to(dtype);
+            break;
+          case comm::ReduceOp::kAvg:
+            expected = sum.to(dtype).div_(n);  // the flat path's rounding: the sum, then one division
+            break;
+          case comm::ReduceOp::kMax:
+            expected = mx.to(dtype);
+            break;
+          case comm::ReduceOp::kMin:
+            expected = mn.to(dtype);
+            break;
+        }
+        // The shared-memory path averages by multiplying with 1/n in the same pass: within rounding there.
+        const std::string path = mpi->allreduce_path(t, op);
+        if (op == comm::ReduceOp::kAvg && path != "ring" && path != "hier") {
+          const double tol = t.element_size() == 2 ? 1e-2 : 1e-6;
+          ASSERT_TRUE(torch::allclose(t.to(torch::kDouble), expected.to(torch::kDouble), tol, 0))
+              << numel << " x " << dtype << " avg on " << c->describe();
+          continue;
+        }
+        ASSERT_TRUE(torch::equal(t, expected)) << numel << " x " << dtype << " " << comm::reduce_op_name(op) << " over "
+                                               << path << " on " << c->describe();
+      }
+    }
+  }
+}
+
+// Random data: the result equals raw MPI_Allreduce on the same inputs, within float rounding (the order of the
+// additions differs beyond 2 ranks), and every rank holds the same bits.
+TEST(MpiAllreduce, RandomDataMatchesMpiAllreduceAndIsIdenticalOnEveryRank) {
+  auto c = std::dynamic_pointer_cast<comm::MpiCommunicator>(world());
+  ASSERT_TRUE(c);
+  for (int64_t numel : {int64_t{17}, int64_t{333333}, (int64_t{1} << 21) + 3}) {
+    auto gen = seeded(static_cast<uint64_t>(1000 + c->rank()));
+    auto t = torch::randn({numel}, gen, torch::kFloat);
+    auto reference = t.clone();
+    c->run_on_owner([&] {
+      MPI_Allreduce(MPI_IN_PLACE, reference.data_ptr(), static_cast<int>(numel), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    });
+    c->allreduce(t, comm::ReduceOp::kSum)->wait();
+    EXPECT_LE(max_abs_diff(t, reference), 1e-5 * c->size()) << numel;
+    if (c->size() == 2) {
+      EXPECT_TRUE(torch::equal(t, reference)) << "two ranks add in one order only";
+    }
+    auto gathered = torch::empty({numel * c->size()});
+    c->allgather(t, gathered)->wait();
+    for (int r = 0; r < c->size(); ++r) {
+      EXPECT_TRUE(torch::equal(gathered.narrow(0, r * numel, numel), t)) << "rank " << r << " differs";
+    }
+  }
 }
 
 // STRIDE_SHM_WAIT forces how ranks wait (ctest runs the suite with "spin"); unset, it depends on the host.
