@@ -1,5 +1,6 @@
 // A rank's connection to the coordinator: a background thread that connects (with back-off, reconnecting
-// after a drop), authenticates with the job token, sends heartbeats every interval with the latest state
+// after a drop), authenticates with the job token by challenge-response (the token never leaves the process;
+// the coordinator proves it knows the token too), sends heartbeats every interval with the latest state
 // the training thread handed over, delivers checkpoint reports, and turns commands into flags the training
 // thread polls. If the coordinator stays unreachable for `give_up_s`, or sends ABORT, or rejects this rank,
 // `on_abort` runs on the client thread (the trainer exits with code 75 there). Thread-safe.
@@ -11,9 +12,11 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
+#include "cluster/wire.h"
 #include "proto/cluster.pb.h"
 
 namespace stride::cluster {
@@ -57,7 +60,9 @@ class CoordinatorClient {
 
  private:
   void run();
-  int connect_once(std::string* why);
+  int connect_once(FrameDecoder& dec, std::string* why);
+  std::optional<proto::Envelope> read_frame(int fd, FrameDecoder& dec, double deadline, const char* waiting_for,
+                                            std::string* why);
   bool send_all(int fd, const std::string& bytes);
   void handle(const proto::Envelope& e);
   void wake();
@@ -74,6 +79,7 @@ class CoordinatorClient {
   double interval_s_ = 1.0;
   std::map<uint64_t, std::pair<Commit, std::string>> verdicts_;
   int wake_fd_[2] = {-1, -1};
+  std::string session_key_;  // client thread only: the session this rank proves on a reconnect (cluster/auth.h)
   std::thread thread_;
 };
 

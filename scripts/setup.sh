@@ -15,6 +15,7 @@ PACKAGES=(
   python3-pil python3-yaml python3-protobuf  # test references: PIL resizes, deploy/ YAML, TFRecord events
   libopenmpi-dev openmpi-bin
   libboost-dev libprotobuf-dev protobuf-compiler
+  libssl-dev  # HMAC-SHA256: the ranks' challenge-response authentication with the coordinator
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
   libturbojpeg0-dev libpng-dev zlib1g-dev
   dataset-fashion-mnist
