@@ -83,14 +83,19 @@ class CoordinatorClient {
   std::thread thread_;
 };
 
-// A minimal HTTP/1.1 client for the status endpoint (the `stride status` command and tests).
+// An HTTP/1.1 client (Boost.Beast) for the status endpoint: `stride status`, bench/http_bench and tests. Any
+// thread; each call makes its own connection.
 struct HttpResponse {
   int status = 0;
   std::string body;
   std::string content_type;
 };
-// `url` is http://host:port/path. Throws stride::Error naming the URL when it cannot connect or times out.
+// `url` is http://host:port/path. Content-Length and chunked bodies are read whole. `timeout_s` bounds the whole
+// request (connect, send, every byte of the answer), not each read. Throws stride::Error naming the URL when it
+// cannot connect, when the deadline passes, when the body would exceed `max_body_bytes` (never truncated), or
+// when the answer is not HTTP or ends early; UsageError for a URL that is not http://host[:port]/path.
 HttpResponse http_request(const std::string& method, const std::string& url, const std::string& body = "",
-                          const std::string& bearer_token = "", double timeout_s = 10.0);
+                          const std::string& bearer_token = "", double timeout_s = 10.0,
+                          size_t max_body_bytes = 64u << 20);
 
 }  // namespace stride::cluster
