@@ -28,7 +28,7 @@ ARCH=x86_64-linux-gnu
 
 PACKAGES=(libprotobuf-dev libprotobuf32 protobuf-compiler libprotoc32 libcli11-dev nlohmann-json3-dev
   libtomlplusplus-dev libtomlplusplus3 libturbojpeg0-dev libturbojpeg0 libpng-dev libpng16-16 zlib1g-dev zlib1g
-  libgtest-dev libgmock-dev)
+  libgtest-dev libgmock-dev libssl-dev libssl3)
 
 # ---------------------------------------------------------------------------------------------------------
 # pack (development machine)

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "cluster/auth.h"
 #include "cluster/wire.h"
 #include "common/error.h"
 
@@ -220,13 +221,66 @@ void CoordinatorClient::handle(const proto::Envelope& e) {
   if (!abort_reason.empty() && on_abort_) on_abort_(concat("the coordinator stopped the job: ", abort_reason));
 }
 
-int CoordinatorClient::connect_once(std::string* why) {
+// The next frame on `fd` within `deadline` (steady seconds), or nullopt with `why` set. Throws Error when the
+// coordinator speaks another protocol version: retrying cannot help.
+std::optional<proto::Envelope> CoordinatorClient::read_frame(int fd, FrameDecoder& dec, double deadline,
+                                                             const char* waiting_for, std::string* why) {
+  for (;;) {
+    std::optional<proto::Envelope> e;
+    try {
+      e = dec.next();
+    } catch (const ProtocolVersionError& err) {
+      throw Error(concat("the coordinator at ", o_.address, " speaks another protocol: ", err.what()));
+    } catch (const WireError& err) {
+      *why = concat("bad ", waiting_for, " from ", o_.address, ": ", err.what());
+      return std::nullopt;
+    }
+    if (e) return e;
+    pollfd p{fd, POLLIN, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(std::max(0.0, deadline - now_s()) * 1000));
+    if (r <= 0) {
+      *why = concat("no ", waiting_for, " from ", o_.address, " within 10 s");
+      return std::nullopt;
+    }
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+      *why = concat("the coordinator at ", o_.address, " closed the connection");
+      return std::nullopt;
+    }
+    dec.feed(buf, static_cast<size_t>(n));
+  }
+}
+
+int CoordinatorClient::connect_once(FrameDecoder& dec, std::string* why) {
   auto [host, port] = split_address(o_.address);
   const int fd = tcp_connect(host, port, 5.0, why);
   if (fd < 0) return -1;
+  auto fail = [&](std::string reason) {
+    *why = std::move(reason);
+    ::close(fd);
+    return -1;
+  };
+  // Until the coordinator has proved itself, it may not make this rank buffer large frames either.
+  dec = FrameDecoder(kMaxHelloFrameBytes);
+  const double deadline = now_s() + 10.0;
+  std::optional<proto::Envelope> e;
+  try {
+    e = read_frame(fd, dec, deadline, "Challenge", why);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (!e) return fail(*why);
+  if (e->body_case() == proto::Envelope::kReject) {
+    ::close(fd);
+    throw Error(concat("the coordinator at ", o_.address, " rejected rank ", o_.rank, ": ", e->reject().reason()));
+  }
+  if (e->body_case() != proto::Envelope::kChallenge || e->challenge().nonce().size() < 16) {
+    return fail(concat("the coordinator at ", o_.address, " did not open with a Challenge"));
+  }
   proto::Envelope hello;
   auto* h = hello.mutable_hello();
-  h->set_token(o_.token);
   h->set_rank(o_.rank);
   h->set_world_size(o_.world_size);
   h->set_host(o_.host);
@@ -236,56 +290,46 @@ int CoordinatorClient::connect_once(std::string* why) {
     std::lock_guard<std::mutex> lock(mu_);
     h->set_step(hb_.step() ? hb_.step() : o_.step);
   }
+  // Note [Challenge-response] in cluster/auth.h. Until a Welcome says which key the coordinator holds, keep the
+  // key this Hello would fix: if the connection drops after the coordinator accepted it, the next Hello must
+  // prove exactly that session.
+  const std::string prior_key = session_key_;
+  const std::string t = auth::sign_hello(h, o_.token, e->challenge().nonce(), prior_key);
+  const std::string fresh_key = auth::session_key(o_.token, t);
+  if (session_key_.empty()) session_key_ = fresh_key;
   const std::string hello_frame = encode_frame(hello);
   if (!write_all(fd, hello_frame.data(), hello_frame.size())) {
-    *why = concat("sending Hello to ", o_.address, " failed: ", std::strerror(errno));
+    return fail(concat("sending Hello to ", o_.address, " failed: ", std::strerror(errno)));
+  }
+  try {
+    e = read_frame(fd, dec, deadline, "answer to Hello", why);
+  } catch (...) {
     ::close(fd);
-    return -1;
+    throw;
   }
-  // The answer: Welcome or Reject, within 10 s.
-  FrameDecoder dec;
-  const double deadline = now_s() + 10.0;
-  for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    const int r = ::poll(&p, 1, static_cast<int>(std::max(0.0, deadline - now_s()) * 1000));
-    if (r <= 0) {
-      *why = concat("no answer to Hello from ", o_.address);
-      ::close(fd);
-      return -1;
-    }
-    char buf[4096];
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) {
-      *why = concat("the coordinator at ", o_.address, " closed the connection");
-      ::close(fd);
-      return -1;
-    }
-    dec.feed(buf, static_cast<size_t>(n));
-    std::optional<proto::Envelope> e;
-    try {
-      e = dec.next();
-    } catch (const WireError& err) {
-      *why = concat("bad answer from ", o_.address, ": ", err.what());
-      ::close(fd);
-      return -1;
-    }
-    if (!e) continue;
-    if (e->body_case() == proto::Envelope::kReject) {
-      ::close(fd);
-      throw Error(concat("the coordinator at ", o_.address, " rejected rank ", o_.rank, ": ", e->reject().reason()));
-    }
-    if (e->body_case() != proto::Envelope::kWelcome) {
-      *why = "unexpected answer to Hello";
-      ::close(fd);
-      return -1;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      interval_s_ = std::clamp(e->welcome().heartbeat_interval_s(), 0.05, 60.0);
-    }
+  if (!e) return fail(*why);
+  if (e->body_case() == proto::Envelope::kReject) {
+    ::close(fd);
+    throw Error(concat("the coordinator at ", o_.address, " rejected rank ", o_.rank, ": ", e->reject().reason()));
+  }
+  if (e->body_case() != proto::Envelope::kWelcome) return fail("unexpected answer to Hello");
+  const auto& w = e->welcome();
+  if (!auth::digest_equal(w.proof(), auth::welcome_proof(o_.token, t, w.resumed()))) {
+    return fail(concat("the coordinator at ", o_.address,
+                       " did not prove that it knows the job token (another job's coordinator on that port?)"));
+  }
+  if (!w.resumed() || prior_key.empty()) session_key_ = fresh_key;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    interval_s_ = std::clamp(w.heartbeat_interval_s(), 0.05, 60.0);
+  }
+  dec.set_max_frame_bytes(kMaxFrameBytes);
+  try {
     while (auto more = dec.next()) handle(*more);  // commands sent right after Welcome
-    return fd;
+  } catch (const WireError& err) {
+    return fail(concat("bad frame from ", o_.address, ": ", err.what()));
   }
+  return fd;
 }
 
 void CoordinatorClient::run() {
@@ -300,7 +344,7 @@ void CoordinatorClient::run() {
     }
     if (fd < 0) {
       try {
-        fd = connect_once(&why);
+        fd = connect_once(dec, &why);
       } catch (const Error& e) {  // rejected: retrying cannot help
         {
           std::lock_guard<std::mutex> lock(mu_);
@@ -331,7 +375,6 @@ void CoordinatorClient::run() {
         backoff = std::min(backoff * 2, 2.0);
         continue;
       }
-      dec = FrameDecoder();
       backoff = 0.1;
       last_contact = now_s();
       next_hb = 0;

@@ -1,5 +1,6 @@
 // A rank's connection to the coordinator: a background thread that connects (with back-off, reconnecting
-// after a drop), authenticates with the job token, sends heartbeats every interval with the latest state
+// after a drop), authenticates with the job token by challenge-response (the token never leaves the process;
+// the coordinator proves it knows the token too), sends heartbeats every interval with the latest state
 // the training thread handed over, delivers checkpoint reports, and turns commands into flags the training
 // thread polls. If the coordinator stays unreachable for `give_up_s`, or sends ABORT, or rejects this rank,
 // `on_abort` runs on the client thread (the trainer exits with code 75 there). Thread-safe.
@@ -11,9 +12,11 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
+#include "cluster/wire.h"
 #include "proto/cluster.pb.h"
 
 namespace stride::cluster {
@@ -57,7 +60,9 @@ class CoordinatorClient {
 
  private:
   void run();
-  int connect_once(std::string* why);
+  int connect_once(FrameDecoder& dec, std::string* why);
+  std::optional<proto::Envelope> read_frame(int fd, FrameDecoder& dec, double deadline, const char* waiting_for,
+                                            std::string* why);
   bool send_all(int fd, const std::string& bytes);
   void handle(const proto::Envelope& e);
   void wake();
@@ -74,17 +79,23 @@ class CoordinatorClient {
   double interval_s_ = 1.0;
   std::map<uint64_t, std::pair<Commit, std::string>> verdicts_;
   int wake_fd_[2] = {-1, -1};
+  std::string session_key_;  // client thread only: the session this rank proves on a reconnect (cluster/auth.h)
   std::thread thread_;
 };
 
-// A minimal HTTP/1.1 client for the status endpoint (the `stride status` command and tests).
+// An HTTP/1.1 client (Boost.Beast) for the status endpoint: `stride status`, bench/http_bench and tests. Any
+// thread; each call makes its own connection.
 struct HttpResponse {
   int status = 0;
   std::string body;
   std::string content_type;
 };
-// `url` is http://host:port/path. Throws stride::Error naming the URL when it cannot connect or times out.
+// `url` is http://host:port/path. Content-Length and chunked bodies are read whole. `timeout_s` bounds the whole
+// request (connect, send, every byte of the answer), not each read. Throws stride::Error naming the URL when it
+// cannot connect, when the deadline passes, when the body would exceed `max_body_bytes` (never truncated), or
+// when the answer is not HTTP or ends early; UsageError for a URL that is not http://host[:port]/path.
 HttpResponse http_request(const std::string& method, const std::string& url, const std::string& body = "",
-                          const std::string& bearer_token = "", double timeout_s = 10.0);
+                          const std::string& bearer_token = "", double timeout_s = 10.0,
+                          size_t max_body_bytes = 64u << 20);
 
 }  // namespace stride::cluster

@@ -21,6 +21,7 @@
 #include <set>
 #include <thread>
 
+#include "cluster/auth.h"
 #include "cluster/dashboard_html.h"
 #include "cluster/wire.h"
 #include "common/error.h"
@@ -96,6 +97,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     asio::steady_timer hello_timer;
     std::string peer;
     int rank = -1;
+    std::string nonce;  // this connection's Challenge (Note [Challenge-response] in cluster/auth.h)
     unsigned char header[4];
     std::string body;
     std::deque<std::string> queue;
@@ -114,6 +116,10 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       hello_timer.async_wait([self](const boost::system::error_code& ec) {
         if (!ec && self->rank < 0) self->reject("no Hello within the timeout");
       });
+      nonce = auth::random_bytes(auth::kNonceBytes);
+      proto::Envelope c;
+      c.mutable_challenge()->set_nonce(nonce);
+      send(encode_frame(c));
       read_header();
     }
 
@@ -147,9 +153,10 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       if (rank < 0) {
         if (e.body_case() != proto::Envelope::kHello) return reject("the first message must be Hello");
         std::string why;
+        bool resumed = false;
         {
           std::lock_guard<std::mutex> lock(impl->mu);
-          why = impl->core->admit(e.hello(), now);
+          why = impl->core->admit(e.hello(), nonce, now, &resumed);
         }
         if (!why.empty()) return reject(why);
         hello_timer.cancel();
@@ -164,6 +171,9 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
           w.mutable_welcome()->set_heartbeat_interval_s(impl->o.core.heartbeat_interval_s);
           w.mutable_welcome()->set_last_committed_step(impl->core->last_committed_step());
         }
+        w.mutable_welcome()->set_resumed(resumed);
+        w.mutable_welcome()->set_proof(
+            auth::welcome_proof(impl->o.core.token, auth::transcript(nonce, e.hello()), resumed));
         send(encode_frame(w));
         impl->flush();
         return;

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <set>
 
+#include "cluster/auth.h"
 #include "cluster/wire.h"
 #include "common/error.h"
 
@@ -61,6 +62,23 @@ std::string prom_label(const std::string& s) {
   return out;
 }
 
+// A name from the network as it may appear in a log line: quoted, control characters escaped, at most 80 bytes.
+std::string printable(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out = "'";
+  for (size_t i = 0; i < s.size() && i < 80; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f || c == '\\' || c == '\'') {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + (s.size() > 80 ? "'..." : "'");
+}
+
 }  // namespace
 
 void CoordinatorCore::Series::add(double xv, double yv) {
@@ -110,8 +128,13 @@ void CoordinatorCore::note(const std::string& level, const std::string& message,
   add_event(level, message, now);
 }
 
-std::string CoordinatorCore::admit(const proto::Hello& h, double now) {
-  if (!token_equal(h.token(), o_.token)) return "wrong job token";
+std::string CoordinatorCore::admit(const proto::Hello& h, const std::string& server_nonce, double now, bool* resumed) {
+  if (resumed) *resumed = false;
+  const std::string t = auth::transcript(server_nonce, h);
+  if (!auth::digest_equal(h.proof(), auth::hello_proof(o_.token, t))) {
+    return "authentication failed: the Hello's proof does not match the job token and this connection's "
+           "challenge (a wrong token, or a Hello replayed from another connection)";
+  }
   if (h.world_size() != o_.world_size) {
     return concat("world size ", h.world_size(), " does not match the job's ", o_.world_size);
   }
@@ -121,9 +144,16 @@ std::string CoordinatorCore::admit(const proto::Hello& h, double now) {
   }
   if (failure_) return concat("the job has failed: ", *failure_);
   auto& r = ranks_[h.rank()];
-  if (r.joined && r.pid != h.pid()) {
-    if (r.alive && r.connected) return concat("rank ", h.rank(), " is already connected from ", r.host, " pid ", r.pid);
-    if (!r.alive) return concat("rank ", h.rank(), " was declared dead");
+  if (r.joined && !r.alive) return concat("rank ", h.rank(), " was declared dead");
+  if (r.joined) {
+    // Knowing the token is not enough to take over a live rank: only the process that joined holds its key.
+    if (h.session_proof().empty() || !auth::digest_equal(h.session_proof(), auth::resume_proof(r.session_key, t))) {
+      return concat(rank_name(h.rank()), " is live; a reconnect must prove the session of its first Hello",
+                    h.session_proof().empty() ? " (this Hello has no session proof)" : " (the session proof is wrong)");
+    }
+    if (resumed) *resumed = true;
+  } else {
+    r.session_key = auth::session_key(o_.token, t);
   }
   const bool rejoin = r.joined;
   r.joined = r.alive = r.connected = true;
@@ -240,6 +270,15 @@ void CoordinatorCore::report(uint32_t rank, const proto::CheckpointReport& rep, 
   if (!rep.ok()) {
     discard(step, concat(rank_name(rank), ": ", rep.error()), now);
     return;
+  }
+  // The MANIFEST lists these names and resume opens them inside the step directory: a rank (or anyone holding the
+  // token) must not point them elsewhere ("../x", "/etc/passwd") or at the MANIFEST itself.
+  for (const auto& f : rep.files()) {
+    if (const auto problem = storage::checkpoint_file_name_problem(f.name()); !problem.empty()) {
+      discard(step, concat(rank_name(rank), " reported an invalid file name ", printable(f.name()), ": ", problem),
+              now);
+      return;
+    }
   }
   p.reports[rank] = rep;
   try_commit(step, now);

@@ -60,8 +60,10 @@ class CoordinatorCore {
   // `now` is the steady-clock time in seconds at construction; `wall` the matching unix time.
   CoordinatorCore(CoreOptions options, double now, double wall);
 
-  // A connection's first frame. Returns the reason to reject it, or empty to accept it (the rank is then live).
-  std::string admit(const proto::Hello& hello, double now);
+  // A connection's Hello, answering the Challenge that carried `server_nonce` (Note [Challenge-response] in
+  // cluster/auth.h). Returns the reason to reject it, or empty to accept it (the rank is then live).
+  // `resumed`: the Hello proved the session of a rank that is still live (a reconnect), which keeps its key.
+  std::string admit(const proto::Hello& hello, const std::string& server_nonce, double now, bool* resumed = nullptr);
   void heartbeat(uint32_t rank, const proto::Heartbeat& hb, double now);
   void report(uint32_t rank, const proto::CheckpointReport& report, double now);
   void goodbye(uint32_t rank, const proto::Goodbye& bye, double now);
@@ -104,6 +106,7 @@ class CoordinatorCore {
     bool joined = false, alive = false, connected = false, finished = false;
     std::string host;
     uint32_t pid = 0;
+    std::string session_key;  // fixed by the first accepted Hello of this start (cluster/auth.h)
     double joined_at = 0, last_seen = 0, disconnected_at = 0;
     proto::Heartbeat hb;
   };

@@ -1,106 +1,128 @@
-// A minimal blocking HTTP/1.1 client (Connection: close) for the status endpoint.
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
+// The HTTP/1.1 client of `stride status` and the tests, on Boost.Beast: Beast's parser handles Content-Length,
+// chunked transfer encoding and a body limit; one deadline covers the whole request (resolve, connect, send,
+// read), so a server that trickles bytes cannot stretch it. One connection per request (Connection: close).
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
+#include <optional>
 
 #include "cluster/client.h"
 #include "common/error.h"
 
 namespace stride::cluster {
+namespace {
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
 
-HttpResponse http_request(const std::string& method, const std::string& url, const std::string& body,
-                          const std::string& bearer_token, double timeout_s) {
+struct Url {
+  std::string hostport, host, port, path;
+};
+
+Url parse_url(const std::string& url) {
   const std::string prefix = "http://";
   if (url.rfind(prefix, 0) != 0) throw UsageError(concat("'", url, "' is not an http:// URL"));
   const std::string rest = url.substr(prefix.size());
   const auto slash = rest.find('/');
-  const std::string hostport = rest.substr(0, slash);
-  const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
-  const auto colon = hostport.rfind(':');
-  const std::string host = colon == std::string::npos ? hostport : hostport.substr(0, colon);
-  const std::string port = colon == std::string::npos ? "80" : hostport.substr(colon + 1);
+  Url u;
+  u.hostport = rest.substr(0, slash);
+  u.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  if (u.hostport.empty()) throw UsageError(concat("'", url, "' has no host"));
+  if (u.hostport.front() == '[') {  // [::1]:8080
+    const auto close = u.hostport.find(']');
+    if (close == std::string::npos) throw UsageError(concat("'", url, "': unterminated IPv6 address"));
+    u.host = u.hostport.substr(1, close - 1);
+    u.port = close + 1 < u.hostport.size() && u.hostport[close + 1] == ':' ? u.hostport.substr(close + 2) : "80";
+  } else {
+    const auto colon = u.hostport.rfind(':');
+    u.host = colon == std::string::npos ? u.hostport : u.hostport.substr(0, colon);
+    u.port = colon == std::string::npos ? "80" : u.hostport.substr(colon + 1);
+  }
+  if (u.port.empty() || u.port.find_first_not_of("0123456789") != std::string::npos) {
+    throw UsageError(concat("'", url, "': the port is not a number"));
+  }
+  return u;
+}
 
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  // A numeric address skips the resolver (and its per-call configuration reads) entirely.
-  in_addr v4{};
-  in6_addr v6{};
-  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1 || ::inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
-    hints.ai_flags |= AI_NUMERICHOST;
+}  // namespace
+
+HttpResponse http_request(const std::string& method, const std::string& url, const std::string& body,
+                          const std::string& bearer_token, double timeout_s, size_t max_body_bytes) {
+  const Url u = parse_url(url);
+  const http::verb verb = http::string_to_verb(method);
+  if (verb == http::verb::unknown) throw UsageError(concat("'", method, "' is not an HTTP method"));
+
+  http::request<http::string_body> req{verb, u.path, 11};
+  req.set(http::field::host, u.hostport);
+  req.set(http::field::user_agent, "stride");
+  req.set(http::field::connection, "close");
+  if (!bearer_token.empty()) req.set(http::field::authorization, "Bearer " + bearer_token);
+  req.body() = body;
+  if (!body.empty() || verb == http::verb::post) req.prepare_payload();
+
+  asio::io_context ioc;
+  tcp::resolver resolver(ioc);
+  beast::tcp_stream stream(ioc);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.header_limit(64 * 1024);
+  parser.body_limit(max_body_bytes);
+
+  // One deadline for the whole request, not per operation: when it passes, whatever is pending (resolve, connect,
+  // write or read) is cancelled, however steadily a slow server trickles bytes.
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  asio::steady_timer deadline(ioc);
+  deadline.expires_after(timeout);
+  bool timed_out = false;
+  deadline.async_wait([&](const boost::system::error_code& ec) {
+    if (ec) return;
+    timed_out = true;
+    resolver.cancel();
+    stream.cancel();
+  });
+  std::optional<beast::error_code> failure;
+  const char* stage = "resolving the host";
+  auto finish = [&](beast::error_code ec) {
+    failure = ec;
+    deadline.cancel();
+  };
+  resolver.async_resolve(u.host, u.port, [&](beast::error_code ec, tcp::resolver::results_type results) {
+    if (ec) return finish(ec);
+    stage = "connecting";
+    stream.async_connect(results, [&](beast::error_code ec2, const tcp::endpoint&) {
+      if (ec2) return finish(ec2);
+      stage = "sending the request";
+      http::async_write(stream, req, [&](beast::error_code ec3, size_t) {
+        if (ec3) return finish(ec3);
+        stage = "reading the answer";
+        http::async_read(stream, buffer, parser, [&](beast::error_code ec4, size_t) { finish(ec4); });
+      });
+    });
+  });
+  ioc.run();
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+
+  const beast::error_code ec = failure.value_or(beast::error_code{});
+  if (timed_out || ec == beast::error::timeout) {
+    throw Error(concat(url, ": no complete answer within ", timeout_s, " s (", stage, ")"));
   }
-  hints.ai_flags |= AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) {
-    throw Error(concat(url, ": cannot resolve ", host, ": ", gai_strerror(rc)));
+  if (ec == http::error::body_limit) {
+    throw Error(concat(url, ": the answer's body exceeds the limit of ", max_body_bytes, " bytes"));
   }
-  int fd = -1;
-  int err = 0;
-  for (addrinfo* ai = res; ai && fd < 0; ai = ai->ai_next) {
-    fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) continue;
-    timeval tv{static_cast<time_t>(timeout_s),
-               static_cast<suseconds_t>((timeout_s - static_cast<int>(timeout_s)) * 1e6)};
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-      err = errno;
-      ::close(fd);
-      fd = -1;
-    }
+  if (ec == http::error::partial_message || ec == http::error::end_of_stream) {
+    throw Error(concat(url, ": the server closed the connection before the whole answer (", stage, ")"));
   }
-  ::freeaddrinfo(res);
-  if (fd < 0) throw Error(concat(url, ": cannot connect: ", std::strerror(err)));
-  std::string req = concat(method, " ", path, " HTTP/1.1\r\nHost: ", hostport, "\r\nConnection: close\r\n");
-  if (!bearer_token.empty()) req += concat("Authorization: Bearer ", bearer_token, "\r\n");
-  if (!body.empty() || method == "POST") req += concat("Content-Length: ", body.size(), "\r\n");
-  req += "\r\n" + body;
-  for (size_t off = 0; off < req.size();) {
-    const ssize_t w = ::send(fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
-    if (w <= 0) {
-      ::close(fd);
-      throw Error(concat(url, ": sending the request failed: ", std::strerror(errno)));
-    }
-    off += static_cast<size_t>(w);
-  }
-  std::string raw;
-  char buf[16384];
-  for (;;) {
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      ::close(fd);
-      throw Error(concat(url, ": no complete answer within ", timeout_s, " s"));
-    }
-    if (n == 0) break;
-    raw.append(buf, static_cast<size_t>(n));
-    if (raw.size() > (64u << 20)) break;
-  }
-  ::close(fd);
-  const auto head_end = raw.find("\r\n\r\n");
-  if (raw.rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos) {
-    throw Error(concat(url, ": not an HTTP response"));
-  }
+  if (ec) throw Error(concat(url, ": ", stage, " failed: ", ec.message()));
+
+  auto res = parser.release();
   HttpResponse r;
-  r.status = std::atoi(raw.c_str() + raw.find(' ') + 1);
-  r.body = raw.substr(head_end + 4);
-  const std::string head = raw.substr(0, head_end);
-  for (size_t pos = head.find("\r\n"); pos != std::string::npos; pos = head.find("\r\n", pos + 2)) {
-    const size_t end = head.find("\r\n", pos + 2);
-    std::string line = head.substr(pos + 2, end == std::string::npos ? std::string::npos : end - pos - 2);
-    std::string lower = line;
-    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (lower.rfind("content-type:", 0) == 0) {
-      r.content_type = line.substr(13);
-      while (!r.content_type.empty() && r.content_type.front() == ' ') r.content_type.erase(0, 1);
-    }
-  }
+  r.status = static_cast<int>(res.result_int());
+  r.content_type = std::string(res[http::field::content_type]);
+  r.body = std::move(res.body());
   return r;
 }
 

@@ -1,10 +1,6 @@
 #include "cluster/wire.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
+#include "cluster/auth.h"
 
 namespace stride::cluster {
 
@@ -33,7 +29,8 @@ proto::Envelope parse_envelope(const char* data, size_t n) {
   proto::Envelope e;
   if (!e.ParseFromArray(data, static_cast<int>(n))) throw WireError(concat("malformed frame (", n, " bytes)"));
   if (e.version() != kProtocolVersion) {
-    throw WireError(concat("protocol version ", e.version(), ", this build speaks ", kProtocolVersion));
+    throw ProtocolVersionError(concat("protocol version ", e.version(), ", this build speaks ", kProtocolVersion,
+                                      ": rank and coordinator come from different Stride builds"));
   }
   if (e.body_case() == proto::Envelope::BODY_NOT_SET) throw WireError("frame without a message");
   return e;
@@ -60,23 +57,11 @@ bool token_equal(const std::string& a, const std::string& b) {
 }
 
 std::string random_token() {
-  unsigned char bytes[16];
-  const int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(concat("cannot open /dev/urandom: ", std::strerror(errno)));
-  size_t got = 0;
-  while (got < sizeof(bytes)) {
-    const ssize_t r = ::read(fd, bytes + got, sizeof(bytes) - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      ::close(fd);
-      throw Error("cannot read /dev/urandom");
-    }
-    got += static_cast<size_t>(r);
-  }
-  ::close(fd);
+  const std::string bytes = auth::random_bytes(16);
   static const char* hex = "0123456789abcdef";
   std::string out;
-  for (unsigned char b : bytes) {
+  for (const char c : bytes) {
+    const auto b = static_cast<unsigned char>(c);
     out += hex[b >> 4];
     out += hex[b & 15];
   }

@@ -14,7 +14,8 @@
 
 namespace stride::cluster {
 
-constexpr uint32_t kProtocolVersion = 1;
+// 2: challenge-response authentication (cluster/auth.h); version 1 sent the job token in clear text.
+constexpr uint32_t kProtocolVersion = 2;
 // No legitimate message comes near this: the largest is a checkpoint report listing a few files.
 constexpr size_t kMaxFrameBytes = 1 << 20;
 // Until a connection has said Hello (a few hundred bytes) it is nobody: its first frame may not be larger than
@@ -24,6 +25,11 @@ constexpr size_t kMaxHelloFrameBytes = 4 << 10;
 class WireError : public Error {
  public:
   using Error::Error;
+};
+// The peer speaks another protocol version: it runs a different Stride build. Retrying cannot help.
+class ProtocolVersionError : public WireError {
+ public:
+  using WireError::WireError;
 };
 
 // The frame of `e`, with the protocol version filled in.
@@ -38,6 +44,8 @@ class FrameDecoder {
   // frame (as soon as its length is known), an unparsable payload, or another protocol version.
   std::optional<proto::Envelope> next();
   size_t buffered() const { return buf_.size() - pos_; }
+  // The limit for frames from now on (a connection that authenticated may send larger ones).
+  void set_max_frame_bytes(size_t max) { max_ = max; }
 
  private:
   size_t max_;
@@ -47,12 +55,12 @@ class FrameDecoder {
 
 // Length of a frame from its 4-byte header; throws WireError above `max`.
 uint32_t frame_length(const unsigned char header[4], size_t max = kMaxFrameBytes);
-// Parses one payload (without the header); throws WireError.
+// Parses one payload (without the header); throws WireError (ProtocolVersionError for another version).
 proto::Envelope parse_envelope(const char* data, size_t n);
 
 // Constant-time comparison for tokens.
 bool token_equal(const std::string& a, const std::string& b);
-// A fresh random job token (32 hex digits from /dev/urandom).
+// A fresh random job token (32 hex digits from getrandom).
 std::string random_token();
 
 }  // namespace stride::cluster

@@ -15,12 +15,14 @@ PACKAGES=(
   python3-pil python3-yaml python3-protobuf  # test references: PIL resizes, deploy/ YAML, TFRecord events
   libopenmpi-dev openmpi-bin
   libboost-dev libprotobuf-dev protobuf-compiler
+  libssl-dev  # HMAC-SHA256: the ranks' challenge-response authentication with the coordinator
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
   libturbojpeg0-dev libpng-dev zlib1g-dev
   dataset-fashion-mnist
   libgoogle-perftools4  # tcmalloc: bench/bf16_compare.sh preloads it for the PyTorch baselines
   libjemalloc2          # jemalloc: bench/ddp_ratio.sh preloads it for PyTorch DDP too
   chromium
+  nginx  # a real HTTP server for the HTTP client's tests (chunked, Content-Length, stalls)
   slurmctld slurmd slurm-client munge
 )
 

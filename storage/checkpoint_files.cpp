@@ -28,6 +28,18 @@ proto::Manifest read_manifest(const std::string& path) {
 
 }  // namespace
 
+std::string checkpoint_file_name_problem(const std::string& name) {
+  if (name.empty()) return "an empty name";
+  if (name.size() > 255) return concat("a name of ", name.size(), " bytes (at most 255)");
+  for (const char c : name) {
+    if (c == '/') return "a path, not a plain file name";
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return "a control character or NUL in the name";
+  }
+  if (name.front() == '.') return "a name starting with '.' (\".\", \"..\" and temporaries are not checkpoint files)";
+  if (name == "MANIFEST") return "the name MANIFEST, which the commit writes itself";
+  return "";
+}
+
 std::string step_name(uint64_t step) {
   char name[32];
   std::snprintf(name, sizeof(name), "step-%08llu", static_cast<unsigned long long>(step));
@@ -268,6 +280,9 @@ proto::Manifest verify_checkpoint(const std::string& dir, bool deep) {
   if (!fs::exists(manifest_path)) throw Error(concat(dir, ": no MANIFEST (an interrupted checkpoint)"));
   auto m = read_manifest(manifest_path);
   for (const auto& f : m.files()) {
+    if (const auto problem = checkpoint_file_name_problem(f.name()); !problem.empty()) {
+      throw Error(concat(manifest_path, ": lists '", f.name(), "': ", problem));
+    }
     const std::string path = (fs::path(dir) / f.name()).string();
     std::error_code ec;
     const auto size = fs::file_size(path, ec);

@@ -47,6 +47,10 @@ std::string step_name(uint64_t step);
 // RUN/checkpoints/step-XXXXXXXX.
 std::string step_dir(const std::string& checkpoint_root, uint64_t step);
 
+// Why `name` cannot be a file of a checkpoint ("" when it can): it must be a plain name inside the step directory,
+// 1-255 bytes, without '/', NUL or other control characters, not starting with '.' (".", "..", and the
+// temporaries) and not MANIFEST. Names come from ranks over the network and from MANIFESTs on disk.
+std::string checkpoint_file_name_problem(const std::string& name);
 // Writes (fsynced) one file of a checkpoint and returns its MANIFEST entry.
 proto::FileEntry write_checkpoint_file(FileOps& ops, const std::string& dir, const std::string& name,
                                        const std::string& bytes);

@@ -17,10 +17,12 @@
 #include <optional>
 #include <thread>
 
+#include "cluster/auth.h"
 #include "cluster/client.h"
 #include "cluster/coordinator.h"
 #include "cluster/wire.h"
 #include "storage/file_io.h"
+#include "tests/unit/cluster_test_util.h"
 #include "tests/unit/test_util.h"
 
 namespace stride::cluster {
@@ -37,18 +39,8 @@ using storage::step_dir;
 using storage::verify_checkpoint;
 using storage::write_checkpoint_file;
 using testing::ScratchDir;
+using namespace testutil;  // NOLINT(build/namespaces): the shared loopback helpers
 namespace fs = std::filesystem;
-
-proto::Envelope hello(const std::string& token, uint32_t rank, uint32_t world) {
-  proto::Envelope e;
-  auto* h = e.mutable_hello();
-  h->set_token(token);
-  h->set_rank(rank);
-  h->set_world_size(world);
-  h->set_host("testhost");
-  h->set_pid(1000 + rank);
-  return e;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Framing
@@ -110,18 +102,6 @@ TEST(Wire, OversizedGarbageAndWrongVersionAreErrors) {
 // ---------------------------------------------------------------------------------------------------------
 // Core: liveness with a fake clock
 // ---------------------------------------------------------------------------------------------------------
-CoreOptions core_options(const std::string& root, uint32_t world) {
-  CoreOptions o;
-  o.job = "test";
-  o.token = "secret";
-  o.world_size = world;
-  o.heartbeat_timeout_s = 5.0;
-  o.reconnect_grace_s = 2.0;
-  o.checkpoint_root = root;
-  o.keep = 2;
-  return o;
-}
-
 bool has_command(const std::vector<Outbound>& out, proto::Command::Kind kind, uint64_t step = 0) {
   for (const auto& m : out) {
     if (m.command.kind() == kind && (step == 0 || m.command.step() == step)) return true;
@@ -132,20 +112,78 @@ bool has_command(const std::vector<Outbound>& out, proto::Command::Kind kind, ui
 TEST(CoordinatorCore, AdmitsOnlyTheJobsRanks) {
   ScratchDir dir("core");
   CoordinatorCore core(core_options(dir.file("ckpt"), 2), 0.0, 1e9);
-  EXPECT_NE(core.admit(hello("wrong", 0, 2).hello(), 0.1).find("token"), std::string::npos);
-  EXPECT_NE(core.admit(hello("secret", 2, 2).hello(), 0.1).find("outside the world"), std::string::npos);
-  EXPECT_NE(core.admit(hello("secret", 0, 3).hello(), 0.1).find("world size"), std::string::npos);
-  EXPECT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.1), "");
+  EXPECT_NE(core.admit(hello("wrong", 0, 2).hello(), kNonce, 0.1).find("token"), std::string::npos);
+  EXPECT_NE(core.admit(hello("secret", 2, 2).hello(), kNonce, 0.1).find("outside the world"), std::string::npos);
+  EXPECT_NE(core.admit(hello("secret", 0, 3).hello(), kNonce, 0.1).find("world size"), std::string::npos);
+  EXPECT_EQ(core.admit(hello("secret", 0, 2).hello(), kNonce, 0.1), "");
   auto other = hello("secret", 0, 2);
   other.mutable_hello()->set_pid(4242);  // a second process claiming rank 0
-  EXPECT_NE(core.admit(other.hello(), 0.2).find("already connected"), std::string::npos);
+  auth::sign_hello(other.mutable_hello(), "secret", kNonce, "");
+  EXPECT_NE(core.admit(other.hello(), kNonce, 0.2).find("is live"), std::string::npos);
+}
+
+// Knowing the token is not enough to take over a live rank, whatever the pid: the Hello must prove the session
+// key of the rank's first Hello (#17). A Hello answering another connection's Challenge is refused.
+TEST(CoordinatorCore, ALiveRankIsTakenOverOnlyWithItsSessionProof) {
+  ScratchDir dir("core");
+  CoordinatorCore core(core_options(dir.file("ckpt"), 1), 0.0, 1e9);
+  const auto first = hello("secret", 0, 1);
+  const std::string other_nonce(auth::kNonceBytes, 'o');
+  EXPECT_NE(core.admit(first.hello(), other_nonce, 0.0).find("authentication failed"), std::string::npos);
+  ASSERT_EQ(core.admit(first.hello(), kNonce, 0.0), "");
+  const std::string key = auth::session_key("secret", auth::transcript(kNonce, first.hello()));
+  const std::string n2(auth::kNonceBytes, '2');
+  EXPECT_NE(core.admit(hello("secret", 0, 1, n2).hello(), n2, 0.1).find("no session proof"), std::string::npos);
+  const std::string wrong_key = auth::session_key("secret", "another transcript");
+  EXPECT_NE(core.admit(hello("secret", 0, 1, n2, wrong_key).hello(), n2, 0.1).find("session proof is wrong"),
+            std::string::npos);
+  core.disconnected(0, 0.2);  // also while its connection is down (within the grace)
+  EXPECT_NE(core.admit(hello("secret", 0, 1, n2).hello(), n2, 0.3).find("is live"), std::string::npos);
+  bool resumed = false;
+  EXPECT_EQ(core.admit(hello("secret", 0, 1, n2, key).hello(), n2, 0.3, &resumed), "");
+  EXPECT_TRUE(resumed);
+  // A resumed session keeps its key: the next reconnect proves the same one.
+  const std::string n3(auth::kNonceBytes, '3');
+  EXPECT_EQ(core.admit(hello("secret", 0, 1, n3, key).hello(), n3, 0.4), "");
+}
+
+// File names come from the network and the MANIFEST lists them for resume to open inside the step directory:
+// anything but a plain name discards the step with an error naming the rank and the name (#17).
+TEST(CoordinatorCore, ReportedFileNamesMustBePlainNamesInTheStepDirectory) {
+  const std::string bad[] = {
+      "../x",          "/etc/passwd",         "a/b",      "..", ".", "", std::string("a\0b", 3), "MANIFEST",
+      ".MANIFEST.tmp", std::string(256, 'a'), "tab\tname"};
+  for (const auto& name : bad) {
+    ScratchDir dir("names");
+    CoordinatorCore core(core_options(dir.file("ckpt"), 1), 0.0, 1e9);
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), kNonce, 0.0), "");
+    proto::CheckpointReport rep;
+    rep.set_step(10);
+    rep.set_ok(true);
+    rep.mutable_manifest()->set_step(10);
+    auto* f = rep.add_files();
+    f->set_name(name);
+    f->set_size(0);
+    core.report(0, rep, 1.0);
+    auto out = core.take_outbound();
+    EXPECT_TRUE(has_command(out, proto::Command::DISCARDED, 10)) << "name '" << name << "' accepted";
+    EXPECT_FALSE(has_command(out, proto::Command::COMMITTED, 10)) << "name '" << name << "' committed";
+    const auto events = core.events();
+    ASSERT_FALSE(events.empty());
+    EXPECT_EQ(events.back().level, "error");
+    EXPECT_NE(events.back().message.find("rank 0 on testhost (pid 1000) reported an invalid file name"),
+              std::string::npos)
+        << events.back().message;
+  }
+  EXPECT_EQ(storage::checkpoint_file_name_problem("rank-0.safetensors"), "");
+  EXPECT_EQ(storage::checkpoint_file_name_problem("model..safetensors"), "");
 }
 
 TEST(CoordinatorCore, SilentRankIsDeclaredDeadAfterTheTimeout) {
   ScratchDir dir("core");
   CoordinatorCore core(core_options(dir.file("ckpt"), 2), 0.0, 1e9);
-  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
-  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), kNonce, 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), kNonce, 0.0), "");
   proto::Heartbeat hb;
   hb.set_step(7);
   core.heartbeat(1, hb, 0.5);  // rank 1's last word
@@ -174,11 +212,17 @@ TEST(CoordinatorCore, SilentRankIsDeclaredDeadAfterTheTimeout) {
 TEST(CoordinatorCore, DroppedConnectionMustComeBackWithinTheGrace) {
   ScratchDir dir("core");
   CoordinatorCore core(core_options(dir.file("ckpt"), 1), 0.0, 1e9);
-  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+  const auto first = hello("secret", 0, 1);
+  ASSERT_EQ(core.admit(first.hello(), kNonce, 0.0), "");
   core.disconnected(0, 1.0);
   core.tick(2.5);  // 1.5 s < 2 s grace
   EXPECT_FALSE(core.failure());
-  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 2.8), "");  // reconnect (same pid)
+  // The reconnect answers a new Challenge and proves the session its first Hello fixed.
+  const std::string key = auth::session_key("secret", auth::transcript(kNonce, first.hello()));
+  const std::string nonce2(auth::kNonceBytes, 'm');
+  bool resumed = false;
+  ASSERT_EQ(core.admit(hello("secret", 0, 1, nonce2, key).hello(), nonce2, 2.8, &resumed), "");
+  EXPECT_TRUE(resumed);
   core.tick(4.0);
   EXPECT_FALSE(core.failure());
   core.disconnected(0, 4.0);
@@ -187,7 +231,7 @@ TEST(CoordinatorCore, DroppedConnectionMustComeBackWithinTheGrace) {
   EXPECT_NE(core.failure()->find("connection lost"), std::string::npos);
   // A finished rank is never declared dead.
   CoordinatorCore done(core_options(dir.file("ckpt2"), 1), 0.0, 1e9);
-  ASSERT_EQ(done.admit(hello("secret", 0, 1).hello(), 0.0), "");
+  ASSERT_EQ(done.admit(hello("secret", 0, 1).hello(), kNonce, 0.0), "");
   proto::Goodbye bye;
   bye.set_finished(true);
   done.goodbye(0, bye, 1.0);
@@ -227,8 +271,8 @@ TEST(CoordinatorCore, CommitsWhenEveryRankReported) {
   ScratchDir dir("commit");
   const std::string root = dir.file("ckpt");
   CoordinatorCore core(core_options(root, 2), 0.0, 1e9);
-  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
-  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), kNonce, 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), kNonce, 0.0), "");
   core.report(1, write_rank_files(root, 10, 1), 1.0);
   EXPECT_EQ(newest_valid(root), 0u);  // one of two: invisible
   EXPECT_FALSE(has_command(core.take_outbound(), proto::Command::COMMITTED));
@@ -254,8 +298,8 @@ TEST(CoordinatorCore, RankDyingAtEveryPhaseNeverExposesAPartialCheckpoint) {
     ScratchDir dir("phase");
     const std::string root = dir.file("ckpt");
     CoordinatorCore core(core_options(root, 2), 0.0, 1e9);
-    ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
-    ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+    ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), kNonce, 0.0), "");
+    ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), kNonce, 0.0), "");
     core.report(0, write_rank_files(root, 10, 0), 0.1);
     core.report(1, write_rank_files(root, 10, 1), 0.1);
     ASSERT_EQ(newest_valid(root), 10u);
@@ -289,8 +333,8 @@ TEST(CoordinatorCore, FailedReportDiscardsTheStep) {
   ScratchDir dir("failrep");
   const std::string root = dir.file("ckpt");
   CoordinatorCore core(core_options(root, 2), 0.0, 1e9);
-  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), 0.0), "");
-  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), kNonce, 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), kNonce, 0.0), "");
   core.report(0, write_rank_files(root, 10, 0), 0.1);
   proto::CheckpointReport bad;
   bad.set_step(10);
@@ -334,7 +378,7 @@ TEST(CoordinatorCore, ManifestWriteFailingAtEveryOperationKeepsThePreviousCommit
     auto o = core_options(dir.file("ckpt"), 1);
     o.ops = counter;
     CoordinatorCore core(o, 0.0, 1e9);
-    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), kNonce, 0.0), "");
     core.report(0, write_rank_files(dir.file("ckpt"), 10, 0), 0.1);
     total = counter->ops;
   }
@@ -347,7 +391,7 @@ TEST(CoordinatorCore, ManifestWriteFailingAtEveryOperationKeepsThePreviousCommit
     auto o = core_options(root, 1);
     o.ops = ops;
     CoordinatorCore core(o, 0.0, 1e9);
-    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), kNonce, 0.0), "");
     core.report(0, write_rank_files(root, 10, 0), 0.1);
     ASSERT_EQ(newest_valid(root), 10u);
     *ops = FailingOps(fail);
@@ -391,7 +435,7 @@ TEST(CoordinatorCore, FailureAfterTheManifestRenameStillCommits) {
     o.keep = 1;  // step 20's commit removes step 10
     o.ops = ops;
     CoordinatorCore core(o, 0.0, 1e9);
-    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+    ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), kNonce, 0.0), "");
     core.report(0, write_rank_files(root, 10, 0), 0.1);
     ASSERT_TRUE(has_command(core.take_outbound(), proto::Command::COMMITTED, 10));
     ops->fail_latest = latest;
@@ -526,43 +570,6 @@ TEST(CheckpointFiles, LineageHeadAndGarbageCollectionFollowTheNewestBranch) {
 // ---------------------------------------------------------------------------------------------------------
 // The real server on loopback
 // ---------------------------------------------------------------------------------------------------------
-int raw_connect(uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  return fd;
-}
-
-// Everything the server sends until it closes the connection (or 5 s pass).
-std::string read_until_closed(int fd) {
-  std::string all;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    all.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return all;
-}
-
-std::unique_ptr<Coordinator> start(const std::string& root, uint32_t world, double hello_timeout = 10.0) {
-  CoordinatorOptions o;
-  o.core = core_options(root, world);
-  o.core.heartbeat_interval_s = 0.05;
-  o.status_port = 0;
-  o.hello_timeout_s = hello_timeout;
-  return std::make_unique<Coordinator>(o);
-}
-
 TEST(Coordinator, BadPeersAreRejectedAndTheServerKeepsServing) {
   ScratchDir dir("server");
   auto coord = start(dir.file("ckpt"), 1, /*hello_timeout=*/0.5);
@@ -574,15 +581,11 @@ TEST(Coordinator, BadPeersAreRejectedAndTheServerKeepsServing) {
     return read_until_closed(fd);
   };
   // Wrong token: a Reject frame, then the server closes.
-  const std::string reply = send_and_read(encode_frame(hello("wrong", 0, 1)));
-  FrameDecoder dec;
-  dec.feed(reply.data(), reply.size());
-  auto e = dec.next();
-  ASSERT_TRUE(e.has_value());
-  ASSERT_EQ(e->body_case(), proto::Envelope::kReject);
-  EXPECT_NE(e->reject().reason().find("token"), std::string::npos);
+  auto e = handshake(port, hello("", 0, 1), "wrong");
+  ASSERT_EQ(e.body_case(), proto::Envelope::kReject);
+  EXPECT_NE(e.reject().reason().find("token"), std::string::npos);
   // Unknown rank, oversized frame, garbage, another version, a non-Hello first message: closed.
-  send_and_read(encode_frame(hello("secret", 5, 1)));
+  EXPECT_EQ(handshake(port, hello("", 5, 1), "secret").body_case(), proto::Envelope::kReject);
   send_and_read(std::string("\x10\x00\x00\x00", 4));
   send_and_read(std::string("\0\0\0\x06garbag", 10));
   {
@@ -641,21 +644,23 @@ TEST(Coordinator, RejectedConnectionsDoNotExhaustTheConnectionCap) {
     ASSERT_TRUE(c1->wait_connected(5.0));
   }
   coord->restart(kWorld, 1, "test restart");
-  proto::Envelope stale = hello(coord->token(), 0, kWorld);  // start 0 of the job: refused after the restart
-  const std::string bad[] = {std::string("\0\0\0\x06garbag", 10), encode_frame(hello("wrong", 0, kWorld)),
-                             encode_frame(stale)};
+  const std::string garbage("\0\0\0\x06garbag", 10);
   const int n = 3 * (4 * static_cast<int>(kWorld) + 16);
   int64_t before = 0;
   coord->with_core([&](CoordinatorCore& c) { before = c.rejected_connections; });
   for (int i = 0; i < n; ++i) {
-    const int fd = raw_connect(port);
-    ASSERT_GE(fd, 0);
-    const std::string& b = bad[i % 3];
-    ::send(fd, b.data(), b.size(), MSG_NOSIGNAL);
-    const std::string reply = read_until_closed(fd);
-    FrameDecoder dec;  // each one is told why, not just dropped by the cap
-    dec.feed(reply.data(), reply.size());
-    auto e = dec.next();
+    std::optional<proto::Envelope> e;  // each one is told why, not just dropped by the cap
+    if (i % 3 == 0) {
+      const int fd = raw_connect(port);
+      ASSERT_GE(fd, 0);
+      ::send(fd, garbage.data(), garbage.size(), MSG_NOSIGNAL);
+      e = answer(read_until_closed(fd));
+    } else if (i % 3 == 1) {
+      e = handshake(port, hello("", 0, kWorld), "wrong");
+    } else {
+      e = handshake(port, hello("", 0, kWorld), coord->token());  // start 0 of the job: refused after the restart
+      EXPECT_NE(e->reject().reason().find("belongs to start 0"), std::string::npos) << e->reject().reason();
+    }
     ASSERT_TRUE(e.has_value()) << "connection " << i << " closed without a Reject";
     EXPECT_EQ(e->body_case(), proto::Envelope::kReject);
   }
@@ -682,9 +687,7 @@ TEST(Coordinator, LargeFirstFrameIsRefusedBeforeHello) {
   ASSERT_EQ(::send(fd, header, 4, MSG_NOSIGNAL), 4);
   const std::string reply = read_until_closed(fd);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
-  FrameDecoder dec;
-  dec.feed(reply.data(), reply.size());
-  auto e = dec.next();
+  auto e = answer(reply);
   ASSERT_TRUE(e.has_value()) << "no Reject for a 1 MiB first frame";
   ASSERT_EQ(e->body_case(), proto::Envelope::kReject);
   EXPECT_NE(e->reject().reason().find("exceeds the limit of 4096"), std::string::npos) << e->reject().reason();
@@ -744,9 +747,7 @@ TEST(Coordinator, AcceptBacksOffWhenOutOfDescriptors) {
   const std::string bad = encode_frame(hello("wrong", 0, 1));
   ::send(peer, bad.data(), bad.size(), MSG_NOSIGNAL);
   const std::string reply = read_until_closed(peer);
-  FrameDecoder dec;
-  dec.feed(reply.data(), reply.size());
-  auto e = dec.next();
+  auto e = answer(reply);
   ASSERT_TRUE(e.has_value()) << "the connection that waited out the EMFILE was not served";
   EXPECT_EQ(e->body_case(), proto::Envelope::kReject);
   bool noted = false;
@@ -963,7 +964,7 @@ TEST(Coordinator, HttpEndpointAnswersOnlyItsOwnHostNames) {
 TEST(CoordinatorCore, MetricsPrintIntegersExactly) {
   ScratchDir dir("metrics");
   CoordinatorCore core(core_options(dir.file("ckpt"), 1), 0.0, 1e9);
-  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), kNonce, 0.0), "");
   proto::Heartbeat hb;
   hb.set_step(1234567);
   hb.set_total_steps(98765432101ull);

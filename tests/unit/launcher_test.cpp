@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cluster/auth.h"
 #include "cluster/coordinator.h"
 #include "cluster/coordinator_core.h"
 #include "common/error.h"
@@ -173,13 +174,14 @@ TEST(Launch, JobViewReadsStepCommitsAndTheSilenceOfADeadRank) {
   cluster::CoordinatorCore core(o, 0.0, 1e9);
   for (uint32_t r = 0; r < 2; ++r) {
     proto::Hello h;
-    h.set_token("secret");
     h.set_rank(r);
     h.set_world_size(2);
     h.set_host("testhost");
     h.set_pid(1000 + r);
     h.set_step(40);
-    ASSERT_EQ(core.admit(h, 0.0), "");
+    const std::string nonce(cluster::auth::kNonceBytes, 'n');
+    cluster::auth::sign_hello(&h, "secret", nonce, "");
+    ASSERT_EQ(core.admit(h, nonce, 0.0), "");
   }
   auto v = job_view(core.status_json(0.1));
   EXPECT_EQ(v.step, 40u);
