@@ -21,6 +21,7 @@ PACKAGES=(
   libgoogle-perftools4  # tcmalloc: bench/bf16_compare.sh preloads it for the PyTorch baselines
   libjemalloc2          # jemalloc: bench/ddp_ratio.sh preloads it for PyTorch DDP too
   chromium
+  nginx                 # tests/system/remote_data_test.sh serves shards over HTTP
   slurmctld slurmd slurm-client munge
 )
 

@@ -15,12 +15,40 @@ namespace {
 // Keys that cannot change what the run computes: where it writes and reads from, how it reports, how it is
 // coordinated, threads and buffering, and when it stops or checkpoints.
 const std::set<std::string>& operational_keys() {
-  static const std::set<std::string> keys = {
-      "data-path",     "dataset",       "dataset-source", "workers",          "prefetch",           "max-corrupt",
-      "max-steps",     "output-dir",    "resume",         "checkpoint-every", "keep-checkpoints",   "print-freq",
-      "eval-freq",     "test-only",     "threads",        "comm-backend",     "comm-timeout",       "bucket-cap-mb",
-      "job",           "status-port",   "status-bind",    "coordinator-bind", "heartbeat-interval", "heartbeat-timeout",
-      "control-every", "trace-samples", "eval-hflip",     "weights",          "allow-config-change"};
+  static const std::set<std::string> keys = {"data-path",
+                                             "dataset",
+                                             "dataset-source",
+                                             "workers",
+                                             "prefetch",
+                                             "max-corrupt",
+                                             "max-steps",
+                                             "output-dir",
+                                             "resume",
+                                             "checkpoint-every",
+                                             "keep-checkpoints",
+                                             "print-freq",
+                                             "eval-freq",
+                                             "test-only",
+                                             "threads",
+                                             "comm-backend",
+                                             "comm-timeout",
+                                             "bucket-cap-mb",
+                                             "job",
+                                             "status-port",
+                                             "status-bind",
+                                             "coordinator-bind",
+                                             "heartbeat-interval",
+                                             "heartbeat-timeout",
+                                             "control-every",
+                                             "trace-samples",
+                                             "eval-hflip",
+                                             "weights",
+                                             "allow-config-change",
+                                             "cache-dir",
+                                             "cache-limit",
+                                             "prefetch-shards",
+                                             "fetch-timeout",
+                                             "fetch-retries"};
   return keys;
 }
 
