@@ -124,11 +124,11 @@ echo "== two readers sharing one cache download each shard once"
 kill -USR1 "$(cat "$WORK/nginx/nginx.pid")"  # reopen the log
 pids=()
 for r in 0 1; do
-  "$STRIDE" "${replay[@]}" --batch-size 16 --world-size 2 --rank $r --data-path "$DATA/train" --epochs 1 \
+  "$STRIDE" "${replay[@]}" --world-size 2 --rank $r --data-path "$DATA/train" --epochs 1 \
     --trace "$WORK/ref-r$r.txt" 2> /dev/null
 done
 for r in 0 1; do
-  "$STRIDE" "${replay[@]}" --batch-size 16 --world-size 2 --rank $r --data-path "$URL/train" \
+  "$STRIDE" "${replay[@]}" --world-size 2 --rank $r --data-path "$URL/train" \
     --cache-dir "$WORK/shared" --epochs 1 --trace "$WORK/shared-r$r.txt" 2> "$WORK/shared-r$r.log" &
   pids+=($!)
 done
