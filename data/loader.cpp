@@ -30,15 +30,16 @@ struct CorruptData : Error {
 }  // namespace
 
 ShardedLoader::ShardedLoader(LoaderOptions options) : options_(std::move(options)) {
-  index_ = options_.index ? *options_.index : read_index(options_.path);
-  verify_shard_files(options_.path, index_);
+  options_.source.rank = options_.rank;
+  source_ = ShardSource::open(options_.path, options_.source);
+  index_ = options_.index ? *options_.index : source_->read_index();
+  source_->attach(index_);
   for (uint32_t s = 0; s < static_cast<uint32_t>(index_.shards_size()); ++s) {
     const auto& shard = index_.shards(static_cast<int>(s));
     shard_sizes_.push_back(static_cast<uint64_t>(shard.samples_size()));
     for (const auto& sample : shard.samples()) samples_.push_back({s, &sample});
   }
   if (samples_.empty()) throw Error(concat("dataset ", options_.path, " has no samples"));
-  fds_.assign(shard_sizes_.size(), -1);
   pool_ =
       options_.pool ? options_.pool : BufferPool::create(static_cast<size_t>(options_.prefetch + options_.workers + 2));
   if (options_.workers < 1) throw UsageError(concat("workers must be at least 1, got ", options_.workers));
@@ -60,9 +61,6 @@ ShardedLoader::~ShardedLoader() {
   }
   work_cv_.notify_all();
   for (auto& t : workers_) t.join();
-  for (int fd : fds_) {
-    if (fd >= 0) ::close(fd);
-  }
 }
 
 EpochPlan ShardedLoader::plan() const {
@@ -85,6 +83,7 @@ void ShardedLoader::start(const Cursor& cursor) {
   const auto p = plan();
   epoch->first_step = cursor.consumed / p.global_batch();
   epoch->end_step = p.steps(cursor.consumed);
+  if (source_->wants_plan()) source_->plan(shard_sequence(*epoch, order));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     epoch->generation = epoch_ ? epoch_->generation + 1 : 1;
@@ -105,6 +104,8 @@ std::optional<Batch> ShardedLoader::next() {
   Slot slot = std::move(ready_.at(next_deliver_));
   ready_.erase(next_deliver_);
   ++next_deliver_;
+  // The oldest batch still in flight starts here in the plan: shards before it are done with.
+  source_->advance(next_deliver_ * options_.batch_size);
   lock.unlock();
   work_cv_.notify_all();
   if (slot.error) std::rethrow_exception(slot.error);
@@ -139,14 +140,21 @@ void ShardedLoader::worker_loop() {
   }
 }
 
-int ShardedLoader::shard_fd(uint32_t shard) {
-  std::lock_guard<std::mutex> lock(fd_mutex_);
-  if (fds_[shard] < 0) {
-    const std::string path = (std::filesystem::path(options_.path) / index_.shards(static_cast<int>(shard)).file());
-    fds_[shard] = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fds_[shard] < 0) throw Error(concat("cannot open shard ", path, ": ", std::strerror(errno)));
-  }
-  return fds_[shard];
+std::vector<uint32_t> ShardedLoader::shard_sequence(const Epoch& epoch, const OrderOptions& order) const {
+  // This rank's samples in reading order: the rest of this epoch, then the whole next one (so the cache
+  // prefetches across the boundary and keeps what the next epoch starts with).
+  const auto p = plan();
+  const uint64_t n = samples_.size(), b = options_.batch_size;
+  std::vector<uint32_t> seq;
+  auto add = [&](const std::vector<uint64_t>& ids, uint64_t consumed, uint64_t steps) {
+    for (uint64_t j = 0; j < steps; ++j) {
+      const uint64_t first = p.slice_begin(consumed + j * p.global_batch());
+      for (uint64_t i = 0; i < b; ++i) seq.push_back(samples_[ids[(first + i) % n]].shard);
+    }
+  };
+  add(epoch.order, epoch.cursor.consumed, epoch.end_step);
+  add(epoch_order(shard_sizes_, epoch.cursor.seed, epoch.cursor.epoch + 1, order), 0, p.steps(0));
+  return seq;
 }
 
 std::string ShardedLoader::read_span(const SampleRef& ref, uint64_t* span_begin) {
@@ -158,8 +166,12 @@ std::string ShardedLoader::read_span(const SampleRef& ref, uint64_t* span_begin)
     end = std::max(end, m.offset() + m.size());
   }
   std::string buf(end - begin, '\0');
-  const int fd = shard_fd(ref.shard);
-  if (!storage::pread_full(fd, buf.data(), buf.size(), begin)) {
+  const int fd = source_->acquire(ref.shard);
+  const bool ok = storage::pread_full(fd, buf.data(), buf.size(), begin);
+  const int read_errno = errno;
+  source_->release(ref.shard);
+  if (!ok) {
+    errno = read_errno;
     throw Error(concat("read of ", buf.size(), " bytes at offset ", begin, " of shard ",
                        index_.shards(static_cast<int>(ref.shard)).file(),
                        " failed: ", errno ? std::strerror(errno) : "unexpected end of file"));

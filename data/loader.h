@@ -24,13 +24,15 @@
 #include "data/buffer_pool.h"
 #include "data/mix.h"
 #include "data/order.h"
+#include "data/shard_source.h"
 #include "data/transforms.h"
 #include "proto/dataset_index.pb.h"
 
 namespace stride::data {
 
 struct LoaderOptions {
-  std::string path;           // dataset directory holding index.pb and the shards
+  std::string path;           // dataset directory holding index.pb and the shards, or a remote location
+                              // (http:// URL, pipe: command; data/shard_source.h)
   uint64_t batch_size = 128;  // per rank
   uint64_t rank = 0;
   uint64_t world_size = 1;
@@ -51,6 +53,8 @@ struct LoaderOptions {
   std::shared_ptr<BufferPool> pool;
   // The index of `path` when the caller has read it already (read_index otherwise).
   std::shared_ptr<const proto::DatasetIndex> index;
+  // Remote locations: the shard cache, prefetch and fetch retries (rank is filled in from `rank`).
+  SourceOptions source;
 };
 
 struct Batch {
@@ -90,6 +94,8 @@ class ShardedLoader {
   std::vector<CorruptSample> corrupt_samples() const;
   // Seconds next() spent waiting for workers since construction.
   double wait_seconds() const { return wait_seconds_; }
+  // Remote sources: bytes fetched, cache hits, stall time (zeros for a local directory).
+  SourceStats source_stats() const { return source_->stats(); }
 
   // Reads and decodes one sample without augmentation (tools and tests). Throws on corrupt data.
   std::pair<Image, int64_t> read_sample(uint64_t id);
@@ -113,20 +119,18 @@ class ShardedLoader {
 
   void worker_loop();
   Batch build_batch(const Epoch& epoch, uint64_t step);
+  std::vector<uint32_t> shard_sequence(const Epoch& epoch, const OrderOptions& order) const;
   std::string read_span(const SampleRef& ref, uint64_t* span_begin);
-  int shard_fd(uint32_t shard);
   void report_corrupt(const SampleRef& ref, const std::string& reason);
   torch::Tensor collate(const std::vector<Image>& images, int c, int h, int w);
 
   LoaderOptions options_;
+  std::unique_ptr<ShardSource> source_;  // destroyed after the workers (declared before them)
   proto::DatasetIndex index_;
   std::vector<SampleRef> samples_;
   std::vector<uint64_t> shard_sizes_;
   double wait_seconds_ = 0.0;
   std::shared_ptr<BufferPool> pool_;
-
-  std::mutex fd_mutex_;
-  std::vector<int> fds_;  // -1 until opened; guarded by fd_mutex_
 
   mutable std::mutex corrupt_mutex_;
   std::vector<CorruptSample> corrupt_;  // guarded by corrupt_mutex_

@@ -22,7 +22,7 @@ PACKAGES=(
   libgoogle-perftools4  # tcmalloc: bench/bf16_compare.sh preloads it for the PyTorch baselines
   libjemalloc2          # jemalloc: bench/ddp_ratio.sh preloads it for PyTorch DDP too
   chromium
-  nginx  # a real HTTP server for the HTTP client's tests (chunked, Content-Length, stalls)
+  nginx  # a real HTTP server: the HTTP client's tests and tests/system/remote_data_test.sh
   slurmctld slurmd slurm-client munge
 )
 

@@ -26,7 +26,10 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        &c.adapt_stem},
       {"freeze", "Stages to freeze (stem, layer1, ...); their BNs stay in eval mode", &c.freeze},
       {"sync-bn", "Synchronised BatchNorm across ranks", &c.sync_bn},
-      {"data-path", "Dataset directory holding one folder per split (train/, test/) with index.pb", &c.data_path},
+      {"data-path",
+       "Dataset directory holding one folder per split (train/, test/) with index.pb; or an http:// base URL of the "
+       "same layout; or a pipe: command template writing {split}/{shard} to stdout (docs/data.md)",
+       &c.data_path},
       {"dataset", "shards | fashion-mnist | cifar10 | imagefolder: make the shards from dataset-source if missing",
        &c.dataset},
       {"dataset-source", "Raw dataset to shard when data-path has none (default: the format's usual place)",
@@ -48,6 +51,15 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"mean", "Normalisation mean per channel (0..1); default: the dataset's", &c.mean},
       {"std", "Normalisation std per channel (0..1); default: the dataset's", &c.std},
       {"max-corrupt", "Corrupt samples tolerated before stopping", &c.max_corrupt},
+      {"cache-dir", "Remote data-path: local shard cache (default ~/.cache/stride; ranks of a host may share it)",
+       &c.cache_dir},
+      {"cache-limit", "Remote data-path: cache size limit in bytes (0: unlimited); evicts by Belady's rule",
+       &c.cache_limit},
+      {"prefetch-shards", "Remote data-path: shards fetched ahead, in the order this rank reads them",
+       &c.prefetch_shards},
+      {"fetch-timeout", "Remote data-path: seconds per HTTP request attempt", &c.fetch_timeout},
+      {"fetch-retries", "Remote data-path: retries of a failed fetch (5xx, reset, short read, timeout)",
+       &c.fetch_retries},
       {"batch-size", "Images per rank per step", &c.batch_size},
       {"epochs", "Training epochs", &c.epochs},
       {"max-steps", "Stop after this many optimizer steps in total (0: no limit)", &c.max_steps},
@@ -272,6 +284,10 @@ void validate(const TrainConfig& c) {
   positive("epochs", c.epochs);
   positive("workers", c.workers);
   positive("prefetch", c.prefetch);
+  non_negative("cache-limit", static_cast<double>(c.cache_limit));
+  non_negative("prefetch-shards", static_cast<double>(c.prefetch_shards));
+  if (!(c.fetch_timeout > 0.0)) throw UsageError(concat("--fetch-timeout must be positive, got ", c.fetch_timeout));
+  non_negative("fetch-retries", static_cast<double>(c.fetch_retries));
   positive("accum-steps", c.accum_steps);
   positive("keep-checkpoints", c.keep_checkpoints);
   positive("print-freq", c.print_freq);

@@ -44,6 +44,12 @@ struct TrainConfig {
   std::vector<double> mean;  // per channel in [0, 1]; empty: the dataset's known statistics or none
   std::vector<double> std;
   int64_t max_corrupt = 100;
+  // Remote data-path (http:// URL or pipe: command; docs/data.md): the local shard cache and fetch policy.
+  std::string cache_dir;    // "" = $XDG_CACHE_HOME/stride or ~/.cache/stride
+  int64_t cache_limit = 0;  // bytes; 0: unlimited
+  int64_t prefetch_shards = 4;
+  double fetch_timeout = 60.0;  // seconds per HTTP request attempt
+  int64_t fetch_retries = 6;    // retries of a transient failure, with jittered exponential back-off
   // Optimisation
   int64_t batch_size = 128;  // per rank
   int64_t epochs = 8;

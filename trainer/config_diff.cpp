@@ -44,7 +44,13 @@ const std::set<std::string>& operational_keys() {
                                              "eval-hflip",
                                              "weights",
                                              "allow-config-change",
-                                             "use-deterministic-algorithms"};
+                                             "use-deterministic-algorithms",
+
+                                             "cache-dir",
+                                             "cache-limit",
+                                             "prefetch-shards",
+                                             "fetch-timeout",
+                                             "fetch-retries"};
   return keys;
 }
 

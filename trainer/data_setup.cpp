@@ -13,14 +13,14 @@
 
 #include "common/error.h"
 #include "data/shard_index.h"
+#include "data/shard_source.h"
 #include "data/sources.h"
 
 namespace stride::trainer {
 namespace fs = std::filesystem;
 
 void check_dataset_present(const TrainConfig& c) {
-  const bool local = c.data_path.find("://") == std::string::npos && c.data_path.rfind("pipe:", 0) != 0;
-  if (!local || c.dataset != "shards") return;
+  if (data::is_remote(c.data_path) || c.dataset != "shards") return;
   const auto train_dir = fs::path(c.data_path) / c.train_split;
   if (fs::exists(train_dir / data::kIndexFile)) return;
   if (fs::exists(fs::path(c.data_path) / data::kIndexFile)) {  // `--data-path fm/train`: a split, not the dataset
@@ -32,7 +32,19 @@ void check_dataset_present(const TrainConfig& c) {
                           "`stride shard`, or pass --dataset fashion-mnist|cifar10|imagefolder to shard it now"));
 }
 
+data::SourceOptions source_options(const TrainConfig& c, uint64_t rank) {
+  data::SourceOptions o;
+  o.rank = rank;
+  o.cache_dir = c.cache_dir;
+  o.cache_limit = static_cast<uint64_t>(c.cache_limit);
+  o.prefetch_shards = static_cast<int>(c.prefetch_shards);
+  o.fetch.timeout_s = c.fetch_timeout;
+  o.fetch.retries = static_cast<int>(c.fetch_retries);
+  return o;
+}
+
 void ensure_dataset(const TrainConfig& c) {
+  if (data::is_remote(c.data_path)) return;  // a remote dataset is read as it is; sharding is local only
   const auto train_dir = fs::path(c.data_path) / c.train_split;
   if (fs::exists(train_dir / data::kIndexFile)) return;
   check_dataset_present(c);
@@ -129,14 +141,15 @@ void set_normalisation(const TrainConfig& c, const proto::DatasetIndex& index, i
 
 }  // namespace
 
-DataPlan plan_data(const TrainConfig& c) {
+DataPlan plan_data(const TrainConfig& c, uint64_t rank) {
   using Crop = data::AugmentOptions::Crop;
   DataPlan p;
-  const std::string train_dir = (fs::path(c.data_path) / c.train_split).string();
-  const std::string eval_dir = (fs::path(c.data_path) / c.val_split).string();
+  const std::string train_dir = data::split_location(c.data_path, c.train_split);
+  const std::string eval_dir = data::split_location(c.data_path, c.val_split);
+  const data::SourceOptions sources = source_options(c, rank);
   std::shared_ptr<const proto::DatasetIndex> train_index, eval_index;
-  if (!c.test_only) train_index = std::make_shared<proto::DatasetIndex>(data::read_index(train_dir));
-  eval_index = std::make_shared<proto::DatasetIndex>(data::read_index(eval_dir));
+  if (!c.test_only) train_index = std::make_shared<proto::DatasetIndex>(data::read_index_at(train_dir, sources));
+  eval_index = std::make_shared<proto::DatasetIndex>(data::read_index_at(eval_dir, sources));
   // The reference split decides sizes and channels: training's, or evaluation's when only evaluating.
   const auto& ref = train_index ? *train_index : *eval_index;
   const std::string& ref_dir = train_index ? train_dir : eval_dir;
@@ -232,6 +245,7 @@ DataPlan plan_data(const TrainConfig& c) {
     o->max_corrupt = c.max_corrupt;
     o->pin_memory = true;
     o->pool = pool;
+    o->source = sources;
   }
   p.train.train = true;
   p.eval.train = false;

@@ -34,6 +34,9 @@ struct DataPlan {
   std::string normalisation;    // "mean 0.286 std 0.353" or "x / 255"
 };
 
+// The shard cache and fetch settings of a remote --data-path.
+data::SourceOptions source_options(const TrainConfig& config, uint64_t rank = 0);
+
 // Shards the dataset into config.data_path when it has no index and config.dataset names a raw format.
 // For `--dataset shards` on a local --data-path: throws UsageError when the training split's index is missing,
 // naming the folder (and the parent folder when --data-path points at a split). Cheap; `stride launch` calls it
@@ -43,7 +46,8 @@ void ensure_dataset(const TrainConfig& config);
 
 // Reads the splits' indexes and applies Note [One transform rule]. Throws UsageError naming the flags when the
 // configuration cannot be applied to the data, Error naming the file when an index is missing or damaged.
-DataPlan plan_data(const TrainConfig& config);
+// `rank` only names this rank in errors of a remote --data-path.
+DataPlan plan_data(const TrainConfig& config, uint64_t rank = 0);
 
 // The plan's resolved sides written back into the configuration (image-size, val-crop-size, val-resize-size),
 // so the run directory's config.toml states what ran.

@@ -74,7 +74,7 @@ void Trainer::State::setup() {
   }
   // The dataset and its transforms first: a problem there stops the run before it writes anything.
   ensure_dataset(c);
-  DataPlan plan = plan_data(c);
+  DataPlan plan = plan_data(c, rank);
   apply_resolved(plan, c);
   if (c.num_classes <= 0 && plan.num_classes <= 0) {
     throw UsageError("the dataset does not record its classes: pass --num-classes");

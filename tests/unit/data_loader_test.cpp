@@ -10,9 +10,11 @@
 
 #include "common/error.h"
 #include "data/codec.h"
+#include "data/http_fetch.h"
 #include "data/loader.h"
 #include "data/mix.h"
 #include "data/shard_index.h"
+#include "data/shard_source.h"
 #include "data/shard_writer.h"
 #include "data/transforms.h"
 #include "test_util.h"
@@ -504,6 +506,94 @@ TEST(ShardedLoader, ChannelsLastBatchesAreCollatedNhwcWithoutACopy) {
       EXPECT_FALSE(x.is_contiguous());
       EXPECT_EQ(x.contiguous(torch::MemoryFormat::ChannelsLast).data_ptr(), x.data_ptr());
       EXPECT_TRUE(torch::equal(x, a[i].images)) << "batch " << i;
+    }
+  }
+}
+
+// Remote sources (data/shard_source.h). HTTP runs against a real nginx in tests/system/remote_data_test.sh; here
+// `pipe:` commands stand in for the server, which exercises the same cache.
+
+TEST(RemoteSource, LocationsOfSplits) {
+  EXPECT_EQ(split_location("/d/fm", "train"), "/d/fm/train");
+  EXPECT_EQ(split_location("http://h:81/fm/", "train"), "http://h:81/fm/train");
+  EXPECT_EQ(split_location("pipe:aws s3 cp s3://b/{split}/{shard} -", "test"), "pipe:aws s3 cp s3://b/test/{shard} -");
+  EXPECT_THROW(split_location("pipe:cat /x/{shard}", "train"), UsageError);
+  EXPECT_TRUE(is_remote("http://h/x") && is_remote("pipe:cat") && !is_remote("/http/x"));
+  const auto u = parse_http_url("http://127.0.0.1:8080/a/b");
+  EXPECT_EQ(u.host, "127.0.0.1");
+  EXPECT_EQ(u.port, "8080");
+  EXPECT_EQ(u.target, "/a/b");
+  EXPECT_EQ(parse_http_url("http://example.org").port, "80");
+  try {
+    parse_http_url("https://example.org/x");
+    FAIL() << "https accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("pipe:curl"), std::string::npos) << e.what();
+  }
+}
+
+TEST(RemoteSource, PipeCommandOutputAndItsStderrOnFailure) {
+  EXPECT_EQ(run_pipe("printf 'a\\0b'", 10), std::string("a\0b", 3));
+  try {
+    run_pipe("echo partial; echo 'no such object' >&2; exit 3", 100, "rank 2");
+    FAIL() << "a failing command succeeded";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("rank 2: `echo partial; echo 'no such object' >&2; exit 3` failed with exit code 3; stderr: "
+                        "no such object"),
+              std::string::npos)
+        << what;
+  }
+  EXPECT_THROW(run_pipe("head -c 100 /dev/zero", 10), Error);  // more than the index says
+}
+
+// Through pipe:cat with a cache limit of the order window plus one shard: the batches are the local ones, the
+// cache never holds more than the limit, and shards are evicted and fetched again only a little: a finished
+// window's shards go first (their next use is an epoch away); batches in flight across a window boundary may
+// need more shards than fit, which costs a few re-fetches (28-30 of 24 in 2 epochs were seen), not thrashing.
+TEST(RemoteSource, BoundedCacheGivesTheLocalBatchesWithinItsLimit) {
+  ScratchDir dir("remote");
+  const auto path = make_dataset(dir, 96, 8);  // 12 shards; window 3
+  const std::string log = dir.file("fetches.log");
+  uint64_t shard_bytes = 0;
+  for (const auto& e : std::filesystem::directory_iterator(path)) {
+    if (e.path().extension() == ".tar") shard_bytes = std::max<uint64_t>(shard_bytes, e.file_size());
+  }
+  const uint64_t limit = 4 * shard_bytes + std::filesystem::file_size(std::filesystem::path(path) / kIndexFile);
+  for (int world : {1, 2}) {
+    SCOPED_TRACE(world);
+    std::filesystem::remove(log);
+    for (int rank = 0; rank < world; ++rank) {
+      auto local = base(path, 8, rank, world);
+      auto remote = local;
+      remote.path = concat("pipe:echo {shard} >> ", log, "; cat ", path, "/{shard}");
+      remote.source.cache_dir = dir.file(concat("cache-", world, "-", rank));
+      remote.source.cache_limit = limit;
+      remote.source.prefetch_shards = 2;
+      ShardedLoader a(local), b(remote);
+      for (uint64_t epoch = 0; epoch < 2; ++epoch) {
+        a.start({epoch, 0, 17});
+        b.start({epoch, 0, 17});
+        while (auto x = a.next()) {
+          auto y = b.next();
+          ASSERT_TRUE(y.has_value());
+          EXPECT_TRUE(torch::equal(x->sample_ids, y->sample_ids));
+          EXPECT_TRUE(torch::equal(x->images, y->images));
+          uint64_t used = 0;
+          for (const auto& e : std::filesystem::recursive_directory_iterator(remote.source.cache_dir)) {
+            std::error_code ec;  // the prefetch thread may evict a file between listing and stat
+            const auto size = e.is_regular_file(ec) ? e.file_size(ec) : 0;
+            if (!ec) used += size;
+          }
+          EXPECT_LE(used, limit);
+        }
+        EXPECT_FALSE(b.next().has_value());
+      }
+      const auto s = b.source_stats();
+      EXPECT_EQ(s.refetches, 0u);
+      EXPECT_GT(s.evictions, 0u);
+      EXPECT_GE(s.shards_fetched, 12u);
+      EXPECT_LE(s.shards_fetched, 2u * 12u * 3u / 2u) << "the bounded cache thrashes";
     }
   }
 }
