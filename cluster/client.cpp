@@ -264,18 +264,24 @@ int CoordinatorClient::connect_once(FrameDecoder& dec, std::string* why) {
   // Until the coordinator has proved itself, it may not make this rank buffer large frames either.
   dec = FrameDecoder(kMaxHelloFrameBytes);
   const double deadline = now_s() + 10.0;
-  std::optional<proto::Envelope> e;
-  try {
-    e = read_frame(fd, dec, deadline, "Challenge", why);
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
+  // The coordinator's next frame; a Reject is final (an Error), a failed read leaves nullopt and `why` set.
+  auto read_answer = [&](const char* what) {
+    std::optional<proto::Envelope> answer;
+    try {
+      answer = read_frame(fd, dec, deadline, what, why);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    if (answer && answer->body_case() == proto::Envelope::kReject) {
+      ::close(fd);
+      throw Error(
+          concat("the coordinator at ", o_.address, " rejected rank ", o_.rank, ": ", answer->reject().reason()));
+    }
+    return answer;
+  };
+  std::optional<proto::Envelope> e = read_answer("Challenge");
   if (!e) return fail(*why);
-  if (e->body_case() == proto::Envelope::kReject) {
-    ::close(fd);
-    throw Error(concat("the coordinator at ", o_.address, " rejected rank ", o_.rank, ": ", e->reject().reason()));
-  }
   if (e->body_case() != proto::Envelope::kChallenge || e->challenge().nonce().size() < 16) {
     return fail(concat("the coordinator at ", o_.address, " did not open with a Challenge"));
   }
@@ -301,17 +307,8 @@ int CoordinatorClient::connect_once(FrameDecoder& dec, std::string* why) {
   if (!write_all(fd, hello_frame.data(), hello_frame.size())) {
     return fail(concat("sending Hello to ", o_.address, " failed: ", std::strerror(errno)));
   }
-  try {
-    e = read_frame(fd, dec, deadline, "answer to Hello", why);
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
+  e = read_answer("answer to Hello");
   if (!e) return fail(*why);
-  if (e->body_case() == proto::Envelope::kReject) {
-    ::close(fd);
-    throw Error(concat("the coordinator at ", o_.address, " rejected rank ", o_.rank, ": ", e->reject().reason()));
-  }
   if (e->body_case() != proto::Envelope::kWelcome) return fail("unexpected answer to Hello");
   const auto& w = e->welcome();
   if (!auth::digest_equal(w.proof(), auth::welcome_proof(o_.token, t, w.resumed()))) {

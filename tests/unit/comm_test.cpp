@@ -12,32 +12,10 @@
 #endif
 #include "common/env.h"
 #include "tests/common/comm_checks.h"
+#include "tests/common/local_ranks.h"
 
 namespace stride::testing {
 namespace {
-
-// Runs fn(rank, communicator) on `n` threads of one LocalWorld and rethrows the first failure.
-template <typename F>
-void run_ranks(int n, F fn, std::shared_ptr<comm::LocalWorld> world = nullptr) {
-  if (!world) world = comm::LocalWorld::create(n);
-  std::vector<std::shared_ptr<comm::Communicator>> comms;
-  for (int r = 0; r < n; ++r) comms.push_back(world->communicator(r));
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        fn(r, comms[static_cast<size_t>(r)]);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
-}
 
 // Records every collective a rank issues (for ordering and counting assertions).
 class RecordingCommunicator : public comm::Communicator {

@@ -13,31 +13,10 @@
 #include "comm/local/local_communicator.h"
 #include "comm/powersgd.h"
 #include "comm/reducer.h"
+#include "tests/common/local_ranks.h"
 
 namespace stride::testing {
 namespace {
-
-template <typename F>
-void run_ranks(int n, F fn) {
-  auto world = comm::LocalWorld::create(n);
-  std::vector<std::shared_ptr<comm::Communicator>> comms;
-  for (int r = 0; r < n; ++r) comms.push_back(world->communicator(r));
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        fn(r, comms[static_cast<size_t>(r)]);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
-}
 
 // Registration order: w (16x24, compressed), conv (8x3x3x3 -> 8x27, compressed), small (3x4: the factors at rank 2
 // would be larger than it), b (a vector). In double, so that the reference's summation order cannot matter.
