@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <thread>
 
 #include "comm/local/local_communicator.h"
+#include "common/env.h"
 #ifdef STRIDE_WITH_MPI
 #include "comm/mpi/mpi_communicator.h"
 #endif
@@ -110,10 +112,10 @@ torch::Tensor Communicator::alloc_buffer(int64_t numel, const torch::TensorOptio
 // ---------------------------------------------------------------------------------------------------------
 namespace {
 
+// Launchers' variables (OMPI_COMM_WORLD_SIZE, SLURM_NTASKS, ...), parsed strictly: a garbled value stops the job
+// naming the variable instead of reading as 0 ranks.
 int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  return std::atoi(v);
+  return static_cast<int>(env_integer(name, 0, INT32_MAX).value_or(fallback));
 }
 
 }  // namespace

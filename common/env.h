@@ -17,4 +17,8 @@ int64_t parse_env_integer(const char* name, const std::string& text, int64_t min
 // The variable's value parsed as above; nullopt when it is unset or empty.
 std::optional<int64_t> env_integer(const char* name, int64_t min, int64_t max);
 
+// The same for a decimal number ("2", "0.5", "1e-3") in [min, max]; nan, inf and trailing text are refused.
+double parse_env_number(const char* name, const std::string& text, double min, double max);
+std::optional<double> env_number(const char* name, double min, double max);
+
 }  // namespace stride

@@ -12,6 +12,8 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +30,7 @@
 #include <thread>
 
 #include "cluster/coordinator.h"
+#include "common/env.h"
 #include "common/error.h"
 #include "launcher/rank_output.h"
 #include "launcher/restart_policy.h"
@@ -57,6 +60,19 @@ struct Host {
   int slots = 1;
 };
 
+// A host's slot count: a whole number from 1, or a UsageError naming where it came from ("a:x" used to mean 0
+// slots through atoi, and mpirun then failed far from the typo).
+int parse_slots(const std::string& text, const std::string& where) {
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0])) || *end != '\0' || errno == ERANGE || v < 1 ||
+      v > 1 << 20) {
+    throw UsageError(concat(where, ": the slot count must be a whole number from 1, not '", text, "'"));
+  }
+  return static_cast<int>(v);
+}
+
 // --hosts "a:2,b:2" or a hostfile ("a slots=2"), in mpirun's rank order (a host's slots are filled first).
 std::vector<Host> host_slots(const LaunchOptions& o) {
   std::vector<Host> out;
@@ -65,7 +81,9 @@ std::vector<Host> host_slots(const LaunchOptions& o) {
     std::string item;
     while (std::getline(ss, item, ',')) {
       const auto colon = item.find(':');
-      out.push_back({item.substr(0, colon), colon == std::string::npos ? 1 : std::atoi(item.c_str() + colon + 1)});
+      out.push_back({item.substr(0, colon), colon == std::string::npos
+                                                ? 1
+                                                : parse_slots(item.substr(colon + 1), concat("--hosts '", item, "'"))});
     }
   }
   if (!o.hostfile.empty()) {
@@ -78,7 +96,8 @@ std::vector<Host> host_slots(const LaunchOptions& o) {
       if (!(ls >> name) || name[0] == '#') continue;
       Host h{name, 1};
       while (ls >> word) {
-        if (word.rfind("slots=", 0) == 0) h.slots = std::atoi(word.c_str() + 6);
+        if (word.rfind("slots=", 0) == 0)
+          h.slots = parse_slots(word.substr(6), concat("--hostfile ", o.hostfile, ": '", line, "'"));
       }
       out.push_back(h);
     }
@@ -347,8 +366,7 @@ int launch(LaunchOptions o) {
   const std::string starter = resolve_launcher(o);
   if (starter != "mpirun" && starter != "srun") throw UsageError(concat("--launcher must be auto, mpirun or srun"));
   if (o.ranks <= 0) {
-    const char* n = starter == "srun" ? std::getenv("SLURM_NTASKS") : nullptr;
-    o.ranks = n && *n ? std::atoi(n) : 1;
+    o.ranks = starter == "srun" ? static_cast<int>(env_integer("SLURM_NTASKS", 1, INT32_MAX).value_or(1)) : 1;
   }
   RestartPolicyOptions po;
   po.max_restarts = o.max_restarts;
@@ -370,8 +388,8 @@ int launch(LaunchOptions o) {
   const int initial_ranks = o.ranks;
   std::set<std::string> suspects;  // hosts whose ranks were declared dead (short names)
 
-  const char* slurm_nodes = std::getenv("SLURM_JOB_NUM_NODES");
-  const bool remote = (starter == "srun" && slurm_nodes && std::atoi(slurm_nodes) > 1) || remote_hosts(o);
+  const bool remote =
+      (starter == "srun" && env_integer("SLURM_JOB_NUM_NODES", 1, INT32_MAX).value_or(1) > 1) || remote_hosts(o);
   cluster::CoordinatorOptions co;
   co.core.job = !tc.job.empty() ? tc.job : fs::path(tc.output_dir).filename().string();
   co.core.world_size = static_cast<uint32_t>(o.ranks);
@@ -380,7 +398,7 @@ int launch(LaunchOptions o) {
   co.core.reconnect_grace_s = std::min(10.0, tc.heartbeat_timeout);
   co.core.checkpoint_root = (fs::path(tc.output_dir) / "checkpoints").string();
   co.core.keep = tc.keep_checkpoints;
-  if (const char* rc = std::getenv("SLURM_RESTART_COUNT")) co.core.restarts = std::atoi(rc);  // requeues
+  co.core.restarts = static_cast<int>(env_integer("SLURM_RESTART_COUNT", 0, INT32_MAX).value_or(0));  // requeues
   std::string bind_warning;
   co.bind = coordinator_bind_address(o, remote, &bind_warning);
   co.status_bind = o.status_bind;

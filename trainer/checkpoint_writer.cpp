@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <optional>
 
+#include "common/env.h"
 #include "common/error.h"
 #include "trainer/safetensors.h"
 
@@ -30,7 +31,7 @@ NamedTensors snapshot_to_host(const NamedTensors& tensors) {
 
 CheckpointWriter::CheckpointWriter(std::string checkpoint_root, Sink sink, std::shared_ptr<FileOps> ops)
     : root_(std::move(checkpoint_root)), sink_(std::move(sink)), ops_(std::move(ops)) {
-  if (const char* d = std::getenv("STRIDE_FAULT_CHECKPOINT_DELAY_S")) fault_delay_s_ = std::atof(d);
+  fault_delay_s_ = env_number("STRIDE_FAULT_CHECKPOINT_DELAY_S", 0.0, 3600.0).value_or(0.0);
   thread_ = std::thread([this] {
     ::pthread_setname_np(::pthread_self(), "stride-ckpt");
     run();

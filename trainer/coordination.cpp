@@ -11,6 +11,7 @@
 
 #include "cluster/client.h"
 #include "cluster/coordinator.h"
+#include "common/env.h"
 #include "common/error.h"
 #include "trainer/stop_signals.h"
 
@@ -20,9 +21,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// STRIDE_RESTART_COUNT (set by `stride launch`) and SLURM_RESTART_COUNT, parsed strictly.
 int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
+  return static_cast<int>(env_integer(name, 0, INT32_MAX).value_or(fallback));
 }
 
 class JobCoordination : public Coordination {

@@ -359,6 +359,27 @@ TEST(EnvInteger, AcceptsWholeNumbersInRangeAndNamesTheVariableOtherwise) {
   EXPECT_EQ(env_integer("STRIDE_TEST_ENV_INTEGER", 0, 9), std::nullopt);
 }
 
+TEST(EnvNumber, AcceptsDecimalNumbersInRangeAndNamesTheVariableOtherwise) {
+  EXPECT_EQ(parse_env_number("STRIDE_X", "2", 0, 10), 2.0);
+  EXPECT_EQ(parse_env_number("STRIDE_X", "0.5", 0, 10), 0.5);
+  EXPECT_EQ(parse_env_number("STRIDE_X", "1e-3", 0, 10), 1e-3);
+  for (const std::string bad : {"abc", "2s", " 1", "nan", "inf", "", "11", "-1", "1e999"}) {
+    SCOPED_TRACE(bad);
+    try {
+      parse_env_number("STRIDE_X", bad, 0, 10);
+      ADD_FAILURE() << "accepted";
+    } catch (const UsageError& e) {
+      EXPECT_EQ(std::string(e.what()), "STRIDE_X must be a number from 0 to 10, not '" + bad + "'");
+    }
+  }
+  ::setenv("STRIDE_TEST_ENV_NUMBER", "0.25", 1);
+  EXPECT_EQ(env_number("STRIDE_TEST_ENV_NUMBER", 0, 1), 0.25);
+  ::setenv("STRIDE_TEST_ENV_NUMBER", "quarter", 1);
+  EXPECT_THROW(env_number("STRIDE_TEST_ENV_NUMBER", 0, 1), UsageError);
+  ::unsetenv("STRIDE_TEST_ENV_NUMBER");
+  EXPECT_EQ(env_number("STRIDE_TEST_ENV_NUMBER", 0, 1), std::nullopt);
+}
+
 #ifdef STRIDE_WITH_MPI
 // A malformed STRIDE_SHM* value stops the communicator before MPI starts, naming the variable (it used to be
 // read with atoi: STRIDE_SHM_STAGING_KB=abc meant 0 bytes, and shared memory was silently off).

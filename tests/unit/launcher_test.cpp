@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -129,6 +130,25 @@ TEST(Launch, BadInputIsAUsageErrorBeforeAnythingStarts) {
   LaunchOptions hostfile = min_ranks;
   hostfile.hostfile = dir + "/no-such-hostfile";
   expect_usage(hostfile, "cannot read it");
+  // Slot counts are whole numbers: "h2:x" used to mean 0 slots and "slots=2x" 2.
+  LaunchOptions bad_slots = min_ranks;
+  bad_slots.hosts = "h1:2,h2:x";
+  expect_usage(bad_slots, "--hosts 'h2:x': the slot count must be a whole number from 1, not 'x'");
+  bad_slots.hosts = "h1:0";
+  expect_usage(bad_slots, "--hosts 'h1:0': the slot count must be a whole number from 1, not '0'");
+  {
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir + "/hosts") << "# cluster\nh1 slots=2\nh2 slots=2x\n";
+    LaunchOptions bad_hostfile = min_ranks;
+    bad_hostfile.hostfile = dir + "/hosts";
+    expect_usage(bad_hostfile, "--hostfile " + dir + "/hosts: 'h2 slots=2x': the slot count must be a whole number");
+  }
+  // A launcher's variable that is not a number stops the launch naming the variable.
+  ::setenv("SLURM_RESTART_COUNT", "two", 1);
+  LaunchOptions bad_env;
+  bad_env.train_args = {"--dataset", "fashion-mnist", "--output-dir", dir};  // past the dataset check
+  expect_usage(bad_env, "SLURM_RESTART_COUNT must be a whole number from 0");
+  ::unsetenv("SLURM_RESTART_COUNT");
   LaunchOptions no_backoff_cap;
   no_backoff_cap.restart_backoff_max_s = 0;
   no_backoff_cap.train_args = {"--output-dir", dir};
