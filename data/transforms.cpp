@@ -17,6 +17,22 @@ AugmentOptions::Crop parse_crop(const std::string& name) {
   throw UsageError(concat("unknown crop '", name, "' (none, pad-crop, random-resized, center, center-pad)"));
 }
 
+std::string crop_name(AugmentOptions::Crop crop) {
+  switch (crop) {
+    case AugmentOptions::Crop::kNone:
+      return "none";
+    case AugmentOptions::Crop::kPadCrop:
+      return "pad-crop";
+    case AugmentOptions::Crop::kRandomResized:
+      return "random-resized";
+    case AugmentOptions::Crop::kCenter:
+      return "center";
+    case AugmentOptions::Crop::kCenterPad:
+      return "center-pad";
+  }
+  return "none";
+}
+
 Box random_resized_box(int width, int height, const AugmentOptions& o, Rng& rng) {
   const double area = static_cast<double>(width) * height;
   const double log_lo = std::log(o.ratio_min), log_hi = std::log(o.ratio_max);

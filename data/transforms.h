@@ -37,6 +37,8 @@ struct AugmentOptions {
 
 // Parses "none" | "pad-crop" | "random-resized" | "center" | "center-pad"; throws UsageError otherwise.
 AugmentOptions::Crop parse_crop(const std::string& name);
+// The name parse_crop() reads.
+std::string crop_name(AugmentOptions::Crop crop);
 
 // Decodes `data` and applies `options`. Throws stride::Error when the bytes cannot be decoded.
 Image augment(const uint8_t* data, size_t n, Codec codec, const AugmentOptions& options, Rng& rng);

@@ -14,9 +14,11 @@
 #include "common/error.h"
 #include "data/shard_command.h"
 #include "launcher/launch.h"
+#include "launcher/runs_command.h"
 #include "launcher/status_command.h"
 #include "launcher/submit.h"
 #include "models/models_command.h"
+#include "trainer/predict_command.h"
 #include "trainer/train_command.h"
 
 #ifndef STRIDE_VERSION
@@ -48,10 +50,12 @@ int main(int argc, char** argv) {
   stride::data::add_shard_command(app);
   stride::trainer::add_train_command(app);
   stride::trainer::add_ckpt_command(app);
+  stride::trainer::add_predict_command(app);
   stride::bench::add_bench_command(app);
   stride::launcher::add_launch_command(app);
   stride::launcher::add_submit_command(app);
   stride::launcher::add_status_command(app);
+  stride::launcher::add_runs_command(app);
   add_version_command(app);
   try {
     app.parse(argc, argv);

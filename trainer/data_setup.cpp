@@ -263,4 +263,21 @@ void apply_resolved(const DataPlan& plan, TrainConfig& c) {
   if (plan.eval.augment.crop == Crop::kCenter) c.val_resize_size = plan.eval.augment.resize;
 }
 
+proto::Preprocess preprocess_record(const DataPlan& plan) {
+  proto::Preprocess p;
+  const auto& e = plan.eval.augment;
+  p.set_channels(static_cast<uint32_t>(plan.in_channels));
+  p.set_crop(data::crop_name(e.crop));
+  p.set_size(static_cast<uint32_t>(e.size));
+  p.set_resize(static_cast<uint32_t>(e.resize));
+  for (double m : plan.eval.mean) p.add_mean(m);
+  for (double s : plan.eval.std) p.add_std(s);
+  const auto& index = plan.train.index ? plan.train.index : plan.eval.index;
+  if (index) {
+    for (const auto& name : index->class_names()) p.add_class_names(name);
+  }
+  p.set_description(concat(plan.eval_transform, "; ", plan.normalisation));
+  return p;
+}
+
 }  // namespace stride::trainer

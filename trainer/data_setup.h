@@ -19,6 +19,7 @@
 #include <string>
 
 #include "data/loader.h"
+#include "proto/checkpoint.pb.h"
 #include "trainer/config.h"
 
 namespace stride::trainer {
@@ -52,5 +53,9 @@ DataPlan plan_data(const TrainConfig& config, uint64_t rank = 0);
 // The plan's resolved sides written back into the configuration (image-size, val-crop-size, val-resize-size),
 // so the run directory's config.toml states what ran.
 void apply_resolved(const DataPlan& plan, TrainConfig& config);
+
+// The evaluation side of the plan as a checkpoint records it (proto::Preprocess): what `stride predict` needs to
+// prepare an image without the dataset.
+proto::Preprocess preprocess_record(const DataPlan& plan);
 
 }  // namespace stride::trainer

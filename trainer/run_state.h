@@ -45,10 +45,11 @@ struct Trainer::State {
   std::unique_ptr<Sgd> sgd;
   std::unique_ptr<LrSchedule> schedule;
   std::unique_ptr<CheckpointStore> store;
-  std::string config_text;    // the resolved config.toml (also recorded in every MANIFEST)
-  std::string config_digest;  // its CRC32C
-  std::string resume_from;    // the checkpoint directory this run continues ("" from scratch)
-  std::string resume_note;    // what choose_checkpoint() has to say once output is set up
+  std::string config_text;       // the resolved config.toml (also recorded in every MANIFEST)
+  std::string config_digest;     // its CRC32C
+  proto::Preprocess preprocess;  // how evaluation prepares an image (recorded in every MANIFEST)
+  std::string resume_from;       // the checkpoint directory this run continues ("" from scratch)
+  std::string resume_note;       // what choose_checkpoint() has to say once output is set up
   // This rank's PowerSGD state from the checkpoint, loaded into the reducer once it exists (after resume()).
   std::map<std::string, torch::Tensor> reducer_state;
   int64_t step = 0;  // optimizer steps completed

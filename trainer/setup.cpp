@@ -76,6 +76,7 @@ void Trainer::State::setup() {
   ensure_dataset(c);
   DataPlan plan = plan_data(c, rank);
   apply_resolved(plan, c);
+  preprocess = preprocess_record(plan);
   if (c.num_classes <= 0 && plan.num_classes <= 0) {
     throw UsageError("the dataset does not record its classes: pass --num-classes");
   }

@@ -450,6 +450,7 @@ void Trainer::State::checkpoint() {
       for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
     }
     *m.mutable_precision() = precision_record();
+    *m.mutable_preprocess() = preprocess;
     job.manifest = std::move(m);
   }
   coordination->submit(std::move(job));
