@@ -13,6 +13,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache git pkg-config clang-format
   libtorch-dev python3-torch python3-torchvision libopenblas0-pthread
   python3-pil python3-yaml python3-protobuf  # test references: PIL resizes, deploy/ YAML, TFRecord events
+  python3-onnx  # validates and runs the ONNX files python/export.py writes (tests/python/onnx_eval.py)
   libopenmpi-dev openmpi-bin
   libboost-dev libprotobuf-dev protobuf-compiler
   libssl-dev  # HMAC-SHA256: the ranks' challenge-response authentication with the coordinator
