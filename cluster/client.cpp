@@ -194,6 +194,10 @@ void CoordinatorClient::handle(const proto::Envelope& e) {
   if (e.body_case() != proto::Envelope::kCommand) return;
   const auto& c = e.command();
   std::string abort_reason;
+  if (c.kind() == proto::Command::DUMP_TRACE) {
+    if (o_.on_dump_trace) o_.on_dump_trace(c.reason());
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     switch (c.kind()) {
@@ -416,6 +420,7 @@ void CoordinatorClient::run() {
         e.mutable_heartbeat()->set_has_loss(hb_.has_loss() && hb_fresh_);
         hb_fresh_ = false;
       }
+      if (o_.annotate) o_.annotate(*e.mutable_heartbeat());
       const std::string frame = encode_frame(e);
       ok = write_all(fd, frame.data(), frame.size());
       next_hb = now_s() + interval;

@@ -30,6 +30,11 @@ struct ClientOptions {
   uint64_t step = 0;        // where this rank starts (a resume)
   uint32_t attempt = 0;     // the job's restart count (STRIDE_RESTART_COUNT from the launcher)
   double give_up_s = 30.0;  // coordinator unreachable this long: abort
+  // Called on the client thread just before each heartbeat is sent: adds what must be current even while the
+  // training thread is blocked (the flight recorder's progress). Must not block.
+  std::function<void(proto::Heartbeat&)> annotate;
+  // Called on the client thread for a DUMP_TRACE command, with its reason.
+  std::function<void(const std::string&)> on_dump_trace;
 };
 
 class CoordinatorClient {

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/hang_verdict.h"
 #include "proto/cluster.pb.h"
 #include "storage/checkpoint_files.h"
 
@@ -41,6 +42,10 @@ struct CoreOptions {
   int64_t keep = 3;
   std::shared_ptr<storage::FileOps> ops = storage::real_file_ops();
   int restarts = 0;  // how often the job was restarted (shown in /status)
+  // A collective open this long on some rank: name the rank(s) the others wait for (Note [Hang verdict] in
+  // cluster/hang_verdict.h) in the log, /status and the dashboard, and ask every rank to dump its flight recorder.
+  // 0: only when a rank is declared dead.
+  double hang_report_after_s = 30.0;
 };
 
 // A message for one rank (rank >= 0) or for every connected rank (rank == -1).
@@ -88,6 +93,8 @@ class CoordinatorCore {
   std::vector<std::pair<std::string, uint32_t>> rank_processes() const;
   // Hosts of the ranks declared dead in the current start.
   const std::vector<std::string>& dead_hosts() const { return dead_hosts_; }
+  // The current hang verdict (kept after the job failed, for the final status), if any.
+  const std::optional<HangVerdict>& hang() const { return hang_; }
   uint64_t last_committed_step() const { return last_committed_step_; }
   int64_t commits() const { return commits_; }
   bool rank_alive(uint32_t rank) const;
@@ -107,6 +114,7 @@ class CoordinatorCore {
     std::string host;
     uint32_t pid = 0;
     std::string session_key;  // fixed by the first accepted Hello of this start (cluster/auth.h)
+    std::string dead_why;     // why it was declared dead
     double joined_at = 0, last_seen = 0, disconnected_at = 0;
     proto::Heartbeat hb;
   };
@@ -119,6 +127,8 @@ class CoordinatorCore {
     void add(double xv, double yv);
   };
   void declare_dead(uint32_t rank, const std::string& why, double now);
+  // Compares the ranks' flight recorders; `report_after_s` as hang_verdict().
+  void check_hang(double report_after_s, double now);
   void discard(uint64_t step, const std::string& reason, double now);
   void try_commit(uint64_t step, double now);
   void add_event(const std::string& level, const std::string& message, double now);
@@ -134,6 +144,9 @@ class CoordinatorCore {
   std::vector<Outbound> outbound_;
   std::deque<Event> events_;
   std::optional<std::string> failure_;
+  std::optional<HangVerdict> hang_;
+  double hang_since_ = 0;  // wall time of the current verdict's first report
+  std::string hang_key_;   // the verdict last logged (each is logged once)
   bool stopping_ = false;
   uint32_t attempt_ = 0;
   std::vector<std::string> dead_hosts_;

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <mutex>
 
+#include "comm/flight_recorder.h"
 #include "comm/powersgd.h"
 
 namespace stride::comm {
@@ -89,6 +90,7 @@ struct GradientReducer::State {
     b.launched = true;
     if (options.skip_communication || comm->size() == 1) return;
     torch::NoGradGuard no_grad;
+    const OriginScope origin(OriginKind::kBucket, static_cast<int64_t>(index));  // the flight recorder's origin
     b.powersgd_step = b.powersgd && reduced_steps >= options.powersgd_warmup_steps;
     if (b.powersgd_step) {
       b.work = b.powersgd->start(*comm);
@@ -240,13 +242,15 @@ void GradientReducer::finish() {
   s_->launch_ready();
   const auto t0 = Clock::now();
   double comm = 0.0;
-  for (auto& b : s_->buckets) {
+  for (size_t index = 0; index < s_->buckets.size(); ++index) {
+    auto& b = s_->buckets[index];
     if (!b.work) continue;
     lock.unlock();  // a failing wait must not leave the mutex held; hooks of other threads may run meanwhile
     b.work->wait();
     lock.lock();
     comm += b.work->run_seconds();
     if (b.powersgd_step) {
+      const OriginScope origin(OriginKind::kBucket, static_cast<int64_t>(index));
       b.q_work = b.powersgd->middle(*s_->comm);
     } else if (b.compressed.defined()) {
       b.flat.copy_(b.compressed);

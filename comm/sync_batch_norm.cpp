@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "comm/flight_recorder.h"
+
 namespace stride::comm {
 namespace {
 
@@ -224,6 +226,8 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     ctx->saved_data["total"] = total;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+    const char* layer = OriginScope::current().name;  // SyncBatchNorm::forward set it
+    ctx->saved_data["layer"] = std::string(layer ? layer : "");
     return torch::batch_norm(x, weight, bias, mean_w, var_w, /*training=*/false, 0.0, eps, /*cudnn_enabled=*/true);
   }
 
@@ -233,6 +237,8 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     const double total = ctx->saved_data["total"].toDouble();
     const double eps = ctx->saved_data["eps"].toDouble();
     auto* comm = reinterpret_cast<Communicator*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
+    const std::string layer = ctx->saved_data["layer"].toStringRef();
+    const OriginScope origin(OriginKind::kSyncBn, /*backward*/ 1, layer.c_str());  // the flight recorder's origin
     const int64_t channels = x.size(1);
     auto g = grad_outputs[0].contiguous(x.suggest_memory_format());
     torch::Tensor grad_input, grad_weight, grad_bias;
@@ -309,6 +315,8 @@ torch::Tensor SyncBatchNorm::forward(const torch::Tensor& x, models::Norm2dImpl&
     running_mean = bn.running_mean;
     running_var = bn.running_var;
   }
+  const auto name = names_.find(&bn);
+  const OriginScope origin(OriginKind::kSyncBn, /*forward*/ 0, name == names_.end() ? "" : name->second.c_str());
   if (x.is_cpu() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf)) {
     // Under CPU autocast the activations arrive in bfloat16. Statistics, the allgather/allreduce payloads and
     // the normalisation run in float32 (the vectorised kernels above), and the output goes back to the input's
@@ -323,8 +331,9 @@ torch::Tensor SyncBatchNorm::forward(const torch::Tensor& x, models::Norm2dImpl&
 int convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<Communicator> comm) {
   std::shared_ptr<SyncBatchNorm> sync = comm ? std::make_shared<SyncBatchNorm>(std::move(comm)) : nullptr;
   int n = 0;
-  for (auto& m : module.modules()) {
-    if (auto* norm = dynamic_cast<models::Norm2dImpl*>(m.get())) {
+  for (auto& item : module.named_modules()) {
+    if (auto* norm = dynamic_cast<models::Norm2dImpl*>(item.value().get())) {
+      if (sync) sync->set_layer_name(*norm, item.key());
       norm->set_sync(sync);
       ++n;
     }

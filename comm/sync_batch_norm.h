@@ -14,6 +14,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <unordered_map>
 
 #include "comm/communicator.h"
 #include "models/norm.h"
@@ -24,9 +26,12 @@ class SyncBatchNorm : public models::BatchNormSync {
  public:
   explicit SyncBatchNorm(std::shared_ptr<Communicator> comm) : comm_(std::move(comm)) {}
   torch::Tensor forward(const torch::Tensor& x, models::Norm2dImpl& bn) override;
+  // The layer's name in the model ("layer1.0.bn1"): the origin of its collectives in the flight recorder.
+  void set_layer_name(const models::Norm2dImpl& bn, std::string name) { names_[&bn] = std::move(name); }
 
  private:
   std::shared_ptr<Communicator> comm_;
+  std::unordered_map<const models::Norm2dImpl*, std::string> names_;
 };
 
 // Makes every models::Norm2d in `module` synchronised over `comm` (nullptr: back to plain BatchNorm).

@@ -395,6 +395,7 @@ int launch(LaunchOptions o) {
   co.core.world_size = static_cast<uint32_t>(o.ranks);
   co.core.heartbeat_interval_s = tc.heartbeat_interval;
   co.core.heartbeat_timeout_s = tc.heartbeat_timeout;
+  co.core.hang_report_after_s = tc.hang_report_after;
   co.core.reconnect_grace_s = std::min(10.0, tc.heartbeat_timeout);
   co.core.checkpoint_root = (fs::path(tc.output_dir) / "checkpoints").string();
   co.core.keep = tc.keep_checkpoints;

@@ -17,6 +17,7 @@
 #include "launcher/runs_command.h"
 #include "launcher/status_command.h"
 #include "launcher/submit.h"
+#include "launcher/trace_command.h"
 #include "models/models_command.h"
 #include "trainer/predict_command.h"
 #include "trainer/train_command.h"
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   stride::launcher::add_submit_command(app);
   stride::launcher::add_status_command(app);
   stride::launcher::add_runs_command(app);
+  stride::launcher::add_trace_command(app);
   add_version_command(app);
   try {
     app.parse(argc, argv);

@@ -130,6 +130,11 @@ void print_summary(const json& s) {
         c["in_progress_step"].is_number() ? concat("step ", c["in_progress_step"].get<uint64_t>()).c_str() : "-");
   }
   if (s.contains("failure")) std::printf("FAILURE: %s\n", str(s, "failure").c_str());
+  if (s.contains("hang") && s["hang"].is_object()) {
+    std::printf("HANG: %s\n", str(s["hang"], "message").c_str());
+    const std::string run = s.contains("run_dir") && s["run_dir"].is_string() ? s["run_dir"].get<std::string>() : "RUN";
+    std::printf("      (the ranks' flight recorders: stride trace %s)\n", run.c_str());
+  }
   std::printf("\n%-5s %-16s %-8s %-6s %-8s %-10s %-10s %-10s %-10s\n", "RANK", "HOST", "PID", "ALIVE", "STEP",
               "HEARTBEAT", "STEP TIME", "DATA WAIT", "COMM WAIT");
   for (const auto& r : s.value("ranks", json::array())) {

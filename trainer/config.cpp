@@ -150,6 +150,12 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        "Append every step's sample ids to RUN/samples/rank-R.txt (checks the sample order across "
        "resumes and world sizes)",
        &c.trace_samples},
+      {"flight-recorder",
+       "Collectives each rank's flight recorder keeps for hang diagnosis and `stride trace` (0: off)",
+       &c.flight_recorder},
+      {"hang-report-after",
+       "Seconds a collective may stay open before the coordinator names the rank(s) the others wait for",
+       &c.hang_report_after},
   };
 }
 
@@ -319,6 +325,10 @@ void validate(const TrainConfig& c) {
     throw UsageError(concat("--heartbeat-interval must be positive, got ", c.heartbeat_interval));
   if (!(c.heartbeat_timeout > c.heartbeat_interval))
     throw UsageError(concat("--heartbeat-timeout must exceed --heartbeat-interval, got ", c.heartbeat_timeout));
+  if (c.flight_recorder < 0 || c.flight_recorder > 10000000)
+    throw UsageError(concat("--flight-recorder must be 0 (off) to 10000000 collectives, got ", c.flight_recorder));
+  if (!(c.hang_report_after > 0.0) || !std::isfinite(c.hang_report_after))
+    throw UsageError(concat("--hang-report-after must be a positive number of seconds, got ", c.hang_report_after));
   if (c.control_every < 1) throw UsageError(concat("--control-every must be positive, got ", c.control_every));
   if (!(c.bucket_cap_mb > 0.0)) throw UsageError(concat("--bucket-cap-mb must be positive, got ", c.bucket_cap_mb));
   if (c.label_smoothing < 0.0 || c.label_smoothing >= 1.0)

@@ -111,6 +111,8 @@ struct TrainConfig {
   double heartbeat_timeout = 30.0;             // a rank silent this long is declared dead
   int64_t control_every = 10;                  // steps between the ranks' agreement on checkpoint/stop requests
   bool trace_samples = false;                  // append each step's sample ids to RUN/samples/rank-R.txt
+  int64_t flight_recorder = 2000;   // collectives each rank's flight recorder keeps (0: off; comm/flight_recorder.h)
+  double hang_report_after = 30.0;  // seconds a collective may stay open before the coordinator names who is missing
   bool use_deterministic_algorithms =
       false;                // torch's deterministic-algorithms switch (errors on CUDA ops without one)
   bool eval_hflip = false;  // evaluation averages the logits of each image and its mirror image

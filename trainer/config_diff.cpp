@@ -41,6 +41,8 @@ const std::set<std::string>& operational_keys() {
                                              "heartbeat-timeout",
                                              "control-every",
                                              "trace-samples",
+                                             "flight-recorder",
+                                             "hang-report-after",
                                              "eval-hflip",
                                              "weights",
                                              "allow-config-change",

@@ -7,12 +7,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <thread>
 
 #include "cluster/client.h"
 #include "cluster/coordinator.h"
 #include "common/env.h"
 #include "common/error.h"
+#include "storage/file_io.h"
 #include "trainer/stop_signals.h"
 
 namespace stride::trainer {
@@ -28,7 +30,8 @@ int env_int(const char* name, int fallback) {
 
 class JobCoordination : public Coordination {
  public:
-  JobCoordination(const TrainConfig& c, comm::Communicator& comm, RunOutput& out);
+  JobCoordination(const TrainConfig& c, comm::Communicator& comm, RunOutput& out,
+                  std::shared_ptr<comm::FlightRecorder> flight);
   Decision control_point() override;
   void update(const proto::Heartbeat& hb, bool new_interval) override { client_->update(hb, new_interval); }
   void submit(CheckpointJob job) override;
@@ -39,18 +42,21 @@ class JobCoordination : public Coordination {
   comm::Communicator& comm_;
   RunOutput& out_;
   const uint64_t rank_, world_;
+  std::shared_ptr<comm::FlightRecorder> flight_;
   std::unique_ptr<cluster::Coordinator> coordinator_;  // rank 0 hosts one unless a launcher provides it
   std::unique_ptr<cluster::CoordinatorClient> client_;
   std::unique_ptr<CheckpointWriter> writer_;
   int64_t submitted_step_ = -1;  // the newest checkpoint this run handed to the writer
 };
 
-JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm, RunOutput& out)
+JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm, RunOutput& out,
+                                 std::shared_ptr<comm::FlightRecorder> flight)
     : c_(c),
       comm_(comm),
       out_(out),
       rank_(static_cast<uint64_t>(comm.rank())),
-      world_(static_cast<uint64_t>(comm.size())) {
+      world_(static_cast<uint64_t>(comm.size())),
+      flight_(std::move(flight)) {
   const char* env_addr = std::getenv("STRIDE_COORDINATOR");
   const char* env_token = std::getenv("STRIDE_JOB_TOKEN");
   std::string address = env_addr ? env_addr : "", token = env_token ? env_token : "";
@@ -65,6 +71,7 @@ JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm,
       co.core.world_size = static_cast<uint32_t>(world_);
       co.core.heartbeat_interval_s = c.heartbeat_interval;
       co.core.heartbeat_timeout_s = c.heartbeat_timeout;
+      co.core.hang_report_after_s = c.hang_report_after;
       co.core.reconnect_grace_s = std::min(10.0, c.heartbeat_timeout);
       co.core.checkpoint_root = ckpt_root;
       co.core.keep = c.keep_checkpoints;
@@ -84,6 +91,7 @@ JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm,
                                     /*launcher=*/false);
     }
     if (world_ > 1) {
+      const comm::OriginScope origin(comm::OriginKind::kOther, -1, "coordinator address broadcast");
       auto t = torch::zeros({512}, torch::kByte);
       if (rank_ == 0) std::memcpy(t.data_ptr(), blob.data(), std::min<size_t>(blob.size(), 511));
       comm.broadcast(t, 0)->wait();
@@ -106,14 +114,41 @@ JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm,
   // A launcher's coordinator counts the job's starts; one hosted here is always at its first.
   o.attempt = env_addr ? static_cast<uint32_t>(env_int("STRIDE_RESTART_COUNT", 0)) : 0;
   const uint64_t r = rank_;
-  client_ = std::make_unique<cluster::CoordinatorClient>(o, [r](const std::string& why) {
-    // A peer is dead or the coordinator is gone: the last committed checkpoint is intact; exit with the code
-    // supervisors restart on, without unwinding through a collective that will never complete.
-    std::fprintf(stderr, "stride: error: rank %llu: %s\n", static_cast<unsigned long long>(r), why.c_str());
-    std::fflush(stderr);
-    std::fflush(stdout);
-    std::_Exit(comm::kCommFailureExitCode);
-  });
+  if (flight_) {
+    // The client thread sends heartbeats, so they carry current progress while the training thread is blocked.
+    o.annotate = [flight = flight_](proto::Heartbeat& hb) {
+      for (int s = 0; s < comm::kCollectiveStreams; ++s) {
+        const auto p = flight->progress(static_cast<comm::CollectiveStream>(s));
+        auto* cp = hb.add_collectives();
+        cp->set_stream(static_cast<uint32_t>(s));
+        cp->set_started(p.started);
+        cp->set_completed(p.completed);
+        if (p.has_last) {
+          cp->set_last_kind(comm::collective_kind_name(p.last.kind));
+          cp->set_last_origin(comm::describe_origin(p.last));
+        }
+        if (p.has_open) {
+          cp->set_open_seq(p.open.seq);
+          cp->set_open_kind(comm::collective_kind_name(p.open.kind));
+          cp->set_open_origin(comm::describe_origin(p.open));
+          cp->set_open_seconds(p.open_seconds);
+        }
+      }
+    };
+    o.on_dump_trace = [flight = flight_, dir = c.output_dir, r](const std::string& reason) {
+      dump_flight_recorder(*flight, dir, r, reason);
+    };
+  }
+  client_ = std::make_unique<cluster::CoordinatorClient>(
+      o, [r, flight = flight_, dir = c.output_dir](const std::string& why) {
+        // A peer is dead or the coordinator is gone: the last committed checkpoint is intact; exit with the code
+        // supervisors restart on, without unwinding through a collective that will never complete.
+        std::fprintf(stderr, "stride: error: rank %llu: %s\n", static_cast<unsigned long long>(r), why.c_str());
+        if (flight) dump_flight_recorder(*flight, dir, r, concat("abort: ", why));
+        std::fflush(stderr);
+        std::fflush(stdout);
+        std::_Exit(comm::kCommFailureExitCode);
+      });
   writer_ = std::make_unique<CheckpointWriter>(ckpt_root, [this](proto::CheckpointReport rep) {
     if (!rep.ok()) {
       std::fprintf(stderr, "stride: error: rank %llu: checkpoint at step %llu failed: %s\n",
@@ -125,6 +160,7 @@ JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm,
 }
 
 Coordination::Decision JobCoordination::control_point() {
+  const comm::OriginScope origin(comm::OriginKind::kControl);
   Decision d;
   d.signal = stop_signal();
   double ckpt = client_->take_checkpoint_request() ? 1.0 : 0.0;
@@ -187,8 +223,27 @@ class NoCoordination : public Coordination {
 }  // namespace
 
 std::unique_ptr<Coordination> start_job_coordination(const TrainConfig& config, comm::Communicator& comm,
-                                                     RunOutput& out) {
-  return std::make_unique<JobCoordination>(config, comm, out);
+                                                     RunOutput& out, std::shared_ptr<comm::FlightRecorder> flight) {
+  return std::make_unique<JobCoordination>(config, comm, out, std::move(flight));
+}
+
+void dump_flight_recorder(comm::FlightRecorder& flight, const std::string& run_dir, uint64_t rank,
+                          const std::string& reason) {
+  // The client thread (a DUMP_TRACE, an abort) and the training thread (a failed collective) may both dump.
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  try {
+    const fs::path dir = fs::path(run_dir) / "trace";
+    fs::create_directories(dir);
+    const fs::path path = dir / concat("rank-", rank, ".json");
+    storage::write_file_atomic(path.string(),
+                               flight.to_json(static_cast<int>(rank), cluster::local_hostname(), reason));
+    std::fprintf(stderr, "stride: rank %llu: flight recorder written to %s (%s)\n",
+                 static_cast<unsigned long long>(rank), path.c_str(), reason.substr(0, 120).c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "stride: warning: rank %llu: cannot write the flight recorder: %s\n",
+                 static_cast<unsigned long long>(rank), e.what());
+  }
 }
 
 std::unique_ptr<Coordination> no_coordination() { return std::make_unique<NoCoordination>(); }

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "comm/flight_recorder.h"
 #include "proto/cluster.pb.h"
 #include "trainer/checkpoint_writer.h"
 #include "trainer/config.h"
@@ -45,8 +46,15 @@ class Coordination {
 
 // Connects to the launcher's coordinator (STRIDE_COORDINATOR, STRIDE_JOB_TOKEN) or hosts one on rank 0 and
 // tells the other ranks where it is over `comm`. Prints the status URL on rank 0.
+// With a flight recorder, heartbeats carry its progress and the rank dumps it (dump_flight_recorder) when the
+// coordinator asks and when the job aborts.
 std::unique_ptr<Coordination> start_job_coordination(const TrainConfig& config, comm::Communicator& comm,
-                                                     RunOutput& out);
+                                                     RunOutput& out,
+                                                     std::shared_ptr<comm::FlightRecorder> flight = nullptr);
+// Writes the ring to RUN/trace/rank-R.json (atomically; `stride trace RUN_DIR` merges them). Runs on failure paths:
+// a failure to write is printed, never thrown. Any thread.
+void dump_flight_recorder(comm::FlightRecorder& flight, const std::string& run_dir, uint64_t rank,
+                          const std::string& reason);
 // For --test-only: no coordinator, no checkpoints, stop requests only by signal.
 std::unique_ptr<Coordination> no_coordination();
 

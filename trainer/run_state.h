@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/flight_recorder.h"
 #include "comm/reducer.h"
 #include "data/loader.h"
 #include "models/resnet.h"
@@ -32,7 +33,8 @@ namespace stride::trainer {
 struct Trainer::State {
   TrainConfig c;
   // Note [Rank identity]: from the communicator (MPI under mpirun/srun, else a single rank).
-  std::shared_ptr<comm::Communicator> comm;
+  std::shared_ptr<comm::Communicator> comm;      // a RecordingCommunicator when the flight recorder is on
+  std::shared_ptr<comm::FlightRecorder> flight;  // --flight-recorder; null when off
   std::unique_ptr<comm::GradientReducer> reducer;
   uint64_t rank = 0, world = 1;
   torch::Device device{torch::kCPU};

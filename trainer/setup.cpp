@@ -6,6 +6,7 @@
 #include <optional>
 #include <set>
 
+#include "comm/recording_communicator.h"
 #include "comm/sync_batch_norm.h"
 #include "common/error.h"
 #include "models/registry.h"
@@ -47,6 +48,10 @@ void Trainer::State::setup() {
   // Compute threads plus loader workers: whether the ranks leave cores idle decides how their collectives wait.
   co.busy_threads = torch::get_num_threads() + static_cast<int>(c.workers);
   comm = comm::create_communicator(co);
+  if (c.flight_recorder > 0) {
+    flight = std::make_shared<comm::FlightRecorder>(static_cast<size_t>(c.flight_recorder));
+    comm = std::make_shared<comm::RecordingCommunicator>(comm, flight);
+  }
   rank = static_cast<uint64_t>(comm->rank());
   world = static_cast<uint64_t>(comm->size());
   if (cuda) {
@@ -98,7 +103,7 @@ void Trainer::State::setup() {
   out->print(concat("precision: ", amp.summary, c.channels_last ? "; channels-last" : ""));
   out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
                     plan.in_channels == 1 ? " channel, " : " channels, ", plan.normalisation));
-  coordination = c.test_only ? no_coordination() : start_job_coordination(c, *comm, *out);
+  coordination = c.test_only ? no_coordination() : start_job_coordination(c, *comm, *out, flight);
 
   auto make_loader = [&](data::LoaderOptions o) {
     o.rank = rank;
@@ -197,6 +202,7 @@ void Trainer::State::setup() {
   coordination->update(hb);
   if (world > 1) {
     // Every replica starts from rank 0's weights and buffers (after --weights / --resume, which all ranks read).
+    const comm::OriginScope origin(comm::OriginKind::kOther, -1, "initial weights broadcast");
     comm::broadcast_module_state(*model, *comm);
     if (ema) comm::broadcast_module_state(*ema, *comm);
     if (c.sync_bn) comm::convert_sync_batchnorm(*model, comm);

@@ -62,6 +62,8 @@ int Trainer::run() {
     // restarts on (the last committed checkpoint is intact); unwinding could block on the stuck collective.
     std::fprintf(stderr, "stride: error: communication failure on %s: %s\n",
                  s_->comm ? s_->comm->describe().c_str() : "this rank", e.what());
+    if (s_->flight)
+      dump_flight_recorder(*s_->flight, s_->c.output_dir, s_->rank, concat("communication failure: ", e.what()));
     std::fflush(stderr);
     std::fflush(stdout);
     std::_Exit(comm::kCommFailureExitCode);
@@ -78,6 +80,7 @@ int Trainer::run_unchecked() {
   }
   s_->train();
   s_->coordination->finish(s_->stopped, s_->step);
+  if (s_->flight) dump_flight_recorder(*s_->flight, s_->c.output_dir, s_->rank, "exit");
   return 0;
 }
 
@@ -104,6 +107,7 @@ std::vector<double> Trainer::State::sum_over_ranks(std::vector<double> values) {
 
 void Trainer::State::sync_buffers() {
   if (world == 1 || c.sync_bn) return;  // SyncBN's running statistics are identical on every rank
+  const comm::OriginScope origin(comm::OriginKind::kOther, -1, "BatchNorm buffer average");
   comm::average_buffers(*model, *comm);
 }
 
@@ -159,8 +163,12 @@ void Trainer::State::train() {
     StepSums interval_sums, epoch_sums;  // this rank's, until reduced over ranks for printing
     auto interval_start = Clock::now(), heartbeat_mark = interval_start;
     DeviceSums device_sums(device);
-    const auto over_ranks = [this](std::vector<double> v) { return sum_over_ranks(std::move(v)); };
+    const auto over_ranks = [this](std::vector<double> v) {
+      const comm::OriginScope origin(comm::OriginKind::kOther, -1, "progress sums");
+      return sum_over_ranks(std::move(v));
+    };
     while (auto batch = train_data->next()) {
+      if (flight) flight->set_step(step + 1);  // the step this micro-batch belongs to, as the logs number it
       if (trace.is_open()) {
         trace << cursor.epoch << ' ' << batch->step;
         const auto valid_host = batch->valid.to(torch::kBool);
@@ -330,6 +338,7 @@ torch::Tensor Trainer::State::device_images(const data::Batch& batch) {
 }
 
 EvalResult Trainer::State::evaluate(models::ResNet& m) {
+  const comm::OriginScope origin(comm::OriginKind::kEval);
   m->eval();
   torch::NoGradGuard no_grad;
   eval_data->start({0, 0, static_cast<uint64_t>(c.seed)});
