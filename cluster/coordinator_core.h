@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/straggler_detector.h"
 #include "proto/cluster.pb.h"
 #include "storage/checkpoint_files.h"
 
@@ -40,7 +41,8 @@ struct CoreOptions {
   std::string checkpoint_root;        // RUN/checkpoints
   int64_t keep = 3;
   std::shared_ptr<storage::FileOps> ops = storage::real_file_ops();
-  int restarts = 0;  // how often the job was restarted (shown in /status)
+  int restarts = 0;            // how often the job was restarted (shown in /status)
+  StragglerOptions straggler;  // Note [Straggler detection] in cluster/straggler_detector.h
 };
 
 // A message for one rank (rank >= 0) or for every connected rank (rank == -1).
@@ -98,6 +100,7 @@ class CoordinatorCore {
   std::string history_json() const;
   std::string metrics_text(double now) const;
   std::vector<Event> events() const { return {events_.begin(), events_.end()}; }
+  const StragglerDetector& stragglers() const { return stragglers_; }
   int64_t http_bad_requests = 0;  // counted by the HTTP server, shown in /metrics
   int64_t rejected_connections = 0;
 
@@ -146,6 +149,7 @@ class CoordinatorCore {
   uint64_t last_recorded_step_ = 0, last_eval_step_ = 0;
   Series loss_, ips_, acc_;
   std::map<uint32_t, Series> step_time_;
+  StragglerDetector stragglers_;
 };
 
 }  // namespace stride::cluster
