@@ -79,6 +79,18 @@ std::string printable(const std::string& s) {
   return out + (s.size() > 80 ? "'..." : "'");
 }
 
+// A rank's newest step breakdown for /status (seconds per step); null before its first sample.
+nlohmann::json breakdown_json(const StragglerDetector::RankView& v) {
+  if (!v.has_sample) return nullptr;
+  return {{"steps", v.sample.steps},
+          {"compute_s", v.sample.compute_s},
+          {"data_wait_s", v.sample.data_wait_s},
+          {"comm_exposed_s", v.sample.comm_exposed_s},
+          {"optimizer_s", v.sample.optimizer_s},
+          {"compute_vs_peers", v.ratio > 0 ? nlohmann::json(v.ratio) : nlohmann::json(nullptr)},
+          {"straggler", v.flagged}};
+}
+
 }  // namespace
 
 void CoordinatorCore::Series::add(double xv, double yv) {
@@ -97,7 +109,7 @@ void CoordinatorCore::Series::add(double xv, double yv) {
 }
 
 CoordinatorCore::CoordinatorCore(CoreOptions options, double now, double wall)
-    : o_(std::move(options)), t0_(now), wall0_(wall), ranks_(o_.world_size) {
+    : o_(std::move(options)), t0_(now), wall0_(wall), ranks_(o_.world_size), stragglers_(o_.straggler, o_.world_size) {
   STRIDE_CHECK_GT(o_.world_size, 0u, "world size");
   if (!o_.ops) o_.ops = storage::real_file_ops();
   // Resume: the head of the newest branch on disk is the starting point of "last committed".
@@ -172,6 +184,27 @@ void CoordinatorCore::heartbeat(uint32_t rank, const proto::Heartbeat& hb, doubl
   auto& r = ranks_.at(rank);
   r.last_seen = now;
   r.hb = hb;
+  if (r.alive && !r.finished) {
+    if (const auto change =
+            stragglers_.observe(rank, hb.breakdown_steps(), hb.compute_total_s(), hb.data_wait_total_s(),
+                                hb.comm_exposed_total_s(), hb.optimizer_total_s(), now)) {
+      const double pct = (change->compute_s / change->peer_median_s - 1) * 100;
+      const std::string figures = concat(fixed(change->compute_s * 1e3), " ms vs ", fixed(change->peer_median_s * 1e3),
+                                         " ms compute per step, peers' median");
+      if (change->flagged) {
+        add_event(
+            "warning",
+            concat("straggler: ", rank_name(rank), " computes ", fixed(pct, 0), "% slower than its peers (", figures,
+                   "; over ", fixed(o_.straggler.threshold * 100, 0), "% for ", o_.straggler.window, " heartbeats)"),
+            now);
+      } else {
+        add_event("info",
+                  concat("straggler recovered: ", rank_name(rank), " is back within ",
+                         fixed(o_.straggler.threshold * 100, 0), "% of its peers (", figures, ")"),
+                  now);
+      }
+    }
+  }
   if (hb.has_loss() && hb.step() > 0) {
     step_time_[rank].add(static_cast<double>(hb.step()), hb.step_time_s());
     if (rank == 0 && hb.step() != last_recorded_step_) {
@@ -190,6 +223,7 @@ void CoordinatorCore::goodbye(uint32_t rank, const proto::Goodbye& bye, double n
   auto& r = ranks_.at(rank);
   r.finished = true;
   r.connected = false;
+  stragglers_.forget(rank);
   if (!bye.finished()) stopped_ = true;  // stopped on request before the end (resumable)
   add_event(
       "info",
@@ -277,6 +311,7 @@ void CoordinatorCore::restart(uint32_t world_size, uint32_t attempt, const std::
   attempt_ = attempt;
   ++o_.restarts;
   step_time_.clear();
+  stragglers_.reset(world_size);
   add_event("warning", concat("restart ", o_.restarts, " (", world_size, " ranks): ", reason), now);
 }
 
@@ -284,6 +319,7 @@ void CoordinatorCore::declare_dead(uint32_t rank, const std::string& why, double
   auto& r = ranks_[rank];
   r.alive = false;
   r.dead_why = why;
+  stragglers_.forget(rank);
   dead_hosts_.push_back(r.host);
   const std::string what = concat(rank_name(rank), " is dead: ", why, " (last step ", r.hb.step(), ")");
   add_event("error", what, now);
@@ -462,7 +498,9 @@ std::string CoordinatorCore::status_json(double now) const {
              {"in_progress_step", pending_.empty() ? json(nullptr) : json(pending_.begin()->first)},
              {"commits", commits_},
              {"discarded", discards_},
-             {"last_commit_seconds", last_commit_seconds_}};
+             {"last_commit_seconds", last_commit_seconds_},
+             {"every_steps", h0.checkpoint_every()},
+             {"every_auto", h0.checkpoint_auto()}};
   j["checkpoint"] = ck;
   json ranks = json::array();
   for (uint32_t i = 0; i < ranks_.size(); ++i) {
@@ -479,9 +517,25 @@ std::string CoordinatorCore::status_json(double now) const {
                      {"step_time_s", r.hb.step_time_s()},
                      {"img_per_s", r.hb.img_per_s()},
                      {"data_wait_s", r.hb.data_wait_s()},
-                     {"comm_wait_s", r.hb.comm_wait_s()}});
+                     {"comm_wait_s", r.hb.comm_wait_s()},
+                     {"breakdown", breakdown_json(stragglers_.rank(i))}});
   }
   j["ranks"] = ranks;
+  // Note [Straggler detection] in cluster/straggler_detector.h.
+  json stragglers = json::array();
+  for (uint32_t i = 0; i < ranks_.size(); ++i) {
+    const auto& v = stragglers_.rank(i);
+    if (!v.flagged) continue;
+    stragglers.push_back({{"rank", i},
+                          {"host", ranks_[i].host},
+                          {"slower_percent", (v.ratio - 1) * 100},
+                          {"compute_s", v.sample.compute_s},
+                          {"peer_median_compute_s", v.peer_median_s},
+                          {"since", wall(v.flagged_since)}});
+  }
+  j["stragglers"] = stragglers;
+  j["straggler_threshold"] = o_.straggler.threshold;
+  j["straggler_window"] = o_.straggler.window;
   json ev = json::array();
   for (auto it = events_.rbegin(); it != events_.rend() && ev.size() < 50; ++it) {
     ev.push_back({{"time", it->wall_time}, {"level", it->level}, {"message", it->message}});
@@ -549,31 +603,56 @@ std::string CoordinatorCore::metrics_text(double now) const {
   counter("stride_http_bad_requests_total", "Malformed or rejected HTTP requests.", http_bad_requests);
   counter("stride_rejected_connections_total", "Rank connections rejected (token, size, format).",
           rejected_connections);
+  gauge("stride_checkpoint_every_steps", "Steps between checkpoints now in force (0: epoch ends only).",
+        uint64_t{h0.checkpoint_every()});
+  int64_t flagged = 0;
+  for (uint32_t i = 0; i < ranks_.size(); ++i) flagged += stragglers_.rank(i).flagged ? 1 : 0;
+  gauge("stride_stragglers", "Ranks flagged as stragglers now.", flagged);
   struct PerRank {
     const char* name;
     const char* help;
-    std::string (*get)(const RankState&, double);
+    std::string (*get)(const RankState&, const StragglerDetector::RankView&, double);
   };
   const PerRank per_rank[] = {
       {"stride_rank_step", "Steps completed by the rank.",
-       [](const RankState& r, double) { return prom_value(uint64_t{r.hb.step()}); }},
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(uint64_t{r.hb.step()});
+       }},
       {"stride_rank_alive", "1 while the rank is alive.",
-       [](const RankState& r, double) { return prom_value(int64_t{r.alive ? 1 : 0}); }},
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(int64_t{r.alive ? 1 : 0});
+       }},
       {"stride_rank_heartbeat_age_seconds", "Seconds since the rank's last message.",
-       [](const RankState& r, double t) { return prom_value(t - r.last_seen); }},
+       [](const RankState& r, const StragglerDetector::RankView&, double t) { return prom_value(t - r.last_seen); }},
       {"stride_rank_step_seconds", "Mean step time over the last interval.",
-       [](const RankState& r, double) { return prom_value(double{r.hb.step_time_s()}); }},
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(double{r.hb.step_time_s()});
+       }},
       {"stride_rank_data_wait_seconds", "Time waiting for data over the last interval.",
-       [](const RankState& r, double) { return prom_value(double{r.hb.data_wait_s()}); }},
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(double{r.hb.data_wait_s()});
+       }},
       {"stride_rank_comm_wait_seconds", "Time waiting for gradient collectives over the last interval.",
-       [](const RankState& r, double) { return prom_value(double{r.hb.comm_wait_s()}); }},
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(double{r.hb.comm_wait_s()});
+       }},
+      {"stride_rank_compute_seconds", "Forward + backward time per step, without waits (newest heartbeat sample).",
+       [](const RankState&, const StragglerDetector::RankView& v, double) { return prom_value(v.sample.compute_s); }},
+      {"stride_rank_compute_ratio", "Compute time per step over the median of the other ranks' (0: no baseline yet).",
+       [](const RankState&, const StragglerDetector::RankView& v, double) { return prom_value(v.ratio); }},
+      {"stride_rank_straggler",
+       "1 while the rank is flagged as a straggler (--straggler-threshold, --straggler-window).",
+       [](const RankState&, const StragglerDetector::RankView& v, double) {
+         return prom_value(int64_t{v.flagged ? 1 : 0});
+       }},
   };
   for (const auto& m : per_rank) {
     out += concat("# HELP ", m.name, " ", m.help, "\n# TYPE ", m.name, " gauge\n");
     for (uint32_t i = 0; i < ranks_.size(); ++i) {
       const auto& r = ranks_[i];
       if (!r.joined) continue;
-      out += concat(m.name, "{rank=\"", i, "\",host=\"", prom_label(r.host), "\"} ", m.get(r, now), "\n");
+      out += concat(m.name, "{rank=\"", i, "\",host=\"", prom_label(r.host), "\"} ", m.get(r, stragglers_.rank(i), now),
+                    "\n");
     }
   }
   return out;

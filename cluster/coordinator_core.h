@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "cluster/hang_verdict.h"
+#include "cluster/straggler_detector.h"
 #include "proto/cluster.pb.h"
 #include "storage/checkpoint_files.h"
 
@@ -41,7 +42,8 @@ struct CoreOptions {
   std::string checkpoint_root;        // RUN/checkpoints
   int64_t keep = 3;
   std::shared_ptr<storage::FileOps> ops = storage::real_file_ops();
-  int restarts = 0;  // how often the job was restarted (shown in /status)
+  int restarts = 0;            // how often the job was restarted (shown in /status)
+  StragglerOptions straggler;  // Note [Straggler detection] in cluster/straggler_detector.h
   // A collective open this long on some rank: name the rank(s) the others wait for (Note [Hang verdict] in
   // cluster/hang_verdict.h) in the log, /status and the dashboard, and ask every rank to dump its flight recorder.
   // 0: only when a rank is declared dead.
@@ -105,6 +107,7 @@ class CoordinatorCore {
   std::string history_json() const;
   std::string metrics_text(double now) const;
   std::vector<Event> events() const { return {events_.begin(), events_.end()}; }
+  const StragglerDetector& stragglers() const { return stragglers_; }
   int64_t http_bad_requests = 0;  // counted by the HTTP server, shown in /metrics
   int64_t rejected_connections = 0;
 
@@ -159,6 +162,7 @@ class CoordinatorCore {
   uint64_t last_recorded_step_ = 0, last_eval_step_ = 0;
   Series loss_, ips_, acc_;
   std::map<uint32_t, Series> step_time_;
+  StragglerDetector stragglers_;
 };
 
 }  // namespace stride::cluster

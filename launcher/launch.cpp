@@ -399,6 +399,7 @@ int launch(LaunchOptions o) {
   co.core.reconnect_grace_s = std::min(10.0, tc.heartbeat_timeout);
   co.core.checkpoint_root = (fs::path(tc.output_dir) / "checkpoints").string();
   co.core.keep = tc.keep_checkpoints;
+  co.core.straggler = {tc.straggler_threshold, tc.straggler_window};
   co.core.restarts = static_cast<int>(env_integer("SLURM_RESTART_COUNT", 0, INT32_MAX).value_or(0));  // requeues
   std::string bind_warning;
   co.bind = coordinator_bind_address(o, remote, &bind_warning);

@@ -135,6 +135,11 @@ void print_summary(const json& s) {
     const std::string run = s.contains("run_dir") && s["run_dir"].is_string() ? s["run_dir"].get<std::string>() : "RUN";
     std::printf("      (the ranks' flight recorders: stride trace %s)\n", run.c_str());
   }
+  for (const auto& g : s.value("stragglers", json::array())) {
+    std::printf("STRAGGLER: rank %d on %s computes %.0f%% slower than its peers (%.1f ms vs %.1f ms per step)\n",
+                static_cast<int>(num(g, "rank")), str(g, "host").c_str(), num(g, "slower_percent"),
+                num(g, "compute_s") * 1e3, num(g, "peer_median_compute_s") * 1e3);
+  }
   std::printf("\n%-5s %-16s %-8s %-6s %-8s %-10s %-10s %-10s %-10s\n", "RANK", "HOST", "PID", "ALIVE", "STEP",
               "HEARTBEAT", "STEP TIME", "DATA WAIT", "COMM WAIT");
   for (const auto& r : s.value("ranks", json::array())) {

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/suggest.h"
+#include "trainer/checkpoint_interval.h"
 
 namespace stride::trainer {
 
@@ -99,7 +100,14 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        "Resume even though settings that change the result (lr, schedule, augmentation, ...) differ from the "
        "checkpoint's run",
        &c.allow_config_change},
-      {"checkpoint-every", "Optimizer steps between checkpoints (0: end of each epoch)", &c.checkpoint_every},
+      {"checkpoint-every",
+       "Optimizer steps between checkpoints (0: end of each epoch only), or auto: sqrt(2 x checkpoint stall x MTBF) "
+       "(Young/Daly) from measured figures, re-evaluated as they change",
+       &c.checkpoint_every},
+      {"mtbf",
+       "checkpoint-every auto: prior mean time between failures of the job (8h, 30m, 2d, seconds); the job's own "
+       "restarts and clean running time refine it",
+       &c.mtbf},
       {"keep-checkpoints", "Committed checkpoints kept", &c.keep_checkpoints},
       {"print-freq", "Steps between progress lines", &c.print_freq},
       {"eval-freq", "Epochs between evaluations (0: only after the last epoch)", &c.eval_freq},
@@ -142,6 +150,14 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        &c.heartbeat_timeout},
       {"control-every", "Steps between the ranks' agreement on checkpoint/stop requests (a tiny collective)",
        &c.control_every},
+      {"straggler-threshold",
+       "Coordinator: a rank whose compute time per step exceeds the median of the other ranks' by this fraction "
+       "(0.2: 20%) is a straggler",
+       &c.straggler_threshold},
+      {"straggler-window",
+       "Coordinator: consecutive heartbeats (with new steps) over the threshold before a rank is flagged, and "
+       "within it before the flag clears",
+       &c.straggler_window},
       {"use-deterministic-algorithms", "Make LibTorch refuse nondeterministic kernels (torchvision's flag)",
        &c.use_deterministic_algorithms},
       {"eval-hflip", "Test-time augmentation: evaluation averages the logits of each image and its horizontal mirror",
@@ -206,6 +222,11 @@ void assign(const toml::node& node, OptionTarget target, const std::string& wher
         } else if constexpr (std::is_same_v<T, bool>) {
           *p = get_as<bool>(node, where, "true or false");
         } else if constexpr (std::is_same_v<T, std::string>) {
+          // checkpoint-every is "auto" or a number of steps; older config.toml files hold the number as an integer.
+          if (auto i = node.value_exact<int64_t>()) {
+            *p = std::to_string(*i);
+            return;
+          }
           *p = get_as<std::string>(node, where, "a string");
         } else {
           const auto* arr = node.as_array();
@@ -269,6 +290,25 @@ void normalize_aliases(TrainConfig& c) {
   if (c.workers == 0) c.workers = 1;  // torchvision: load in the main process; here one loader thread
 }
 
+bool checkpoint_every_auto(const TrainConfig& c) { return c.checkpoint_every == "auto"; }
+
+int64_t checkpoint_every_steps(const TrainConfig& c) {
+  if (checkpoint_every_auto(c)) return 0;
+  const std::string& v = c.checkpoint_every;
+  size_t used = 0;
+  int64_t steps = -1;
+  try {
+    steps = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (v.empty() || used != v.size() || steps < 0) {
+    throw UsageError(
+        concat("--checkpoint-every must be auto or a number of steps >= 0 (0: epoch ends only), got '", v, "'"));
+  }
+  return steps;
+}
+
 void validate(const TrainConfig& c) {
   auto positive = [](const char* key, int64_t v) {
     if (v <= 0) throw UsageError(concat("--", key, " must be positive, got ", v));
@@ -305,7 +345,15 @@ void validate(const TrainConfig& c) {
   non_negative("mixup-alpha", c.mixup_alpha);
   non_negative("cutmix-alpha", c.cutmix_alpha);
   non_negative("max-steps", static_cast<double>(c.max_steps));
-  non_negative("checkpoint-every", static_cast<double>(c.checkpoint_every));
+  checkpoint_every_steps(c);  // throws on anything but "auto" or a step count
+  if (checkpoint_every_auto(c)) parse_duration_seconds(c.mtbf, "mtbf");
+  if (!(c.straggler_threshold > 0.0) || !std::isfinite(c.straggler_threshold)) {
+    throw UsageError(concat("--straggler-threshold must be a positive fraction (0.2: 20% slower than the peers), got ",
+                            c.straggler_threshold));
+  }
+  if (c.straggler_window < 1) {
+    throw UsageError(concat("--straggler-window must be at least 1 heartbeat, got ", c.straggler_window));
+  }
   non_negative("cutout", static_cast<double>(c.cutout));
   non_negative("eval-freq", static_cast<double>(c.eval_freq));
   non_negative("pad", static_cast<double>(c.pad));

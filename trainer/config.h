@@ -83,7 +83,10 @@ struct TrainConfig {
   std::string output_dir = "runs/default";
   std::string resume;                // "" | auto | PATH
   bool allow_config_change = false;  // resume even when settings that change the result differ from the checkpoint's
-  int64_t checkpoint_every = 0;      // steps between checkpoints; 0: at the end of each epoch
+  // Steps between checkpoints ("0": at the end of each epoch only), or "auto": chosen from the measured cost and
+  // failure rate (Note [Checkpoint interval] in trainer/checkpoint_interval.h). checkpoint_every_steps() reads it.
+  std::string checkpoint_every = "0";
+  std::string mtbf = "24h";  // --checkpoint-every auto: the prior mean time between failures of the job
   int64_t keep_checkpoints = 3;
   int64_t print_freq = 50;
   int64_t eval_freq = 1;  // epochs between evaluations; 0: only after the last epoch
@@ -111,8 +114,10 @@ struct TrainConfig {
   double heartbeat_timeout = 30.0;             // a rank silent this long is declared dead
   int64_t control_every = 10;                  // steps between the ranks' agreement on checkpoint/stop requests
   bool trace_samples = false;                  // append each step's sample ids to RUN/samples/rank-R.txt
-  int64_t flight_recorder = 2000;   // collectives each rank's flight recorder keeps (0: off; comm/flight_recorder.h)
-  double hang_report_after = 30.0;  // seconds a collective may stay open before the coordinator names who is missing
+  int64_t flight_recorder = 2000;    // collectives each rank's flight recorder keeps (0: off; comm/flight_recorder.h)
+  double hang_report_after = 30.0;   // seconds a collective may stay open before the coordinator names who is missing
+  double straggler_threshold = 0.2;  // a rank computing this much slower than its peers' median is a straggler
+  int64_t straggler_window = 5;      // ... for this many consecutive heartbeats (cluster/straggler_detector.h)
   bool use_deterministic_algorithms =
       false;                // torch's deterministic-algorithms switch (errors on CUDA ops without one)
   bool eval_hflip = false;  // evaluation averages the logits of each image and its mirror image
@@ -140,6 +145,9 @@ void apply_config_file(const std::string& path, CLI::App& cmd, TrainConfig& conf
 void normalize_aliases(TrainConfig& config);
 // Range and consistency checks; UsageError naming the key.
 void validate(const TrainConfig& config);
+// --checkpoint-every: auto, or the fixed step count (0 for auto and for epoch ends only). UsageError on others.
+bool checkpoint_every_auto(const TrainConfig& config);
+int64_t checkpoint_every_steps(const TrainConfig& config);
 // The resolved configuration as TOML (what the run directory's config.toml holds).
 std::string to_toml(TrainConfig config);
 // Parses a TOML string into `config` (all keys; no command line). Used to read a run's config.toml back.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -32,7 +33,8 @@ class JobCoordination : public Coordination {
  public:
   JobCoordination(const TrainConfig& c, comm::Communicator& comm, RunOutput& out,
                   std::shared_ptr<comm::FlightRecorder> flight);
-  Decision control_point() override;
+  Decision control_point(int64_t checkpoint_every) override;
+  double last_write_seconds() const override { return last_write_seconds_.load(); }
   void update(const proto::Heartbeat& hb, bool new_interval) override { client_->update(hb, new_interval); }
   void submit(CheckpointJob job) override;
   void finish(bool stopped, int64_t step) override;
@@ -46,7 +48,8 @@ class JobCoordination : public Coordination {
   std::unique_ptr<cluster::Coordinator> coordinator_;  // rank 0 hosts one unless a launcher provides it
   std::unique_ptr<cluster::CoordinatorClient> client_;
   std::unique_ptr<CheckpointWriter> writer_;
-  int64_t submitted_step_ = -1;  // the newest checkpoint this run handed to the writer
+  int64_t submitted_step_ = -1;                  // the newest checkpoint this run handed to the writer
+  std::atomic<double> last_write_seconds_{0.0};  // set by the writer's thread
 };
 
 JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm, RunOutput& out,
@@ -75,6 +78,7 @@ JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm,
       co.core.reconnect_grace_s = std::min(10.0, c.heartbeat_timeout);
       co.core.checkpoint_root = ckpt_root;
       co.core.keep = c.keep_checkpoints;
+      co.core.straggler = {c.straggler_threshold, c.straggler_window};
       co.core.restarts = env_int("STRIDE_RESTART_COUNT", env_int("SLURM_RESTART_COUNT", 0));
       co.bind = c.coordinator_bind;
       co.status_bind = c.status_bind;
@@ -150,6 +154,7 @@ JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm,
         std::_Exit(comm::kCommFailureExitCode);
       });
   writer_ = std::make_unique<CheckpointWriter>(ckpt_root, [this](proto::CheckpointReport rep) {
+    if (rep.ok()) last_write_seconds_ = rep.write_seconds();
     if (!rep.ok()) {
       std::fprintf(stderr, "stride: error: rank %llu: checkpoint at step %llu failed: %s\n",
                    static_cast<unsigned long long>(rank_), static_cast<unsigned long long>(rep.step()),
@@ -159,20 +164,25 @@ JobCoordination::JobCoordination(const TrainConfig& c, comm::Communicator& comm,
   });
 }
 
-Coordination::Decision JobCoordination::control_point() {
+Coordination::Decision JobCoordination::control_point(int64_t checkpoint_every) {
   const comm::OriginScope origin(comm::OriginKind::kControl);
   Decision d;
   d.signal = stop_signal();
   double ckpt = client_->take_checkpoint_request() ? 1.0 : 0.0;
   double stop = client_->stop_requested() || d.signal != 0 ? 1.0 : 0.0;
+  // Only rank 0 proposes an interval, so the sum is its value on every rank (a double holds any step count
+  // exactly up to 2^53).
+  double every = rank_ == 0 ? static_cast<double>(checkpoint_every) : 0.0;
   if (world_ > 1) {
-    auto t = torch::tensor({ckpt, stop}, torch::kDouble);
+    auto t = torch::tensor({ckpt, stop, every}, torch::kDouble);
     comm_.allreduce(t, comm::ReduceOp::kSum)->wait();
     ckpt = t[0].item<double>();
     stop = t[1].item<double>();
+    every = t[2].item<double>();
   }
   d.checkpoint = ckpt > 0;
   d.stop = stop > 0;
+  d.checkpoint_every = static_cast<int64_t>(every);
   return d;
 }
 
@@ -209,12 +219,14 @@ void JobCoordination::finish(bool stopped, int64_t step) {
 
 class NoCoordination : public Coordination {
  public:
-  Decision control_point() override {
+  Decision control_point(int64_t checkpoint_every) override {
     Decision d;
+    d.checkpoint_every = checkpoint_every;
     d.signal = stop_signal();
     d.stop = d.signal != 0;
     return d;
   }
+  double last_write_seconds() const override { return 0; }
   void update(const proto::Heartbeat&, bool) override {}
   void submit(CheckpointJob) override { throw Error("internal: a checkpoint without job coordination"); }
   void finish(bool, int64_t) override {}

@@ -29,12 +29,16 @@ class Coordination {
   virtual ~Coordination() = default;
 
   struct Decision {
-    bool checkpoint = false;  // some rank was asked to checkpoint now
-    bool stop = false;        // some rank was asked to stop (checkpoint first)
-    int signal = 0;           // the signal that asked this rank to stop, if any
+    bool checkpoint = false;       // some rank was asked to checkpoint now
+    bool stop = false;             // some rank was asked to stop (checkpoint first)
+    int signal = 0;                // the signal that asked this rank to stop, if any
+    int64_t checkpoint_every = 0;  // rank 0's proposal (--checkpoint-every auto), the same on every rank
   };
-  // Every rank calls it at the same steps; all get the same decision.
-  virtual Decision control_point() = 0;
+  // Every rank calls it at the same steps; all get the same decision. `checkpoint_every`: rank 0's proposed
+  // checkpoint interval in steps (other ranks pass 0), handed to all in the same collective.
+  virtual Decision control_point(int64_t checkpoint_every) = 0;
+  // The newest background checkpoint write's latency on this rank (seconds; 0 before the first).
+  virtual double last_write_seconds() const = 0;
   // The newest heartbeat figures (sent by the client's thread); `new_interval` marks fresh interval figures.
   virtual void update(const proto::Heartbeat& hb, bool new_interval = false) = 0;
   // Hands this rank's part of a checkpoint to the background writer (after at most one queued job).

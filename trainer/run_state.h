@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "proto/cluster.pb.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
+#include "trainer/checkpoint_interval.h"
 #include "trainer/config.h"
 #include "trainer/coordination.h"
 #include "trainer/precision.h"
@@ -67,6 +69,12 @@ struct Trainer::State {
   int64_t last_checkpoint_step = -1;  // the newest step checkpointed (or resumed from): never rewritten
   proto::Heartbeat hb;
   bool stopped = false;
+  // Checkpoints every this many steps (0: epoch ends only): --checkpoint-every N, or the interval rank 0 chose for
+  // --checkpoint-every auto (`interval` set, Note [Checkpoint interval] in trainer/checkpoint_interval.h).
+  int64_t checkpoint_every = 0;
+  std::unique_ptr<CheckpointInterval> interval;
+  std::chrono::steady_clock::time_point interval_origin, interval_mark;  // this start; the last control point
+  int64_t interval_mark_step = 0;
 
   // setup.cpp
   void setup();

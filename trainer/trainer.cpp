@@ -4,11 +4,16 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
+#include <sstream>
+#include <thread>
 
 #include "comm/communicator.h"
+#include "common/env.h"
 #include "common/error.h"
 #include "models/registry.h"
 #include "models/state_dict.h"
@@ -49,6 +54,40 @@ std::string random_id() {
   return buf;
 }
 
+// Test hook STRIDE_TEST_SLOW_RANK=RANK:MS[:FROM:TO]: rank RANK sleeps MS milliseconds inside the compute part of
+// each optimizer step in [FROM, TO) (default: every step), so tests can make a straggler (Note [Straggler
+// detection] in cluster/straggler_detector.h).
+struct SlowRank {
+  int64_t rank = -1, ms = 0, from = 0, to = std::numeric_limits<int64_t>::max();
+  bool applies(uint64_t r, int64_t step) const { return static_cast<int64_t>(r) == rank && step >= from && step < to; }
+};
+
+SlowRank slow_rank_from_env() {
+  SlowRank s;
+  const char* v = std::getenv("STRIDE_TEST_SLOW_RANK");
+  if (!v || !*v) return s;
+  std::vector<int64_t> parts;
+  bool ok = true;
+  std::stringstream in(v);
+  std::string item;
+  while (std::getline(in, item, ':')) {
+    char* end = nullptr;
+    const long long n = std::strtoll(item.c_str(), &end, 10);
+    ok = ok && !item.empty() && *end == '\0' && n >= 0;
+    parts.push_back(n);
+  }
+  if (!ok || (parts.size() != 2 && parts.size() != 4)) {
+    throw UsageError(concat("STRIDE_TEST_SLOW_RANK='", v, "': expected RANK:MS or RANK:MS:FROM_STEP:TO_STEP"));
+  }
+  s.rank = parts[0];
+  s.ms = parts[1];
+  if (parts.size() == 4) {
+    s.from = parts[2];
+    s.to = parts[3];
+  }
+  return s;
+}
+
 }  // namespace
 
 Trainer::Trainer(TrainConfig config) : s_(std::make_unique<State>()) { s_->c = std::move(config); }
@@ -85,7 +124,34 @@ int Trainer::run_unchecked() {
 }
 
 bool Trainer::State::control_point() {
-  const auto d = coordination->control_point();
+  int64_t proposal = 0;
+  if (interval && rank == 0) {
+    // Note [Checkpoint interval] in trainer/checkpoint_interval.h: rank 0 decides, the collective tells the rest.
+    const auto now = Clock::now();
+    interval->record_steps(step - interval_mark_step, std::chrono::duration<double>(now - interval_mark).count());
+    interval->record_write(coordination->last_write_seconds());
+    interval_mark = now;
+    interval_mark_step = step;
+    bool changed = false;
+    proposal = interval->decide(seconds_since(interval_origin), &changed);
+    if (changed) {
+      const auto& f = interval->figures();
+      out->print(concat("checkpoint interval: ", interval->describe()));
+      out->record("checkpoint_interval", step,
+                  {{"steps", f.steps},
+                   {"seconds", f.interval_s},
+                   {"cost_s", f.cost_s},
+                   {"write_s", f.write_s},
+                   {"mtbf_s", f.mtbf_s},
+                   {"step_s", f.step_s},
+                   {"clamped", f.clamped}});
+    }
+  }
+  const auto d = coordination->control_point(proposal);
+  if (interval && d.checkpoint_every > 0) {
+    checkpoint_every = d.checkpoint_every;
+    hb.set_checkpoint_every(static_cast<uint64_t>(checkpoint_every));
+  }
   if (d.stop) {
     out->print(concat("stop requested", d.signal ? concat(" (signal ", d.signal, ")") : std::string(),
                       ": checkpointing at step ", step));
@@ -154,6 +220,25 @@ void Trainer::State::train() {
   }
   double data_wait_mark = 0.0, comm_wait_mark = 0.0;
   int64_t interval_first_step = step;
+  checkpoint_every = checkpoint_every_steps(c);
+  if (checkpoint_every_auto(c)) {
+    // The launcher counts the job's starts; every start after the first follows a failure (or a requeue).
+    const int64_t restarts = env_integer("STRIDE_RESTART_COUNT", 0, INT32_MAX)
+                                 .value_or(env_integer("SLURM_RESTART_COUNT", 0, INT32_MAX).value_or(0));
+    interval =
+        std::make_unique<CheckpointInterval>(parse_duration_seconds(c.mtbf, "mtbf"), static_cast<int>(restarts), 0.0);
+    interval_origin = interval_mark = Clock::now();
+    interval_mark_step = step;
+  }
+  hb.set_checkpoint_auto(static_cast<bool>(interval));
+  hb.set_checkpoint_every(static_cast<uint64_t>(checkpoint_every));
+  // The step breakdown in the heartbeats (Note [Straggler detection] in cluster/straggler_detector.h): running
+  // totals; compute is the forward + backward segment less the exposed gradient communication inside it.
+  const SlowRank slow = slow_rank_from_env();
+  double compute_segments = 0.0, optimizer_total = 0.0, data_wait_total = 0.0;
+  const double exposed_base = reducer ? reducer->stats().exposed_seconds : 0.0;
+  double loader_wait_mark = train_data->wait_seconds();
+  uint64_t breakdown_steps = 0;
   while (!stopped && step < limit && cursor.epoch < static_cast<uint64_t>(c.epochs)) {
     train_data->start(cursor);
     model->train();
@@ -180,6 +265,10 @@ void Trainer::State::train() {
         trace << '\n';
         trace.flush();
       }
+      const auto compute_start = Clock::now();
+      if (micro % c.accum_steps == 0 && slow.applies(rank, step)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(slow.ms));
+      }
       auto x = device_images(*batch);
       auto labels = to_device(batch->labels), valid = to_device(batch->valid);
       auto target = batch->targets.defined() ? to_device(batch->targets) : labels;
@@ -193,10 +282,12 @@ void Trainer::State::train() {
       if (reducer) reducer->prepare(/*reduce=*/last_micro);
       scaler->scale(c.accum_steps > 1 ? loss / static_cast<double>(c.accum_steps) : loss).backward();
       if (reducer && last_micro) reducer->finish();
+      compute_segments += seconds_since(compute_start);
       device_sums.add(loss, logits, labels, valid, /*soft_targets=*/batch->targets.defined());
       images += batch->images.size(0);
       cursor = batch->cursor;
       if (++micro % c.accum_steps != 0) continue;
+      const auto optimizer_start = Clock::now();
       if (c.clip_grad_norm > 0.0) {
         if (scaler->enabled()) scaler->unscale(model->parameters());
         torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip_grad_norm);
@@ -206,6 +297,18 @@ void Trainer::State::train() {
       sgd->zero_grad();
       ++step;
       if (ema) update_ema();
+      optimizer_total += seconds_since(optimizer_start);
+      {
+        const double exposed = reducer ? reducer->stats().exposed_seconds - exposed_base : 0.0;
+        const double loader_wait = train_data->wait_seconds();
+        data_wait_total += loader_wait >= loader_wait_mark ? loader_wait - loader_wait_mark : loader_wait;
+        loader_wait_mark = loader_wait;
+        hb.set_breakdown_steps(++breakdown_steps);
+        hb.set_compute_total_s(std::max(0.0, compute_segments - exposed));
+        hb.set_comm_exposed_total_s(exposed);
+        hb.set_data_wait_total_s(data_wait_total);
+        hb.set_optimizer_total_s(optimizer_total);
+      }
       hb.set_step(static_cast<uint64_t>(step));
       hb.set_epoch(cursor.epoch);
       const auto interval_figures = [&] {  // seconds, images/s of the job as this rank sees it, ETA to `limit`
@@ -275,7 +378,12 @@ void Trainer::State::train() {
       const bool epoch_has_more =
           cursor.consumed < train_data->num_samples() && train_data->plan().steps(cursor.consumed) > 0;
       // The run's last step is checkpointed after its evaluation (below), so the checkpoint carries the score.
-      if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && epoch_has_more && step < limit) checkpoint();
+      // A fixed interval checkpoints at multiples of it; an automatic one counts from the newest checkpoint (the
+      // same step on every rank) since its length changes.
+      const bool due =
+          checkpoint_every > 0 && (interval ? step - std::max(last_checkpoint_step, first_step) >= checkpoint_every
+                                            : step % checkpoint_every == 0);
+      if (due && epoch_has_more && step < limit) checkpoint();
       if (step % c.control_every == 0 && control_point()) {
         stopped = true;
         break;
@@ -465,7 +573,9 @@ void Trainer::State::checkpoint() {
   coordination->submit(std::move(job));
   last_checkpoint_step = step;
   lineage_parent = std::make_pair(static_cast<uint64_t>(step), checkpoint_id);
-  out->record("checkpoint", step, {{"stall_seconds", seconds_since(t0)}});
+  const double stall = seconds_since(t0);
+  if (interval) interval->record_stall(stall);
+  out->record("checkpoint", step, {{"stall_seconds", stall}});
 }
 
 }  // namespace stride::trainer

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Straggler detection with real ranks (ctest label `system`): 2 MPI ranks train; the test hook
+# STRIDE_TEST_SLOW_RANK makes rank 1 sleep inside the compute part of steps [SLOW_FROM, SLOW_TO). The
+# coordinator's /status must list rank 1 (and only rank 1) under `stragglers`, with its host, within 30 s of the
+# slowdown's start, and clear it after the slowdown stops while the job still runs; the log names rank, host and
+# how much slower, and the recovery (Note [Straggler detection] in cluster/straggler_detector.h).
+#   straggler_test.sh STRIDE_BINARY WORK_DIR MPIRUN [MPIRUN FLAGS...]
+set -euo pipefail
+STRIDE=$1
+WORK=$2
+shift 2
+MPIRUN=("$@")
+PY=/usr/bin/python3
+rm -rf "$WORK" && mkdir -p "$WORK"
+cleanup() { pkill -9 -f "$WORK/" 2>/dev/null || true; }
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -40 "$f"; }; done
+  exit 1
+}
+
+"$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
+  --samples-per-shard 5000 > /dev/null
+SLOW_FROM=10 SLOW_TO=60 STEPS=140
+run=$WORK/run
+STRIDE_TEST_SLOW_RANK="1:250:$SLOW_FROM:$SLOW_TO" "${MPIRUN[@]}" -np 2 -x STRIDE_TEST_SLOW_RANK \
+  "$STRIDE" train --model resnet20 --data-path "$WORK/data" --epochs 1 --lr 0.1 --seed 5 --threads 1 --workers 1 \
+  --batch-size 16 --max-steps $STEPS --print-freq 10 --status-port 0 --heartbeat-interval 0.25 \
+  --straggler-threshold 0.2 --straggler-window 4 --output-dir "$run" > "$WORK/run.log" 2>&1 &
+job=$!
+
+# Polls /status until the job ends: when the flag was raised and cleared (rank steps, seconds since the slowdown
+# began) and whether any other rank was ever flagged.
+$PY - "$run" "$SLOW_FROM" "$SLOW_TO" "$STEPS" > "$WORK/poll.json" 2> "$WORK/poll.log" <<'EOF' || fail "poller"
+import json, os, sys, time, urllib.request
+run, slow_from, slow_to, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out = {"flagged_at_step": None, "flagged_after_s": None, "cleared_at_step": None, "wrong": [], "host": None,
+       "slower_percent": None, "breakdown": None}
+url, slow_started, deadline = None, None, time.time() + 400
+while time.time() < deadline:
+    if url is None:
+        try:
+            url = json.load(open(os.path.join(run, "coordinator.json")))["status_url"].rstrip("/") + "/status"
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.2)
+            continue
+    try:
+        st = json.load(urllib.request.urlopen(url, timeout=5))
+    except Exception as e:  # the job ended (the coordinator lives in rank 0)
+        if out["flagged_at_step"] is not None:
+            break
+        print("status:", e, file=sys.stderr)
+        time.sleep(0.2)
+        continue
+    step1 = st["ranks"][1]["step"]
+    if slow_started is None and step1 >= slow_from:
+        slow_started = time.time()
+    flagged = [s["rank"] for s in st["stragglers"]]
+    out["wrong"] += [r for r in flagged if r != 1 and r not in out["wrong"]]
+    if 1 in flagged and out["flagged_at_step"] is None:
+        s = next(s for s in st["stragglers"] if s["rank"] == 1)
+        out.update(flagged_at_step=step1, host=s["host"], slower_percent=s["slower_percent"],
+                   flagged_after_s=time.time() - (slow_started or time.time()), rank_host=st["ranks"][1]["host"],
+                   breakdown=st["ranks"][1]["breakdown"])
+    if out["flagged_at_step"] is not None and 1 not in flagged and out["cleared_at_step"] is None:
+        out["cleared_at_step"] = step1
+    if st["state"] in ("finished", "failed"):
+        break
+    time.sleep(0.25)
+print(json.dumps(out))
+EOF
+wait $job || fail "the job failed"
+cat "$WORK/poll.json"
+$PY - "$WORK/poll.json" "$SLOW_FROM" "$SLOW_TO" "$STEPS" <<'EOF' || fail "status checks"
+import json, sys
+p = json.load(open(sys.argv[1]))
+slow_from, slow_to, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+assert p["flagged_at_step"] is not None, "rank 1 was never flagged"
+assert slow_from <= p["flagged_at_step"] <= slow_to, p
+assert p["flagged_after_s"] <= 30, f"flagged {p['flagged_after_s']:.1f} s after the slowdown began"
+assert p["host"] and p["host"] == p["rank_host"], p
+assert p["slower_percent"] > 20, p
+assert p["breakdown"]["compute_s"] > 0.2, p  # the 250 ms sleep is compute
+assert not p["wrong"], f"ranks wrongly flagged: {p['wrong']}"
+assert p["cleared_at_step"] is not None, "the flag never cleared while the job ran"
+assert slow_to <= p["cleared_at_step"] < steps, p
+EOF
+grep -q "coordinator: warning: straggler: rank 1 on .* computes [0-9]*% slower than its peers" "$WORK/run.log" ||
+  fail "no straggler line in the log"
+grep -q "coordinator: straggler recovered: rank 1 on " "$WORK/run.log" || fail "no recovery line in the log"
+! grep -q "straggler: rank 0" "$WORK/run.log" || fail "rank 0 was flagged"
+echo "PASS: rank 1 flagged at step $($PY -c "import json; print(json.load(open('$WORK/poll.json'))['flagged_at_step'])") and cleared"
