@@ -684,16 +684,20 @@ int launch(LaunchOptions o) {
           kept_ranks += h.slots;
         }
       }
-      const int64_t global = tc.batch_size * static_cast<int64_t>(initial_ranks);
+      // With --global-batch the ranks derive their batch and accumulation from it at start: nothing to rewrite.
+      const bool by_global = tc.global_batch > 0;
+      const int64_t global = by_global ? tc.global_batch : tc.batch_size * static_cast<int64_t>(initial_ranks);
       if (!dropped.empty() && !keep.empty() && kept_ranks >= o.min_ranks && global % kept_ranks == 0) {
         std::string list;
         for (const auto& h : keep) list += (list.empty() ? "" : ",") + h.name + ":" + std::to_string(h.slots);
         o.hosts = list;
         o.hostfile.clear();
         o.ranks = kept_ranks;
-        set_flag(o.train_args, "--batch-size", std::to_string(global / kept_ranks));
-        print(concat("dropping unreachable host(s) ", dropped, ": continuing on ", kept_ranks, " rank(s) (", list,
-                     ") with --batch-size ", global / kept_ranks, ", the same global batch of ", global));
+        if (!by_global) set_flag(o.train_args, "--batch-size", std::to_string(global / kept_ranks));
+        print(concat("dropping unreachable host(s) ", dropped, ": continuing on ", kept_ranks, " rank(s) (", list, ") ",
+                     by_global ? std::string("with --global-batch ")
+                               : concat("with --batch-size ", global / kept_ranks, ", the same global batch of "),
+                     global));
       } else if (!dropped.empty()) {
         print(concat("host(s) ", dropped, " unreachable, but ", kept_ranks, " rank(s) cannot keep the global batch of ",
                      global, " at --min-ranks ", o.min_ranks, ": retrying with every host"));

@@ -171,20 +171,20 @@ void GradScaler::unscale(const std::vector<torch::Tensor>& params) {
   }
 }
 
-bool GradScaler::step(Sgd& sgd, double lr) {
+bool GradScaler::step(Optimizer& optimizer, double lr) {
   if (!options_.enabled) {
-    sgd.step(lr);
+    optimizer.step(lr);
     return true;
   }
   if (!found_inf_.defined()) {
     std::vector<torch::Tensor> params;
-    for (const auto& group : sgd.groups()) {
+    for (const auto& group : optimizer.groups()) {
       for (const auto& named : group.params) params.push_back(named.second);
     }
     unscale(params);
   }
   const bool finite = found_inf_.item<float>() == 0.0f;  // the one host synchronisation per step
-  if (finite) sgd.step(lr);
+  if (finite) optimizer.step(lr);
   update();
   found_inf_ = torch::Tensor();
   return finite;

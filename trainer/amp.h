@@ -2,8 +2,8 @@
 // torch.amp.GradScaler), and converting a module to channels-last.
 //
 // Threads: LibTorch keeps autocast state per thread, so an AutocastGuard changes only the thread that made it
-// (make it on the thread that runs the forward pass). GradScaler is not thread-safe; one per replica, like Sgd.
-// Builds against LibTorch 1.13 (Debian, CPU) and 2.x (CUDA); see Note [Autocast API versions] in amp.cpp.
+// (make it on the thread that runs the forward pass). GradScaler is not thread-safe; one per replica, like the
+// optimizer. Builds against LibTorch 1.13 (Debian, CPU) and 2.x (CUDA); see Note [Autocast API versions] in amp.cpp.
 #pragma once
 
 #include <torch/torch.h>
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/sgd.h"
+#include "trainer/optimizer.h"
 
 namespace stride::trainer {
 
@@ -52,8 +52,8 @@ struct GradScalerOptions {
 // Dynamic loss scaling for fp16 training (not needed for bf16, whose range is float32's):
 //   auto loss = ...;                       // forward under AutocastGuard
 //   scaler.scale(loss).backward();
-//   scaler.step(sgd, lr);                  // unscale, skip if inf/NaN, update the scale
-//   sgd.zero_grad();
+//   scaler.step(opt, lr);                  // unscale, skip if inf/NaN, update the scale
+//   opt.zero_grad();
 // The scale and growth tracker live on the training device (created there by the first scale()), so nothing
 // waits for the host except step()'s one read of the inf flag, as in PyTorch. On CUDA the fused ATen kernels
 // (_amp_foreach_non_finite_check_and_unscale_, _amp_update_scale_) do the work; elsewhere plain tensor ops
@@ -68,9 +68,9 @@ class GradScaler {
   // Divides the gradients of `params` by the scale in place and records whether any was inf/NaN. At most once
   // per step, after backward (call it yourself before clipping gradients; step() calls it otherwise).
   void unscale(const std::vector<torch::Tensor>& params);
-  // Unscales sgd's parameters' gradients unless unscale() already ran, steps sgd with `lr` unless a gradient
+  // Unscales the optimizer's parameters' gradients unless unscale() already ran, steps it with `lr` unless a gradient
   // was inf/NaN, then updates the scale. Returns whether the optimizer stepped.
-  bool step(Sgd& sgd, double lr);
+  bool step(Optimizer& optimizer, double lr);
 
   // Current values (read from the device: a synchronisation). Before the first scale(): the initial values.
   double current_scale() const;

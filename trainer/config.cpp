@@ -61,27 +61,38 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"fetch-timeout", "Remote data-path: seconds per HTTP request attempt", &c.fetch_timeout},
       {"fetch-retries", "Remote data-path: retries of a failed fetch (5xx, reset, short read, timeout)",
        &c.fetch_retries},
-      {"batch-size", "Images per rank per step", &c.batch_size},
+      {"batch-size", "Images per rank per step (with --global-batch: the largest per-rank micro-batch)", &c.batch_size},
+      {"global-batch",
+       "Images per optimizer step over all ranks (0: --batch-size x ranks x --accum-steps); the per-rank batch and "
+       "the accumulation steps follow from it and the number of ranks at start (docs/training.md)",
+       &c.global_batch},
       {"epochs", "Training epochs", &c.epochs},
       {"max-steps", "Stop after this many optimizer steps in total (0: no limit)", &c.max_steps},
       {"lr", "Base learning rate", &c.lr},
       {"lr-scaling", "none | linear (lr x global batch / 256)", &c.lr_scaling},
       {"momentum", "SGD momentum", &c.momentum},
       {"nesterov", "Nesterov momentum", &c.nesterov},
-      {"opt", "Optimizer: sgd | sgd_nesterov (torchvision's names; SGD with momentum is the one Stride has)", &c.opt},
+      {"opt", "Optimizer: sgd | sgd_nesterov | lars | lamb (docs/training.md)", &c.opt},
+      {"lars-eta", "LARS trust coefficient eta (trust ratio eta x |w| / (|g| + wd x |w|))", &c.lars_eta},
+      {"lamb-beta1", "LAMB first-moment decay", &c.lamb_beta1},
+      {"lamb-beta2", "LAMB second-moment decay", &c.lamb_beta2},
+      {"lamb-eps", "LAMB epsilon added to the second moment's square root", &c.lamb_eps},
       {"weight-decay", "L2 weight decay", &c.weight_decay},
-      {"norm-weight-decay", "Weight decay for BN and bias parameters (<0: same as weight-decay)", &c.norm_weight_decay},
+      {"norm-weight-decay",
+       "Weight decay for BN and bias parameters (<0: same as weight-decay with sgd, none with lars and lamb)",
+       &c.norm_weight_decay},
       {"label-smoothing", "Label smoothing epsilon", &c.label_smoothing},
       {"mixup-alpha", "MixUp Beta(alpha, alpha); 0: off", &c.mixup_alpha},
       {"cutmix-alpha", "CutMix Beta(alpha, alpha); 0: off", &c.cutmix_alpha},
-      {"lr-scheduler", "cosine | step | multistep | constant", &c.lr_scheduler},
+      {"lr-scheduler", "cosine | step | multistep | poly | constant", &c.lr_scheduler},
       {"lr-warmup-epochs", "Warmup length in epochs (fractions allowed)", &c.lr_warmup_epochs},
       {"lr-warmup-method", "linear | constant", &c.lr_warmup_method},
       {"lr-warmup-decay", "Warmup starts at lr x this", &c.lr_warmup_decay},
       {"lr-step-size", "step: epochs between decays", &c.lr_step_size},
       {"lr-milestones", "multistep: epochs at which lr is multiplied by lr-gamma", &c.lr_milestones},
       {"lr-gamma", "step/multistep decay factor", &c.lr_gamma},
-      {"lr-min", "cosine: final learning rate", &c.lr_min},
+      {"lr-min", "cosine and poly: final learning rate", &c.lr_min},
+      {"lr-power", "poly: lr-min + (lr - lr-min) x (1 - t)^power over the steps after the warm-up", &c.lr_power},
       {"clip-grad-norm", "Clip the global gradient norm to this (0: off)", &c.clip_grad_norm},
       {"accum-steps", "Micro-batches accumulated per optimizer step", &c.accum_steps},
       {"model-ema", "Keep an exponential moving average of the weights and evaluate it too", &c.model_ema},
@@ -280,8 +291,11 @@ void parse_toml(const std::string& text, const std::string& source, TrainConfig&
 }
 
 void normalize_aliases(TrainConfig& c) {
-  static const std::map<std::string, std::string> schedulers = {
-      {"steplr", "step"}, {"cosineannealinglr", "cosine"}, {"multisteplr", "multistep"}, {"constantlr", "constant"}};
+  static const std::map<std::string, std::string> schedulers = {{"steplr", "step"},
+                                                                {"cosineannealinglr", "cosine"},
+                                                                {"multisteplr", "multistep"},
+                                                                {"constantlr", "constant"},
+                                                                {"polynomiallr", "poly"}};
   if (auto it = schedulers.find(c.lr_scheduler); it != schedulers.end()) c.lr_scheduler = it->second;
   if (c.opt == "sgd_nesterov") {
     c.opt = "sgd";
@@ -387,12 +401,17 @@ void validate(const TrainConfig& c) {
     throw UsageError(concat("--model-ema-decay must be in (0, 1), got ", c.model_ema_decay));
   if (c.random_erase < 0.0 || c.random_erase > 1.0)
     throw UsageError(concat("--random-erase must be in [0, 1], got ", c.random_erase));
-  one_of("lr-scheduler", c.lr_scheduler, {"cosine", "step", "multistep", "constant"});
-  if (c.opt != "sgd") {
-    throw UsageError(concat("--opt ", c.opt,
-                            ": Stride trains with SGD and momentum; use --opt sgd, or sgd_nesterov "
-                            "for Nesterov momentum"));
-  }
+  one_of("lr-scheduler", c.lr_scheduler, {"cosine", "step", "multistep", "poly", "constant"});
+  one_of("opt", c.opt, {"sgd", "sgd_nesterov", "lars", "lamb"});
+  if (c.opt == "lamb" && c.nesterov) throw UsageError("--nesterov applies to --opt sgd and lars, not lamb");
+  if (!(c.lars_eta > 0.0)) throw UsageError(concat("--lars-eta must be positive, got ", c.lars_eta));
+  if (!(c.lamb_beta1 >= 0.0 && c.lamb_beta1 < 1.0))
+    throw UsageError(concat("--lamb-beta1 must be in [0, 1), got ", c.lamb_beta1));
+  if (!(c.lamb_beta2 >= 0.0 && c.lamb_beta2 < 1.0))
+    throw UsageError(concat("--lamb-beta2 must be in [0, 1), got ", c.lamb_beta2));
+  if (!(c.lamb_eps > 0.0)) throw UsageError(concat("--lamb-eps must be positive, got ", c.lamb_eps));
+  if (!(c.lr_power > 0.0)) throw UsageError(concat("--lr-power must be positive, got ", c.lr_power));
+  non_negative("global-batch", static_cast<double>(c.global_batch));
   one_of("adapt-stem", c.adapt_stem, {"sum", "mean", "none"});
   if (c.model_ema_steps < 0) throw UsageError(concat("--model-ema-steps must be 0 or more, got ", c.model_ema_steps));
   one_of("lr-warmup-method", c.lr_warmup_method, {"linear", "constant"});
@@ -410,6 +429,27 @@ void validate(const TrainConfig& c) {
   }
   if (!c.resume.empty() && !c.weights.empty()) throw UsageError("--resume and --weights are exclusive");
   if (c.output_dir.empty()) throw UsageError("--output-dir must not be empty");
+}
+
+void resolve_global_batch(TrainConfig& c, int64_t world) {
+  if (c.global_batch <= 0) return;
+  const int64_t n = c.global_batch;
+  if (c.accum_steps != 1) {
+    throw UsageError(concat("--global-batch ", n, " and --accum-steps ", c.accum_steps,
+                            " are exclusive: --global-batch derives the accumulation steps (and --batch-size is then "
+                            "the largest per-rank micro-batch)"));
+  }
+  if (world <= 0 || n % world != 0) {
+    throw UsageError(concat("--global-batch ", n, " is not a multiple of the ", world,
+                            " ranks: every rank must take the same share; choose a --global-batch divisible by ", world,
+                            " or another number of ranks"));
+  }
+  const int64_t per_rank = n / world;
+  // The fewest micro-batches whose equal size fits --batch-size (accumulation fills what the ranks lack).
+  int64_t accum = (per_rank + c.batch_size - 1) / c.batch_size;
+  while (per_rank % accum != 0) ++accum;
+  c.accum_steps = accum;
+  c.batch_size = per_rank / accum;
 }
 
 namespace {

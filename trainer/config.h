@@ -51,27 +51,35 @@ struct TrainConfig {
   double fetch_timeout = 60.0;  // seconds per HTTP request attempt
   int64_t fetch_retries = 6;    // retries of a transient failure, with jittered exponential back-off
   // Optimisation
-  int64_t batch_size = 128;  // per rank
+  int64_t batch_size = 128;  // per rank (with global_batch: the largest per-rank micro-batch)
+  // > 0: the images per optimizer step over all ranks; batch_size and accum_steps are derived from it and the
+  // world size at start-up (resolve_global_batch), so a restart on another number of ranks keeps it.
+  int64_t global_batch = 0;
   int64_t epochs = 8;
   int64_t max_steps = 0;  // stop after this many optimizer steps in total (0: no limit)
   double lr = 0.1;
   std::string lr_scaling = "none";  // none | linear: lr x global batch / 256
   double momentum = 0.9;
   bool nesterov = false;
-  std::string opt = "sgd";  // sgd | sgd_nesterov (torchvision's --opt; the latter sets nesterov)
+  std::string opt = "sgd";  // sgd | sgd_nesterov | lars | lamb (torchvision's --opt; sgd_nesterov sets nesterov)
+  double lars_eta = 0.001;  // LARS trust coefficient
+  double lamb_beta1 = 0.9;
+  double lamb_beta2 = 0.999;
+  double lamb_eps = 1e-6;
   double weight_decay = 1e-4;
   double norm_weight_decay = -1.0;  // weight decay for BN and bias parameters; < 0: same as weight-decay
   double label_smoothing = 0.0;
   double mixup_alpha = 0.0;
   double cutmix_alpha = 0.0;
-  std::string lr_scheduler = "cosine";  // cosine | step | multistep | constant
+  std::string lr_scheduler = "cosine";  // cosine | step | multistep | poly | constant
   double lr_warmup_epochs = 0.0;
   std::string lr_warmup_method = "linear";  // linear | constant
   double lr_warmup_decay = 0.01;
   int64_t lr_step_size = 30;
   std::vector<int64_t> lr_milestones;
   double lr_gamma = 0.1;
-  double lr_min = 0.0;
+  double lr_min = 0.0;    // cosine and poly: the final learning rate
+  double lr_power = 2.0;  // poly: the exponent
   double clip_grad_norm = 0.0;
   int64_t accum_steps = 1;
   bool model_ema = false;
@@ -148,6 +156,11 @@ void validate(const TrainConfig& config);
 // --checkpoint-every: auto, or the fixed step count (0 for auto and for epoch ends only). UsageError on others.
 bool checkpoint_every_auto(const TrainConfig& config);
 int64_t checkpoint_every_steps(const TrainConfig& config);
+// --global-batch N on `world` ranks (call once, after validate): sets accum_steps to the fewest micro-batches per
+// rank whose size divides N / world and is at most --batch-size, and batch_size to that size, so that
+// batch_size x world x accum_steps = N. No-op when global_batch is 0. UsageError naming the flags when N is not a
+// multiple of the world size or --accum-steps is given too.
+void resolve_global_batch(TrainConfig& config, int64_t world);
 // The resolved configuration as TOML (what the run directory's config.toml holds).
 std::string to_toml(TrainConfig config);
 // Parses a TOML string into `config` (all keys; no command line). Used to read a run's config.toml back.

@@ -61,7 +61,7 @@ const std::set<std::string>& operational_keys() {
 
 // Keys compared through the global batch they make together (the per-rank batch follows the world size).
 const std::set<std::string>& batch_keys() {
-  static const std::set<std::string> keys = {"batch-size", "accum-steps"};
+  static const std::set<std::string> keys = {"batch-size", "accum-steps", "global-batch"};
   return keys;
 }
 

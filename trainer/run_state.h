@@ -24,10 +24,10 @@
 #include "trainer/checkpoint_interval.h"
 #include "trainer/config.h"
 #include "trainer/coordination.h"
+#include "trainer/optimizer.h"
 #include "trainer/precision.h"
 #include "trainer/run_output.h"
 #include "trainer/schedule.h"
-#include "trainer/sgd.h"
 #include "trainer/trainer.h"
 
 namespace stride::trainer {
@@ -46,7 +46,7 @@ struct Trainer::State {
   std::unique_ptr<RunOutput> out;
   std::unique_ptr<data::ShardedLoader> train_data, eval_data;
   models::ResNet model{nullptr}, ema{nullptr};
-  std::unique_ptr<Sgd> sgd;
+  std::unique_ptr<Optimizer> optimizer;  // --opt
   std::unique_ptr<LrSchedule> schedule;
   std::unique_ptr<CheckpointStore> store;
   std::string config_text;       // the resolved config.toml (also recorded in every MANIFEST)

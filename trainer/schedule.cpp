@@ -4,8 +4,26 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "trainer/config.h"
 
 namespace stride::trainer {
+
+ScheduleOptions schedule_options(const TrainConfig& c, double base_lr, int64_t steps_per_epoch, int64_t total_steps) {
+  ScheduleOptions so;
+  so.base_lr = base_lr;
+  so.kind = c.lr_scheduler;
+  so.steps_per_epoch = steps_per_epoch;
+  so.total_steps = total_steps;
+  so.warmup_steps = static_cast<int64_t>(std::llround(c.lr_warmup_epochs * static_cast<double>(steps_per_epoch)));
+  so.warmup_method = c.lr_warmup_method;
+  so.warmup_decay = c.lr_warmup_decay;
+  so.step_size_epochs = c.lr_step_size;
+  so.milestones_epochs = c.lr_milestones;
+  so.gamma = c.lr_gamma;
+  so.lr_min = c.lr_min;
+  so.power = c.lr_power;
+  return so;
+}
 
 LrSchedule::LrSchedule(ScheduleOptions options) : o_(std::move(options)) {
   STRIDE_CHECK_GT(o_.steps_per_epoch, 0, "steps per epoch");
@@ -25,6 +43,10 @@ double LrSchedule::at(int64_t step) const {
   if (o_.kind == "cosine") {
     const double t = std::min(1.0, static_cast<double>(s) / static_cast<double>(main_steps));
     return o_.lr_min + 0.5 * (o_.base_lr - o_.lr_min) * (1.0 + std::cos(M_PI * t));
+  }
+  if (o_.kind == "poly") {
+    const double t = std::min(1.0, static_cast<double>(s) / static_cast<double>(main_steps));
+    return o_.lr_min + (o_.base_lr - o_.lr_min) * std::pow(1.0 - t, o_.power);
   }
   const int64_t epoch = s / o_.steps_per_epoch;
   if (o_.kind == "step") return o_.base_lr * std::pow(o_.gamma, static_cast<double>(epoch / o_.step_size_epochs));

@@ -1,6 +1,8 @@
 // Learning-rate schedule as a pure function of the optimizer step, so a resumed run needs only the step.
 // Warmup (linear from lr x warmup_decay, or constant at that value) for the first warmup steps, then cosine
-// (to lr_min), step (x gamma every step_size epochs), multistep (x gamma at each milestone epoch) or constant.
+// (to lr_min), poly (lr_min + (lr - lr_min) x (1 - t)^power, t the fraction of the steps after the warm-up: the
+// MLPerf ResNet recipe's polynomial decay), step (x gamma every step_size epochs), multistep (x gamma at each
+// milestone epoch) or constant.
 // Thread-safe (immutable).
 #pragma once
 
@@ -9,6 +11,8 @@
 #include <vector>
 
 namespace stride::trainer {
+
+struct TrainConfig;
 
 struct ScheduleOptions {
   double base_lr = 0.1;
@@ -22,7 +26,11 @@ struct ScheduleOptions {
   std::vector<int64_t> milestones_epochs;
   double gamma = 0.1;
   double lr_min = 0.0;
+  double power = 2.0;  // poly
 };
+
+// The schedule the config asks for, with --lr-warmup-epochs turned into steps (rounded to the nearest).
+ScheduleOptions schedule_options(const TrainConfig& c, double base_lr, int64_t steps_per_epoch, int64_t total_steps);
 
 class LrSchedule {
  public:

@@ -54,6 +54,9 @@ void Trainer::State::setup() {
   }
   rank = static_cast<uint64_t>(comm->rank());
   world = static_cast<uint64_t>(comm->size());
+  // --global-batch: this start's share of it per rank (a restart on another number of ranks keeps it).
+  const int64_t batch_given = c.batch_size;
+  resolve_global_batch(c, static_cast<int64_t>(world));
   if (cuda) {
     device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank() %
                                                                        static_cast<int>(torch::cuda::device_count())));
@@ -104,6 +107,11 @@ void Trainer::State::setup() {
   out->print(concat("data: train ", plan.train_transform, "; eval ", plan.eval_transform, "; ", plan.in_channels,
                     plan.in_channels == 1 ? " channel, " : " channels, ", plan.normalisation));
   coordination = c.test_only ? no_coordination() : start_job_coordination(c, *comm, *out, flight);
+  if (c.global_batch > 0) {
+    out->print(concat("batch: --global-batch ", c.global_batch, " = ", c.batch_size, " per rank x ", world,
+                      " rank(s) x ", c.accum_steps, " accumulation step(s) (--batch-size ", batch_given,
+                      " is the largest micro-batch)"));
+  }
 
   auto make_loader = [&](data::LoaderOptions o) {
     o.rank = rank;
@@ -162,11 +170,10 @@ void Trainer::State::setup() {
   gso.enabled = amp.scale_loss;  // float16 only: bfloat16 has float32's range
   scaler = std::make_unique<GradScaler>(gso);
 
-  const double lr =
-      c.lr_scaling == "linear" ? c.lr * static_cast<double>(c.batch_size * static_cast<int64_t>(world)) / 256.0 : c.lr;
-  sgd =
-      std::make_unique<Sgd>(weight_decay_groups(model->named_parameters().pairs(), c.weight_decay, c.norm_weight_decay),
-                            c.momentum, c.nesterov);
+  // Linear scaling by the images per optimizer step, accumulation included.
+  const int64_t global_batch = c.batch_size * static_cast<int64_t>(world) * c.accum_steps;
+  const double lr = c.lr_scaling == "linear" ? c.lr * static_cast<double>(global_batch) / 256.0 : c.lr;
+  optimizer = make_optimizer(c, model->named_parameters().pairs());
   if (train_data) {
     steps_per_epoch = static_cast<int64_t>(train_data->steps_per_epoch()) / c.accum_steps;
     if (steps_per_epoch <= 0) {
@@ -178,19 +185,7 @@ void Trainer::State::setup() {
   }
   total_steps = steps_per_epoch * c.epochs;
   step_limit = c.max_steps > 0 ? std::min(c.max_steps, total_steps) : total_steps;
-  ScheduleOptions so;
-  so.base_lr = lr;
-  so.kind = c.lr_scheduler;
-  so.steps_per_epoch = steps_per_epoch;
-  so.total_steps = total_steps;
-  so.warmup_steps = static_cast<int64_t>(std::llround(c.lr_warmup_epochs * static_cast<double>(steps_per_epoch)));
-  so.warmup_method = c.lr_warmup_method;
-  so.warmup_decay = c.lr_warmup_decay;
-  so.step_size_epochs = c.lr_step_size;
-  so.milestones_epochs = c.lr_milestones;
-  so.gamma = c.lr_gamma;
-  so.lr_min = c.lr_min;
-  schedule = std::make_unique<LrSchedule>(so);
+  schedule = std::make_unique<LrSchedule>(schedule_options(c, lr, steps_per_epoch, total_steps));
   cursor = {0, 0, static_cast<uint64_t>(c.seed)};
   if (!resume_from.empty()) resume();
   if (!resume_note.empty()) out->print(resume_note);
@@ -321,7 +316,7 @@ void Trainer::State::resume() {
   auto ckpt = load_checkpoint(path);
   const auto& m = ckpt.manifest;
   models::load_state_dict(*model, ckpt.model, {true, {}, path + "/model.safetensors"});
-  for (auto& [name, buf] : ckpt.optimizer) sgd->momentum_buffers()[name] = buf.to(device);
+  optimizer->load_state(ckpt.optimizer);
   {
     std::map<std::string, torch::Tensor> amp_state;
     for (const auto& [k, v] : ckpt.state) {

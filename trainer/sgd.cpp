@@ -4,22 +4,15 @@
 
 namespace stride::trainer {
 
-std::vector<ParamGroup> weight_decay_groups(const std::vector<std::pair<std::string, torch::Tensor>>& named,
-                                            double weight_decay, double norm_weight_decay) {
-  ParamGroup decay{"decay", weight_decay, {}};
-  ParamGroup no_decay{"no_decay", norm_weight_decay < 0.0 ? weight_decay : norm_weight_decay, {}};
-  for (const auto& [name, p] : named) {
-    if (!p.requires_grad()) continue;
-    (p.dim() <= 1 ? no_decay : decay).params.emplace_back(name, p);
-  }
-  std::vector<ParamGroup> groups;
-  if (!decay.params.empty()) groups.push_back(std::move(decay));
-  if (!no_decay.params.empty()) groups.push_back(std::move(no_decay));
-  return groups;
-}
-
 Sgd::Sgd(std::vector<ParamGroup> groups, double momentum, bool nesterov)
-    : groups_(std::move(groups)), momentum_(momentum), nesterov_(nesterov) {}
+    : Optimizer(std::move(groups)), momentum_(momentum), nesterov_(nesterov) {}
+
+void Sgd::load_state(const std::map<std::string, torch::Tensor>& state) {
+  // Kept as stored (contiguous): step_fused() gives a buffer the parameter's layout on first use.
+  for (const auto& [name, buf] : state) {
+    if (const auto* p = find_param(name)) buffers_[name] = buf.to(p->device());
+  }
+}
 
 void Sgd::step(double lr) {
   torch::NoGradGuard no_grad;
@@ -99,21 +92,6 @@ void Sgd::step_group_foreach(ParamGroup& group, double lr) {
     d = nesterov_ ? at::_foreach_add(d, bufs, momentum_) : bufs;
   }
   at::_foreach_add_(params, d, -lr);
-}
-
-void Sgd::zero_grad() {
-  std::vector<torch::Tensor> cuda_grads;
-  for (auto& group : groups_) {
-    for (auto& [name, p] : group.params) {
-      if (!p.grad().defined()) continue;
-      if (p.is_cuda()) {
-        cuda_grads.push_back(p.grad());
-      } else {
-        p.mutable_grad().zero_();
-      }
-    }
-  }
-  if (!cuda_grads.empty()) at::_foreach_zero_(cuda_grads);
 }
 
 }  // namespace stride::trainer

@@ -13,35 +13,24 @@
 #include <string>
 #include <vector>
 
+#include "trainer/optimizer.h"
+
 namespace stride::trainer {
 
-struct ParamGroup {
-  std::string name;  // "decay" / "no_decay"
-  double weight_decay = 0.0;
-  std::vector<std::pair<std::string, torch::Tensor>> params;
-};
-
-// Splits trainable parameters: BN weights/biases and all biases (1-D tensors) get `norm_weight_decay`
-// (torchvision's --norm-weight-decay; negative means the same as weight_decay), the rest `weight_decay`.
-std::vector<ParamGroup> weight_decay_groups(const std::vector<std::pair<std::string, torch::Tensor>>& named,
-                                            double weight_decay, double norm_weight_decay);
-
-class Sgd {
+class Sgd : public Optimizer {
  public:
   Sgd(std::vector<ParamGroup> groups, double momentum, bool nesterov);
-  // One update with learning rate `lr` from the parameters' .grad (parameters without a gradient are skipped).
-  void step(double lr);
-  void zero_grad();
-  const std::vector<ParamGroup>& groups() const { return groups_; }
+  void step(double lr) override;
   // Momentum buffers by parameter name (only those created so far).
   std::map<std::string, torch::Tensor>& momentum_buffers() { return buffers_; }
+  std::map<std::string, torch::Tensor> state() const override { return buffers_; }
+  void load_state(const std::map<std::string, torch::Tensor>& state) override;
 
  private:
   void step_group_foreach(ParamGroup& group, double lr);
   // The fused CPU update of one parameter; false (nothing done) when its tensors do not allow it.
   bool step_fused(const std::string& name, torch::Tensor& p, const torch::Tensor& g, double weight_decay, double lr);
 
-  std::vector<ParamGroup> groups_;
   double momentum_;
   bool nesterov_;
   std::map<std::string, torch::Tensor> buffers_;

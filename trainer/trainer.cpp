@@ -243,7 +243,7 @@ void Trainer::State::train() {
     train_data->start(cursor);
     model->train();
     apply_freeze();
-    sgd->zero_grad();
+    optimizer->zero_grad();
     int64_t micro = 0, images = 0, skipped_steps = 0;
     StepSums interval_sums, epoch_sums;  // this rank's, until reduced over ranks for printing
     auto interval_start = Clock::now(), heartbeat_mark = interval_start;
@@ -293,8 +293,8 @@ void Trainer::State::train() {
         torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip_grad_norm);
       }
       const double lr = schedule->at(step);
-      if (!scaler->step(*sgd, lr)) ++skipped_steps;
-      sgd->zero_grad();
+      if (!scaler->step(*optimizer, lr)) ++skipped_steps;
+      optimizer->zero_grad();
       ++step;
       if (ema) update_ema();
       optimizer_total += seconds_since(optimizer_start);
@@ -529,7 +529,7 @@ void Trainer::State::checkpoint() {
   job.step = static_cast<uint64_t>(step);
   auto snapshot = [](const models::NamedTensors& tensors) { return snapshot_to_host(tensors); };
   if (0 % w == me) job.files.emplace_back("model.safetensors", snapshot(models::state_dict(*model)));
-  if (1 % w == me) job.files.emplace_back("optimizer.safetensors", snapshot(sgd->momentum_buffers()));
+  if (1 % w == me) job.files.emplace_back("optimizer.safetensors", snapshot(optimizer->state()));
   if (ema && 2 % w == me) job.files.emplace_back("ema.safetensors", snapshot(models::state_dict(*ema)));
   if (reducer) {
     // PowerSGD's error feedback differs between ranks: every rank writes its own.
@@ -550,7 +550,7 @@ void Trainer::State::checkpoint() {
     m.mutable_cursor()->set_consumed(cursor.consumed);
     m.mutable_cursor()->set_seed(cursor.seed);
     m.set_world_size(static_cast<uint32_t>(world));
-    m.set_global_batch(static_cast<uint64_t>(c.batch_size) * world);
+    m.set_global_batch(static_cast<uint64_t>(c.batch_size * c.accum_steps) * world);
     m.set_model(c.model);
     m.set_config_digest(config_digest);
     m.set_config(config_text);
