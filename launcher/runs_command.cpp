@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "launcher/status_command.h"
 #include "storage/file_io.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -61,18 +62,6 @@ std::string run_state(const fs::path& dir) {
     return "running?";  // on another host: `stride status` can ask its endpoint
   }
   return "unknown";
-}
-
-std::string duration(double s) {
-  const auto t = static_cast<int64_t>(std::llround(s));
-  char buf[32];
-  if (t >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%lldh%02lldm", static_cast<long long>(t / 3600),
-                  static_cast<long long>(t / 60 % 60));
-  } else {
-    std::snprintf(buf, sizeof(buf), "%lldm%02llds", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
-  }
-  return buf;
 }
 
 std::string percent(const std::optional<double>& v) {
@@ -319,7 +308,7 @@ void add_runs_command(CLI::App& app) {
           s.checkpoint_step ? concat("step ", *s.checkpoint_step, " (stride ", s.checkpoint_version, ")") : "-";
       std::printf("%-28s %-12s %-10s %15s %8s %8s %9s  %s\n", fs::path(d).filename().c_str(), s.state.c_str(),
                   s.model.c_str(), steps.c_str(), percent(s.best_acc1).c_str(), percent(s.last_acc1).c_str(),
-                  duration(s.wall_seconds).c_str(), ckpt.c_str());
+                  clock_duration(s.wall_seconds).c_str(), ckpt.c_str());
     }
     if (a->json) std::cout << all.dump(2) << "\n";
     if (dirs.empty()) std::fprintf(stderr, "no runs under %s\n", a->dir.c_str());

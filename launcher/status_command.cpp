@@ -27,18 +27,6 @@ struct StatusArgs {
   bool watch_set = false;
 };
 
-std::string duration(double s) {
-  if (!(s >= 0)) return "-";
-  const auto t = static_cast<long long>(s + 0.5);
-  char buf[32];
-  if (t >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%lldh%02lldm%02llds", t / 3600, (t / 60) % 60, t % 60);
-  } else {
-    std::snprintf(buf, sizeof(buf), "%lldm%02llds", t / 60, t % 60);
-  }
-  return buf;
-}
-
 // A short duration for the rank table: "15us", "2.3ms", "154ms", "1.52s".
 std::string seconds(double s) {
   if (!(s >= 0)) return "-";
@@ -110,14 +98,14 @@ std::string resolve_token(const StatusArgs& a) {
 void print_summary(const json& s) {
   std::printf("job %s  state %s  world %d  restarts %d  up %s\n", str(s, "job").c_str(), str(s, "state").c_str(),
               static_cast<int>(num(s, "world_size")), static_cast<int>(num(s, "restarts")),
-              duration(num(s, "uptime_seconds", -1)).c_str());
+              clock_duration(num(s, "uptime_seconds", -1)).c_str());
   const double step = num(s, "step"), total = num(s, "total_steps");
   std::printf(
       "step %.0f/%.0f (%.1f%%)  epoch %.0f  loss %s  acc1 %s  %.0f img/s  eta %s\n", step, total,
       total > 0 ? 100.0 * step / total : 0.0, num(s, "epoch") + 1,
       s.contains("loss") && s["loss"].is_number() ? concat(s["loss"].get<double>()).c_str() : "-",
       s.contains("accuracy") && s["accuracy"].is_number() ? concat(s["accuracy"].get<double>(), "%").c_str() : "-",
-      num(s, "img_per_s"), duration(num(s, "eta_seconds", -1)).c_str());
+      num(s, "img_per_s"), clock_duration(num(s, "eta_seconds", -1)).c_str());
   if (s.contains("checkpoint")) {
     const auto& c = s["checkpoint"];
     std::printf(
@@ -244,6 +232,18 @@ int run_status(const StatusArgs& a) {
 }
 
 }  // namespace
+
+std::string clock_duration(double s) {
+  if (!(s >= 0)) return "-";
+  const auto t = static_cast<long long>(s + 0.5);
+  char buf[32];
+  if (t >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%lldh%02lldm%02llds", t / 3600, (t / 60) % 60, t % 60);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%lldm%02llds", t / 60, t % 60);
+  }
+  return buf;
+}
 
 void add_status_command(CLI::App& app) {
   auto args = std::make_shared<StatusArgs>();

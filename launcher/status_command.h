@@ -3,8 +3,12 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <string>
 
 namespace stride::launcher {
+
+// "4m05s", "1h02m03s"; "-" for a negative or unknown value. Shared by `stride status` and `stride runs`.
+std::string clock_duration(double seconds);
 
 void add_status_command(CLI::App& app);
 
