@@ -15,12 +15,14 @@
 #ifdef STRIDE_WITH_MPI
 #include "comm/mpi/mpi_communicator.h"
 #endif
+#include "comm/recording_communicator.h"
 #include "comm/reducer.h"
 #include "comm/sync_batch_norm.h"
 #include "common/error.h"
 #include "models/flops.h"
 #include "models/registry.h"
 #include "trainer/amp.h"
+#include "trainer/coordination.h"
 #include "trainer/loss.h"
 #include "trainer/precision.h"
 #include "trainer/sgd.h"
@@ -95,9 +97,10 @@ std::vector<std::string> interleave_variants(const std::string& text) {
   std::stringstream list(text);
   for (std::string v; std::getline(list, v, ',');) {
     if (v != "default" && v != "no-comm" && v != "sync-only" && v != "no-overlap" && v != "mpi" && v != "sync-bn" &&
-        v != "shm-spin" && v != "shm-sleep") {
+        v != "shm-spin" && v != "shm-sleep" && v != "diagnosis") {
       throw UsageError(concat("--interleave: unknown variant '", v,
-                              "' (default, no-comm, sync-only, no-overlap, mpi, sync-bn, shm-spin, shm-sleep)"));
+                              "' (default, no-comm, sync-only, no-overlap, mpi, sync-bn, shm-spin, shm-sleep, "
+                              "diagnosis)"));
     }
     variants.push_back(v);
   }
@@ -126,13 +129,17 @@ void check_transport_variants(const StepArgs& a, const std::vector<std::string>&
 
 // Variants in alternating blocks of a.steps steps, a.rounds rounds; images/s per block, and each ratio as the
 // median over rounds of the ratio within the round (paired, so slow drift of the machine cancels).
-template <typename Step>
+// `diagnose(on)` switches the flight recorder and the per-step heartbeat bookkeeping (variant "diagnosis").
+template <typename Step, typename Diagnose>
 void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants,
                      const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
-                     comm::GradientReducer& reducer, Step& step) {
+                     comm::GradientReducer& reducer, Step& step, Diagnose& diagnose) {
   const std::string default_wait = comm->shm_wait();
 #ifdef STRIDE_WITH_MPI
-  auto* mpi = dynamic_cast<comm::MpiCommunicator*>(comm.get());
+  // Under the "diagnosis" variant the communicator is the flight recorder's wrapper around MPI's.
+  comm::Communicator* base = comm.get();
+  if (auto* recording = dynamic_cast<comm::RecordingCommunicator*>(base)) base = recording->inner().get();
+  auto* mpi = dynamic_cast<comm::MpiCommunicator*>(base);
 #endif
   const int world = comm->size();
   std::map<std::string, std::vector<double>> ips, comm_ms, exposed_ms;
@@ -144,6 +151,7 @@ void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants
       const bool sync_only = v == "sync-only";
       reducer.set_skip_communication(v == "no-comm" || sync_only);
       comm::convert_sync_batchnorm(model, v == "sync-bn" ? comm : nullptr);
+      diagnose(v == "diagnosis");
 #ifdef STRIDE_WITH_MPI
       if (mpi) {
         mpi->set_shm_enabled(v != "mpi");
@@ -202,6 +210,13 @@ void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants
                                                                         : nullptr;
   if (spin_variant && has("shm-sleep")) out["ratios"]["shm_spin_over_sleep"] = paired(spin_variant, "shm-sleep");
   if (has("default") && has("sync-bn")) out["ratios"]["sync_bn_step_time_cost"] = paired("default", "sync-bn") - 1.0;
+  if (has("default") && has("diagnosis")) {
+    out["ratios"]["diagnosis_step_time_cost"] = paired("default", "diagnosis") - 1.0;
+    std::vector<double> q;
+    for (size_t i = 0; i < ips["default"].size(); ++i) q.push_back(ips["default"][i] / ips["diagnosis"][i] - 1.0);
+    std::sort(q.begin(), q.end());
+    out["ratios"]["diagnosis_step_time_cost_min_max"] = {q.front(), q.back()};
+  }
   if (has("default")) {
     const double c = median(comm_ms["default"]), e = median(exposed_ms["default"]);
     out["ratios"]["hidden_fraction"] = c > 0 ? std::max(0.0, 1.0 - e / c) : 0.0;
@@ -216,12 +231,20 @@ void run_step_bench(const StepArgs& a) {
   co.backend = a.comm_backend;
   // Before the communicator: it reads the thread count to decide how its ranks wait (comm/shm/host_cpus.h).
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
-  auto comm = comm::create_communicator(co);
+  std::shared_ptr<comm::Communicator> comm = comm::create_communicator(co);
   const int world = comm->size();
   if (!variants.empty() && world < 2) {
     throw UsageError("--interleave compares data-parallel variants: run it under mpirun with 2+ ranks");
   }
   check_transport_variants(a, variants, comm);
+  // Variant "diagnosis": the trainer's flight recorder (comm/recording_communicator.h, default ring size) and its
+  // per-step heartbeat bookkeeping, against the same communicator passing collectives through unrecorded.
+  std::shared_ptr<comm::RecordingCommunicator> recording;
+  if (std::find(variants.begin(), variants.end(), "diagnosis") != variants.end()) {
+    recording = std::make_shared<comm::RecordingCommunicator>(comm, std::make_shared<comm::FlightRecorder>(2000));
+    recording->set_recording(false);
+    comm = recording;
+  }
   const torch::Device device = a.device == "cuda"
                                    ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->local_rank()))
                                    : torch::Device(torch::kCPU);
@@ -276,8 +299,29 @@ void run_step_bench(const StepArgs& a) {
   so.enabled = amp.scale_loss;
   trainer::GradScaler scaler(so);
 
-  int64_t skipped = 0;
+  int64_t skipped = 0, step_count = 0;
   torch::Tensor loss;
+  bool diagnosing = false;
+  proto::Heartbeat hb;
+  double breakdown_total = 0;
+  // What the trainer adds per step with diagnosis on (trainer/trainer.cpp): the recorder's step, the breakdown
+  // totals and the overlap timeline into the heartbeat. The client thread's read of the recorder (once per
+  // heartbeat in training) happens here every step, so this errs on the expensive side.
+  auto diagnose_step = [&] {
+    recording->recorder()->set_step(++step_count);
+    const auto st = reducer->stats();
+    hb.set_breakdown_steps(static_cast<uint64_t>(step_count));
+    hb.set_compute_total_s(breakdown_total += 1e-3);
+    hb.set_comm_exposed_total_s(st.exposed_seconds);
+    hb.set_data_wait_total_s(0.0);
+    hb.set_optimizer_total_s(0.0);
+    trainer::set_heartbeat_timeline(hb, reducer->timeline());
+    for (int s = 0; s < comm::kCollectiveStreams; ++s) (void)recording->recorder()->progress(comm::CollectiveStream(s));
+  };
+  auto diagnose = [&](bool on) {
+    diagnosing = on;
+    if (recording) recording->set_recording(on);
+  };
   auto step = [&] {
     {
       trainer::AutocastGuard autocast(device, amp.dtype, amp.autocast);
@@ -288,11 +332,12 @@ void run_step_bench(const StepArgs& a) {
     if (reducer) reducer->finish();
     if (!scaler.step(sgd, 0.01)) ++skipped;
     sgd.zero_grad();
+    if (diagnosing) diagnose_step();
   };
   for (int64_t i = 0; i < a.warmup; ++i) step();
   synchronize(device);
   if (!variants.empty()) {
-    return run_interleaved(a, variants, comm, *model, *reducer, step);
+    return run_interleaved(a, variants, comm, *model, *reducer, step, diagnose);
   }
   if (reducer) reducer->reset_stats();
   comm->barrier()->wait();
@@ -381,7 +426,8 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_option(
       "--interleave", a->interleave,
       "Measure variants in alternating blocks of --steps steps within this run: a comma-separated "
-      "subset of default,no-comm,sync-only,no-overlap,mpi,sync-bn,shm-spin,shm-sleep (needs several ranks)");
+      "subset of default,no-comm,sync-only,no-overlap,mpi,sync-bn,shm-spin,shm-sleep,diagnosis (needs several "
+      "ranks)");
   cmd->add_option("--rounds", a->rounds, "Rounds of blocks for --interleave")->capture_default_str();
   cmd->callback([a] { run_step_bench(*a); });
 }

@@ -11,6 +11,7 @@
 
 #include "cluster/auth.h"
 #include "cluster/wire.h"
+#include "comm/timeline.h"
 #include "common/error.h"
 
 namespace stride::cluster {
@@ -89,6 +90,57 @@ nlohmann::json breakdown_json(const StragglerDetector::RankView& v) {
           {"optimizer_s", v.sample.optimizer_s},
           {"compute_vs_peers", v.ratio > 0 ? nlohmann::json(v.ratio) : nlohmann::json(nullptr)},
           {"straggler", v.flagged}};
+}
+
+// The overlap timeline a heartbeat carries (Note [Overlap timeline] in comm/timeline.h); step 0: none.
+comm::StepTimeline heartbeat_timeline(const proto::Heartbeat& hb) {
+  comm::StepTimeline tl;
+  tl.step = static_cast<int64_t>(hb.timeline_step());
+  tl.backward_s = hb.timeline_backward_s();
+  for (const auto& p : hb.timeline()) {
+    comm::BucketTiming b;
+    b.bytes = static_cast<int64_t>(p.bytes());
+    b.parameters = p.parameters();
+    b.ready_s = p.ready_s();
+    b.launched_s = p.launched_s();
+    b.started_s = p.started_s();
+    b.done_s = p.done_s();
+    b.communicated = p.communicated();
+    tl.buckets.push_back(b);
+  }
+  return tl;
+}
+
+// A rank's last per-bucket overlap timeline for /status; null before its first.
+nlohmann::json overlap_json(const proto::Heartbeat& hb) {
+  if (hb.timeline_step() == 0) return nullptr;
+  const comm::StepTimeline tl = heartbeat_timeline(hb);
+  nlohmann::json buckets = nlohmann::json::array();
+  double comm = 0, last_done = 0;
+  bool communicated = false;
+  for (size_t i = 0; i < tl.buckets.size(); ++i) {
+    const auto& b = tl.buckets[i];
+    comm += b.comm_s();
+    communicated = communicated || b.communicated;
+    if (b.communicated) last_done = std::max(last_done, b.done_s);
+    buckets.push_back({{"index", i},
+                       {"bytes", b.bytes},
+                       {"parameters", b.parameters},
+                       {"ready_s", b.ready_s},
+                       {"launched_s", b.launched_s},
+                       {"started_s", b.started_s},
+                       {"done_s", b.done_s},
+                       {"communicated", b.communicated},
+                       {"hidden_fraction", b.comm_s() > 0 ? nlohmann::json(b.hidden_s(tl.backward_s) / b.comm_s())
+                                                          : nlohmann::json(nullptr)}});
+  }
+  return {{"step", hb.timeline_step()},
+          {"backward_s", tl.backward_s},
+          {"comm_s", comm},
+          {"hidden_fraction", communicated ? nlohmann::json(tl.hidden_fraction()) : nlohmann::json(nullptr)},
+          // Communication still running after backward ended: what the step waited for at most.
+          {"after_backward_s", communicated ? std::max(0.0, last_done - tl.backward_s) : 0.0},
+          {"buckets", buckets}};
 }
 
 }  // namespace
@@ -518,7 +570,8 @@ std::string CoordinatorCore::status_json(double now) const {
                      {"img_per_s", r.hb.img_per_s()},
                      {"data_wait_s", r.hb.data_wait_s()},
                      {"comm_wait_s", r.hb.comm_wait_s()},
-                     {"breakdown", breakdown_json(stragglers_.rank(i))}});
+                     {"breakdown", breakdown_json(stragglers_.rank(i))},
+                     {"overlap", overlap_json(r.hb)}});
   }
   j["ranks"] = ranks;
   // Note [Straggler detection] in cluster/straggler_detector.h.
@@ -644,6 +697,11 @@ std::string CoordinatorCore::metrics_text(double now) const {
        "1 while the rank is flagged as a straggler (--straggler-threshold, --straggler-window).",
        [](const RankState&, const StragglerDetector::RankView& v, double) {
          return prom_value(int64_t{v.flagged ? 1 : 0});
+       }},
+      {"stride_rank_comm_hidden_fraction",
+       "Share of the last step's gradient communication that ran during backward (0 before the first).",
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(heartbeat_timeline(r.hb).hidden_fraction());
        }},
   };
   for (const auto& m : per_rank) {

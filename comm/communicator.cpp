@@ -76,6 +76,15 @@ double HostWork::run_seconds() const {
   return std::chrono::duration<double>(finished_ - started_).count();
 }
 
+bool HostWork::run_interval(std::chrono::steady_clock::time_point* start,
+                            std::chrono::steady_clock::time_point* end) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!done_ || started_ == std::chrono::steady_clock::time_point{}) return false;
+  *start = started_;
+  *end = finished_;
+  return true;
+}
+
 void HostWork::finish(std::exception_ptr error) {
   {
     std::lock_guard<std::mutex> lock(mu_);

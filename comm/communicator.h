@@ -54,6 +54,14 @@ class Work {
   virtual std::exception_ptr error() const = 0;
   // Seconds the collective itself ran, once completed (0 when the back-end cannot tell).
   virtual double run_seconds() const { return 0.0; }
+  // When the collective began and ended on this host's clock, once completed; false when the back-end cannot tell
+  // (NCCL runs on the device: the reducer's overlap timeline then uses launch and wait times instead).
+  virtual bool run_interval(std::chrono::steady_clock::time_point* start,
+                            std::chrono::steady_clock::time_point* end) const {
+    (void)start;
+    (void)end;
+    return false;
+  }
 };
 using WorkPtr = std::shared_ptr<Work>;
 
@@ -67,6 +75,8 @@ class HostWork : public Work {
   bool completed() const override;
   std::exception_ptr error() const override;
   double run_seconds() const override;
+  bool run_interval(std::chrono::steady_clock::time_point* start,
+                    std::chrono::steady_clock::time_point* end) const override;
   // Called by the thread that runs the collective, when it starts and once when it ends.
   void start();
   void finish(std::exception_ptr error = nullptr);

@@ -61,6 +61,10 @@ class RecordedWork : public Work {
   }
   std::exception_ptr error() const override { return inner_->error(); }
   double run_seconds() const override { return inner_->run_seconds(); }
+  bool run_interval(std::chrono::steady_clock::time_point* start,
+                    std::chrono::steady_clock::time_point* end) const override {
+    return inner_->run_interval(start, end);
+  }
 
  private:
   WorkPtr inner_;
@@ -105,6 +109,7 @@ void RecordingCommunicator::skip_hook(int64_t bucket) {
 
 WorkPtr RecordingCommunicator::record(CollectiveKind kind, const torch::Tensor& t,
                                       const std::function<WorkPtr()>& issue) {
+  if (!recording_.load(std::memory_order_relaxed)) return issue();
   const uint64_t id = recorder_->begin(CollectiveStream::kAsync, kind, tensor_bytes(t), tensor_dtype(t));
   WorkPtr w;
   try {
@@ -139,6 +144,7 @@ WorkPtr RecordingCommunicator::barrier() {
 }
 
 void RecordingCommunicator::allreduce_now(torch::Tensor tensor, ReduceOp op) {
+  if (!recording_.load(std::memory_order_relaxed)) return inner_->allreduce_now(tensor, op);
   const uint64_t id = recorder_->begin(CollectiveStream::kBlocking, CollectiveKind::kAllreduce, tensor_bytes(tensor),
                                        tensor_dtype(tensor));
   const double start = FlightRecorder::now_s();
@@ -152,6 +158,7 @@ void RecordingCommunicator::allreduce_now(torch::Tensor tensor, ReduceOp op) {
 }
 
 void RecordingCommunicator::allgather_now(torch::Tensor input, torch::Tensor output) {
+  if (!recording_.load(std::memory_order_relaxed)) return inner_->allgather_now(input, output);
   const uint64_t id = recorder_->begin(CollectiveStream::kBlocking, CollectiveKind::kAllgather, tensor_bytes(input),
                                        tensor_dtype(input));
   const double start = FlightRecorder::now_s();

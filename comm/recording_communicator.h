@@ -11,6 +11,7 @@
 // Thread-safety: as Communicator.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -44,6 +45,9 @@ class RecordingCommunicator : public Communicator {
   void allgather_now(torch::Tensor input, torch::Tensor output) override;
 
   const std::shared_ptr<FlightRecorder>& recorder() const { return recorder_; }
+  // Measurement only (`stride bench step --interleave diagnosis`): false forwards collectives unrecorded. Switch it
+  // between steps, with no collective open.
+  void set_recording(bool on) { recording_.store(on, std::memory_order_relaxed); }
   const std::shared_ptr<Communicator>& inner() const { return inner_; }
 
   struct Open;  // the shared state of the recorded Works
@@ -56,6 +60,7 @@ class RecordingCommunicator : public Communicator {
   std::shared_ptr<FlightRecorder> recorder_;
   std::shared_ptr<Open> open_;
   int64_t skip_step_ = -1, skip_bucket_ = -1;  // the test hook, when it names this rank
+  std::atomic<bool> recording_{true};
 };
 
 }  // namespace stride::comm

@@ -35,7 +35,15 @@ struct Bucket {
   size_t pending = 0;  // parameters not yet ready this step
   bool launched = false;
   WorkPtr work;
+  Clock::time_point ready_at{}, launched_at{}, waited_at{};  // this step (Note [Overlap timeline])
 };
+
+// Bytes a bucket puts on the wire per step: PowerSGD's factors, the 16-bit copy, or the gradients themselves.
+int64_t communicated_bytes(const Bucket& b) {
+  if (b.powersgd_step) return b.powersgd->bytes();
+  return b.compressed.defined() ? b.compressed.numel() * 2
+                                : b.flat.numel() * static_cast<int64_t>(b.flat.element_size());
+}
 
 // A view into `flat` at `offset` with `p`'s sizes and (dense) strides, so autograd's gradient layout contract
 // holds for channels-last parameters too.
@@ -59,14 +67,20 @@ struct GradientReducer::State {
   std::vector<bool> ready;
   ReducerStats stats;
   std::vector<std::string> unused;
-  int64_t reduced_steps = 0;  // steps that communicated (PowerSGD's warm-up counts them)
+  int64_t reduced_steps = 0;   // steps that communicated (PowerSGD's warm-up counts them)
+  int64_t timeline_steps = 0;  // steps finish() reduced (StepTimeline::step)
+  Clock::time_point backward_start{};
+  StepTimeline timeline;
 
   void mark_ready(size_t i) {
     std::lock_guard<std::mutex> lock(mu);
     if (!alive || !reduce || ready[i]) return;
     ready[i] = true;
     Bucket& b = buckets[params[i].bucket];
-    if (--b.pending == 0 && options.overlap) launch_ready();
+    if (--b.pending == 0) {
+      b.ready_at = Clock::now();
+      if (options.overlap) launch_ready();
+    }
   }
 
   // Launches, in index order, every bucket whose parameters are all ready.
@@ -88,6 +102,7 @@ struct GradientReducer::State {
       if (!g.defined() || !g.is_same(p.grad_view)) p.tensor.mutable_grad() = p.grad_view;
     }
     b.launched = true;
+    b.launched_at = Clock::now();
     if (options.skip_communication || comm->size() == 1) return;
     torch::NoGradGuard no_grad;
     const OriginScope origin(OriginKind::kBucket, static_cast<int64_t>(index));  // the flight recorder's origin
@@ -99,6 +114,35 @@ struct GradientReducer::State {
       b.work = comm->allreduce(b.compressed, ReduceOp::kSum);
     } else {
       b.work = comm->allreduce(b.flat, ReduceOp::kAvg);
+    }
+  }
+
+  // Note [Overlap timeline]. `backward_end`: when finish() was called.
+  void record_timeline(Clock::time_point backward_end) {
+    const auto since = [&](Clock::time_point t) { return std::chrono::duration<double>(t - backward_start).count(); };
+    StepTimeline& tl = timeline;
+    tl.step = ++timeline_steps;
+    tl.backward_s = since(backward_end);
+    tl.finished_s = since(Clock::now());
+    tl.buckets.resize(buckets.size());
+    for (size_t i = 0; i < buckets.size(); ++i) {
+      const Bucket& b = buckets[i];
+      BucketTiming& t = tl.buckets[i];
+      t.parameters = static_cast<int64_t>(b.params.size());
+      t.bytes = communicated_bytes(b);
+      t.ready_s = since(b.ready_at);
+      t.launched_s = since(b.launched_at);
+      t.communicated = static_cast<bool>(b.work);
+      if (!t.communicated) {
+        t.started_s = t.done_s = t.launched_s;
+        continue;
+      }
+      Clock::time_point start{}, end{}, q_start{}, q_end{};
+      const bool timed = b.work->run_interval(&start, &end);
+      t.started_s = timed ? since(start) : t.launched_s;
+      t.done_s = timed ? since(end) : since(b.waited_at);
+      // PowerSGD's second collective ends the bucket's communication.
+      if (b.q_work) t.done_s = b.q_work->run_interval(&q_start, &q_end) ? since(q_end) : since(b.waited_at);
     }
   }
 
@@ -224,6 +268,7 @@ GradientReducer::~GradientReducer() {
 void GradientReducer::prepare(bool reduce) {
   std::lock_guard<std::mutex> lock(s_->mu);
   s_->reduce = reduce;
+  if (reduce) s_->backward_start = Clock::now();
 }
 
 void GradientReducer::finish() {
@@ -238,7 +283,11 @@ void GradientReducer::finish() {
     if (!s_->ready[i]) s_->unused.push_back(s_->params[i].name);
   }
   // Buckets not launched yet (overlap off, or unused parameters): launch them now, in order.
-  for (auto& b : s_->buckets) b.pending = 0;
+  const auto backward_end = Clock::now();
+  for (auto& b : s_->buckets) {
+    if (b.pending != 0) b.ready_at = backward_end;
+    b.pending = 0;
+  }
   s_->launch_ready();
   const auto t0 = Clock::now();
   double comm = 0.0;
@@ -248,6 +297,7 @@ void GradientReducer::finish() {
     lock.unlock();  // a failing wait must not leave the mutex held; hooks of other threads may run meanwhile
     b.work->wait();
     lock.lock();
+    b.waited_at = Clock::now();
     comm += b.work->run_seconds();
     if (b.powersgd_step) {
       const OriginScope origin(OriginKind::kBucket, static_cast<int64_t>(index));
@@ -263,6 +313,7 @@ void GradientReducer::finish() {
       lock.unlock();
       b.q_work->wait();
       lock.lock();
+      b.waited_at = Clock::now();
       comm += b.q_work->run_seconds();
     }
     b.powersgd->finish(*s_->comm);
@@ -276,14 +327,11 @@ void GradientReducer::finish() {
   bool communicated = false;
   for (auto& b : s_->buckets) {
     communicated = communicated || static_cast<bool>(b.work);
-    if (b.powersgd_step) {
-      st.bytes += b.powersgd->bytes();
-    } else {
-      st.bytes += b.compressed.defined() ? b.compressed.numel() * 2 : b.flat.numel() * b.flat.element_size();
-    }
+    st.bytes += communicated_bytes(b);
   }
   if (communicated) ++s_->reduced_steps;
   st.unused_parameters = static_cast<int64_t>(s_->unused.size());
+  s_->record_timeline(backward_end);
   s_->reset();
 }
 
@@ -321,6 +369,11 @@ std::vector<std::string> GradientReducer::unused_parameters() const {
 ReducerStats GradientReducer::stats() const {
   std::lock_guard<std::mutex> lock(s_->mu);
   return s_->stats;
+}
+
+StepTimeline GradientReducer::timeline() const {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  return s_->timeline;
 }
 
 void GradientReducer::reset_stats() {

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/timeline.h"
 
 namespace stride::comm {
 
@@ -85,6 +86,8 @@ class GradientReducer {
   std::vector<std::string> unused_parameters() const;
   ReducerStats stats() const;
   void reset_stats();
+  // The last reducing step's timeline (Note [Overlap timeline]); step 0 before the first.
+  StepTimeline timeline() const;
 
   // State that must survive a resume for it to be exact (between steps only): with powersgd this rank's
   // error-feedback residuals, the warm-start Q matrices, "powersgd.rank" and "powersgd.steps" (reducing steps so

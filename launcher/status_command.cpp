@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -22,7 +23,7 @@ using nlohmann::json;
 
 struct StatusArgs {
   std::string url, run_dir, token, token_file;
-  bool json_out = false, checkpoint = false, stop = false;
+  bool json_out = false, checkpoint = false, stop = false, timeline = false;
   double watch = 0.0;
   bool watch_set = false;
 };
@@ -95,7 +96,41 @@ std::string resolve_token(const StatusArgs& a) {
       "$STRIDE_JOB_TOKEN or --token T");
 }
 
-void print_summary(const json& s) {
+// "83%" of a rank's last-step communication hidden behind backward, "-" before its first timeline.
+std::string hidden_percent(const json& r) {
+  if (!r.contains("overlap") || !r["overlap"].is_object()) return "-";
+  const auto& o = r["overlap"];
+  if (!o.contains("hidden_fraction") || !o["hidden_fraction"].is_number()) return "-";
+  return concat(static_cast<int>(std::lround(o["hidden_fraction"].get<double>() * 100)), "%");
+}
+
+// Each rank's last-step overlap timeline, one line per bucket (Note [Overlap timeline] in comm/timeline.h).
+void print_timelines(const json& s) {
+  for (const auto& r : s.value("ranks", json::array())) {
+    if (!r.contains("overlap") || !r["overlap"].is_object()) continue;
+    const auto& o = r["overlap"];
+    std::printf(
+        "\noverlap of rank %d's step (reducing step %.0f): backward %s, %s communicating, %s hidden, %s after "
+        "backward\n",
+        static_cast<int>(num(r, "rank")), num(o, "step"), seconds(num(o, "backward_s")).c_str(),
+        seconds(num(o, "comm_s")).c_str(), hidden_percent(r).c_str(), seconds(num(o, "after_backward_s")).c_str());
+    std::printf("  %-6s %-10s %-6s %-9s %-9s %-9s %-9s %-7s\n", "BUCKET", "BYTES", "PARAMS", "READY", "LAUNCHED",
+                "STARTED", "DONE", "HIDDEN");
+    for (const auto& b : o.value("buckets", json::array())) {
+      const bool comm = b.value("communicated", false);
+      const std::string hidden =
+          b.contains("hidden_fraction") && b["hidden_fraction"].is_number()
+              ? concat(static_cast<int>(std::lround(b["hidden_fraction"].get<double>() * 100)), "%")
+              : "-";
+      std::printf("  %-6d %-10.0f %-6d %-9s %-9s %-9s %-9s %-7s\n", static_cast<int>(num(b, "index")), num(b, "bytes"),
+                  static_cast<int>(num(b, "parameters")), seconds(num(b, "ready_s")).c_str(),
+                  seconds(num(b, "launched_s")).c_str(), comm ? seconds(num(b, "started_s")).c_str() : "-",
+                  comm ? seconds(num(b, "done_s")).c_str() : "-", hidden.c_str());
+    }
+  }
+}
+
+void print_summary(const json& s, bool timeline) {
   std::printf("job %s  state %s  world %d  restarts %d  up %s\n", str(s, "job").c_str(), str(s, "state").c_str(),
               static_cast<int>(num(s, "world_size")), static_cast<int>(num(s, "restarts")),
               clock_duration(num(s, "uptime_seconds", -1)).c_str());
@@ -128,16 +163,16 @@ void print_summary(const json& s) {
                 static_cast<int>(num(g, "rank")), str(g, "host").c_str(), num(g, "slower_percent"),
                 num(g, "compute_s") * 1e3, num(g, "peer_median_compute_s") * 1e3);
   }
-  std::printf("\n%-5s %-16s %-8s %-6s %-8s %-10s %-10s %-10s %-10s\n", "RANK", "HOST", "PID", "ALIVE", "STEP",
-              "HEARTBEAT", "STEP TIME", "DATA WAIT", "COMM WAIT");
+  std::printf("\n%-5s %-16s %-8s %-6s %-8s %-10s %-10s %-10s %-10s %-6s\n", "RANK", "HOST", "PID", "ALIVE", "STEP",
+              "HEARTBEAT", "STEP TIME", "DATA WAIT", "COMM WAIT", "HIDDEN");
   for (const auto& r : s.value("ranks", json::array())) {
     const bool joined = r.value("joined", false);
-    std::printf("%-5d %-16s %-8d %-6s %-8.0f %-10s %-10s %-10s %-10s\n", static_cast<int>(num(r, "rank")),
+    std::printf("%-5d %-16s %-8d %-6s %-8.0f %-10s %-10s %-10s %-10s %-6s\n", static_cast<int>(num(r, "rank")),
                 joined ? str(r, "host").c_str() : "-", static_cast<int>(num(r, "pid")),
                 !joined ? "-" : (r.value("alive", false) ? (r.value("finished", false) ? "done" : "yes") : "DEAD"),
                 num(r, "step"), joined ? seconds(num(r, "last_heartbeat_age_s")).c_str() : "-",
                 seconds(num(r, "step_time_s")).c_str(), seconds(num(r, "data_wait_s")).c_str(),
-                seconds(num(r, "comm_wait_s")).c_str());
+                seconds(num(r, "comm_wait_s")).c_str(), hidden_percent(r).c_str());
   }
   const auto events = s.value("events", json::array());
   if (!events.empty()) {
@@ -151,6 +186,7 @@ void print_summary(const json& s) {
       std::printf("  %s %-7s %s\n", when, str(e, "level").c_str(), str(e, "message").c_str());
     }
   }
+  if (timeline) print_timelines(s);
 }
 
 bool is_final(const std::string& state) { return state == "finished" || state == "stopped" || state == "failed"; }
@@ -160,7 +196,7 @@ bool is_final(const std::string& state) { return state == "finished" || state ==
 int outcome(const std::string& state) { return state == "failed" ? 1 : 0; }
 
 // After the job's end: RUN/status.json, written by the coordinator as the job ended.
-int show_final_state(const std::string& run_dir, const std::string& url, const json& last_seen) {
+int show_final_state(const std::string& run_dir, const std::string& url, const json& last_seen, bool timeline) {
   const fs::path path = fs::path(run_dir.empty() ? "." : run_dir) / "status.json";
   for (int i = 0; i < 20 && !run_dir.empty() && !fs::exists(path); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the endpoint may close just before it lands
@@ -175,7 +211,7 @@ int show_final_state(const std::string& run_dir, const std::string& url, const j
   const json s = json::parse(storage::read_file(path.string()), nullptr, /*allow_exceptions=*/false);
   if (s.is_discarded()) throw Error(concat(path.string(), ": not JSON"));
   std::printf("job ended (final state from %s):\n", path.string().c_str());
-  print_summary(s);
+  print_summary(s, timeline);
   std::fflush(stdout);
   return outcome(s.value("state", ""));
 }
@@ -189,7 +225,7 @@ int run_status(const StatusArgs& a) {
       return outcome(
           json::parse(storage::read_file((fs::path(a.run_dir) / "status.json").string())).value("state", ""));
     }
-    return show_final_state(a.run_dir, "", json::object());
+    return show_final_state(a.run_dir, "", json::object(), a.timeline);
   }
   const std::string url = resolve_url(a);
   if (a.checkpoint || a.stop) {
@@ -209,7 +245,7 @@ int run_status(const StatusArgs& a) {
       r = cluster::http_request("GET", url + "status");
     } catch (const Error& e) {
       // Gone after it answered: the job ended. Its final state is in the run directory.
-      if (!last.is_null()) return show_final_state(run_dir, url, last);
+      if (!last.is_null()) return show_final_state(run_dir, url, last, a.timeline);
       throw Error(concat("no status endpoint at ", url, " (", e.what(), "); pass --url or --run-dir"));
     }
     if (r.status != 200) throw Error(concat(url, "status: HTTP ", r.status));
@@ -221,7 +257,7 @@ int run_status(const StatusArgs& a) {
     if (a.json_out) {
       std::printf("%s\n", s.dump(2).c_str());
     } else {
-      print_summary(s);
+      print_summary(s, a.timeline);
     }
     std::fflush(stdout);
     const std::string state = s.value("state", "");
@@ -254,6 +290,9 @@ void add_status_command(CLI::App& app) {
   cmd->add_option("--run-dir", args->run_dir, "Run directory of the job (reads coordinator.json, job_token)");
   cmd->add_option("--watch", args->watch, "Refresh every SECONDS until the job ends")->expected(0, 1)->default_str("2");
   cmd->add_flag("--json", args->json_out, "Print the raw /status JSON");
+  cmd->add_flag("--timeline", args->timeline,
+                "Also print each rank's per-bucket overlap timeline of its last step (when each gradient bucket was "
+                "ready, launched and done, relative to backward)");
   cmd->add_flag("--checkpoint", args->checkpoint, "Ask the job to checkpoint now (needs the job token)");
   cmd->add_flag("--stop", args->stop, "Ask the job to checkpoint and stop (needs the job token)");
   auto* token_file = cmd->add_option("--token-file", args->token_file,

@@ -260,4 +260,21 @@ void dump_flight_recorder(comm::FlightRecorder& flight, const std::string& run_d
 
 std::unique_ptr<Coordination> no_coordination() { return std::make_unique<NoCoordination>(); }
 
+void set_heartbeat_timeline(proto::Heartbeat& hb, const comm::StepTimeline& timeline) {
+  if (timeline.step == 0 || hb.timeline_step() == static_cast<uint64_t>(timeline.step)) return;
+  hb.set_timeline_step(static_cast<uint64_t>(timeline.step));
+  hb.set_timeline_backward_s(timeline.backward_s);
+  hb.clear_timeline();
+  for (const auto& b : timeline.buckets) {
+    auto* t = hb.add_timeline();
+    t->set_bytes(static_cast<uint64_t>(b.bytes));
+    t->set_parameters(static_cast<uint32_t>(b.parameters));
+    t->set_ready_s(b.ready_s);
+    t->set_launched_s(b.launched_s);
+    t->set_started_s(b.started_s);
+    t->set_done_s(b.done_s);
+    t->set_communicated(b.communicated);
+  }
+}
+
 }  // namespace stride::trainer

@@ -17,6 +17,7 @@
 
 #include "comm/communicator.h"
 #include "comm/flight_recorder.h"
+#include "comm/reducer.h"
 #include "proto/cluster.pb.h"
 #include "trainer/checkpoint_writer.h"
 #include "trainer/config.h"
@@ -61,5 +62,8 @@ void dump_flight_recorder(comm::FlightRecorder& flight, const std::string& run_d
                           const std::string& reason);
 // For --test-only: no coordinator, no checkpoints, stop requests only by signal.
 std::unique_ptr<Coordination> no_coordination();
+
+// Puts the reducer's last overlap timeline into the heartbeat (fields 37-39), unless it already holds that step's.
+void set_heartbeat_timeline(proto::Heartbeat& hb, const comm::StepTimeline& timeline);
 
 }  // namespace stride::trainer

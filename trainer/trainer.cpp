@@ -308,6 +308,7 @@ void Trainer::State::train() {
         hb.set_comm_exposed_total_s(exposed);
         hb.set_data_wait_total_s(data_wait_total);
         hb.set_optimizer_total_s(optimizer_total);
+        if (reducer) set_heartbeat_timeline(hb, reducer->timeline());
       }
       hb.set_step(static_cast<uint64_t>(step));
       hb.set_epoch(cursor.epoch);

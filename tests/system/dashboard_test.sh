@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The status dashboard in a real browser (ctest label `system`): a 1-rank training run serves it; headless
 # Chromium (Debian's chromium) loads it, its script fetches /status and /history and renders (the DOM gets
-# data-ready="1", the job name and the rank table); a screenshot is written and its path printed.
-#   dashboard_test.sh STRIDE_BINARY WORK_DIR
+# data-ready="1", the job name and the rank table); a screenshot is written and its path printed. With MPIRUN the
+# job has 2 ranks, and the per-bucket overlap card (Note [Overlap timeline] in comm/timeline.h) must be drawn.
+#   dashboard_test.sh STRIDE_BINARY WORK_DIR [MPIRUN [MPIRUN FLAGS...]]
 set -euo pipefail
 STRIDE=$1
 WORK=$2
+shift 2
+LAUNCH=()
+[ $# -gt 0 ] && LAUNCH=("$@" -np 2)
 CHROMIUM=$(command -v chromium || command -v chromium-browser || true)
 if [ -z "$CHROMIUM" ]; then
   echo "SKIP: chromium is not installed (scripts/setup.sh installs it)"
@@ -20,7 +24,7 @@ fail() {
 }
 "$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
   --samples-per-shard 5000 > /dev/null
-"$STRIDE" train --model resnet20 --data-path "$WORK/data" --epochs 1 --batch-size 64 --threads 1 --workers 1 \
+"${LAUNCH[@]}" "$STRIDE" train --model resnet20 --data-path "$WORK/data" --epochs 1 --batch-size 64 --threads 1 --workers 1 \
   --print-freq 5 --status-port 0 --heartbeat-interval 0.25 --job dashboard-test --output-dir "$WORK/run" \
   > "$WORK/run.log" 2>&1 &
 for _ in $(seq 1 1200); do [ -f "$WORK/run/coordinator.json" ] && break; sleep 0.05; done
@@ -38,6 +42,13 @@ timeout 120 "$CHROMIUM" "${flags[@]}" --dump-dom "$url" > "$WORK/dom.html" 2> "$
 grep -q 'data-ready="1"' "$WORK/dom.html" || fail "the dashboard did not render (no data-ready)"
 grep -q 'dashboard-test' "$WORK/dom.html" || fail "the job name is not on the page"
 grep -q '<canvas' "$WORK/dom.html" || fail "no plots"
+if [ ${#LAUNCH[@]} -gt 0 ]; then
+  grep -q '<option value="1">rank 1</option>' "$WORK/dom.html" || fail "the overlap card lists no timeline of rank 1"
+  card=$(grep -o 'id="ovl-card"[^>]*' "$WORK/dom.html")
+  case $card in *none*) fail "the overlap card is hidden: $card" ;; esac
+  grep -qE 'id="ovl-sum" class="muted">step [0-9]+ · backward [0-9.]+ ms' "$WORK/dom.html" ||
+    fail "the overlap card has no summary: $(grep -o 'id="ovl-sum"[^<]*' "$WORK/dom.html")"
+fi
 timeout 120 "$CHROMIUM" "${flags[@]}" --screenshot="$WORK/dashboard.png" "$url" >> "$WORK/chromium.log" 2>&1 ||
   fail "chromium --screenshot failed"
 size=$(stat -c %s "$WORK/dashboard.png")

@@ -4,6 +4,9 @@
 # coordinator's /status must list rank 1 (and only rank 1) under `stragglers`, with its host, within 30 s of the
 # slowdown's start, and clear it after the slowdown stops while the job still runs; the log names rank, host and
 # how much slower, and the recovery (Note [Straggler detection] in cluster/straggler_detector.h).
+# The same run checks the per-bucket overlap timeline (Note [Overlap timeline] in comm/timeline.h): every rank's
+# /status entry carries its last step's buckets, ordered ready <= launched <= started <= done, the step count moves,
+# and `stride status --timeline` prints them from the final status.json.
 #   straggler_test.sh STRIDE_BINARY WORK_DIR MPIRUN [MPIRUN FLAGS...]
 set -euo pipefail
 STRIDE=$1
@@ -36,7 +39,7 @@ $PY - "$run" "$SLOW_FROM" "$SLOW_TO" "$STEPS" > "$WORK/poll.json" 2> "$WORK/poll
 import json, os, sys, time, urllib.request
 run, slow_from, slow_to, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 out = {"flagged_at_step": None, "flagged_after_s": None, "cleared_at_step": None, "wrong": [], "host": None,
-       "slower_percent": None, "breakdown": None}
+       "slower_percent": None, "breakdown": None, "overlap_first": None, "overlap_last": None}
 url, slow_started, deadline = None, None, time.time() + 400
 while time.time() < deadline:
     if url is None:
@@ -65,6 +68,10 @@ while time.time() < deadline:
                    breakdown=st["ranks"][1]["breakdown"])
     if out["flagged_at_step"] is not None and 1 not in flagged and out["cleared_at_step"] is None:
         out["cleared_at_step"] = step1
+    if all(r.get("overlap") for r in st["ranks"]):
+        ov = [r["overlap"] for r in st["ranks"]]
+        out["overlap_last"] = ov
+        out["overlap_first"] = out["overlap_first"] or ov
     if st["state"] in ("finished", "failed"):
         break
     time.sleep(0.25)
@@ -85,9 +92,24 @@ assert p["breakdown"]["compute_s"] > 0.2, p  # the 250 ms sleep is compute
 assert not p["wrong"], f"ranks wrongly flagged: {p['wrong']}"
 assert p["cleared_at_step"] is not None, "the flag never cleared while the job ran"
 assert slow_to <= p["cleared_at_step"] < steps, p
+first, last = p["overlap_first"], p["overlap_last"]
+assert first and last, "no rank ever reported an overlap timeline"
+for rank, o in enumerate(last):
+    assert o["step"] > first[rank]["step"], ("the timeline did not move", first[rank], o)
+    assert o["buckets"], o
+    assert 0.0 <= o["hidden_fraction"] <= 1.0, o
+    for b in o["buckets"]:
+        assert b["communicated"] and b["bytes"] > 0 and b["parameters"] > 0, b
+        assert 0 <= b["ready_s"] <= b["launched_s"] <= b["started_s"] <= b["done_s"], b
+        assert b["ready_s"] <= o["backward_s"], (b, o["backward_s"])
+    # The same model and bucket layout on both ranks.
+    assert [b["bytes"] for b in o["buckets"]] == [b["bytes"] for b in last[0]["buckets"]], last
 EOF
 grep -q "coordinator: warning: straggler: rank 1 on .* computes [0-9]*% slower than its peers" "$WORK/run.log" ||
   fail "no straggler line in the log"
 grep -q "coordinator: straggler recovered: rank 1 on " "$WORK/run.log" || fail "no recovery line in the log"
 ! grep -q "straggler: rank 0" "$WORK/run.log" || fail "rank 0 was flagged"
+"$STRIDE" status --run-dir "$run" --timeline > "$WORK/timeline.txt" || fail "stride status --timeline"
+grep -q "^overlap of rank 1's step" "$WORK/timeline.txt" || fail "no timeline for rank 1: $(cat "$WORK/timeline.txt")"
+grep -qE "^  0 +[0-9]+ +[0-9]+ " "$WORK/timeline.txt" || fail "no bucket rows: $(cat "$WORK/timeline.txt")"
 echo "PASS: rank 1 flagged at step $($PY -c "import json; print(json.load(open('$WORK/poll.json'))['flagged_at_step'])") and cleared"

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <numeric>
 #include <thread>
 
 #include "comm/local/local_communicator.h"
@@ -179,6 +180,69 @@ TEST(Reducer, OverlapOffLaunchesEverythingAfterBackward) {
     reducer.finish();
     EXPECT_EQ(rec->launched_during_backward, 0);
     EXPECT_EQ(rec->calls().size(), reducer.bucket_names().size());
+  });
+}
+
+// Holds backward up once every parameter's gradient exists: its input is the model's input, so it runs last.
+struct SleepInBackward : torch::autograd::Function<SleepInBackward> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, torch::Tensor x) { return x.clone(); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grad) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    return {grad[0]};
+  }
+};
+
+// Note [Overlap timeline]: every bucket is placed relative to backward; communication that ran while backward
+// still worked (here: the 300 ms tail after the last gradient) counts as hidden, and with overlap off none does.
+TEST(Reducer, TimelinePlacesEachBucketRelativeToBackward) {
+  run_ranks(2, [&](int, std::shared_ptr<comm::Communicator> c) {
+    auto model = models::make_model("resnet20", {});
+    comm::ReducerOptions o;
+    o.first_bucket_bytes = 16 << 10;
+    o.bucket_cap_bytes = 128 << 10;
+    comm::GradientReducer reducer(model->named_parameters().pairs(), c, o);
+    EXPECT_EQ(reducer.timeline().step, 0);
+    const auto step = [&] {
+      reducer.prepare();
+      auto x = SleepInBackward::apply(torch::randn({2, 3, 32, 32}).requires_grad_(true));
+      model->forward(x).sum().backward();
+      reducer.finish();
+      return reducer.timeline();
+    };
+    const auto check_order = [&](const comm::StepTimeline& t) {
+      ASSERT_EQ(t.buckets.size(), reducer.bucket_names().size());
+      int64_t bytes = 0;
+      for (size_t i = 0; i < t.buckets.size(); ++i) {
+        const auto& b = t.buckets[i];
+        SCOPED_TRACE(concat("bucket ", i));
+        EXPECT_TRUE(b.communicated);
+        EXPECT_EQ(b.parameters, static_cast<int64_t>(reducer.bucket_names()[i].size()));
+        EXPECT_GE(b.ready_s, 0.0);
+        EXPECT_LE(b.ready_s, b.launched_s);
+        EXPECT_LE(b.launched_s, b.started_s);
+        EXPECT_LE(b.started_s, b.done_s);
+        EXPECT_LE(b.done_s, t.finished_s);
+        EXPECT_LE(b.ready_s, t.backward_s);
+        if (i > 0) EXPECT_LE(t.buckets[i - 1].launched_s, b.launched_s) << "buckets launch in index order";
+        bytes += b.bytes;
+      }
+      const auto sizes = reducer.bucket_bytes();
+      EXPECT_EQ(bytes, std::accumulate(sizes.begin(), sizes.end(), int64_t{0}));
+    };
+    const auto overlapped = step();
+    EXPECT_EQ(overlapped.step, 1);
+    check_order(overlapped);
+    EXPECT_GE(overlapped.backward_s, 0.3);
+    // Every bucket was ready before the 300 ms tail began, so the collectives ran during backward.
+    EXPECT_GT(overlapped.hidden_fraction(), 0.9);
+    for (const auto& b : overlapped.buckets) EXPECT_LT(b.launched_s, overlapped.backward_s - 0.2);
+    reducer.set_overlap(false);
+    const auto serial = step();
+    EXPECT_EQ(serial.step, 2);
+    check_order(serial);
+    EXPECT_EQ(serial.hidden_fraction(), 0.0);
+    for (const auto& b : serial.buckets) EXPECT_GE(b.launched_s, serial.backward_s);
   });
 }
 

@@ -1,5 +1,6 @@
-// Straggler detection (cluster/straggler_detector.h) through the coordinator's core with a fake clock, and the
-// automatic checkpoint interval (trainer/checkpoint_interval.h) with injected costs, step times and failures.
+// Straggler detection (cluster/straggler_detector.h) and the overlap timeline through the coordinator's core with a
+// fake clock, and the automatic checkpoint interval (trainer/checkpoint_interval.h) with injected costs, step times and
+// failures.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -30,6 +31,49 @@ proto::Heartbeat totals(uint64_t steps, double compute_s) {
   hb.set_data_wait_total_s(static_cast<double>(steps) * 0.002);
   hb.set_optimizer_total_s(static_cast<double>(steps) * 0.003);
   return hb;
+}
+
+// Note [Overlap timeline]: a rank's last-step bucket timeline goes from its heartbeat to /status and /metrics.
+TEST(Overlap, HeartbeatTimelineReachesStatusAndMetrics) {
+  cluster::CoordinatorCore core(cluster::testutil::core_options("", 2), 0.0, 1000.0);
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), kNonce, 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), kNonce, 0.0), "");
+  proto::Heartbeat hb = totals(5, 0.1);
+  hb.set_timeline_step(5);
+  hb.set_timeline_backward_s(0.100);
+  // Bucket 0 runs 20-60 ms (all hidden); bucket 1 runs 90-130 ms: 10 of its 40 ms before backward ended.
+  const double times[2][4] = {{0.010, 0.010, 0.020, 0.060}, {0.080, 0.085, 0.090, 0.130}};
+  for (const auto& t : times) {
+    auto* b = hb.add_timeline();
+    b->set_bytes(4096);
+    b->set_parameters(3);
+    b->set_ready_s(t[0]);
+    b->set_launched_s(t[1]);
+    b->set_started_s(t[2]);
+    b->set_done_s(t[3]);
+    b->set_communicated(true);
+  }
+  core.heartbeat(0, hb, 1.0);
+  core.heartbeat(1, totals(5, 0.1), 1.0);
+  const auto status = nlohmann::json::parse(core.status_json(1.0));
+  EXPECT_TRUE(status["ranks"][1]["overlap"].is_null()) << "no timeline yet";
+  const auto& o = status["ranks"][0]["overlap"];
+  ASSERT_TRUE(o.is_object()) << status.dump();
+  EXPECT_EQ(o["step"], 5);
+  EXPECT_NEAR(o["backward_s"].get<double>(), 0.1, 1e-12);
+  EXPECT_NEAR(o["comm_s"].get<double>(), 0.080, 1e-12);
+  EXPECT_NEAR(o["hidden_fraction"].get<double>(), 0.050 / 0.080, 1e-9);
+  EXPECT_NEAR(o["after_backward_s"].get<double>(), 0.030, 1e-9);
+  ASSERT_EQ(o["buckets"].size(), 2u);
+  EXPECT_NEAR(o["buckets"][0]["hidden_fraction"].get<double>(), 1.0, 1e-9);
+  EXPECT_NEAR(o["buckets"][1]["hidden_fraction"].get<double>(), 0.25, 1e-9);
+  EXPECT_NEAR(o["buckets"][1]["launched_s"].get<double>(), 0.085, 1e-12);
+  EXPECT_EQ(o["buckets"][1]["bytes"], 4096);
+  const std::string metrics = core.metrics_text(1.0);
+  const std::string label = "stride_rank_comm_hidden_fraction{rank=\"0\",host=\"testhost\"} ";
+  const auto at = metrics.find(label);
+  ASSERT_NE(at, std::string::npos) << metrics;
+  EXPECT_NEAR(std::strtod(metrics.c_str() + at + label.size(), nullptr), 0.625, 1e-9);
 }
 
 TEST(Straggler, MedianOfPeersLeavesTheRankOutOfItsOwnBaseline) {
