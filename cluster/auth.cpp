@@ -18,6 +18,7 @@ constexpr char kHelloLabel[] = "stride v2 hello";
 constexpr char kWelcomeLabel[] = "stride v2 welcome";
 constexpr char kSessionLabel[] = "stride v2 session";
 constexpr char kResumeLabel[] = "stride v2 resume";
+constexpr char kHttpLabel[] = "stride v2 http";
 
 void put_u64(std::string* out, uint64_t v) {
   for (int shift = 56; shift >= 0; shift -= 8) out->push_back(static_cast<char>((v >> shift) & 0xff));
@@ -104,6 +105,54 @@ std::string sign_hello(proto::Hello* hello, const std::string& token, const std:
     hello->set_session_proof(resume_proof(key, t));
   }
   return t;
+}
+
+std::string to_hex(const std::string& bytes) {
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
+std::string http_request_mac(const std::string& token, const std::string& method, const std::string& path,
+                             const std::string& nonce) {
+  std::string t;
+  put_bytes(&t, method);
+  put_bytes(&t, path);
+  put_bytes(&t, nonce);
+  return to_hex(hmac_sha256(token, labelled(kHttpLabel, t)));
+}
+
+bool parse_hmac_authorization(const std::string& header, std::string* nonce, std::string* mac) {
+  static const std::string scheme = "Stride-HMAC";
+  if (header.compare(0, scheme.size(), scheme) != 0) return false;
+  if (header.size() > scheme.size() && header[scheme.size()] != ' ') return false;
+  nonce->clear();
+  mac->clear();
+  // Parameters: name="value" pairs separated by commas and spaces; values are hex, so they hold no quotes.
+  size_t i = scheme.size();
+  while (i < header.size()) {
+    while (i < header.size() && (header[i] == ' ' || header[i] == ',')) ++i;
+    if (i >= header.size()) break;
+    const size_t eq = header.find('=', i);
+    if (eq == std::string::npos || eq + 1 >= header.size() || header[eq + 1] != '"') return false;
+    const size_t close = header.find('"', eq + 2);
+    if (close == std::string::npos) return false;
+    const std::string name = header.substr(i, eq - i), value = header.substr(eq + 2, close - eq - 2);
+    if (name == "nonce") {
+      *nonce = value;
+    } else if (name == "mac") {
+      *mac = value;
+    } else {
+      return false;
+    }
+    i = close + 1;
+  }
+  return true;
 }
 
 }  // namespace stride::cluster::auth

@@ -47,4 +47,21 @@ std::string resume_proof(const std::string& session_key, const std::string& tran
 std::string sign_hello(proto::Hello* hello, const std::string& token, const std::string& server_nonce,
                        const std::string& session_key);
 
+// Note [HTTP control requests]: POST /checkpoint and /stop prove the job token without sending it, so a status
+// endpoint bound to a network address can be controlled across hosts over plain HTTP.
+// 1. A request without a valid proof gets 401 with `WWW-Authenticate: Stride-HMAC nonce="N"`: 32 random bytes in
+//    hex, single use, valid for 60 s (the server keeps at most 256 outstanding).
+// 2. The client repeats it with `Authorization: Stride-HMAC nonce="N", mac="M"`, M = http_request_mac(token,
+//    method, path, N). The server accepts each nonce once, so a captured request cannot be replayed, and the MAC
+//    covers method and path, so a proof for /checkpoint does not stop the job.
+// `Authorization: Bearer TOKEN` is still accepted on connections from a loopback address (the token then never
+// leaves the machine); elsewhere it is refused.
+std::string to_hex(const std::string& bytes);
+// Lower-case hex of HMAC-SHA256(token, label || method || path || nonce), each length-prefixed.
+std::string http_request_mac(const std::string& token, const std::string& method, const std::string& path,
+                             const std::string& nonce);
+// Splits `Stride-HMAC nonce="N", mac="M"` (either parameter may be missing: `Stride-HMAC` alone asks for a
+// nonce). False when the header is not of that scheme or malformed.
+bool parse_hmac_authorization(const std::string& header, std::string* nonce, std::string* mac);
+
 }  // namespace stride::cluster::auth

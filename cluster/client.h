@@ -94,6 +94,7 @@ struct HttpResponse {
   int status = 0;
   std::string body;
   std::string content_type;
+  std::string www_authenticate;  // the challenge of a 401
 };
 // `url` is http://host:port/path. Content-Length and chunked bodies are read whole. `timeout_s` bounds the whole
 // request (connect, send, every byte of the answer), not each read. Throws stride::Error naming the URL when it
@@ -102,5 +103,13 @@ struct HttpResponse {
 HttpResponse http_request(const std::string& method, const std::string& url, const std::string& body = "",
                           const std::string& bearer_token = "", double timeout_s = 10.0,
                           size_t max_body_bytes = 64u << 20);
+// The same with any Authorization header value (none when empty).
+HttpResponse http_request_authorized(const std::string& method, const std::string& url, const std::string& body,
+                                     const std::string& authorization, double timeout_s = 10.0,
+                                     size_t max_body_bytes = 64u << 20);
+// POST `url` (a control path: /checkpoint, /stop) proving `token` by Note [HTTP control requests] in
+// cluster/auth.h: asks for a nonce, then sends the request's MAC; the token itself never travels. Returns the
+// second answer (202 when accepted); throws stride::Error when the server offers no Stride-HMAC challenge.
+HttpResponse http_post_signed(const std::string& url, const std::string& token, double timeout_s = 10.0);
 
 }  // namespace stride::cluster

@@ -87,6 +87,32 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     std::string body;
   };
   std::map<std::string, CachedDoc> http_cache;  // io thread only
+  // Note [HTTP control requests] in cluster/auth.h: outstanding nonces (hex) and when each expires.
+  std::map<std::string, double> http_nonces;  // io thread only
+  static constexpr size_t kMaxHttpNonces = 256;
+  static constexpr double kHttpNonceSeconds = 60.0;
+
+  std::string issue_http_nonce(double now) {
+    for (auto it = http_nonces.begin(); it != http_nonces.end();) {
+      it = it->second < now ? http_nonces.erase(it) : std::next(it);
+    }
+    if (http_nonces.size() >= kMaxHttpNonces) {  // the oldest gives way: a flood cannot grow the map
+      http_nonces.erase(std::min_element(http_nonces.begin(), http_nonces.end(),
+                                         [](const auto& a, const auto& b) { return a.second < b.second; }));
+    }
+    std::string nonce = auth::to_hex(auth::random_bytes(auth::kNonceBytes));
+    http_nonces[nonce] = now + kHttpNonceSeconds;
+    return nonce;
+  }
+
+  // True once per issued, unexpired nonce.
+  bool take_http_nonce(const std::string& nonce, double now) {
+    const auto it = http_nonces.find(nonce);
+    if (it == http_nonces.end()) return false;
+    const bool fresh = it->second >= now;
+    http_nonces.erase(it);
+    return fresh;
+  }
 
   explicit Impl(CoordinatorOptions options) : o(std::move(options)) {}
 
@@ -354,15 +380,28 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
           set(http::status::not_found, "text/plain; charset=utf-8", "not found\n");
         }
       } else if (req.method() == http::verb::post) {
-        const std::string auth(req[http::field::authorization]);
-        const std::string want = "Bearer " + impl->o.core.token;
+        // Note [HTTP control requests] in cluster/auth.h.
+        const std::string authorization(req[http::field::authorization]);
+        const bool loopback = remote_is_loopback();
+        std::string nonce, mac;
+        bool authorized = false, asks_nonce = false;
+        if (auth::parse_hmac_authorization(authorization, &nonce, &mac)) {
+          asks_nonce = nonce.empty() && mac.empty();
+          authorized = !asks_nonce && impl->take_http_nonce(nonce, now) &&
+                       auth::digest_equal(mac, auth::http_request_mac(impl->o.core.token, "POST", path, nonce));
+        } else if (loopback) {
+          authorized = token_equal(authorization, "Bearer " + impl->o.core.token);
+        }
         if (path != "/checkpoint" && path != "/stop") {
           set(http::status::not_found, "text/plain; charset=utf-8", "not found\n");
-        } else if (!token_equal(auth, want)) {
-          bad = true;
-          res.set(http::field::www_authenticate, "Bearer");
+        } else if (!authorized) {
+          bad = !asks_nonce;  // asking for a nonce is the first half of a signed request
+          res.set(http::field::www_authenticate, concat("Stride-HMAC nonce=\"", impl->issue_http_nonce(now), "\""));
           set(http::status::unauthorized, "text/plain; charset=utf-8",
-              "unauthorized: send the job token as 'Authorization: Bearer TOKEN'\n");
+              loopback ? "unauthorized: prove the job token with Stride-HMAC (stride status --checkpoint|--stop does), "
+                         "or send it as 'Authorization: Bearer TOKEN' from this machine\n"
+                       : "unauthorized: prove the job token with Stride-HMAC (stride status --checkpoint|--stop does); "
+                         "a bearer token is accepted from this machine only, so that it never crosses the network\n");
         } else {
           const bool stop = path == "/stop";
           {
@@ -415,6 +454,16 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         here = asio::ip::make_address_v4(asio::ip::v4_mapped, here.to_v6());
       }
       return addr == here;
+    }
+
+    bool remote_is_loopback() {
+      boost::system::error_code ec;
+      const auto ep = stream.socket().remote_endpoint(ec);
+      if (ec) return false;
+      auto addr = ep.address();
+      if (addr.is_v6() && addr.to_v6().is_v4_mapped())
+        addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+      return addr.is_loopback();
     }
 
     std::string remote() {

@@ -1,8 +1,9 @@
 // The job coordinator: a Boost.Asio server on its own thread and io_context that ranks connect to
 // (length-prefixed protobuf frames, cluster/wire.h) and the HTTP status endpoint (Boost.Beast): GET /status,
-// /history, /metrics (Prometheus), /healthz, / (dashboard); POST /checkpoint and /stop with
-// "Authorization: Bearer <job token>". Both listen on 127.0.0.1 unless told otherwise; the status endpoint
-// answers only requests whose Host header names this machine (CoordinatorOptions::status_hosts).
+// /history, /metrics (Prometheus), /healthz, / (dashboard); POST /checkpoint and /stop proving the job token
+// (Note [HTTP control requests] in cluster/auth.h; a bearer token only from loopback). Both listen on 127.0.0.1 unless
+// told otherwise; the status endpoint answers only requests whose Host header names this machine
+// (CoordinatorOptions::status_hosts).
 //
 // The logic (liveness, checkpoint commit, what the endpoint shows) is CoordinatorCore; this class owns the
 // sockets and feeds it. Bad peers (wrong token, oversized or malformed frames, unknown ranks, silent

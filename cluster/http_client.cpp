@@ -8,6 +8,7 @@
 #include <chrono>
 #include <optional>
 
+#include "cluster/auth.h"
 #include "cluster/client.h"
 #include "common/error.h"
 
@@ -51,6 +52,27 @@ Url parse_url(const std::string& url) {
 
 HttpResponse http_request(const std::string& method, const std::string& url, const std::string& body,
                           const std::string& bearer_token, double timeout_s, size_t max_body_bytes) {
+  return http_request_authorized(method, url, body, bearer_token.empty() ? "" : "Bearer " + bearer_token, timeout_s,
+                                 max_body_bytes);
+}
+
+HttpResponse http_post_signed(const std::string& url, const std::string& token, double timeout_s) {
+  const HttpResponse challenge = http_request_authorized("POST", url, "", "Stride-HMAC", timeout_s);
+  if (challenge.status != 401) return challenge;
+  std::string nonce, mac;
+  if (!auth::parse_hmac_authorization(challenge.www_authenticate, &nonce, &mac) || nonce.empty()) {
+    throw Error(concat(url, ": the server offers no Stride-HMAC challenge (WWW-Authenticate: '",
+                       challenge.www_authenticate, "'): is it a Stride status endpoint of protocol version 2?"));
+  }
+  std::string path = parse_url(url).path;
+  path = path.substr(0, path.find('?'));  // the server's MAC covers the path without the query
+  const std::string header =
+      concat("Stride-HMAC nonce=\"", nonce, "\", mac=\"", auth::http_request_mac(token, "POST", path, nonce), "\"");
+  return http_request_authorized("POST", url, "", header, timeout_s);
+}
+
+HttpResponse http_request_authorized(const std::string& method, const std::string& url, const std::string& body,
+                                     const std::string& authorization, double timeout_s, size_t max_body_bytes) {
   const Url u = parse_url(url);
   const http::verb verb = http::string_to_verb(method);
   if (verb == http::verb::unknown) throw UsageError(concat("'", method, "' is not an HTTP method"));
@@ -59,7 +81,7 @@ HttpResponse http_request(const std::string& method, const std::string& url, con
   req.set(http::field::host, u.hostport);
   req.set(http::field::user_agent, "stride");
   req.set(http::field::connection, "close");
-  if (!bearer_token.empty()) req.set(http::field::authorization, "Bearer " + bearer_token);
+  if (!authorization.empty()) req.set(http::field::authorization, authorization);
   req.body() = body;
   if (!body.empty() || verb == http::verb::post) req.prepare_payload();
 
@@ -128,6 +150,7 @@ HttpResponse http_request(const std::string& method, const std::string& url, con
   HttpResponse r;
   r.status = static_cast<int>(res.result_int());
   r.content_type = std::string(res[http::field::content_type]);
+  r.www_authenticate = std::string(res[http::field::www_authenticate]);
   r.body = std::move(res.body());
   return r;
 }

@@ -231,7 +231,8 @@ int run_status(const StatusArgs& a) {
   if (a.checkpoint || a.stop) {
     const std::string token = resolve_token(a);
     const std::string what = a.stop ? "stop" : "checkpoint";
-    auto r = cluster::http_request("POST", url + what, "", token);
+    // Signed, not a bearer token: the token never crosses the network (Note [HTTP control requests]).
+    auto r = cluster::http_post_signed(url + what, token);
     if (r.status != 202) throw Error(concat(url, what, ": HTTP ", r.status, ": ", r.body));
     std::printf("%s requested: %s\n", what.c_str(), url.c_str());
     return 0;

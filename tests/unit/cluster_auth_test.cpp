@@ -396,5 +396,80 @@ TEST(Auth, ACheckpointReportNamingAFileOutsideItsStepIsDiscarded) {
   EXPECT_TRUE(wait_for_event(*coord, "reported an invalid file name '../x'"));
 }
 
+// Note [HTTP control requests]: stride status's POST proves the token without sending it (read through a relay),
+// a captured request cannot be replayed, a proof for one path does not open another, and outstanding nonces are
+// bounded.
+TEST(Auth, HttpControlRequestsProveTheTokenWithoutSendingIt) {
+  ScratchDir dir("auth-http");
+  auto coord = start(dir.file("ckpt"), 1);
+  const uint16_t port = static_cast<uint16_t>(coord->status_port());
+  const std::string direct = concat("http://127.0.0.1:", port, "/");
+  Relay relay(port);
+  const HttpResponse r = http_post_signed(concat("http://", relay.address(), "/checkpoint"), coord->token());
+  ASSERT_EQ(r.status, 202) << r.body;
+  EXPECT_TRUE(wait_for_event(*coord, "checkpoint requested: HTTP POST /checkpoint"));
+  const std::string up = relay.from_rank();
+  ASSERT_NE(up.find("Authorization: Stride-HMAC nonce=\""), std::string::npos) << up;
+  EXPECT_EQ(up.find(coord->token()), std::string::npos) << "the token crossed the wire";
+  EXPECT_EQ(up.find("Bearer"), std::string::npos);
+
+  // The signed request, sent again byte for byte: its nonce is spent.
+  const std::string signed_request = up.substr(up.rfind("POST /checkpoint"));
+  const int fd = raw_connect(port);
+  ASSERT_GE(fd, 0);
+  ::send(fd, signed_request.data(), signed_request.size(), MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);
+  const std::string replayed = read_until_closed(fd);
+  EXPECT_EQ(replayed.substr(0, replayed.find("\r\n")), "HTTP/1.1 401 Unauthorized") << replayed;
+
+  // A fresh nonce, and MACs that must not pass: for another path, with another token, malformed.
+  auto nonce_for = [&](const std::string& path) {
+    const HttpResponse c = http_request_authorized("POST", direct + path, "", "Stride-HMAC");
+    EXPECT_EQ(c.status, 401);
+    std::string nonce, mac;
+    EXPECT_TRUE(auth::parse_hmac_authorization(c.www_authenticate, &nonce, &mac)) << c.www_authenticate;
+    EXPECT_EQ(nonce.size(), 2 * auth::kNonceBytes);
+    return nonce;
+  };
+  auto signed_header = [](const std::string& nonce, const std::string& mac) {
+    return concat("Stride-HMAC nonce=\"", nonce, "\", mac=\"", mac, "\"");
+  };
+  std::string n = nonce_for("stop");
+  EXPECT_EQ(http_request_authorized("POST", direct + "stop", "",
+                                    signed_header(n, auth::http_request_mac(coord->token(), "POST", "/checkpoint", n)))
+                .status,
+            401)
+      << "a proof for /checkpoint stopped the job";
+  n = nonce_for("stop");
+  EXPECT_EQ(http_request_authorized("POST", direct + "stop", "",
+                                    signed_header(n, auth::http_request_mac("other-token", "POST", "/stop", n)))
+                .status,
+            401);
+  EXPECT_EQ(http_request_authorized("POST", direct + "stop", "", "Stride-HMAC nonce=abc").status, 401);
+  EXPECT_EQ(http_request_authorized("POST", direct + "stop", "", signed_header("ff", "00")).status, 401);
+  // Bounded: after 300 more challenges the first of them is forgotten, the newest still works.
+  const std::string oldest = nonce_for("stop");
+  std::string newest;
+  for (int i = 0; i < 300; ++i) newest = nonce_for("stop");
+  EXPECT_EQ(
+      http_request_authorized("POST", direct + "stop", "",
+                              signed_header(oldest, auth::http_request_mac(coord->token(), "POST", "/stop", oldest)))
+          .status,
+      401);
+  bool stopped = false;  // the refusals were answered synchronously: any stop would be an event by now
+  coord->with_core([&](CoordinatorCore& c) {
+    for (const auto& e : c.events()) stopped |= e.message.find("stop requested") != std::string::npos;
+  });
+  EXPECT_FALSE(stopped) << "a refused request stopped the job";
+  EXPECT_EQ(
+      http_request_authorized("POST", direct + "stop", "",
+                              signed_header(newest, auth::http_request_mac(coord->token(), "POST", "/stop", newest)))
+          .status,
+      202);
+  EXPECT_TRUE(wait_for_event(*coord, "stop requested: HTTP POST /stop"));
+  // From this machine the bearer token still works (it never leaves the loopback interface).
+  EXPECT_EQ(http_request("POST", direct + "checkpoint", "", coord->token()).status, 202);
+}
+
 }  // namespace
 }  // namespace stride::cluster
