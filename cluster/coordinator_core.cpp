@@ -143,6 +143,13 @@ nlohmann::json overlap_json(const proto::Heartbeat& hb) {
           {"buckets", buckets}};
 }
 
+// A rank's remote data source totals (heartbeat fields 40-45; zeros for a local directory).
+nlohmann::json data_source_json(const proto::Heartbeat& hb) {
+  return {{"bytes_fetched", hb.data_bytes_fetched()}, {"shards_fetched", hb.data_shards_fetched()},
+          {"cache_hits", hb.data_cache_hits()},       {"refetches", hb.data_refetches()},
+          {"evictions", hb.data_evictions()},         {"stall_s", hb.data_stall_total_s()}};
+}
+
 }  // namespace
 
 void CoordinatorCore::Series::add(double xv, double yv) {
@@ -571,7 +578,8 @@ std::string CoordinatorCore::status_json(double now) const {
                      {"data_wait_s", r.hb.data_wait_s()},
                      {"comm_wait_s", r.hb.comm_wait_s()},
                      {"breakdown", breakdown_json(stragglers_.rank(i))},
-                     {"overlap", overlap_json(r.hb)}});
+                     {"overlap", overlap_json(r.hb)},
+                     {"data", data_source_json(r.hb)}});
   }
   j["ranks"] = ranks;
   // Note [Straggler detection] in cluster/straggler_detector.h.
@@ -698,6 +706,25 @@ std::string CoordinatorCore::metrics_text(double now) const {
        [](const RankState&, const StragglerDetector::RankView& v, double) {
          return prom_value(int64_t{v.flagged ? 1 : 0});
        }},
+      {"stride_rank_data_bytes_fetched_total",
+       "Bytes of shards and index this rank's training loader downloaded (remote --data-path; a running total).",
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(static_cast<int64_t>(r.hb.data_bytes_fetched()));
+       }},
+      {"stride_rank_data_shards_fetched_total", "Shard downloads of this rank's training loader (re-fetches included).",
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(static_cast<int64_t>(r.hb.data_shards_fetched()));
+       }},
+      {"stride_rank_data_cache_hits_total",
+       "Shards this rank's training loader found in its cache instead of downloading.",
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(static_cast<int64_t>(r.hb.data_cache_hits()));
+       }},
+      {"stride_rank_data_stall_seconds_total",
+       "Seconds this rank's loader waited for shards to arrive (a running total).",
+       [](const RankState& r, const StragglerDetector::RankView&, double) {
+         return prom_value(r.hb.data_stall_total_s());
+       }},
       {"stride_rank_comm_hidden_fraction",
        "Share of the last step's gradient communication that ran during backward (0 before the first).",
        [](const RankState& r, const StragglerDetector::RankView&, double) {
@@ -705,7 +732,9 @@ std::string CoordinatorCore::metrics_text(double now) const {
        }},
   };
   for (const auto& m : per_rank) {
-    out += concat("# HELP ", m.name, " ", m.help, "\n# TYPE ", m.name, " gauge\n");
+    const std::string name = m.name;  // running totals are counters (Prometheus naming: *_total)
+    const bool is_counter = name.size() > 6 && name.compare(name.size() - 6, 6, "_total") == 0;
+    out += concat("# HELP ", m.name, " ", m.help, "\n# TYPE ", m.name, is_counter ? " counter\n" : " gauge\n");
     for (uint32_t i = 0; i < ranks_.size(); ++i) {
       const auto& r = ranks_[i];
       if (!r.joined) continue;

@@ -309,6 +309,13 @@ void Trainer::State::train() {
         hb.set_data_wait_total_s(data_wait_total);
         hb.set_optimizer_total_s(optimizer_total);
         if (reducer) set_heartbeat_timeline(hb, reducer->timeline());
+        const data::SourceStats src = train_data->source_stats();
+        hb.set_data_bytes_fetched(src.bytes_fetched);
+        hb.set_data_shards_fetched(src.shards_fetched);
+        hb.set_data_cache_hits(src.cache_hits);
+        hb.set_data_refetches(src.refetches);
+        hb.set_data_evictions(src.evictions);
+        hb.set_data_stall_total_s(src.stall_seconds);
       }
       hb.set_step(static_cast<uint64_t>(step));
       hb.set_epoch(cursor.epoch);

@@ -304,6 +304,13 @@ train=(train --model resnet20 --batch-size 32 --epochs 1 --max-steps 6 --threads
   > "$WORK/train-http.log" 2>&1 || fail "training over HTTP"
 cmp -s "$WORK/train-local/samples/rank-0.txt" "$WORK/train-http/samples/rank-0.txt" ||
   fail "training over HTTP consumed other samples"
+# The rank's fetch totals reach the job's status (heartbeat fields 40-45): downloads over HTTP, none locally.
+$PY - "$WORK/train-http/status.json" "$WORK/train-local/status.json" <<'PYEOF' || fail "data source totals in status.json"
+import json, sys
+http, local = (json.load(open(p))["ranks"][0]["data"] for p in sys.argv[1:3])
+assert http["bytes_fetched"] > 0 and http["shards_fetched"] >= 1 and http["cache_hits"] == 0, http
+assert all(v == 0 for v in local.values()), local
+PYEOF
 stop_nginx
 set +e
 "$STRIDE" "${train[@]}" --data-path "$URL" --cache-dir "$WORK/train-cache2" --fetch-retries 1 \

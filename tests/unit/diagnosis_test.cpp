@@ -76,6 +76,34 @@ TEST(Overlap, HeartbeatTimelineReachesStatusAndMetrics) {
   EXPECT_NEAR(std::strtod(metrics.c_str() + at + label.size(), nullptr), 0.625, 1e-9);
 }
 
+// A rank's remote data source totals (heartbeat fields 40-45) reach /status and /metrics (as counters).
+TEST(DataSource, HeartbeatTotalsReachStatusAndMetrics) {
+  cluster::CoordinatorCore core(cluster::testutil::core_options("", 1), 0.0, 1000.0);
+  ASSERT_EQ(core.admit(hello("secret", 0, 1).hello(), kNonce, 0.0), "");
+  proto::Heartbeat hb = totals(5, 0.1);
+  hb.set_data_bytes_fetched(123456789012);
+  hb.set_data_shards_fetched(7);
+  hb.set_data_cache_hits(3);
+  hb.set_data_refetches(1);
+  hb.set_data_evictions(2);
+  hb.set_data_stall_total_s(1.5);
+  core.heartbeat(0, hb, 1.0);
+  const auto d = nlohmann::json::parse(core.status_json(1.0))["ranks"][0]["data"];
+  EXPECT_EQ(d["bytes_fetched"], 123456789012u);
+  EXPECT_EQ(d["shards_fetched"], 7u);
+  EXPECT_EQ(d["cache_hits"], 3u);
+  EXPECT_EQ(d["refetches"], 1u);
+  EXPECT_EQ(d["evictions"], 2u);
+  EXPECT_DOUBLE_EQ(d["stall_s"].get<double>(), 1.5);
+  const std::string metrics = core.metrics_text(1.0);
+  EXPECT_NE(metrics.find("# TYPE stride_rank_data_bytes_fetched_total counter\n"
+                         "stride_rank_data_bytes_fetched_total{rank=\"0\",host=\"testhost\"} 123456789012\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("stride_rank_data_cache_hits_total{rank=\"0\",host=\"testhost\"} 3\n"), std::string::npos);
+  EXPECT_NE(metrics.find("# TYPE stride_rank_step gauge\n"), std::string::npos) << "only *_total are counters";
+}
+
 TEST(Straggler, MedianOfPeersLeavesTheRankOutOfItsOwnBaseline) {
   EXPECT_DOUBLE_EQ(cluster::median({}), 0.0);
   EXPECT_DOUBLE_EQ(cluster::median({3.0}), 3.0);
