@@ -142,7 +142,7 @@ TEST(AutoAugmentOps, MagnitudeTablesMatchTorchvision) {
   EXPECT_EQ(rows, 11 * 31 * 2 + 11 * 10) << r.output.substr(0, 400);
 }
 
-TEST(AutoAugmentPolicies, DrawsAreFixedBySeedAndDifferAcrossSamples) {
+TEST(AutoAugmentPolicies, DrawsAreFixedBySeedAndDifferAcrossSamplesAndEpochs) {
   const Image img = test_image(32, 32, 3, 3);
   for (auto policy : {AutoAugmentPolicy::kRandAugment, AutoAugmentPolicy::kTrivialAugmentWide,
                       AutoAugmentPolicy::kImageNet, AutoAugmentPolicy::kCifar10, AutoAugmentPolicy::kSvhn}) {
@@ -164,6 +164,16 @@ TEST(AutoAugmentPolicies, DrawsAreFixedBySeedAndDifferAcrossSamples) {
     }
     EXPECT_GE(distinct.size(), 12u) << "different samples draw different ops";
     EXPECT_GE(changed, 20);
+    // The same position in another epoch draws afresh.
+    int other_epoch = 0;
+    for (uint64_t sample = 0; sample < 40; ++sample) {
+      Image a = img, b = img;
+      Rng ra(derive_seed(17, 1, 3, sample)), rb(derive_seed(17, 2, 3, sample));
+      auto_augment(a, o, ra);
+      auto_augment(b, o, rb);
+      other_epoch += a.pixels != b.pixels ? 1 : 0;
+    }
+    EXPECT_GE(other_epoch, 20) << "of 40 positions differ between epochs 1 and 2";
   }
   // Off draws nothing, so runs without --auto-augment keep their augmentation streams.
   Image a = img;
