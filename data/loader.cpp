@@ -79,6 +79,10 @@ void ShardedLoader::start(const Cursor& cursor) {
   OrderOptions order;
   order.shuffle = options_.train;
   order.window_shards = options_.window_shards;
+  if (options_.train && options_.ra_reps > 1) {
+    order.repeats = options_.ra_reps;
+    order.repeat_group = options_.ra_group > 0 ? options_.ra_group : plan().global_batch();
+  }
   epoch->order = epoch_order(shard_sizes_, cursor.seed, cursor.epoch, order);
   const auto p = plan();
   epoch->first_step = cursor.consumed / p.global_batch();

@@ -39,8 +39,12 @@ struct LoaderOptions {
   uint64_t seed = 0;
   bool train = true;          // shuffle and drop the tail; false: dataset order, pad the tail (flagged invalid)
   int64_t window_shards = 8;  // see OrderOptions
-  int workers = 2;            // decode/augment threads
-  int prefetch = 4;           // batches in flight (>= workers keeps every worker busy)
+  // Repeated augmentation (training only; Note [Repeated augmentation] in data/order.h): copies per sample and
+  // the global batch (images per optimizer step over all ranks) that fixes their layout.
+  uint64_t ra_reps = 1;
+  uint64_t ra_group = 0;
+  int workers = 2;   // decode/augment threads
+  int prefetch = 4;  // batches in flight (>= workers keeps every worker busy)
   AugmentOptions augment;
   bool float_output = true;       // float32 normalised; false: uint8 (normalise on the device)
   bool channels_last = false;     // images in NHWC memory: [b, C, H, W] with channels-last strides (no extra copy)

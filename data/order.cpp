@@ -25,7 +25,7 @@ std::vector<uint64_t> epoch_order(const std::vector<uint64_t>& shard_sizes, uint
   order.reserve(total);
   if (!options.shuffle) {
     for (uint64_t i = 0; i < total; ++i) order.push_back(i);
-    return order;
+    return options.repeats > 1 ? repeated_order(order, options.repeat_group, options.repeats) : order;
   }
   STRIDE_CHECK_GT(options.window_shards, 0, "window_shards");
   std::vector<uint64_t> shards(shard_sizes.size());
@@ -40,6 +40,18 @@ std::vector<uint64_t> epoch_order(const std::vector<uint64_t>& shard_sizes, uint
     std::vector<uint64_t> part(order.begin() + static_cast<std::ptrdiff_t>(window_start), order.end());
     Rng(derive_seed(seed, epoch, kWindowStream, window)).shuffle(part);
     std::copy(part.begin(), part.end(), order.begin() + static_cast<std::ptrdiff_t>(window_start));
+  }
+  return options.repeats > 1 ? repeated_order(order, options.repeat_group, options.repeats) : order;
+}
+
+std::vector<uint64_t> repeated_order(const std::vector<uint64_t>& base, uint64_t group, uint64_t repeats) {
+  STRIDE_CHECK_GT(group, 0u, "repeated augmentation group");
+  STRIDE_CHECK_GT(repeats, 0u, "repeated augmentation copies");
+  const uint64_t n = base.size(), distinct = (group + repeats - 1) / repeats;
+  std::vector<uint64_t> order(n);
+  for (uint64_t p = 0; p < n; ++p) {
+    const uint64_t j = p / group, o = p % group;
+    order[p] = base[(j * distinct + o % distinct) % n];
   }
   return order;
 }

@@ -26,14 +26,30 @@ struct Cursor {
   bool operator==(const Cursor& o) const { return epoch == o.epoch && consumed == o.consumed && seed == o.seed; }
 };
 
+// Note [Repeated augmentation]
+// torchvision's RASampler (--ra-sampler, Hoffer et al. 2020) repeats each sample `ra_reps` times in an epoch, each
+// copy with its own augmentation, and deals the copies to different ranks: it expands the permutation to
+// a,a,a,b,b,b,... and gives rank r every world-th entry, so the layout depends on the number of ranks. An epoch
+// still has N positions, so it sees about N / reps distinct samples.
+// Stride keeps those semantics but fixes the layout by the global batch G (images per optimizer step), not the
+// world: positions [jG, (j+1)G) hold the next g = ceil(G / reps) samples of the epoch's permutation, copy k of
+// sample i at position jG + k g + i (positions past G dropped, so with G not a multiple of reps the last samples of
+// a group get reps - 1 copies). Copies are g positions apart inside one step, which puts them on different ranks
+// whenever a rank's slice is at most g, and the order is the same for every world size that keeps G. A copy's
+// augmentation is seeded by its position, so the copies differ.
 struct OrderOptions {
   bool shuffle = true;
   int64_t window_shards = 8;  // shards whose samples are shuffled together
+  uint64_t repeats = 1;       // > 1: repeated augmentation with this many copies (Note [Repeated augmentation])
+  uint64_t repeat_group = 0;  // ... laid out per global batch of this many positions
 };
 
 // The epoch's permutation of sample ids 0..N-1, where shard s holds ids [first_s, first_s + size_s).
 std::vector<uint64_t> epoch_order(const std::vector<uint64_t>& shard_sizes, uint64_t seed, uint64_t epoch,
                                   const OrderOptions& options = {});
+
+// Note [Repeated augmentation]'s layout of `base` (the epoch's permutation): as many positions as `base` has.
+std::vector<uint64_t> repeated_order(const std::vector<uint64_t>& base, uint64_t group, uint64_t repeats);
 
 // How one epoch is split into global batches and rank slices.
 //

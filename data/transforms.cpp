@@ -279,6 +279,7 @@ Image augment(const uint8_t* data, size_t n, Codec codec, const AugmentOptions& 
     }
   }
   if (o.hflip && rng.bernoulli(0.5)) hflip(img);
+  auto_augment(img, o.auto_augment, rng);  // draws nothing when off, so other streams stay as they were
   if (o.brightness > 0 || o.contrast > 0 || o.saturation > 0) {
     auto factor = [&](double s) { return s > 0 ? rng.uniform(std::max(0.0, 1.0 - s), 1.0 + s) : 1.0; };
     const double b = factor(o.brightness), c = factor(o.contrast), s = factor(o.saturation);

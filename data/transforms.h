@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "data/auto_augment.h"
 #include "data/codec.h"
 #include "data/image.h"
 #include "data/rng.h"
@@ -28,6 +29,9 @@ struct AugmentOptions {
   double ratio_min = 3.0 / 4.0, ratio_max = 4.0 / 3.0;
   int resize = 0;  // kCenter: shorter side before cropping; 0 = size * 256 / 224
   bool hflip = false;
+  // torchvision's --auto-augment (data/auto_augment.h), applied after the crop and flip like the recipe's
+  // ClassificationPresetTrain, before colour jitter, cutout and erasing.
+  AutoAugmentOptions auto_augment;
   double brightness = 0.0, contrast = 0.0, saturation = 0.0;  // colour jitter strengths (0 = off)
   int cutout = 0;                  // side in pixels of a zeroed square (DeVries & Taylor 2017); 0 = off
   double erasing = 0.0;            // random erasing probability (Zhong et al. 2020); 0 = off

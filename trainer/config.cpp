@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/suggest.h"
+#include "data/auto_augment.h"
 #include "trainer/checkpoint_interval.h"
 
 namespace stride::trainer {
@@ -49,6 +50,17 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"hflip", "Random horizontal flips", &c.hflip},
       {"cutout", "Cutout square side in pixels (0: off)", &c.cutout},
       {"random-erase", "Random erasing probability", &c.random_erase},
+      {"auto-augment",
+       "torchvision's --auto-augment policy: ra (RandAugment) | ta_wide (TrivialAugmentWide) | imagenet | cifar10 | "
+       "svhn (AutoAugment); empty: off",
+       &c.auto_augment},
+      {"ra-magnitude", "RandAugment's magnitude bin, 0..30", &c.ra_magnitude},
+      {"ra-num-ops", "RandAugment's ops per image", &c.ra_num_ops},
+      {"ra-sampler", "Repeated augmentation: each sample --ra-reps times per global batch, on different ranks",
+       &c.ra_sampler},
+      {"ra-reps", "Repeated augmentation: copies of each sample (with --ra-sampler)", &c.ra_reps},
+      {"color-jitter", "Colour jitter strengths B[,C[,S]]: brightness, contrast, saturation factors in [1-x, 1+x]",
+       &c.color_jitter},
       {"mean", "Normalisation mean per channel (0..1); default: the dataset's", &c.mean},
       {"std", "Normalisation std per channel (0..1); default: the dataset's", &c.std},
       {"max-corrupt", "Corrupt samples tolerated before stopping", &c.max_corrupt},
@@ -401,6 +413,21 @@ void validate(const TrainConfig& c) {
     throw UsageError(concat("--model-ema-decay must be in (0, 1), got ", c.model_ema_decay));
   if (c.random_erase < 0.0 || c.random_erase > 1.0)
     throw UsageError(concat("--random-erase must be in [0, 1], got ", c.random_erase));
+  data::parse_auto_augment(c.auto_augment);  // names the flag and the choices
+  if (c.ra_magnitude < 0 || c.ra_magnitude > 30) {
+    throw UsageError(concat("--ra-magnitude must be a bin of RandAugment's 31, 0..30, got ", c.ra_magnitude));
+  }
+  if (c.ra_num_ops < 1) throw UsageError(concat("--ra-num-ops must be at least 1, got ", c.ra_num_ops));
+  if (c.ra_reps < 1) throw UsageError(concat("--ra-reps must be at least 1 (copies of each sample), got ", c.ra_reps));
+  if (c.color_jitter.size() > 3) {
+    throw UsageError(
+        concat("--color-jitter takes up to three strengths B[,C[,S]] (brightness, contrast, saturation), "
+               "got ",
+               c.color_jitter.size(), " values; a hue term is not supported"));
+  }
+  for (double v : c.color_jitter) {
+    if (!(v >= 0.0) || !std::isfinite(v)) throw UsageError(concat("--color-jitter strengths must be >= 0, got ", v));
+  }
   one_of("lr-scheduler", c.lr_scheduler, {"cosine", "step", "multistep", "poly", "constant"});
   one_of("opt", c.opt, {"sgd", "sgd_nesterov", "lars", "lamb"});
   if (c.opt == "lamb" && c.nesterov) throw UsageError("--nesterov applies to --opt sgd and lars, not lamb");

@@ -41,6 +41,15 @@ struct TrainConfig {
   bool hflip = true;
   int64_t cutout = 0;
   double random_erase = 0.0;
+  // torchvision's recipe augmentations (docs/data.md): --auto-augment ra | ta_wide | imagenet | cifar10 | svhn
+  // ("": off), RandAugment's magnitude bin (0..30) and ops per image; repeated augmentation (--ra-sampler) with
+  // ra_reps copies per sample; colour jitter strengths brightness[,contrast[,saturation]] (empty: off).
+  std::string auto_augment;
+  int64_t ra_magnitude = 9;
+  int64_t ra_num_ops = 2;
+  bool ra_sampler = false;
+  int64_t ra_reps = 3;
+  std::vector<double> color_jitter;
   std::vector<double> mean;  // per channel in [0, 1]; empty: the dataset's known statistics or none
   std::vector<double> std;
   int64_t max_corrupt = 100;

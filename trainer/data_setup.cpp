@@ -196,8 +196,32 @@ DataPlan plan_data(const TrainConfig& c, uint64_t rank) {
   a.hflip = c.hflip;
   a.cutout = static_cast<int>(c.cutout);
   a.erasing = c.random_erase;
+  a.auto_augment = {data::parse_auto_augment(c.auto_augment), static_cast<int>(c.ra_magnitude),
+                    static_cast<int>(c.ra_num_ops)};
+  const auto jitter = [&](size_t i) { return i < c.color_jitter.size() ? c.color_jitter[i] : 0.0; };
+  a.brightness = jitter(0);
+  a.contrast = jitter(1);
+  a.saturation = jitter(2);
+  p.train.ra_reps = c.ra_sampler ? static_cast<uint64_t>(c.ra_reps) : 1;
   p.train.mix = {c.mixup_alpha, c.cutmix_alpha};
   if (c.hflip) p.train_transform += ", hflip";
+  switch (a.auto_augment.policy) {
+    case data::AutoAugmentPolicy::kNone:
+      break;
+    case data::AutoAugmentPolicy::kRandAugment:
+      p.train_transform += concat(", randaugment (", c.ra_num_ops, " ops, magnitude ", c.ra_magnitude, "/30)");
+      break;
+    case data::AutoAugmentPolicy::kTrivialAugmentWide:
+      p.train_transform += ", trivialaugment-wide";
+      break;
+    default:
+      p.train_transform += concat(", autoaugment ", c.auto_augment);
+  }
+  if (!c.color_jitter.empty()) {
+    p.train_transform +=
+        concat(", colour jitter ", number(a.brightness), "/", number(a.contrast), "/", number(a.saturation));
+  }
+  if (c.ra_sampler && c.ra_reps > 1) p.train_transform += concat(", repeated augmentation x", c.ra_reps);
   if (c.cutout > 0) p.train_transform += concat(", cutout ", c.cutout);
   if (c.random_erase > 0) p.train_transform += concat(", random erasing ", number(c.random_erase));
   if (c.mixup_alpha > 0) p.train_transform += concat(", mixup ", number(c.mixup_alpha));

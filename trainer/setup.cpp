@@ -116,6 +116,8 @@ void Trainer::State::setup() {
   auto make_loader = [&](data::LoaderOptions o) {
     o.rank = rank;
     o.world_size = world;
+    // Repeated augmentation lays copies out per optimizer step, which --global-batch keeps across world sizes.
+    o.ra_group = static_cast<uint64_t>(c.batch_size * static_cast<int64_t>(world) * c.accum_steps);
     o.channels_last = c.channels_last;  // collated NHWC: device_images() then copies nothing
     // On a GPU the loader hands over uint8 (4x less to copy) and normalisation runs on the device; MixUp/CutMix
     // mix float images in the loader.
