@@ -19,6 +19,7 @@
 #include "launcher/submit.h"
 #include "launcher/trace_command.h"
 #include "models/models_command.h"
+#include "trainer/analyze_command.h"
 #include "trainer/predict_command.h"
 #include "trainer/train_command.h"
 
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
   stride::trainer::add_train_command(app);
   stride::trainer::add_ckpt_command(app);
   stride::trainer::add_predict_command(app);
+  stride::trainer::add_analyze_command(app);
   stride::bench::add_bench_command(app);
   stride::launcher::add_launch_command(app);
   stride::launcher::add_submit_command(app);

@@ -142,29 +142,6 @@ void compare(const std::string& a, const std::string& b, bool as_json) {
   }
 }
 
-// Nice axis bounds: [lo, hi] widened to round numbers.
-std::pair<double, double> bounds(double lo, double hi) {
-  if (!(hi > lo)) return {lo - 1, hi + 1};
-  const double step = std::pow(10.0, std::floor(std::log10(hi - lo)));
-  return {std::floor(lo / step) * step, std::ceil(hi / step) * step};
-}
-
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '<') {
-      out += "&lt;";
-    } else if (c == '>') {
-      out += "&gt;";
-    } else if (c == '&') {
-      out += "&amp;";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 std::vector<std::string> find_runs(const std::string& dir) {
@@ -230,51 +207,9 @@ Series read_series(const std::string& run_dir, const std::string& type, const st
 }
 
 std::string render_svg(const std::vector<std::pair<std::string, std::vector<Series>>>& panels) {
-  static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"};
-  const int pw = 380, ph = 280, ml = 58, mr = 12, mt = 28, mb = 40;
-  std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << pw * panels.size() << "\" height=\"" << ph + 24
-    << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  for (size_t p = 0; p < panels.size(); ++p) {
-    const auto& [title, curves] = panels[p];
-    double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
-    for (const auto& c : curves) {
-      for (const auto& [x, y] : c.points) {
-        x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
-      }
-    }
-    if (x0 > x1) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
-    std::tie(y0, y1) = bounds(y0, y1);
-    if (!(x1 > x0)) x1 = x0 + 1;
-    const double left = pw * static_cast<double>(p) + ml, width = pw - ml - mr, height = ph - mt - mb;
-    auto X = [&](double x) { return left + (x - x0) / (x1 - x0) * width; };
-    auto Y = [&](double y) { return mt + (1 - (y - y0) / (y1 - y0)) * height; };
-    o << "<text x=\"" << left + width / 2 << "\" y=\"16\" text-anchor=\"middle\" font-size=\"13\">" << escape(title)
-      << "</text>\n<rect x=\"" << left << "\" y=\"" << mt << "\" width=\"" << width << "\" height=\"" << height
-      << "\" fill=\"none\" stroke=\"#888\"/>\n";
-    for (int t = 0; t <= 4; ++t) {
-      const double yv = y0 + (y1 - y0) * t / 4, xv = x0 + (x1 - x0) * t / 4;
-      char yl[32], xl[32];
-      std::snprintf(yl, sizeof(yl), "%.4g", yv);
-      std::snprintf(xl, sizeof(xl), "%.0f", xv);
-      o << "<text x=\"" << left - 4 << "\" y=\"" << Y(yv) + 4 << "\" text-anchor=\"end\">" << yl << "</text>\n"
-        << "<text x=\"" << X(xv) << "\" y=\"" << mt + height + 14 << "\" text-anchor=\"middle\">" << xl << "</text>\n";
-    }
-    o << "<text x=\"" << left + width / 2 << "\" y=\"" << mt + height + 30 << "\" text-anchor=\"middle\">step</text>\n";
-    for (size_t c = 0; c < curves.size(); ++c) {
-      const char* color = kColors[c % (sizeof(kColors) / sizeof(kColors[0]))];
-      if (!curves[c].points.empty()) {
-        o << "<polyline class=\"curve\" data-run=\"" << escape(curves[c].label) << "\" fill=\"none\" stroke=\"" << color
-          << "\" stroke-width=\"1.5\" points=\"";
-        for (const auto& [x, y] : curves[c].points) o << X(x) << "," << Y(y) << " ";
-        o << "\"/>\n";
-      }
-      o << "<text x=\"" << left + 6 << "\" y=\"" << mt + 14 + 13 * c << "\" fill=\"" << color << "\">"
-        << escape(curves[c].label) << "</text>\n";
-    }
-  }
-  o << "</svg>\n";
-  return o.str();
+  std::vector<LinePanel> lines;
+  for (const auto& [title, curves] : panels) lines.push_back({title, curves});
+  return render_line_svg(lines);
 }
 
 void add_runs_command(CLI::App& app) {

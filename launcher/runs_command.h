@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/svg_plot.h"
+
 namespace stride::launcher {
 
 // One run directory's summary.
@@ -30,10 +32,7 @@ std::vector<std::string> find_runs(const std::string& dir);
 RunSummary summarize_run(const std::string& run_dir);
 
 // One curve: (x, y) points of `metric` from metrics.jsonl records of `type`, x = fractional epoch.
-struct Series {
-  std::string label;
-  std::vector<std::pair<double, double>> points;
-};
+using Series = stride::Series;
 Series read_series(const std::string& run_dir, const std::string& type, const std::string& metric);
 
 // An SVG with one panel per entry of `panels` (title, curves), side by side.

@@ -127,7 +127,16 @@ torch::Tensor ResidualBlockImpl::shortcut(const torch::Tensor& x, const torch::T
   return torch::constant_pad_nd(sub, {0, 0, 0, 0, pad / 2, pad - pad / 2});
 }
 
+void ResidualBlockImpl::set_deleted(bool deleted) {
+  STRIDE_CHECK(!deleted || deletable(), "a block whose shape changes (", spec_.in_channels, " -> ",
+               spec_.out_channels(), " channels, stride ", spec_.stride, ") has no identity path to keep");
+  deleted_ = deleted;
+}
+
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
+  // Deleted: the identity. Post-activation blocks would apply ReLU to x + 0, which is x, since their input is
+  // itself the output of a ReLU.
+  if (deleted_) return x;
   const size_t k = convs_.size();
   torch::Tensor out, pre;
   if (spec_.preact) {

@@ -80,6 +80,14 @@ class ResidualBlockImpl : public torch::nn::Module {
   // The branch's last convolution (zero-initialised instead of a BN in pre-activation blocks).
   torch::nn::Conv2d last_conv() const { return convs_.back(); }
 
+  // Lesion studies (Veit et al. 2016): a deleted block passes its input through unchanged, as if its branch were
+  // gone and only the identity shortcut remained. Only blocks whose input and output shapes agree can be deleted
+  // (a downsampling block has no identity path: its shortcut is a projection or a zero-padded subsampling, and a
+  // plain block none). set_deleted(true) on another block throws Error. Evaluation only; not saved in state dicts.
+  bool deletable() const { return !shape_changes_; }
+  void set_deleted(bool deleted);
+  bool deleted() const { return deleted_; }
+
  private:
   torch::Tensor shortcut(const torch::Tensor& x, const torch::Tensor& preactivated);
 
@@ -89,6 +97,7 @@ class ResidualBlockImpl : public torch::nn::Module {
   SqueezeExcite se_{nullptr};
   torch::nn::Sequential downsample_{nullptr};
   bool shape_changes_ = false;
+  bool deleted_ = false;
 };
 TORCH_MODULE(ResidualBlock);
 

@@ -34,15 +34,6 @@ std::string extension(const fs::path& p) {
 
 bool is_image(const fs::path& p) { return data::codec_for(extension(p)) != data::Codec::kUnknown; }
 
-// A checkpoint directory as given, or a run directory's newest valid checkpoint of its current lineage.
-std::string checkpoint_dir(const std::string& path) {
-  if (fs::exists(fs::path(path) / "MANIFEST")) return path;
-  if (!fs::is_directory(path)) throw UsageError(concat(path, " is neither a checkpoint nor a run directory"));
-  auto latest = CheckpointStore(path).latest();
-  if (!latest) throw UsageError(concat("no valid checkpoint under ", path));
-  return latest->path;
-}
-
 // Checkpoints written before the MANIFEST recorded proto::Preprocess: rebuild it from the run's configuration and
 // its dataset's index (which must still be readable).
 proto::Preprocess recover_preprocess(const proto::Manifest& m, const std::string& dir) {
@@ -96,6 +87,40 @@ torch::Tensor prepare(const std::string& path, const proto::Preprocess& p) {
 
 }  // namespace
 
+std::string resolve_checkpoint(const std::string& path) {
+  if (fs::exists(fs::path(path) / "MANIFEST")) return path;
+  if (!fs::is_directory(path)) throw UsageError(concat(path, " is neither a checkpoint nor a run directory"));
+  auto latest = CheckpointStore(path).latest();
+  if (!latest) throw UsageError(concat("no valid checkpoint under ", path));
+  return latest->path;
+}
+
+TrainedModel load_trained_model(const std::string& checkpoint_or_run, bool ema, const std::string& expected_model) {
+  TrainedModel t;
+  t.checkpoint = resolve_checkpoint(checkpoint_or_run);
+  CheckpointData ckpt = load_checkpoint(t.checkpoint);
+  t.manifest = ckpt.manifest;
+  const proto::Manifest& m = t.manifest;
+  if (!expected_model.empty() && m.model() != expected_model) {
+    throw UsageError(concat(t.checkpoint, " holds a ", m.model(), " model, not the ", expected_model, " asked for"));
+  }
+  t.preprocess = m.has_preprocess() ? m.preprocess() : recover_preprocess(m, t.checkpoint);
+  if (ema && ckpt.ema.empty()) throw UsageError(concat("--ema: ", t.checkpoint, " has no EMA weights"));
+  const NamedTensors& weights = ema ? ckpt.ema : ckpt.model;
+  const auto fc = weights.find("fc.weight");
+  if (fc == weights.end()) throw Error(concat(t.checkpoint, ": the weights have no fc.weight (no classifier head)"));
+
+  models::ModelOptions mo;
+  mo.num_classes = fc->second.size(0);
+  mo.in_channels = static_cast<int>(t.preprocess.channels());
+  t.model = models::make_model(m.model(), mo);
+  models::LoadOptions lo;
+  lo.source = t.checkpoint;
+  models::load_state_dict(*t.model, weights, lo);
+  t.model->eval();
+  return t;
+}
+
 std::vector<std::string> collect_images(const std::vector<std::string>& inputs) {
   std::vector<std::string> files;
   for (const auto& input : inputs) {
@@ -126,26 +151,13 @@ PredictResult predict(const PredictOptions& o) {
   const std::vector<std::string> files = collect_images(o.inputs);
 
   PredictResult r;
-  r.checkpoint = checkpoint_dir(o.checkpoint);
-  CheckpointData ckpt = load_checkpoint(r.checkpoint);
-  const proto::Manifest& m = ckpt.manifest;
-  r.step = m.step();
-  r.model = m.model();
-  r.preprocess = m.has_preprocess() ? m.preprocess() : recover_preprocess(m, r.checkpoint);
-  if (o.ema && ckpt.ema.empty()) throw UsageError(concat("--ema: ", r.checkpoint, " has no EMA weights"));
-  const NamedTensors& weights = o.ema ? ckpt.ema : ckpt.model;
-  const auto fc = weights.find("fc.weight");
-  if (fc == weights.end()) throw Error(concat(r.checkpoint, ": the weights have no fc.weight (no classifier head)"));
-
-  models::ModelOptions mo;
-  mo.num_classes = fc->second.size(0);
-  mo.in_channels = static_cast<int>(r.preprocess.channels());
-  auto model = models::make_model(m.model(), mo);
-  models::LoadOptions lo;
-  lo.source = r.checkpoint;
-  models::load_state_dict(*model, weights, lo);
-  model->eval();
-  const int64_t classes = mo.num_classes;
+  TrainedModel trained = load_trained_model(o.checkpoint, o.ema);
+  r.checkpoint = trained.checkpoint;
+  r.step = trained.manifest.step();
+  r.model = trained.manifest.model();
+  r.preprocess = trained.preprocess;
+  auto& model = trained.model;
+  const int64_t classes = model->num_classes();
   r.class_names.assign(r.preprocess.class_names().begin(), r.preprocess.class_names().end());
   if (static_cast<int64_t>(r.class_names.size()) != classes) r.class_names.clear();  // a new head: not the data's
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "models/resnet.h"
 #include "proto/checkpoint.pb.h"
 
 namespace stride::trainer {
@@ -31,6 +32,22 @@ struct PredictOptions {
 // The image files `inputs` name, in order (each folder's files sorted). Throws UsageError naming a path that does
 // not exist or a file whose extension is not an image format Stride decodes.
 std::vector<std::string> collect_images(const std::vector<std::string>& inputs);
+
+// A checkpoint directory as given, or a run directory's newest valid checkpoint of its current lineage. Throws
+// UsageError naming `path` when it is neither, or when a run directory holds no valid checkpoint.
+std::string resolve_checkpoint(const std::string& path);
+
+// A trained model as a checkpoint holds it: built from the MANIFEST's model name with the classifier's width and
+// the input channels the run's images had, weights loaded, in eval mode. `expected_model` (when not empty) must
+// be the checkpoint's model name, else UsageError naming both. `ema`: the EMA weights (UsageError without them).
+struct TrainedModel {
+  std::string checkpoint;  // the checkpoint directory used
+  proto::Manifest manifest;
+  proto::Preprocess preprocess;  // how the run's evaluation prepared images
+  models::ResNet model{nullptr};
+};
+TrainedModel load_trained_model(const std::string& checkpoint_or_run, bool ema = false,
+                                const std::string& expected_model = "");
 
 struct PredictResult {
   std::string checkpoint;  // the checkpoint directory used
