@@ -17,6 +17,8 @@ namespace {
 
 struct LoaderBenchArgs {
   data::LoaderOptions loader;
+  std::string data_path;  // the dataset, as `stride train --data-path` takes it
+  std::string split = "train";
   std::string crop = "pad-crop";
   std::string normalize = "none";
   double seconds = 10.0;
@@ -154,9 +156,11 @@ void run_loader_bench(LoaderBenchArgs a) {
 void add_loader_bench(CLI::App& bench) {
   auto a = std::make_shared<LoaderBenchArgs>();
   auto* cmd = bench.add_subcommand("loader", "Images/s of the sharded loader (decode + augment), per worker");
-  cmd->add_option("--data-path", a->loader.path,
-                  "Split directory (with index.pb), its http:// URL, or a pipe: command with {shard}")
+  cmd->add_option("--data-path", a->data_path,
+                  "The dataset, as stride train takes it: a folder holding SPLIT/index.pb, its http:// base URL, or "
+                  "a pipe: template with {split} and {shard}")
       ->required();
+  cmd->add_option("--split", a->split, "The split to read (a folder under --data-path)")->capture_default_str();
   cmd->add_option("--cache-dir", a->loader.source.cache_dir, "Remote data: shard cache directory");
   cmd->add_option("--cache-limit", a->loader.source.cache_limit, "Remote data: cache limit in bytes (0: none)");
   cmd->add_option("--prefetch-shards", a->loader.source.prefetch_shards, "Remote data: shards fetched ahead")
@@ -186,7 +190,11 @@ void add_loader_bench(CLI::App& bench) {
   cmd->add_option("--seconds", a->seconds, "Measurement time")->capture_default_str();
   cmd->add_flag("--json", a->json, "One JSON line");
   a->loader.augment.hflip = true;
-  cmd->callback([a] { run_loader_bench(*a); });
+  cmd->callback([a] {
+    data::check_not_a_split(a->data_path, a->split, "--split");
+    a->loader.path = data::split_location(a->data_path, a->split);
+    run_loader_bench(*a);
+  });
 }
 
 }  // namespace stride::bench

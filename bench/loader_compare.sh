@@ -25,14 +25,14 @@ fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== (a) Fashion-MNIST npy shards, pad-crop 28 + flip, float output, $WORKERS worker(s)"
 for i in $(seq 1 3); do
-  "$STRIDE" bench loader --json --data-path "$DIR/fmnist/train" --workers "$WORKERS" --batch-size 256 \
+  "$STRIDE" bench loader --json --data-path "$DIR/fmnist" --workers "$WORKERS" --batch-size 256 \
     --crop pad-crop --pad 4 --seconds "$SECONDS_PER_RUN"
 done
 
 echo "== (b) 224x224 RandomResizedCrop + flip + normalise on ~500x375 JPEGs, $WORKERS worker(s), $PAIRS pairs"
 ratios=()
 for i in $(seq 1 "$PAIRS"); do
-  s=$("$STRIDE" bench loader --json --data-path "$DIR/jpeg/train" --workers "$WORKERS" --batch-size 64 \
+  s=$("$STRIDE" bench loader --json --data-path "$DIR/jpeg" --workers "$WORKERS" --batch-size 64 \
       --crop random-resized --size 224 --normalize imagenet --seconds "$SECONDS_PER_RUN")
   t=$($PY bench/torchvision_loader.py --data-path "$DIR/jpeg-folder" --workers "$WORKERS" --batch-size 64 \
       --seconds "$SECONDS_PER_RUN")

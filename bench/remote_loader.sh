@@ -40,15 +40,15 @@ run() {  # DATA_PATH [flags] -> "seconds bytes_fetched"
     --no-flip --uint8 --trace /dev/null 2>&1 |
     sed -n 's/^replay: [0-9]* batches in \([0-9.]*\) s;.*fetched \([0-9]*\) bytes.*/\1 \2/p'
 }
-URL=http://127.0.0.1:$PORT/fm/train
+URL=http://127.0.0.1:$PORT/fm
 run "$URL" --cache-dir "$WORK/warm" > /dev/null  # fills the warm cache (and warms the page cache)
-run "$WORK/www/fm/train" > /dev/null
+run "$WORK/www/fm" > /dev/null
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(getconf _NPROCESSORS_ONLN) cores;" \
   "load $(cut -d' ' -f1-3 /proc/loadavg); workers $WORKERS; 60000 samples in 12 shards"
 printf '%-6s %10s %10s %10s %12s\n' round local_s warm_s cold_s cold_MB/s
 : > "$WORK/ratios"
 for r in $(seq "$ROUNDS"); do
-  read -r l _ < <(run "$WORK/www/fm/train")
+  read -r l _ < <(run "$WORK/www/fm")
   read -r w _ < <(run "$URL" --cache-dir "$WORK/warm")
   rm -rf "$WORK/cold"
   read -r c bytes < <(run "$URL" --cache-dir "$WORK/cold")

@@ -596,6 +596,17 @@ std::string split_location(const std::string& data_path, const std::string& spli
   return (fs::path(data_path) / split).string();
 }
 
+void check_not_a_split(const std::string& data_path, const std::string& split, const char* split_flag) {
+  if (is_remote(data_path) || fs::exists(fs::path(data_path) / split / kIndexFile)) return;
+  if (!fs::exists(fs::path(data_path) / kIndexFile)) return;
+  const fs::path given = fs::path(data_path).lexically_normal();
+  const fs::path parent = given.has_filename() ? given.parent_path() : given.parent_path().parent_path();
+  const std::string name = (given.has_filename() ? given : given.parent_path()).filename().string();
+  throw UsageError(concat("--data-path ", data_path, " is one split of a dataset (it holds ", kIndexFile,
+                          "); pass the folder above it: --data-path ", parent.empty() ? "." : parent.string(),
+                          name == split ? std::string() : concat(" ", split_flag, " ", name)));
+}
+
 std::unique_ptr<ShardSource> ShardSource::open(const std::string& location, const SourceOptions& options) {
   if (location.rfind("pipe:", 0) == 0) return std::make_unique<RemoteSource>(location, options, true);
   if (is_remote(location)) return std::make_unique<RemoteSource>(location, options, false);

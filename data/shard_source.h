@@ -51,6 +51,10 @@ struct SourceStats {
 bool is_remote(const std::string& location);
 // The location of a split under --data-path: DIR/SPLIT, URL/SPLIT, or the pipe: template with {split} filled.
 std::string split_location(const std::string& data_path, const std::string& split);
+// `--data-path fm/train` names one split, not the dataset: a UsageError saying which folder to pass instead (with
+// `split_flag SPLIT` when the split is not the default). Local folders only; a folder that holds SPLIT/index.pb
+// is a dataset even if it also holds an index of its own.
+void check_not_a_split(const std::string& data_path, const std::string& split, const char* split_flag);
 
 class ShardSource {
  public:

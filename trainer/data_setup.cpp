@@ -23,11 +23,7 @@ void check_dataset_present(const TrainConfig& c) {
   if (data::is_remote(c.data_path) || c.dataset != "shards") return;
   const auto train_dir = fs::path(c.data_path) / c.train_split;
   if (fs::exists(train_dir / data::kIndexFile)) return;
-  if (fs::exists(fs::path(c.data_path) / data::kIndexFile)) {  // `--data-path fm/train`: a split, not the dataset
-    const auto parent = fs::path(c.data_path).lexically_normal().parent_path();
-    throw UsageError(concat("--data-path ", c.data_path, " is one split of a dataset (it holds ", data::kIndexFile,
-                            "); pass the folder above it: --data-path ", parent.empty() ? "." : parent.string()));
-  }
+  data::check_not_a_split(c.data_path, c.train_split, "--train-split");
   throw UsageError(concat("no dataset at ", train_dir.string(), " (", data::kIndexFile, " missing): make one with ",
                           "`stride shard`, or pass --dataset fashion-mnist|cifar10|imagefolder to shard it now"));
 }

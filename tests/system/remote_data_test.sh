@@ -99,12 +99,12 @@ PYEOF
 }
 
 echo "== local reference"
-"$STRIDE" "${replay[@]}" --data-path "$DATA/train" --epochs 2 --trace "$WORK/ref.txt" 2> "$WORK/ref.log" ||
+"$STRIDE" "${replay[@]}" --data-path "$DATA" --epochs 2 --trace "$WORK/ref.txt" 2> "$WORK/ref.log" ||
   fail "local replay"
 once_per_epoch "$WORK/ref.txt"
 
 echo "== HTTP, cold cache"
-"$STRIDE" "${replay[@]}" --data-path "$URL/train" --cache-dir "$WORK/cache" --epochs 2 --trace "$WORK/cold.txt" \
+"$STRIDE" "${replay[@]}" --data-path "$URL" --cache-dir "$WORK/cache" --epochs 2 --trace "$WORK/cold.txt" \
   2> "$WORK/cold.log" || fail "HTTP cold replay"
 cmp -s "$WORK/ref.txt" "$WORK/cold.txt" || fail "HTTP (cold) batches differ from the local ones"
 grep -q "in 16 shards, 0 cache hits" "$WORK/cold.log" || fail "cold: expected 16 downloads: $(tail -1 "$WORK/cold.log")"
@@ -114,7 +114,7 @@ for f in "$DATA"/train/*.tar; do
 done
 
 echo "== HTTP, warm cache"
-"$STRIDE" "${replay[@]}" --data-path "$URL/train" --cache-dir "$WORK/cache" --epochs 2 --trace "$WORK/warm.txt" \
+"$STRIDE" "${replay[@]}" --data-path "$URL" --cache-dir "$WORK/cache" --epochs 2 --trace "$WORK/warm.txt" \
   2> "$WORK/warm.log" || fail "HTTP warm replay"
 cmp -s "$WORK/ref.txt" "$WORK/warm.txt" || fail "HTTP (warm) batches differ from the local ones"
 grep -q "in 0 shards, 16 cache hits" "$WORK/warm.log" || fail "warm: expected no download: $(tail -1 "$WORK/warm.log")"
@@ -124,11 +124,11 @@ echo "== two readers sharing one cache download each shard once"
 kill -USR1 "$(cat "$WORK/nginx/nginx.pid")"  # reopen the log
 pids=()
 for r in 0 1; do
-  "$STRIDE" "${replay[@]}" --world-size 2 --rank $r --data-path "$DATA/train" --epochs 1 \
+  "$STRIDE" "${replay[@]}" --world-size 2 --rank $r --data-path "$DATA" --epochs 1 \
     --trace "$WORK/ref-r$r.txt" 2> /dev/null
 done
 for r in 0 1; do
-  "$STRIDE" "${replay[@]}" --world-size 2 --rank $r --data-path "$URL/train" \
+  "$STRIDE" "${replay[@]}" --world-size 2 --rank $r --data-path "$URL" \
     --cache-dir "$WORK/shared" --epochs 1 --trace "$WORK/shared-r$r.txt" 2> "$WORK/shared-r$r.log" &
   pids+=($!)
 done
@@ -145,14 +145,14 @@ head -n 20 "$WORK/ref.txt" > "$WORK/ref-head.txt"
 resume_check() {  # NAME CACHE_DIR [extra flags]: 20 batches, then the rest from the printed cursor
   local name=$1 cache=$2
   shift 2
-  "$STRIDE" "${replay[@]}" --data-path "$URL/train" --cache-dir "$cache" --epochs 2 --max-batches 20 "$@" \
+  "$STRIDE" "${replay[@]}" --data-path "$URL" --cache-dir "$cache" --epochs 2 --max-batches 20 "$@" \
     --trace "$WORK/$name-1.txt" 2> "$WORK/$name-1.log" || fail "$name: first part"
   cmp -s "$WORK/ref-head.txt" "$WORK/$name-1.txt" || fail "$name: the first 20 batches differ"
   local cursor
   cursor=$(sed -n 's/.*next cursor \([0-9]*:[0-9]*\);.*/\1/p' "$WORK/$name-1.log")
   [ "$cursor" = "0:640" ] || fail "$name: cursor after 20 batches is '$cursor', expected 0:640"
   [ -z "${BEFORE_RESUME:-}" ] || eval "$BEFORE_RESUME"
-  "$STRIDE" "${replay[@]}" --data-path "$URL/train" --cache-dir "$cache" --epochs 2 --start "$cursor" "$@" \
+  "$STRIDE" "${replay[@]}" --data-path "$URL" --cache-dir "$cache" --epochs 2 --start "$cursor" "$@" \
     --trace "$WORK/$name-2.txt" 2> "$WORK/$name-2.log" || fail "$name: resumed part"
   cat "$WORK/$name-1.txt" "$WORK/$name-2.txt" | head -n "$(wc -l < "$WORK/ref.txt")" > "$WORK/$name.txt"
   cmp -s "$WORK/ref.txt" "$WORK/$name.txt" || fail "$name: the resumed sequence differs from the uninterrupted one"
@@ -193,7 +193,7 @@ while not os.path.exists(out + ".stop"):
 open(out, "w").write(str(peak))
 PYEOF
 poller=$!
-"$STRIDE" "${replay[@]}" --data-path "$URL/train" --cache-dir "$WORK/limited" --cache-limit "$limit" --epochs 2 \
+"$STRIDE" "${replay[@]}" --data-path "$URL" --cache-dir "$WORK/limited" --cache-limit "$limit" --epochs 2 \
   --trace "$WORK/limited.txt" 2> "$WORK/limited.log" || fail "limited replay"
 touch "$WORK/limited.max.stop"
 wait $poller
@@ -212,7 +212,7 @@ wait_for_shards() {  # DIR N: until N shards are in the cache (past the first wi
   done
   fail "no progress in $1"
 }
-"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/slow/data/train" --cache-dir "$WORK/restart" \
+"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/slow/data" --cache-dir "$WORK/restart" \
   --prefetch-shards 1 --epochs 1 --trace "$WORK/restart.txt" 2> "$WORK/restart.log" &
 run=$!
 wait_for_shards "$WORK/restart" 9
@@ -226,7 +226,7 @@ grep -q "warning: rank 0: fetching http://127.0.0.1:$PORT/slow/data/train/shard-
   "$WORK/restart.log" || fail "restart: no retry was logged"
 
 echo "== server stopped for good: exit 1, the URL and the rank in the error"
-"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/slow/data/train" --cache-dir "$WORK/gone" \
+"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/slow/data" --cache-dir "$WORK/gone" \
   --prefetch-shards 1 --fetch-retries 2 --epochs 1 --trace "$WORK/gone.txt" 2> "$WORK/gone.log" &
 run=$!
 wait_for_shards "$WORK/gone" 9
@@ -246,13 +246,13 @@ cp -r "$DATA" "$WORK/www/bad"
 printf '\xff\xff\xff\xff' | dd of="$WORK/www/bad/train/shard-000005.tar" bs=1 seek=3100 conv=notrunc status=none
 rm "$WORK/www/bad/test/shard-000001.tar"
 set +e
-"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/bad/train" --cache-dir "$WORK/bad" --epochs 1 \
+"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/bad" --cache-dir "$WORK/bad" --epochs 1 \
   --trace /dev/null 2> "$WORK/bad.log"
 rc_bad=$?
-"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/bad/test" --cache-dir "$WORK/bad" --epochs 1 \
+"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/bad" --split test --cache-dir "$WORK/bad" --epochs 1 \
   --trace /dev/null 2> "$WORK/missing.log"
 rc_missing=$?
-"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/nothing/train" --cache-dir "$WORK/bad" --epochs 1 \
+"$STRIDE" "${replay[@]}" --data-path "http://127.0.0.1:$PORT/nothing" --cache-dir "$WORK/bad" --epochs 1 \
   2> "$WORK/404.log"
 rc_404=$?
 set -e
@@ -269,7 +269,7 @@ grep -q "cannot fetch http://127.0.0.1:$PORT/nothing/train/index.pb: HTTP 404 No
   fail "404 index: $(tail -1 "$WORK/404.log")"
 
 echo "== pipe:"
-"$STRIDE" "${replay[@]}" --data-path "pipe:cat $DATA/train/{shard}" --cache-dir "$WORK/pipe" --epochs 2 \
+"$STRIDE" "${replay[@]}" --data-path "pipe:cat $DATA/{split}/{shard}" --cache-dir "$WORK/pipe" --epochs 2 \
   --trace "$WORK/pipe.txt" 2> "$WORK/pipe.log" || fail "pipe:cat replay"
 cmp -s "$WORK/ref.txt" "$WORK/pipe.txt" || fail "pipe:cat batches differ from the local ones"
 # A command that damages its first answer for one shard: the check catches it, the second fetch is good.
@@ -281,18 +281,18 @@ fi
 exec cat "$1"
 EOF
 chmod +x "$WORK/flaky.sh"
-"$STRIDE" "${replay[@]}" --data-path "pipe:$WORK/flaky.sh $DATA/train/{shard} $WORK/flaky.once" \
+"$STRIDE" "${replay[@]}" --data-path "pipe:$WORK/flaky.sh $DATA/{split}/{shard} $WORK/flaky.once" \
   --cache-dir "$WORK/flaky" --epochs 1 --trace "$WORK/flaky.txt" 2> "$WORK/flaky.log" || fail "flaky pipe"
 head -n 64 "$WORK/ref.txt" | cmp -s - "$WORK/flaky.txt" || fail "flaky pipe: batches differ"
 grep -q "shard-000002.tar .* fails its check (5000 bytes but the index records" "$WORK/flaky.log" ||
   fail "flaky pipe: the short answer was not caught"
 set +e
-"$STRIDE" "${replay[@]}" --data-path "pipe:cat $WORK/nope/{shard}" --cache-dir "$WORK/pipe" --epochs 1 \
+"$STRIDE" "${replay[@]}" --data-path "pipe:cat $WORK/nope/{split}/{shard}" --cache-dir "$WORK/pipe" --epochs 1 \
   2> "$WORK/pipe-fail.log"
 rc=$?
 set -e
 [ $rc = 1 ] || fail "failing pipe: exit code $rc"
-grep -q "\`cat $WORK/nope/index.pb\` failed with exit code 1; stderr: cat: $WORK/nope/index.pb: No such file" \
+grep -q "\`cat $WORK/nope/train/index.pb\` failed with exit code 1; stderr: cat: $WORK/nope/train/index.pb: No such file" \
   "$WORK/pipe-fail.log" || fail "failing pipe: stderr not in the error: $(tail -1 "$WORK/pipe-fail.log")"
 
 echo "== stride train over HTTP consumes the local run's samples"

@@ -148,6 +148,18 @@ TEST(CliLaunch, DatasetErrorsComeFirstAndLeaveNothingBehind) {
                           dir.file("fm")),
             std::string::npos)
       << r.output;
+  // `stride bench loader` takes --data-path the same way: the dataset, with --split choosing the folder.
+  r = run_command(kStride + " bench loader --data-path " + dir.file("fm/train"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("pass the folder above it: --data-path " + dir.file("fm") + "\n"), std::string::npos)
+      << r.output;
+  std::filesystem::create_directories(dir.file("fm/val"));
+  std::ofstream(dir.file("fm/val/index.pb")) << "";
+  r = run_command(kStride + " bench loader --data-path " + dir.file("fm/val/"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("pass the folder above it: --data-path " + dir.file("fm") + " --split val"),
+            std::string::npos)
+      << r.output;
 }
 
 // The probe's numbers must equal the gradient norms computed directly with torch::autograd::grad (a separate
