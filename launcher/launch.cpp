@@ -333,7 +333,12 @@ std::vector<std::string> rank_command(const LaunchOptions& o, bool resume) {
     // when one rank fails, as mpirun does.
     cmd = {o.srun, "--mpi=pmix", "--kill-on-bad-exit=1", "--label", concat("--ntasks=", o.ranks)};
   } else {
-    cmd = {o.mpirun, "-np", std::to_string(o.ranks), "--bind-to", "none", "--tag-output"};
+    // orte_allowed_exit_without_sync: Open MPI 4.x's mpirun can see a rank's exit before the same rank's finalize
+    // notice ("rank 1 with PID 0 ... exiting improperly", open-mpi/ompi#7833, #9389) and then fail a job whose
+    // every rank finished. With it, an exit with status 0 is a normal end; a non-zero status or a signal still
+    // fails the job (Stride's ranks never exit 0 without finalizing).
+    cmd = {o.mpirun,       "-np",   std::to_string(o.ranks),          "--bind-to", "none",
+           "--tag-output", "--mca", "orte_allowed_exit_without_sync", "1"};
     if (o.oversubscribe) cmd.push_back("--oversubscribe");
     if (!o.hostfile.empty()) cmd.insert(cmd.end(), {"--hostfile", o.hostfile});
     if (!o.hosts.empty()) cmd.insert(cmd.end(), {"--host", o.hosts});

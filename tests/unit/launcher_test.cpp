@@ -41,7 +41,8 @@ TEST(Launch, MpirunCommandCarriesHostsNetworkAndTheCoordinatorEnvironment) {
   EXPECT_EQ(resolve_launcher(o), "mpirun");
   const std::string first = joined(rank_command(o, /*resume=*/false));
   EXPECT_EQ(first,
-            "mpirun -np 4 --bind-to none --tag-output --oversubscribe --host h1:2,h2:2 --mca btl_tcp_if_include "
+            "mpirun -np 4 --bind-to none --tag-output --mca orte_allowed_exit_without_sync 1 --oversubscribe --host "
+            "h1:2,h2:2 --mca btl_tcp_if_include "
             "10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 -x STRIDE_COORDINATOR -x STRIDE_JOB_TOKEN -x "
             "STRIDE_RESTART_COUNT -x STRIDE_PROGRESS /opt/stride train --model resnet20 --resume "
             "runs/x/checkpoints/step-00000010");
