@@ -26,11 +26,15 @@ fail() {
 "$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$WORK/data" \
   --samples-per-shard 5000 > /dev/null
 SLOW_FROM=10 SLOW_TO=60 STEPS=140
+# The injected 250 ms sleep makes rank 1 several times slower than rank 0 (~30 ms of compute per step). Threshold 1.0
+# (twice as slow) keeps that signal while ignoring the noise of a 2-core machine shared by 2 ranks, the coordinator
+# and this poller: CI once saw rank 0 at 40% over rank 1 for 4 heartbeats after the slowdown, a real but harmless
+# wobble that the default 0.2 rightly reports and that this test must not count as a wrong flag.
 run=$WORK/run
 STRIDE_TEST_SLOW_RANK="1:250:$SLOW_FROM:$SLOW_TO" "${MPIRUN[@]}" -np 2 -x STRIDE_TEST_SLOW_RANK \
   "$STRIDE" train --model resnet20 --data-path "$WORK/data" --epochs 1 --lr 0.1 --seed 5 --threads 1 --workers 1 \
   --batch-size 16 --max-steps $STEPS --print-freq 10 --status-port 0 --heartbeat-interval 0.25 \
-  --straggler-threshold 0.2 --straggler-window 4 --output-dir "$run" > "$WORK/run.log" 2>&1 &
+  --straggler-threshold 1.0 --straggler-window 4 --output-dir "$run" > "$WORK/run.log" 2>&1 &
 job=$!
 
 # Polls /status until the job ends: when the flag was raised and cleared (rank steps, seconds since the slowdown
@@ -87,7 +91,7 @@ assert p["flagged_at_step"] is not None, "rank 1 was never flagged"
 assert slow_from <= p["flagged_at_step"] <= slow_to, p
 assert p["flagged_after_s"] <= 30, f"flagged {p['flagged_after_s']:.1f} s after the slowdown began"
 assert p["host"] and p["host"] == p["rank_host"], p
-assert p["slower_percent"] > 20, p
+assert p["slower_percent"] > 100, p
 assert p["breakdown"]["compute_s"] > 0.2, p  # the 250 ms sleep is compute
 assert not p["wrong"], f"ranks wrongly flagged: {p['wrong']}"
 assert p["cleared_at_step"] is not None, "the flag never cleared while the job ran"
