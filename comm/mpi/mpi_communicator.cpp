@@ -46,6 +46,9 @@ struct ShmEnv {
   ShmOptions options;         // STRIDE_SHM_SPIN_US, STRIDE_SHM_CALLER_SPIN_US, STRIDE_SHM_STAGING_KB
 };
 
+// Open MPI 4.1's default btl_tcp_flags less `put` and `hetero-rdma` (see MpiCommunicator's set-up).
+constexpr const char* kTcpBtlFlags = "send,inplace,need-ack,need-csum";
+
 // How allreduce travels when the ranks span hosts (STRIDE_ALLREDUCE, docs/distributed.md).
 enum class AllreduceMode { kAuto, kMpi, kRing, kHier };
 
@@ -334,6 +337,13 @@ MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl
         // yield the core while it polls instead of spinning, unless the user chose otherwise. Measured on a 2-core
         // machine, 2 ranks x 1 thread, resnet50: overlapped communication efficiency 0.76 -> 0.93.
         ::setenv("OMPI_MCA_mpi_yield_when_idle", "1", /*overwrite=*/0);
+        // Between hosts, Open MPI's TCP btl sends messages over ~192 KiB with its emulated-RDMA "put" pipeline,
+        // whose control messages (the receiver's PUT requests and acks) queue behind the data flowing the other
+        // way. Under sustained two-way traffic (every ring and allreduce step) that held a 1 Gbit/s link to
+        // 0.5 of its rate; with plain send/receive fragments the ring reaches 0.92-0.95 and MPI_Allreduce
+        // 0.78-0.93 (docs/benchmarks.md, "Across hosts"). Ranks on one host use shared memory, not this btl.
+        // The user's own btl_tcp_flags (mpirun --mca, or the environment) wins.
+        ::setenv("OMPI_MCA_btl_tcp_flags", kTcpBtlFlags, /*overwrite=*/0);
         int provided = 0;
         const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
         if (rc != MPI_SUCCESS) throw CommError(concat("MPI_Init_thread failed: ", mpi_error_string(rc)));

@@ -5,8 +5,9 @@
 // link rate while raw TCP moves 0.95 in both directions at once. This ring cuts each chunk into segments, keeps
 // several receives and sends in flight both ways and reduces a segment while the next ones travel, so that the
 // algorithm cannot be what limits the link; it also carries the inter-host step of the hierarchical allreduce.
-// Measured so far (docs/benchmarks.md, #16): it reaches the same ~0.5 as MPI_Allreduce on that link, so the limit
-// lies below the algorithm (the TCP transport under sustained two-way traffic); that is still open.
+// The ~0.5 that both this ring and MPI_Allreduce first reached there came from below the algorithm: the TCP btl's
+// emulated-RDMA protocol, whose control messages wait behind the reverse data; MpiCommunicator turns it off
+// (btl_tcp_flags), and the ring then moves 0.92-0.95 of the link (docs/benchmarks.md, #16).
 //
 // The algorithm: reduce-scatter then all-gather around the ring rank -> rank+1, 2(n-1) steps, each moving 1/n of
 // the tensor; a rank sends segment j of step k as soon as it received (and reduced) segment j of step k-1.
@@ -29,10 +30,12 @@ namespace stride::comm {
 
 struct RingOptions {
   // Bytes per message. Small enough that the first segment starts the pipeline early and a segment is reduced
-  // while the next travels; large enough that per-message costs vanish (not yet tuned by measurement).
-  int64_t segment_bytes = int64_t{512} << 10;
-  // Receives (and, separately, sends) in flight per rank.
-  int window = 8;
+  // while the next travels; large enough that per-message costs vanish. Measured on a 1 Gbit/s link with
+  // plain-send TCP fragments: 128 KiB x 16 in flight 0.92-0.95 of the link from 1 to 16 MiB, 512 KiB x 8
+  // 0.85-0.94, 2 MiB x 4 0.75-0.88 (docs/benchmarks.md).
+  int64_t segment_bytes = int64_t{128} << 10;
+  // Receives (and, separately, sends) in flight per rank: 2 MiB each way at the default segment.
+  int window = 16;
 };
 
 // Whether ring_allreduce can run `op` on `dtype`: floating-point and integer sums, averages (floating point),

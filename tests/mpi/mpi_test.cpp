@@ -51,6 +51,38 @@ TEST(Mpi, TransportIsSharedMemoryOnOneHostUnlessTurnedOff) {
   EXPECT_EQ(c->transport(), (env && std::string(env) == "0") || pretend_hosts ? "mpi" : "shm");
 }
 
+// The TCP btl's flags as Open MPI really uses them, read through the MPI tool interface: without the emulated-RDMA
+// `put` protocol unless the job chose its own (ctest runs mpi.np2_no_shm with `put` passed through -x, and names
+// that in STRIDE_TEST_EXPECT_TCP_PUT). The bit values are Open MPI's MCA_BTL_FLAGS_SEND (1) and _PUT (2).
+TEST(Mpi, TcpBtlSendsPlainFragmentsUnlessTheJobChoseItsOwnFlags) {
+  world();  // MPI_Init ran
+  int provided = 0;
+  ASSERT_EQ(MPI_T_init_thread(MPI_THREAD_SINGLE, &provided), MPI_SUCCESS);
+  int num = 0, index = -1;
+  MPI_T_cvar_get_num(&num);
+  for (int i = 0; i < num && index < 0; ++i) {
+    char name[256], desc[1024];
+    int name_len = sizeof name, desc_len = sizeof desc, verbosity = 0, bind = 0, scope = 0;
+    MPI_Datatype type;
+    MPI_T_enum enumtype;
+    if (MPI_T_cvar_get_info(i, name, &name_len, &verbosity, &type, &enumtype, desc, &desc_len, &bind, &scope) ==
+            MPI_SUCCESS &&
+        std::string(name) == "btl_tcp_flags")
+      index = i;
+  }
+  ASSERT_GE(index, 0) << "Open MPI has no btl_tcp_flags variable (is the tcp btl built?)";
+  MPI_T_cvar_handle handle;
+  int count = 0;
+  ASSERT_EQ(MPI_T_cvar_handle_alloc(index, nullptr, &handle, &count), MPI_SUCCESS);
+  unsigned int flags = 0;
+  ASSERT_EQ(MPI_T_cvar_read(handle, &flags), MPI_SUCCESS);
+  MPI_T_cvar_handle_free(&handle);
+  MPI_T_finalize();
+  const bool expect_put = std::getenv("STRIDE_TEST_EXPECT_TCP_PUT") != nullptr;
+  EXPECT_TRUE(flags & 1u) << "send, flags " << flags;
+  EXPECT_EQ((flags & 2u) != 0, expect_put) << "put, flags " << flags;
+}
+
 // The path a large float allreduce takes under this job's STRIDE_ALLREDUCE / STRIDE_TEST_HOSTS (ctest runs the
 // suite with ring, hierarchical and uneven-host layouts and names the path it expects in
 // STRIDE_TEST_EXPECT_PATH): a job that silently fell back to MPI_Allreduce fails here.
