@@ -12,11 +12,14 @@
 #      bandwidth as a fraction of RATE;
 #   2. training img/s, interleaved A,B,A,B in each round: Stride with MPI_Allreduce (STRIDE_ALLREDUCE=mpi), Stride
 #      auto (ring / hierarchical), Stride without communication, DDP gloo (tcmalloc), DDP no_sync; ratios per
-#      round, median (min-max) over rounds;
+#      round, median (min-max) over rounds. VARIANTS="..." picks others, also stride-fp16 and stride-powersgd
+#      (--grad-compression, PowerSGD rank 1 without warm-up);
 #   3. bytes that crossed the link per training step, from the veth counters: the difference between a 2-step
 #      and a 6-step run over 4 steps (set-up traffic such as the initial broadcast cancels out).
 # Needs root (network namespaces). Env: STRIDE (binary, default build/stride), STEPS (timed steps per training
-# run, default 20), SKIP_ALLREDUCE=1, SKIP_TRAIN=1.
+# run, default 20), SKIP_ALLREDUCE=1, SKIP_TRAIN=1, RAW_TCP=1 (raw TCP both ways first), AR_SWEEP="SEG:WIN:MCA ..."
+# (the allreduce per ring segment size, window and mpirun MCA settings; Stride's own TCP setting is
+# btl_tcp_flags=send,inplace,need-ack,need-csum, Open MPI's default adds put,hetero-rdma).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:?usage: bench/multihost.sh RATE MODEL [ROUNDS] [RANKS_PER_HOST]}
@@ -77,6 +80,38 @@ print(v/8 if m.group(3)=='bit' else v)")
 echo "# bench/multihost.sh $*: 2 hosts x $RPH rank(s), link $RATE each way ($rate_bytes B/s), $MODEL"
 echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(getconf _NPROCESSORS_ONLN) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
+# The link itself: raw TCP both ways at once, over one connection and over one connection per direction.
+if [ "${RAW_TCP:-0}" == 1 ]; then
+  echo "## raw TCP both ways at once (bench/tcp_bidir.py, 6 s each; MB/s received per side)"
+  ip netns exec "$B" $PY bench/tcp_bidir.py server 5201 & srv=$!
+  sleep 0.5
+  for m in one two; do echo "connections: $m"; ip netns exec "$A" $PY bench/tcp_bidir.py client $NET.2 5201 $m 6; sleep 0.3; done
+  kill $srv
+fi
+
+# What the TCP btl's protocol and the ring's segments do to the link: the allreduce at 1-16 MiB per variant,
+# SEGMENT_KB:WINDOW:MCA (MCA: comma-separated name=value pairs passed to mpirun).
+if [ -n "${AR_SWEEP:-}" ]; then
+  for e in $AR_SWEEP; do
+    IFS=: read -r seg win mca <<< "$e"
+    extra=()
+    for kv in ${mca//,/ }; do extra+=(--mca "${kv%%=*}" "${kv#*=}"); done
+    echo "## sweep: ring segments ${seg} KiB x $win in flight, mpirun ${extra[*]:-(no extra MCA)}"
+    ip netns exec "$A" "${MPI[@]}" "${extra[@]}" -x STRIDE_ALLREDUCE=ring -x STRIDE_RING_SEGMENT_KB="$seg" \
+      -x STRIDE_RING_WINDOW="$win" "$STRIDE" bench allreduce --min-bytes $((1 << 20)) --max-bytes $((16 << 20)) \
+      --rounds 2 --seconds-per-point 1 2> "$WORK/sweep.json" > /dev/null
+    $PY - "$WORK/sweep.json" "$rate_bytes" <<'PYEOF'
+import json, sys
+rate = float(sys.argv[2]) or float("nan")
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        j = json.loads(line)
+        print("  %3.0f MiB  ring %.3f GB/s (%.2f of link)  MPI_Allreduce %.3f GB/s (%.2f)" % (j["bytes"] / 2**20,
+              j["stride_busbw_gbs"], j["stride_busbw_gbs"] * 1e9 / rate, j["mpi_busbw_gbs"], j["mpi_busbw_gbs"] * 1e9 / rate))
+PYEOF
+  done
+fi
+
 if [ "${SKIP_ALLREDUCE:-0}" != 1 ]; then
   echo "## allreduce across the link (stride column: STRIDE_ALLREDUCE=ring; mpi column: raw MPI_Allreduce)"
   ip netns exec "$A" "${MPI[@]}" -x STRIDE_ALLREDUCE=ring "$STRIDE" bench allreduce --min-bytes $((1 << 20)) \
@@ -104,6 +139,10 @@ run_variant() {
                        --threads 1 --warmup "$warmup" --steps "$steps" 2>&1 | grep '^{' | tail -1) ;;
     stride) line=$(ip netns exec "$A" "${MPI[@]}" "$STRIDE" bench step "${margs[@]}" --threads 1 --warmup "$warmup" \
                    --steps "$steps" 2>&1 | grep '^{' | tail -1) ;;
+    stride-fp16|stride-powersgd)
+      local comp=${v#stride-}
+      line=$(ip netns exec "$A" "${MPI[@]}" "$STRIDE" bench step "${margs[@]}" --threads 1 --grad-compression "$comp" \
+             --warmup "$warmup" --steps "$steps" 2>&1 | grep '^{' | tail -1) ;;
     stride-nocomm) line=$(ip netns exec "$A" "${MPI[@]}" "$STRIDE" bench step "${margs[@]}" --threads 1 --no-comm \
                           --warmup "$warmup" --steps "$steps" 2>&1 | grep '^{' | tail -1) ;;
     ddp|ddp-nosync)
@@ -123,7 +162,7 @@ if [ "${SKIP_TRAIN:-0}" != 1 ]; then
     echo "$v $(( (b2 - b1 - (b1 - b0)) / 4 ))" | tee -a "$WORK/bytes.txt"
   done
   echo "## training img/s, interleaved, $ROUNDS rounds"
-  VARIANTS="stride-mpi stride stride-nocomm ddp ddp-nosync"
+  VARIANTS=${VARIANTS:-stride-mpi stride stride-nocomm ddp ddp-nosync}
   for r in $(seq 1 "$ROUNDS"); do
     for v in $VARIANTS; do
       line=$(run_variant $v)
@@ -140,14 +179,17 @@ for line in open(sys.argv[1]):
 def ratio(a, b):
     rs = sorted(x[a] / x[b] for x in runs.values() if a in x and b in x and x[b] == x[b] and x[b] > 0)
     return "%.3f (%.3f-%.3f)" % (statistics.median(rs), rs[0], rs[-1]) if rs else "n/a"
-for v in ["stride-mpi", "stride", "stride-nocomm", "ddp", "ddp-nosync"]:
+for v in ["stride-mpi", "stride", "stride-fp16", "stride-powersgd", "stride-nocomm", "ddp", "ddp-nosync"]:
     vals = [x[v] for x in runs.values() if v in x]
-    print("%-14s median img/s %.1f" % (v, statistics.median(vals)))
+    if vals:
+        print("%-16s median img/s %.1f" % (v, statistics.median(vals)))
 for name, a, b in [("Stride (auto) / DDP", "stride", "ddp"), ("Stride MPI_Allreduce / DDP", "stride-mpi", "ddp"),
                    ("Stride (auto) / Stride MPI_Allreduce", "stride", "stride-mpi"),
                    ("Stride comm efficiency (auto / no-comm)", "stride", "stride-nocomm"),
                    ("Stride MPI comm efficiency", "stride-mpi", "stride-nocomm"),
-                   ("DDP comm efficiency (ddp / no_sync)", "ddp", "ddp-nosync")]:
+                   ("DDP comm efficiency (ddp / no_sync)", "ddp", "ddp-nosync"),
+                   ("Stride fp16 / DDP", "stride-fp16", "ddp"), ("Stride PowerSGD / DDP", "stride-powersgd", "ddp"),
+                   ("Stride PowerSGD / no-comm", "stride-powersgd", "stride-nocomm")]:
     print("%-42s %s" % (name, ratio(a, b)))
 PYEOF
 fi
