@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "comm/bucket_tuner.h"
 #include "comm/communicator.h"
 #ifdef STRIDE_WITH_MPI
 #include "comm/mpi/mpi_communicator.h"
@@ -49,7 +50,8 @@ struct StepArgs {
   bool no_comm = false;     // gradients are not communicated (the communication-free reference)
   bool no_overlap = false;  // buckets are reduced after backward, not during it
   bool sync_bn = false;
-  double bucket_cap_mb = 25.0;
+  std::string bucket_cap_mb = "25";  // or auto: tuned after --warmup as `stride train` does, then measured
+  int64_t bucket_tune_steps = 5;
   std::string grad_compression = "none";
   int64_t powersgd_rank = 1;
   int64_t powersgd_warmup_steps = 0;  // the bench's --warmup steps come first anyway
@@ -285,7 +287,8 @@ void run_step_bench(const StepArgs& a) {
   if (world > 1) {
     comm::broadcast_module_state(*model, *comm);
     comm::ReducerOptions ro;
-    ro.bucket_cap_bytes = static_cast<int64_t>(a.bucket_cap_mb * 1024 * 1024);
+    ro.bucket_cap_bytes =
+        a.bucket_cap_mb == "auto" ? int64_t{25} << 20 : static_cast<int64_t>(std::stod(a.bucket_cap_mb) * 1024 * 1024);
     ro.overlap = !a.no_overlap;
     ro.skip_communication = a.no_comm;
     ro.compression = a.grad_compression;
@@ -336,6 +339,39 @@ void run_step_bench(const StepArgs& a) {
   };
   for (int64_t i = 0; i < a.warmup; ++i) step();
   synchronize(device);
+  nlohmann::json tuned;
+  if (reducer && a.bucket_cap_mb == "auto") {
+    // --bucket-cap-mb auto (Note [Bucket cap tuning]): the trainer's schedule and decision, then the measurement
+    // at the chosen cap.
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto caps =
+        comm::distinct_bucket_caps(model->named_parameters().pairs(), comm::default_bucket_cap_candidates());
+    tuned["candidates_mb"] = nlohmann::json::array();
+    for (int64_t c : caps) tuned["candidates_mb"].push_back(static_cast<double>(c) / (1 << 20));
+    int64_t chosen = caps.front(), steps = 0;
+    if (caps.size() > 1) {
+      comm::BucketTunerOptions o;
+      o.candidates = caps;
+      o.steps_per_candidate = a.bucket_tune_steps;
+      comm::BucketCapTuner tuner(o);
+      reducer->rebuild(tuner.initial_cap());
+      while (!tuner.done()) {
+        step();
+        ++steps;
+        const int64_t next = tuner.after_step(reducer->timeline().finished_s, *comm);
+        if (next != reducer->bucket_cap_bytes()) reducer->rebuild(next);
+      }
+      chosen = tuner.chosen_cap();
+      tuned["median_ms"] = nlohmann::json::array();
+      for (const auto& r : tuner.results()) tuned["median_ms"].push_back(r.median_s * 1e3);
+      if (comm->rank() == 0) std::fprintf(stderr, "bucket cap auto: %s\n", tuner.describe().c_str());
+    } else {
+      reducer->rebuild(chosen);
+    }
+    tuned["chosen_mb"] = static_cast<double>(chosen) / (1 << 20);
+    tuned["tuning_steps"] = steps;
+    tuned["tuning_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   if (!variants.empty()) {
     return run_interleaved(a, variants, comm, *model, *reducer, step, diagnose);
   }
@@ -387,6 +423,8 @@ void run_step_bench(const StepArgs& a) {
     out["comm_ms_per_step"] = 1e3 * st.comm_seconds / n;
     out["exposed_comm_ms_per_step"] = 1e3 * st.exposed_seconds / n;
     out["hidden_fraction"] = st.hidden_fraction();
+    out["bucket_cap_mb"] = static_cast<double>(reducer->bucket_cap_bytes()) / (1 << 20);
+    if (!tuned.is_null()) out["bucket_cap_auto"] = tuned;
   }
   if (comm->rank() == 0) std::printf("%s\n", out.dump().c_str());
 }
@@ -417,7 +455,11 @@ void add_step_bench(CLI::App& bench) {
   cmd->add_flag("--no-comm", a->no_comm, "Measurement only: skip gradient communication");
   cmd->add_flag("--no-overlap", a->no_overlap, "Reduce buckets after backward instead of during it");
   cmd->add_flag("--sync-bn", a->sync_bn, "Synchronised BatchNorm");
-  cmd->add_option("--bucket-cap-mb", a->bucket_cap_mb)->capture_default_str();
+  cmd->add_option("--bucket-cap-mb", a->bucket_cap_mb,
+                  "Gradient bucket cap in MiB, or auto: tuned after --warmup as stride train does, then measured")
+      ->capture_default_str();
+  cmd->add_option("--bucket-tune-steps", a->bucket_tune_steps, "--bucket-cap-mb auto: timed steps per candidate")
+      ->capture_default_str();
   cmd->add_option("--grad-compression", a->grad_compression, "none | fp16 | bf16 | powersgd")->capture_default_str();
   cmd->add_option("--powersgd-rank", a->powersgd_rank, "PowerSGD's approximation rank")->capture_default_str();
   cmd->add_option("--powersgd-warmup-steps", a->powersgd_warmup_steps,

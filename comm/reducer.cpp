@@ -19,7 +19,9 @@ using Clock = std::chrono::steady_clock;
 struct Param {
   std::string name;
   torch::Tensor tensor;
-  torch::Tensor grad_view;  // the view into the bucket that .grad should be
+  torch::Tensor grad_view;  // the view into its arena (and so its bucket) that .grad should be
+  size_t arena = 0;         // Note [Gradient arena]
+  int64_t offset = 0;       // elements into the arena
   size_t bucket = 0;
   std::shared_ptr<torch::autograd::Node> accumulator;
   uintptr_t hook = 0;
@@ -52,6 +54,32 @@ torch::Tensor view_like(const torch::Tensor& flat, int64_t offset, const torch::
   return flat.narrow(0, offset, p.numel()).view(p.sizes());
 }
 
+bool same_arena(const torch::Tensor& a, const torch::Tensor& b) {
+  return a.scalar_type() == b.scalar_type() && a.device() == b.device();
+}
+
+// Note [Bucket layout]: consecutive parameters (in the reducer's reverse registration order) of one dtype and
+// device, up to the cap; the first bucket holds at most first_bucket_bytes. Indices into `tensors`.
+std::vector<std::vector<size_t>> group_parameters(const std::vector<torch::Tensor>& tensors, int64_t cap_bytes,
+                                                  int64_t first_bucket_bytes) {
+  int64_t cap = std::min(first_bucket_bytes > 0 ? first_bucket_bytes : cap_bytes, cap_bytes);
+  std::vector<std::vector<size_t>> groups;
+  int64_t group_bytes = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+    const bool compatible = !groups.empty() && same_arena(tensors[groups.back().front()], t);
+    if (groups.empty() || !compatible || group_bytes + bytes > cap) {
+      if (!groups.empty()) cap = cap_bytes;
+      groups.emplace_back();
+      group_bytes = 0;
+    }
+    groups.back().push_back(i);
+    group_bytes += bytes;
+  }
+  return groups;
+}
+
 }  // namespace
 
 struct GradientReducer::State {
@@ -71,6 +99,72 @@ struct GradientReducer::State {
   int64_t timeline_steps = 0;  // steps finish() reduced (StepTimeline::step)
   Clock::time_point backward_start{};
   StepTimeline timeline;
+  std::vector<torch::Tensor> arenas;  // Note [Gradient arena]
+
+  bool communicates() const { return !options.skip_communication && comm->size() > 1; }
+
+  // Note [Gradient arena]: every parameter's gradient lives at a fixed offset of one flat buffer per dtype and
+  // device (from the communicator: in shared memory on the MPI back-end), in bucket order. A bucket is a slice of
+  // its arena, so the layout can change (rebuild) without moving a gradient or allocating: shared-memory segments
+  // are collective and stay mapped by the peers for the group's life, so per-bucket buffers would pile up.
+  void allocate_arenas() {
+    std::vector<int64_t> numel;
+    for (auto& p : params) {
+      size_t a = 0;
+      while (a < arenas.size() && !same_arena(arenas[a], p.tensor)) ++a;
+      if (a == arenas.size()) {
+        arenas.push_back(torch::empty({0}, p.tensor.options().requires_grad(false)));  // placeholder: dtype, device
+        numel.push_back(0);
+      }
+      p.arena = a;
+      p.offset = numel[a];
+      numel[a] += p.tensor.numel();
+    }
+    // Collective when communicating: every rank has the same parameters, so the same arenas in the same order.
+    for (size_t a = 0; a < arenas.size(); ++a) {
+      const auto opts = arenas[a].options();
+      arenas[a] = communicates() ? comm->alloc_buffer(numel[a], opts) : torch::zeros({numel[a]}, opts);
+    }
+    for (auto& p : params) {
+      p.grad_view = view_like(arenas[p.arena], p.offset, p.tensor);
+      if (p.tensor.grad().defined()) p.grad_view.copy_(p.tensor.grad());
+      p.tensor.mutable_grad() = p.grad_view;
+    }
+  }
+
+  // Cuts the arenas into buckets at options.bucket_cap_bytes (Note [Bucket layout]).
+  void build_buckets() {
+    const auto& o = options;
+    std::vector<torch::Tensor> tensors;
+    for (const auto& p : params) tensors.push_back(p.tensor);
+    buckets.clear();
+    for (auto& group : group_parameters(tensors, o.bucket_cap_bytes, o.first_bucket_bytes)) {
+      Bucket b;
+      int64_t numel = 0;
+      for (size_t i : group) numel += params[i].tensor.numel();
+      const Param& first = params[group.front()];
+      b.flat = arenas[first.arena].narrow(0, first.offset, numel);
+      if ((o.compression == "fp16" || o.compression == "bf16") && !o.skip_communication) {
+        b.compressed =
+            torch::empty({numel}, b.flat.options().dtype(o.compression == "fp16" ? torch::kHalf : torch::kBFloat16));
+      }
+      for (size_t i : group) params[i].bucket = buckets.size();
+      b.params = group;
+      if (o.compression == "powersgd" && communicates()) {
+        PowerSgdOptions po;
+        po.rank = o.powersgd_rank;
+        po.min_compression_rate = o.powersgd_min_compression_rate;
+        po.seed = o.powersgd_seed;
+        std::vector<PowerSgdBucket::Gradient> grads;
+        for (size_t i : group) {
+          // The index in registration order seeds the initial Q (params are stored in reverse).
+          grads.push_back({params[i].name, params[i].grad_view, static_cast<int64_t>(params.size() - 1 - i)});
+        }
+        b.powersgd = std::make_unique<PowerSgdBucket>(std::move(grads), po, *comm);
+      }
+      buckets.push_back(std::move(b));
+    }
+  }
 
   void mark_ready(size_t i) {
     std::lock_guard<std::mutex> lock(mu);
@@ -185,62 +279,8 @@ GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_
     p.tensor = it->second;
     s_->params.push_back(std::move(p));
   }
-  // Assign buckets: consecutive parameters of one dtype and device, up to the cap.
-  int64_t cap = std::min(o.first_bucket_bytes > 0 ? o.first_bucket_bytes : o.bucket_cap_bytes, o.bucket_cap_bytes);
-  std::vector<std::vector<size_t>> groups;
-  int64_t group_bytes = 0;
-  for (size_t i = 0; i < s_->params.size(); ++i) {
-    const auto& t = s_->params[i].tensor;
-    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
-    const bool compatible = !groups.empty() &&
-                            s_->params[groups.back().front()].tensor.scalar_type() == t.scalar_type() &&
-                            s_->params[groups.back().front()].tensor.device() == t.device();
-    if (groups.empty() || !compatible || group_bytes + bytes > cap) {
-      if (!groups.empty()) cap = o.bucket_cap_bytes;
-      groups.emplace_back();
-      group_bytes = 0;
-    }
-    groups.back().push_back(i);
-    group_bytes += bytes;
-  }
-  for (auto& group : groups) {
-    Bucket b;
-    int64_t numel = 0;
-    for (size_t i : group) numel += s_->params[i].tensor.numel();
-    const auto& first = s_->params[group.front()].tensor;
-    // Buckets come from the communicator: the MPI back-end puts them in shared memory, so peers on this host
-    // read the gradients where autograd accumulated them.
-    const bool communicates = !o.skip_communication && s_->comm->size() > 1;
-    b.flat = communicates ? s_->comm->alloc_buffer(numel, first.options().requires_grad(false))
-                          : torch::zeros({numel}, first.options().requires_grad(false));
-    if ((o.compression == "fp16" || o.compression == "bf16") && !o.skip_communication) {
-      b.compressed =
-          torch::empty({numel}, b.flat.options().dtype(o.compression == "fp16" ? torch::kHalf : torch::kBFloat16));
-    }
-    int64_t offset = 0;
-    for (size_t i : group) {
-      Param& p = s_->params[i];
-      p.bucket = s_->buckets.size();
-      p.grad_view = view_like(b.flat, offset, p.tensor);
-      if (p.tensor.grad().defined()) p.grad_view.copy_(p.tensor.grad());
-      p.tensor.mutable_grad() = p.grad_view;
-      offset += p.tensor.numel();
-    }
-    b.params = group;
-    if (o.compression == "powersgd" && communicates) {
-      PowerSgdOptions po;
-      po.rank = o.powersgd_rank;
-      po.min_compression_rate = o.powersgd_min_compression_rate;
-      po.seed = o.powersgd_seed;
-      std::vector<PowerSgdBucket::Gradient> grads;
-      for (size_t i : group) {
-        // The index in registration order seeds the initial Q (params are stored in reverse).
-        grads.push_back({s_->params[i].name, s_->params[i].grad_view, static_cast<int64_t>(s_->params.size() - 1 - i)});
-      }
-      b.powersgd = std::make_unique<PowerSgdBucket>(std::move(grads), po, *s_->comm);
-    }
-    s_->buckets.push_back(std::move(b));
-  }
+  s_->allocate_arenas();
+  s_->build_buckets();
   s_->ready.assign(s_->params.size(), false);
   s_->reset();
   // One post-hook per gradient accumulator; it runs after the gradient was added into .grad.
@@ -340,6 +380,27 @@ void GradientReducer::set_overlap(bool overlap) {
   s_->options.overlap = overlap;
 }
 
+void GradientReducer::rebuild(int64_t bucket_cap_bytes) {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  STRIDE_CHECK_GT(bucket_cap_bytes, 0, "bucket cap");
+  if (s_->options.compression == "powersgd") {
+    // PowerSGD's buffers are per bucket and, on the MPI back-end, in shared memory that is never unmapped.
+    throw UsageError("the gradient buckets cannot be rebuilt with --grad-compression powersgd");
+  }
+  bool in_flight = s_->next_launch != 0;
+  for (size_t i = 0; i < s_->params.size(); ++i) in_flight = in_flight || s_->ready[i];
+  STRIDE_CHECK(!in_flight, "GradientReducer::rebuild during a backward pass (call it between steps)");
+  torch::NoGradGuard no_grad;
+  s_->options.bucket_cap_bytes = bucket_cap_bytes;
+  s_->build_buckets();
+  s_->reset();
+}
+
+int64_t GradientReducer::bucket_cap_bytes() const {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  return s_->options.bucket_cap_bytes;
+}
+
 void GradientReducer::set_skip_communication(bool skip) {
   std::lock_guard<std::mutex> lock(s_->mu);
   STRIDE_CHECK(skip || !s_->built_skipping, "a reducer built with skip_communication cannot start communicating");
@@ -411,6 +472,23 @@ void GradientReducer::load_compression_state(const std::map<std::string, torch::
   for (auto& b : s_->buckets) {
     if (b.powersgd) b.powersgd->load(state);
   }
+}
+
+std::vector<std::vector<std::string>> plan_buckets(const GradientReducer::NamedParameters& parameters,
+                                                   int64_t bucket_cap_bytes, int64_t first_bucket_bytes) {
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> tensors;
+  for (auto it = parameters.rbegin(); it != parameters.rend(); ++it) {
+    if (!it->second.requires_grad()) continue;
+    names.push_back(it->first);
+    tensors.push_back(it->second);
+  }
+  std::vector<std::vector<std::string>> out;
+  for (const auto& group : group_parameters(tensors, bucket_cap_bytes, first_bucket_bytes)) {
+    out.emplace_back();
+    for (size_t i : group) out.back().push_back(names[i]);
+  }
+  return out;
 }
 
 void broadcast_module_state(torch::nn::Module& module, Communicator& comm, int root) {

@@ -3,11 +3,12 @@
 // Parameters (those that require grad) are packed, in reverse registration order, into flat buckets: a small
 // first bucket (so communication starts early in backward) and then buckets up to a cap (default 25 MiB). Each
 // parameter's .grad is a view into its bucket, so autograd accumulates straight into the buffer that is
-// communicated and the averaged result needs no copy back. A post-hook on every parameter's gradient accumulator
-// marks it ready; when all of a bucket's parameters are ready the bucket is all-reduced (average) while backward
-// continues. Buckets are launched strictly in index order on every rank (a ready bucket waits for its
-// predecessors), which keeps the collective order identical across ranks even when ranks differ in which
-// parameters get gradients. finish() launches what is left (buckets holding parameters unused this iteration),
+// communicated and the averaged result needs no copy back. The buckets are slices of one buffer per dtype and
+// device (Note [Gradient arena] in reducer.cpp), so rebuild() can re-cut them at another cap between steps. A post-hook
+// on every parameter's gradient accumulator marks it ready; when all of a bucket's parameters are ready the bucket is
+// all-reduced (average) while backward continues. Buckets are launched strictly in index order on every rank (a ready
+// bucket waits for its predecessors), which keeps the collective order identical across ranks even when ranks differ in
+// which parameters get gradients. finish() launches what is left (buckets holding parameters unused this iteration),
 // waits for everything, and leaves averaged gradients in .grad.
 //
 // Usage per optimizer step:
@@ -79,6 +80,13 @@ class GradientReducer {
   void set_overlap(bool overlap);
   void set_skip_communication(bool skip);
 
+  // Re-cuts the buckets at another cap (between steps only, on every rank at the same step: with the layout the
+  // collectives change). Gradients stay where they are (.grad keeps its views) and nothing is allocated except
+  // fp16/bf16 staging copies; the result is the reducer a fresh GradientReducer with that cap would be, with
+  // stats and timeline carried on. Not with PowerSGD (UsageError): its per-bucket state and buffers stay.
+  void rebuild(int64_t bucket_cap_bytes);
+  int64_t bucket_cap_bytes() const;
+
   // Bucket layout: parameter names per bucket, in launch order.
   std::vector<std::vector<std::string>> bucket_names() const;
   std::vector<int64_t> bucket_bytes() const;
@@ -102,6 +110,12 @@ class GradientReducer {
  private:
   std::shared_ptr<State> s_;
 };
+
+// The bucket layout a GradientReducer with this cap would make (parameter names per bucket, in launch order),
+// without building one: how --bucket-cap-mb auto drops candidate caps that would give the same buckets.
+std::vector<std::vector<std::string>> plan_buckets(const GradientReducer::NamedParameters& parameters,
+                                                   int64_t bucket_cap_bytes,
+                                                   int64_t first_bucket_bytes = int64_t{1} << 20);
 
 // Copies rank 0's parameters and buffers into every rank's module (one collective per dtype).
 void broadcast_module_state(torch::nn::Module& module, Communicator& comm, int root = 0);

@@ -149,7 +149,12 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"comm-backend", "auto | single | mpi | nccl (auto: mpi when started by mpirun/srun with several ranks)",
        &c.comm_backend},
       {"comm-timeout", "Seconds a collective may take before the run stops with exit code 75", &c.comm_timeout},
-      {"bucket-cap-mb", "Gradient bucket size cap in MiB (the first bucket is 1 MiB at most)", &c.bucket_cap_mb},
+      {"bucket-cap-mb",
+       "Gradient bucket size cap in MiB (the first bucket is 1 MiB at most), or auto: time the first steps at 1, 4, "
+       "16, 25 and 64 MiB and keep the fastest (rank 0 decides for all)",
+       &c.bucket_cap_mb},
+      {"bucket-tune-steps", "bucket-cap-mb auto: timed optimizer steps per candidate cap (the median counts)",
+       &c.bucket_tune_steps},
       {"grad-compression",
        "none | fp16 | bf16 | powersgd: communicate gradients in 16 bits, or as low-rank factors with error feedback "
        "(PowerSGD)",
@@ -245,9 +250,15 @@ void assign(const toml::node& node, OptionTarget target, const std::string& wher
         } else if constexpr (std::is_same_v<T, bool>) {
           *p = get_as<bool>(node, where, "true or false");
         } else if constexpr (std::is_same_v<T, std::string>) {
-          // checkpoint-every is "auto" or a number of steps; older config.toml files hold the number as an integer.
+          // checkpoint-every and bucket-cap-mb are "auto" or a number; older config.toml files hold the number.
           if (auto i = node.value_exact<int64_t>()) {
             *p = std::to_string(*i);
+            return;
+          }
+          if (auto d = node.value_exact<double>()) {
+            char buf[32];
+            const auto r = std::to_chars(buf, buf + sizeof(buf), *d);
+            *p = std::string(buf, r.ptr);
             return;
           }
           *p = get_as<std::string>(node, where, "a string");
@@ -335,6 +346,26 @@ int64_t checkpoint_every_steps(const TrainConfig& c) {
   return steps;
 }
 
+bool bucket_cap_auto(const TrainConfig& c) { return c.bucket_cap_mb == "auto"; }
+
+int64_t bucket_cap_bytes(const TrainConfig& c) {
+  if (bucket_cap_auto(c)) return 0;
+  const std::string& v = c.bucket_cap_mb;
+  size_t used = 0;
+  double mb = 0.0;
+  try {
+    mb = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const double bytes = mb * 1024.0 * 1024.0;
+  if (v.empty() || used != v.size() || !(bytes >= 1.0) || !std::isfinite(bytes) || bytes > 1e15) {
+    throw UsageError(
+        concat("--bucket-cap-mb must be positive (a size in MiB) or auto, got '", v, "'", did_you_mean(v, {"auto"})));
+  }
+  return static_cast<int64_t>(bytes);
+}
+
 void validate(const TrainConfig& c) {
   auto positive = [](const char* key, int64_t v) {
     if (v <= 0) throw UsageError(concat("--", key, " must be positive, got ", v));
@@ -404,7 +435,13 @@ void validate(const TrainConfig& c) {
   if (!(c.hang_report_after > 0.0) || !std::isfinite(c.hang_report_after))
     throw UsageError(concat("--hang-report-after must be a positive number of seconds, got ", c.hang_report_after));
   if (c.control_every < 1) throw UsageError(concat("--control-every must be positive, got ", c.control_every));
-  if (!(c.bucket_cap_mb > 0.0)) throw UsageError(concat("--bucket-cap-mb must be positive, got ", c.bucket_cap_mb));
+  bucket_cap_bytes(c);  // throws on anything but "auto" or a positive size
+  positive("bucket-tune-steps", c.bucket_tune_steps);
+  if (bucket_cap_auto(c) && c.grad_compression == "powersgd") {
+    throw UsageError(
+        "--bucket-cap-mb auto does not combine with --grad-compression powersgd (its per-bucket state cannot be "
+        "re-cut, and its first steps are uncompressed, so they would time the wrong thing): give a size in MiB");
+  }
   if (c.label_smoothing < 0.0 || c.label_smoothing >= 1.0)
     throw UsageError(concat("--label-smoothing must be in [0, 1), got ", c.label_smoothing));
   if (c.momentum >= 1.0) throw UsageError(concat("--momentum must be < 1, got ", c.momentum));
@@ -524,6 +561,18 @@ std::string to_toml(TrainConfig config) {
             std::string a = "[";
             for (size_t i = 0; i < p->size(); ++i) a += (i ? ", " : " ") + toml_scalar((*p)[i]);
             lines[spec.name] = a + (p->empty() ? "]" : " ]");
+          } else if constexpr (std::is_same_v<T, std::string>) {
+            // bucket-cap-mb is "auto" or a number: written as a number, as before it could be "auto", so older
+            // runs' config.toml compare equal on resume.
+            lines[spec.name] = toml_scalar(*p);
+            if (spec.name == "bucket-cap-mb" && !bucket_cap_auto(config)) {
+              try {
+                size_t used = 0;
+                const double mb = std::stod(*p, &used);
+                if (used == p->size()) lines[spec.name] = toml_double(mb);
+              } catch (const std::exception&) {  // not validated yet: written as the string it is
+              }
+            }
           } else {
             lines[spec.name] = toml_scalar(*p);
           }

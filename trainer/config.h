@@ -116,9 +116,12 @@ struct TrainConfig {
   std::string device = "auto";     // auto (CUDA when available) | cpu | cuda
   bool channels_last = false;
   // Data parallelism (docs/distributed.md)
-  std::string comm_backend = "auto";      // auto | single | mpi | nccl
-  double comm_timeout = 300.0;            // seconds a collective may take before the run fails (exit code 75)
-  double bucket_cap_mb = 25.0;            // gradient bucket cap
+  std::string comm_backend = "auto";  // auto | single | mpi | nccl
+  double comm_timeout = 300.0;        // seconds a collective may take before the run fails (exit code 75)
+  // Gradient bucket cap in MiB, or "auto": measured in the first steps (Note [Bucket cap tuning] in
+  // comm/bucket_tuner.h); bucket_cap_bytes() reads it. bucket_tune_steps: timed steps per candidate cap.
+  std::string bucket_cap_mb = "25";
+  int64_t bucket_tune_steps = 5;
   std::string grad_compression = "none";  // none | fp16 | bf16 | powersgd
   int64_t powersgd_rank = 1;              // PowerSGD's matrix approximation rank (PyTorch's default)
   int64_t powersgd_warmup_steps = 1000;   // steps of plain all-reduce before PowerSGD starts (PyTorch 1.13's default)
@@ -165,6 +168,9 @@ void validate(const TrainConfig& config);
 // --checkpoint-every: auto, or the fixed step count (0 for auto and for epoch ends only). UsageError on others.
 bool checkpoint_every_auto(const TrainConfig& config);
 int64_t checkpoint_every_steps(const TrainConfig& config);
+// --bucket-cap-mb: auto, or the cap in bytes (0 for auto). UsageError naming the flag on anything else.
+bool bucket_cap_auto(const TrainConfig& config);
+int64_t bucket_cap_bytes(const TrainConfig& config);
 // --global-batch N on `world` ranks (call once, after validate): sets accum_steps to the fewest micro-batches per
 // rank whose size divides N / world and is at most --batch-size, and batch_size to that size, so that
 // batch_size x world x accum_steps = N. No-op when global_batch is 0. UsageError naming the flags when N is not a

@@ -33,6 +33,7 @@ const std::set<std::string>& operational_keys() {
                                              "comm-backend",
                                              "comm-timeout",
                                              "bucket-cap-mb",
+                                             "bucket-tune-steps",
                                              "job",
                                              "status-port",
                                              "status-bind",

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/bucket_tuner.h"
 #include "comm/communicator.h"
 #include "comm/flight_recorder.h"
 #include "comm/reducer.h"
@@ -56,7 +57,12 @@ struct Trainer::State {
   std::string resume_note;       // what choose_checkpoint() has to say once output is set up
   // This rank's PowerSGD state from the checkpoint, loaded into the reducer once it exists (after resume()).
   std::map<std::string, torch::Tensor> reducer_state;
-  int64_t step = 0;  // optimizer steps completed
+  // --bucket-cap-mb auto (trainer/bucket_cap.cpp): the tuner while it measures; the decision once made (or read
+  // from the checkpoint resumed), recorded in every MANIFEST after it.
+  std::unique_ptr<comm::BucketCapTuner> bucket_tuner;
+  std::optional<proto::BucketCapChoice> bucket_choice;
+  int64_t bucket_tuning_start = 0;  // the step tuning began at
+  int64_t step = 0;                 // optimizer steps completed
   data::Cursor cursor;
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
@@ -84,6 +90,16 @@ struct Trainer::State {
   void choose_checkpoint();
   void resume();
   void apply_freeze();
+
+  // bucket_cap.cpp
+  // The cap the reducer starts with: the fixed --bucket-cap-mb, or for auto the checkpoint's choice or the first
+  // candidate (bucket_tuner then set).
+  int64_t initial_bucket_cap();
+  // After every optimizer step while tuning: feeds the step's time, rebuilds the reducer at the next candidate,
+  // records the decision.
+  void tune_bucket_cap();
+  // The end of the run: notes a tuning left unfinished.
+  void end_bucket_tuning();
 
   // trainer.cpp
   void train();

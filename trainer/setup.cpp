@@ -70,6 +70,9 @@ void Trainer::State::setup() {
   if (c.grad_compression == "powersgd" && world == 1 && !c.test_only) {
     std::fprintf(stderr, "stride: note: --grad-compression powersgd with one rank compresses nothing\n");
   }
+  if (bucket_cap_auto(c) && world == 1 && !c.test_only) {
+    std::fprintf(stderr, "stride: note: --bucket-cap-mb auto with one rank has no gradients to reduce\n");
+  }
   if (world > 1 && rank == 0) {
     const std::string transport = comm->transport();
     const std::string wait = comm->shm_wait();  // docs/distributed.md, STRIDE_SHM_WAIT
@@ -205,7 +208,7 @@ void Trainer::State::setup() {
     if (c.sync_bn) comm::convert_sync_batchnorm(*model, comm);
     if (!c.test_only) {
       comm::ReducerOptions ro;
-      ro.bucket_cap_bytes = static_cast<int64_t>(c.bucket_cap_mb * 1024.0 * 1024.0);
+      ro.bucket_cap_bytes = initial_bucket_cap();
       ro.compression = c.grad_compression;
       ro.powersgd_rank = c.powersgd_rank;
       ro.powersgd_warmup_steps = c.powersgd_warmup_steps;
@@ -356,6 +359,7 @@ void Trainer::State::resume() {
       }
     }
   }
+  if (m.has_bucket_cap()) bucket_choice = m.bucket_cap();  // initial_bucket_cap() decides whether it applies
   step = static_cast<int64_t>(m.step());
   cursor = {m.cursor().epoch(), m.cursor().consumed(), m.cursor().seed()};
   lineage_parent = std::make_pair(m.step(), m.lineage().id());

@@ -298,6 +298,7 @@ void Trainer::State::train() {
       ++step;
       if (ema) update_ema();
       optimizer_total += seconds_since(optimizer_start);
+      if (bucket_tuner) tune_bucket_cap();
       {
         const double exposed = reducer ? reducer->stats().exposed_seconds - exposed_base : 0.0;
         const double loader_wait = train_data->wait_seconds();
@@ -419,6 +420,7 @@ void Trainer::State::train() {
     }
     checkpoint();  // every epoch end (replacing a same-step mid-epoch one: its cursor now points past the epoch)
   }
+  end_bucket_tuning();
   // A score is reported only for the step that produced it.
   const bool scored = last_eval_step == step && last_eval.count("acc1");
   out->print(concat("done: ", step - first_step, " steps",
@@ -576,6 +578,7 @@ void Trainer::State::checkpoint() {
     }
     *m.mutable_precision() = precision_record();
     *m.mutable_preprocess() = preprocess;
+    if (bucket_choice) *m.mutable_bucket_cap() = *bucket_choice;
     job.manifest = std::move(m);
   }
   coordination->submit(std::move(job));

@@ -154,6 +154,57 @@ TEST(TrainConfig, PowerSgdFlagsParseCheckAndReachTheToml) {
   EXPECT_TRUE(changes[0].changes_result);
 }
 
+// --bucket-cap-mb: a size in MiB or auto, on the command line and in TOML (number or string); anything else names
+// the flag. The resolved config.toml keeps a number a number, so an older run's config compares equal.
+TEST(TrainConfig, BucketCapIsASizeOrAuto) {
+  ScratchDir dir("cfgbucket");
+  auto d = parse({});
+  ASSERT_EQ(d.error, "");
+  EXPECT_FALSE(bucket_cap_auto(d.config));
+  EXPECT_EQ(bucket_cap_bytes(d.config), int64_t{25} << 20);
+  EXPECT_EQ(d.config.bucket_tune_steps, 5);
+  auto a = parse({"--bucket-cap-mb", "auto", "--bucket-tune-steps", "2"});
+  ASSERT_EQ(a.error, "");
+  EXPECT_TRUE(bucket_cap_auto(a.config));
+  EXPECT_EQ(bucket_cap_bytes(a.config), 0);
+  EXPECT_EQ(a.config.bucket_tune_steps, 2);
+  EXPECT_EQ(bucket_cap_bytes(parse({"--bucket-cap-mb", "0.5"}).config), int64_t{1} << 19);
+  for (const char* bad : {"0", "-4", "autox", "25MB", "", "nan", "inf"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_NE(parse({"--bucket-cap-mb", bad}).error.find("--bucket-cap-mb must be positive (a size in MiB) or auto"),
+              std::string::npos)
+        << parse({"--bucket-cap-mb", bad}).error;
+  }
+  EXPECT_NE(parse({"--bucket-cap-mb", "autox"}).error.find("auto"), std::string::npos);
+  EXPECT_NE(parse({"--bucket-tune-steps", "0"}).error.find("--bucket-tune-steps must be positive"), std::string::npos);
+  EXPECT_NE(parse({"--bucket-cap-mb", "auto", "--grad-compression", "powersgd"})
+                .error.find("--bucket-cap-mb auto does not combine with --grad-compression powersgd"),
+            std::string::npos);
+  // TOML: a string or a number.
+  auto t = parse({}, "bucket-cap-mb = \"auto\"\n", &dir);
+  ASSERT_EQ(t.error, "");
+  EXPECT_TRUE(bucket_cap_auto(t.config));
+  EXPECT_EQ(bucket_cap_bytes(parse({}, "bucket-cap-mb = 4\n", &dir).config), int64_t{4} << 20);
+  EXPECT_EQ(bucket_cap_bytes(parse({}, "bucket-cap-mb = 12.5\n", &dir).config), int64_t{25} << 19);
+  EXPECT_NE(parse({}, "bucket-cap-mb = \"big\"\n", &dir).error.find("--bucket-cap-mb must be positive"),
+            std::string::npos);
+  EXPECT_NE(parse({}, "bucket-cap-mb = -1\n", &dir).error.find("--bucket-cap-mb must be positive"), std::string::npos);
+  // The resolved TOML: auto as a string, a size as a number (as config.toml held it before auto existed).
+  EXPECT_NE(to_toml(a.config).find("bucket-cap-mb = 'auto'\n"), std::string::npos);
+  EXPECT_NE(to_toml(d.config).find("bucket-cap-mb = 25.0\n"), std::string::npos);
+  TrainConfig back;
+  parse_toml(to_toml(a.config), "config.toml", back);
+  EXPECT_TRUE(bucket_cap_auto(back));
+  EXPECT_EQ(back.bucket_tune_steps, 2);
+  TrainConfig old_run;
+  parse_toml("bucket-cap-mb = 25.0\n", "config.toml", old_run);
+  EXPECT_TRUE(config_changes("bucket-cap-mb = 25.0\n", 1, old_run, 1).empty());
+  // Operational: a resume may switch between a size and auto.
+  const auto changes = config_changes(to_toml(d.config), 2, a.config, 2);
+  ASSERT_FALSE(changes.empty());
+  for (const auto& ch : changes) EXPECT_FALSE(ch.changes_result) << ch.key;
+}
+
 TEST(TrainConfig, ResolvedTomlRoundTrips) {
   TrainConfig c;
   c.lr = 0.37;
