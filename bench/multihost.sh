@@ -13,7 +13,8 @@
 #   2. training img/s, interleaved A,B,A,B in each round: Stride with MPI_Allreduce (STRIDE_ALLREDUCE=mpi), Stride
 #      auto (ring / hierarchical), Stride without communication, DDP gloo (tcmalloc), DDP no_sync; ratios per
 #      round, median (min-max) over rounds. VARIANTS="..." picks others, also stride-fp16 and stride-powersgd
-#      (--grad-compression, PowerSGD rank 1 without warm-up);
+#      (--grad-compression, PowerSGD rank 1 without warm-up), stride-bucketauto (--bucket-cap-mb auto, 3 timed
+#      steps per candidate, then measured; the choice is printed); SKIP_BYTES=1 skips part 3;
 #   3. bytes that crossed the link per training step, from the veth counters: the difference between a 2-step
 #      and a 6-step run over 4 steps (set-up traffic such as the initial broadcast cancels out).
 # Needs root (network namespaces). Env: STRIDE (binary, default build/stride), STEPS (timed steps per training
@@ -143,6 +144,9 @@ run_variant() {
       local comp=${v#stride-}
       line=$(ip netns exec "$A" "${MPI[@]}" "$STRIDE" bench step "${margs[@]}" --threads 1 --grad-compression "$comp" \
              --warmup "$warmup" --steps "$steps" 2>&1 | grep '^{' | tail -1) ;;
+    stride-bucketauto)
+      line=$(ip netns exec "$A" "${MPI[@]}" "$STRIDE" bench step "${margs[@]}" --threads 1 --bucket-cap-mb auto \
+             --bucket-tune-steps 3 --warmup "$warmup" --steps "$steps" 2>&1 | grep '^{' | tail -1) ;;
     stride-nocomm) line=$(ip netns exec "$A" "${MPI[@]}" "$STRIDE" bench step "${margs[@]}" --threads 1 --no-comm \
                           --warmup "$warmup" --steps "$steps" 2>&1 | grep '^{' | tail -1) ;;
     ddp|ddp-nosync)
@@ -156,8 +160,9 @@ run_variant() {
 }
 
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
-  echo "## bytes crossing the link per training step (veth tx of both hosts; (6-step run - 2-step run) / 4)"
-  for v in stride-mpi stride ddp; do
+  [ "${SKIP_BYTES:-0}" == 1 ] ||
+    echo "## bytes crossing the link per training step (veth tx of both hosts; (6-step run - 2-step run) / 4)"
+  [ "${SKIP_BYTES:-0}" == 1 ] || for v in stride-mpi stride ddp; do
     b0=$(tx); run_variant $v 2 1 > /dev/null; b1=$(tx); run_variant $v 6 1 > /dev/null; b2=$(tx)
     echo "$v $(( (b2 - b1 - (b1 - b0)) / 4 ))" | tee -a "$WORK/bytes.txt"
   done
@@ -168,6 +173,7 @@ if [ "${SKIP_TRAIN:-0}" != 1 ]; then
       line=$(run_variant $v)
       ips=$(echo "$line" | $PY -c 'import json,sys; j=json.loads(sys.stdin.read()); print(j["images_per_s"])' 2>/dev/null || echo nan)
       echo "round $r $v $ips" | tee -a "$WORK/train.txt"
+      case $line in *bucket_cap_auto*) echo "  $(echo "$line" | $PY -c 'import json,sys; print("bucket cap auto:", json.dumps(json.loads(sys.stdin.read())["bucket_cap_auto"]))')" ;; esac
     done
   done
   $PY - "$WORK/train.txt" <<'PYEOF'
@@ -179,7 +185,8 @@ for line in open(sys.argv[1]):
 def ratio(a, b):
     rs = sorted(x[a] / x[b] for x in runs.values() if a in x and b in x and x[b] == x[b] and x[b] > 0)
     return "%.3f (%.3f-%.3f)" % (statistics.median(rs), rs[0], rs[-1]) if rs else "n/a"
-for v in ["stride-mpi", "stride", "stride-fp16", "stride-powersgd", "stride-nocomm", "ddp", "ddp-nosync"]:
+for v in ["stride-mpi", "stride", "stride-bucketauto", "stride-fp16", "stride-powersgd", "stride-nocomm", "ddp",
+          "ddp-nosync"]:
     vals = [x[v] for x in runs.values() if v in x]
     if vals:
         print("%-16s median img/s %.1f" % (v, statistics.median(vals)))
@@ -189,7 +196,8 @@ for name, a, b in [("Stride (auto) / DDP", "stride", "ddp"), ("Stride MPI_Allred
                    ("Stride MPI comm efficiency", "stride-mpi", "stride-nocomm"),
                    ("DDP comm efficiency (ddp / no_sync)", "ddp", "ddp-nosync"),
                    ("Stride fp16 / DDP", "stride-fp16", "ddp"), ("Stride PowerSGD / DDP", "stride-powersgd", "ddp"),
-                   ("Stride PowerSGD / no-comm", "stride-powersgd", "stride-nocomm")]:
+                   ("Stride PowerSGD / no-comm", "stride-powersgd", "stride-nocomm"),
+                   ("Stride bucket cap auto / 25 MiB", "stride-bucketauto", "stride")]:
     print("%-42s %s" % (name, ratio(a, b)))
 PYEOF
 fi
