@@ -23,6 +23,7 @@
 #include "models/flops.h"
 #include "models/registry.h"
 #include "trainer/amp.h"
+#include "trainer/config.h"
 #include "trainer/coordination.h"
 #include "trainer/loss.h"
 #include "trainer/precision.h"
@@ -229,6 +230,7 @@ void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants
 void run_step_bench(const StepArgs& a) {
   if (a.device != "cpu" && a.device != "cuda") throw UsageError(concat("--device must be cpu or cuda, not ", a.device));
   const std::vector<std::string> variants = interleave_variants(a.interleave);  // bad names fail before any work
+  const int64_t cap = trainer::parse_bucket_cap_mb(a.bucket_cap_mb);            // 0: auto, tuned after --warmup
   comm::CommOptions co;
   co.backend = a.comm_backend;
   // Before the communicator: it reads the thread count to decide how its ranks wait (comm/shm/host_cpus.h).
@@ -287,8 +289,7 @@ void run_step_bench(const StepArgs& a) {
   if (world > 1) {
     comm::broadcast_module_state(*model, *comm);
     comm::ReducerOptions ro;
-    ro.bucket_cap_bytes =
-        a.bucket_cap_mb == "auto" ? int64_t{25} << 20 : static_cast<int64_t>(std::stod(a.bucket_cap_mb) * 1024 * 1024);
+    ro.bucket_cap_bytes = cap > 0 ? cap : int64_t{25} << 20;
     ro.overlap = !a.no_overlap;
     ro.skip_communication = a.no_comm;
     ro.compression = a.grad_compression;

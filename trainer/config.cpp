@@ -348,9 +348,10 @@ int64_t checkpoint_every_steps(const TrainConfig& c) {
 
 bool bucket_cap_auto(const TrainConfig& c) { return c.bucket_cap_mb == "auto"; }
 
-int64_t bucket_cap_bytes(const TrainConfig& c) {
-  if (bucket_cap_auto(c)) return 0;
-  const std::string& v = c.bucket_cap_mb;
+int64_t bucket_cap_bytes(const TrainConfig& c) { return parse_bucket_cap_mb(c.bucket_cap_mb); }
+
+int64_t parse_bucket_cap_mb(const std::string& v) {
+  if (v == "auto") return 0;
   size_t used = 0;
   double mb = 0.0;
   try {

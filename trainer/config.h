@@ -171,6 +171,9 @@ int64_t checkpoint_every_steps(const TrainConfig& config);
 // --bucket-cap-mb: auto, or the cap in bytes (0 for auto). UsageError naming the flag on anything else.
 bool bucket_cap_auto(const TrainConfig& config);
 int64_t bucket_cap_bytes(const TrainConfig& config);
+// A --bucket-cap-mb value in bytes: 0 for "auto"; UsageError naming the flag for anything but auto or a positive
+// size in MiB (shared by `stride train` and `stride bench step`).
+int64_t parse_bucket_cap_mb(const std::string& value);
 // --global-batch N on `world` ranks (call once, after validate): sets accum_steps to the fewest micro-batches per
 // rank whose size divides N / world and is at most --batch-size, and batch_size to that size, so that
 // batch_size x world x accum_steps = N. No-op when global_batch is 0. UsageError naming the flags when N is not a

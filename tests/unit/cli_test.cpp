@@ -58,10 +58,12 @@ TEST(CliTrain, DeviceCudaWithoutAGpuExitsWithTwo) {
                      "--device cuda: no CUDA device is visible");
 }
 
-TEST(CliBench, InterleaveMistakesFailAtOnceWithTwo) {
+TEST(CliBench, InterleaveAndBucketCapMistakesFailAtOnceWithTwo) {
   expect_usage_error("bench step --comm-backend single --interleave default,no-comm",
                      "run it under mpirun with 2+ ranks");
   expect_usage_error("bench step --comm-backend single --interleave default,sync-onyl", "unknown variant 'sync-onyl'");
+  expect_usage_error("bench step --comm-backend single --bucket-cap-mb 25MB",
+                     "--bucket-cap-mb must be positive (a size in MiB) or auto, got '25MB'");
 }
 
 TEST(CliModels, ErrorsExitWithTwoAndSayWhat) {
