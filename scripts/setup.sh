@@ -25,6 +25,7 @@ PACKAGES=(
   chromium
   nginx  # a real HTTP server: the HTTP client's tests and tests/system/remote_data_test.sh
   slurmctld slurmd slurm-client munge
+  gdb  # tests/system/lib.sh prints the threads of a command that hangs in a system test
 )
 
 missing=()

@@ -12,21 +12,23 @@ WORK=$2
 PY=/usr/bin/python3
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf "$WORK" && mkdir -p "$WORK"
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "$0")/lib.sh"
 
-$PY "$HERE/python/make_webdataset.py" /usr/share/datasets/fashion-mnist "$WORK/raw" --train 2048 --test 512
-"$STRIDE" shard --quiet --format fashion-mnist --input "$WORK/raw/idx" --output "$WORK/data" > /dev/null
+bounded 300 "$WORK/prep.log" $PY "$HERE/python/make_webdataset.py" /usr/share/datasets/fashion-mnist "$WORK/raw" \
+  --train 2048 --test 512 || { cat "$WORK/prep.log"; fail "make_webdataset.py"; }
+bounded 180 "$WORK/shard.log" "$STRIDE" shard --quiet --format fashion-mnist --input "$WORK/raw/idx" \
+  --output "$WORK/data" || { cat "$WORK/shard.log"; fail "stride shard"; }
 RUN=$WORK/run
 common=(--model resnet20 --data-path "$WORK/data" --batch-size 32 --epochs 4 --threads 1 --workers 1
         --print-freq 5 --status-port -1 --output-dir "$RUN" --keep-checkpoints 3)
 ckpt_metrics() {  # STEP -> "acc1=..." or "" from the checkpoint's MANIFEST (ckpt list --json)
-  "$STRIDE" ckpt list "$RUN" --json | $PY -c "import json,sys
+  timeout 60 "$STRIDE" ckpt list "$RUN" --json | $PY -c "import json,sys
 for c in json.load(sys.stdin):
     if c['step'] == $1: print(c.get('metrics', {}).get('acc1', ''))"
 }
 
 # 1. A --max-steps run evaluates where it stops; mid-epoch checkpoints before it carry no score.
-"$STRIDE" train "${common[@]}" --max-steps 30 --checkpoint-every 10 > "$WORK/a.log" 2>&1 || { cat "$WORK/a.log"; fail "run a"; }
+bounded 180 "$WORK/a.log" "$STRIDE" train "${common[@]}" --max-steps 30 --checkpoint-every 10 || { cat "$WORK/a.log"; fail "run a"; }
 grep -q "^eval at step 30 (epoch 0.47): acc1" "$WORK/a.log" || { cat "$WORK/a.log"; fail "no evaluation at the --max-steps end"; }
 grep -q "^done: 30 steps in .*, test acc1 " "$WORK/a.log" || { cat "$WORK/a.log"; fail "done line of run a"; }
 [ -n "$(ckpt_metrics 30)" ] || fail "step 30 has no score"
@@ -36,7 +38,7 @@ train = [json.loads(l) for l in open(sys.argv[1]) if '\"type\":\"train\"' in l]
 sys.exit(not train or any(r['epoch'] != 1 for r in train))" "$RUN/metrics.jsonl" || fail "train records do not count epochs from 1"
 
 # 2. An explicit resume from step 10 starts a branch; its score is its own.
-"$STRIDE" train "${common[@]}" --max-steps 15 --resume "$RUN/checkpoints/step-00000010" > "$WORK/b.log" 2>&1 ||
+bounded 180 "$WORK/b.log" "$STRIDE" train "${common[@]}" --max-steps 15 --resume "$RUN/checkpoints/step-00000010" ||
   { cat "$WORK/b.log"; fail "run b"; }
 grep -q "holds newer checkpoints (up to step 30) of another branch" "$WORK/b.log" || { cat "$WORK/b.log"; fail "no branch warning"; }
 grep -q "^done: 5 steps (10 -> 15) in .*, test acc1 " "$WORK/b.log" || { cat "$WORK/b.log"; fail "done line of run b"; }
@@ -46,23 +48,23 @@ b_acc=$(sed -n 's/.*test acc1 \([0-9.]*\)%.*/\1/p' "$WORK/b.log")
 [ -d "$RUN/checkpoints/step-00000030" ] || fail "the other branch's step 30 was removed before being passed"
 
 # 3. --resume auto follows the branch (step 15, not the newer step 30), and so does ckpt export.
-"$STRIDE" train "${common[@]}" --max-steps 17 --resume auto > "$WORK/c.log" 2>&1 || { cat "$WORK/c.log"; fail "run c"; }
+bounded 180 "$WORK/c.log" "$STRIDE" train "${common[@]}" --max-steps 17 --resume auto || { cat "$WORK/c.log"; fail "run c"; }
 grep -q "^resume: $RUN/checkpoints/step-00000015 " "$WORK/c.log" || { cat "$WORK/c.log"; fail "auto did not follow the branch"; }
-"$STRIDE" ckpt export "$RUN" -o "$WORK/w.safetensors" | grep -q "(step 17)" || fail "ckpt export did not take step 17"
+timeout 60 "$STRIDE" ckpt export "$RUN" -o "$WORK/w.safetensors" | grep -q "(step 17)" || fail "ckpt export did not take step 17"
 
 # 4. Settings that change the result are refused before anything is written; operational ones are noted.
 before=$(ls "$RUN" | sort)
 set +e
-"$STRIDE" train "${common[@]}" --max-steps 20 --resume auto --lr 0.2 --nesterov > "$WORK/d.log" 2>&1
+bounded 180 "$WORK/d.log" "$STRIDE" train "${common[@]}" --max-steps 20 --resume auto --lr 0.2 --nesterov
 rc=$?
 set -e
 [ $rc = 2 ] || { cat "$WORK/d.log"; fail "changed lr: exit $rc, expected 2"; }
 grep -q "settings that change the result: .*lr 0.1 -> 0.2.*nesterov false -> true.*--allow-config-change" "$WORK/d.log" ||
   { cat "$WORK/d.log"; fail "the refusal does not name lr and nesterov"; }
 [ "$(ls "$RUN" | sort)" = "$before" ] || fail "the refused start wrote into the run directory"
-"$STRIDE" train "${common[@]}" --max-steps 20 --resume auto --eval-freq 2 > "$WORK/e.log" 2>&1 || { cat "$WORK/e.log"; fail "run e"; }
+bounded 180 "$WORK/e.log" "$STRIDE" train "${common[@]}" --max-steps 20 --resume auto --eval-freq 2 || { cat "$WORK/e.log"; fail "run e"; }
 grep -q "settings changed since the checkpoint: eval-freq 1 -> 2" "$WORK/e.log" || { cat "$WORK/e.log"; fail "no note"; }
-"$STRIDE" train "${common[@]}" --max-steps 22 --resume auto --lr 0.2 --allow-config-change > "$WORK/f.log" 2>&1 ||
+bounded 180 "$WORK/f.log" "$STRIDE" train "${common[@]}" --max-steps 22 --resume auto --lr 0.2 --allow-config-change ||
   { cat "$WORK/f.log"; fail "run f"; }
 grep -q "warning: resuming with settings that change the result (--allow-config-change): lr 0.1 -> 0.2" "$WORK/f.log" ||
   { cat "$WORK/f.log"; fail "no warning under --allow-config-change"; }
@@ -71,7 +73,7 @@ for n in 1 2 3 4 5; do [ -f "$RUN/config.$n.toml" ] || fail "config.$n.toml miss
 grep -q "^lr = 0.2" "$RUN/config.5.toml" && grep -q "^lr = 0.1" "$RUN/config.1.toml" || fail "start configs not kept"
 
 # 5. Garbage collection keeps the committing branch: once the branch passes step 30, the other branch is gone.
-"$STRIDE" train "${common[@]}" --max-steps 35 --resume auto --lr 0.2 --checkpoint-every 10 > "$WORK/g.log" 2>&1 ||
+bounded 180 "$WORK/g.log" "$STRIDE" train "${common[@]}" --max-steps 35 --resume auto --lr 0.2 --checkpoint-every 10 ||
   { cat "$WORK/g.log"; fail "run g"; }
 steps=$(ls "$RUN/checkpoints" | grep '^step-' | tr '\n' ' ')
 [ "$steps" = "step-00000022 step-00000030 step-00000035 " ] || fail "checkpoints after GC: $steps"
