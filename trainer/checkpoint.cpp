@@ -15,22 +15,34 @@ std::vector<std::pair<std::string, const NamedTensors*>> checkpoint_parts(const 
   if (!d.optimizer.empty()) parts.emplace_back("optimizer.safetensors", &d.optimizer);
   if (!d.ema.empty()) parts.emplace_back("ema.safetensors", &d.ema);
   if (!d.state.empty()) parts.emplace_back("state.safetensors", &d.state);
+  for (const auto& [name, tensors] : d.extra) parts.emplace_back(name, &tensors);
   return parts;
 }
 
 CheckpointStore::CheckpointStore(std::string run_dir, int64_t keep, std::shared_ptr<FileOps> ops)
     : dir_((fs::path(run_dir) / "checkpoints").string()), keep_(std::max<int64_t>(1, keep)), ops_(std::move(ops)) {}
 
-std::string CheckpointStore::commit(CheckpointData data) {
+namespace {
+// Every file of `data` written into its step directory; the manifest lists them.
+proto::Manifest write_parts(FileOps& ops, const std::string& root, CheckpointData& data) {
   auto& m = data.manifest;
-  ops_->make_dir(dir_);
-  storage::prepare_step_dir(*ops_, dir_, m.step());
-  const std::string path = storage::step_dir(dir_, m.step());
+  ops.make_dir(root);
+  storage::prepare_step_dir(ops, root, m.step());
+  const std::string path = storage::step_dir(root, m.step());
   m.clear_files();
   for (const auto& [file, tensors] : checkpoint_parts(data)) {
-    *m.add_files() = storage::write_checkpoint_file(*ops_, path, file, encode_safetensors(*tensors));
+    *m.add_files() = storage::write_checkpoint_file(ops, path, file, encode_safetensors(*tensors));
   }
-  return storage::commit_manifest(*ops_, dir_, std::move(m), keep_);
+  return std::move(m);
+}
+}  // namespace
+
+std::string CheckpointStore::commit(CheckpointData data) {
+  return storage::commit_manifest(*ops_, dir_, write_parts(*ops_, dir_, data), keep_);
+}
+
+std::string CheckpointStore::publish(CheckpointData data) {
+  return storage::publish_manifest(*ops_, dir_, write_parts(*ops_, dir_, data));
 }
 
 std::vector<CheckpointInfo> CheckpointStore::list(bool deep) const { return storage::list_checkpoints(dir_, deep); }

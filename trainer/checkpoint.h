@@ -27,10 +27,12 @@ using storage::real_file_ops;
 using storage::verify_checkpoint;
 
 struct CheckpointData {
-  NamedTensors model;        // torchvision-named weights and buffers
-  NamedTensors optimizer;    // momentum buffers by parameter name
-  NamedTensors ema;          // EMA weights (empty when off)
-  NamedTensors state;        // RNG state and other small tensors
+  NamedTensors model;      // torchvision-named weights and buffers
+  NamedTensors optimizer;  // momentum buffers by parameter name
+  NamedTensors ema;        // EMA weights (empty when off)
+  NamedTensors state;      // RNG state and other small tensors
+  // Further files by name (a snapshot's powersgd-rank-R.safetensors)
+  std::vector<std::pair<std::string, NamedTensors>> extra;
   proto::Manifest manifest;  // training state; `files` is filled in by commit()
 };
 
@@ -41,6 +43,9 @@ class CheckpointStore {
   // Writes and commits a checkpoint for manifest.step(); returns its directory. Throws on I/O failure, leaving
   // the previous commits untouched.
   std::string commit(CheckpointData data);
+  // Writes the checkpoint and its MANIFEST without LATEST or garbage collection (in-memory snapshots, which form
+  // no lineage: trainer/snapshot.h). Returns its directory.
+  std::string publish(CheckpointData data);
   // Every step-* directory, newest first. `deep` verifies every file's size and checksum; otherwise only the
   // MANIFEST is read (cheap, for garbage collection).
   std::vector<CheckpointInfo> list(bool deep = true) const;

@@ -132,6 +132,13 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
        "restarts and clean running time refine it",
        &c.mtbf},
       {"keep-checkpoints", "Committed checkpoints kept", &c.keep_checkpoints},
+      {"snapshot-every",
+       "Optimizer steps between in-memory snapshots of every rank's state (0: none); a restart resumes from the "
+       "newest snapshot complete on every rank when it is newer than the last checkpoint",
+       &c.snapshot_every},
+      {"snapshot-dir",
+       "Where snapshots are kept, on a RAM-backed file system (default: /dev/shm/stride-snapshots/<run>-<hash>)",
+       &c.snapshot_dir},
       {"print-freq", "Steps between progress lines", &c.print_freq},
       {"eval-freq", "Epochs between evaluations (0: only after the last epoch)", &c.eval_freq},
       {"test-only", "Only evaluate (with --weights or --resume)", &c.test_only},
@@ -394,6 +401,7 @@ void validate(const TrainConfig& c) {
   non_negative("fetch-retries", static_cast<double>(c.fetch_retries));
   positive("accum-steps", c.accum_steps);
   positive("keep-checkpoints", c.keep_checkpoints);
+  non_negative("snapshot-every", static_cast<double>(c.snapshot_every));
   positive("print-freq", c.print_freq);
   if (c.lr <= 0.0 || !std::isfinite(c.lr)) throw UsageError(concat("--lr must be positive, got ", c.lr));
   non_negative("momentum", c.momentum);

@@ -105,6 +105,10 @@ struct TrainConfig {
   std::string checkpoint_every = "0";
   std::string mtbf = "24h";  // --checkpoint-every auto: the prior mean time between failures of the job
   int64_t keep_checkpoints = 3;
+  // Steps between in-memory snapshots (0: none), kept in snapshot_dir ("": default_snapshot_dir(output_dir));
+  // Note [In-memory snapshots] in trainer/snapshot.h.
+  int64_t snapshot_every = 0;
+  std::string snapshot_dir;
   int64_t print_freq = 50;
   int64_t eval_freq = 1;  // epochs between evaluations; 0: only after the last epoch
   bool test_only = false;

@@ -26,6 +26,8 @@ const std::set<std::string>& operational_keys() {
                                              "resume",
                                              "checkpoint-every",
                                              "keep-checkpoints",
+                                             "snapshot-every",
+                                             "snapshot-dir",
                                              "print-freq",
                                              "eval-freq",
                                              "test-only",

@@ -29,6 +29,7 @@
 #include "trainer/precision.h"
 #include "trainer/run_output.h"
 #include "trainer/schedule.h"
+#include "trainer/snapshot.h"
 #include "trainer/trainer.h"
 
 namespace stride::trainer {
@@ -50,6 +51,13 @@ struct Trainer::State {
   std::unique_ptr<Optimizer> optimizer;  // --opt
   std::unique_ptr<LrSchedule> schedule;
   std::unique_ptr<CheckpointStore> store;
+  // --snapshot-every (Note [In-memory snapshots] in trainer/snapshot.h): the store, and the interval in effect
+  // (0 once snapshots are off: too little memory, or a write failed).
+  std::unique_ptr<SnapshotStore> snapshots;
+  int64_t snapshot_every = 0;
+  // Set when this start resumed from a snapshot: the disk checkpoint it continued (the next commit's parent).
+  bool resumed_from_snapshot = false;
+  std::optional<std::pair<uint64_t, std::string>> snapshot_parent;
   std::string config_text;       // the resolved config.toml (also recorded in every MANIFEST)
   std::string config_digest;     // its CRC32C
   proto::Preprocess preprocess;  // how evaluation prepares an image (recorded in every MANIFEST)
@@ -71,6 +79,7 @@ struct Trainer::State {
   int64_t last_eval_step = -1;  // the step last_eval was measured at
   // Note [Checkpoint lineage] (storage/checkpoint_files.h): the checkpoint the next one continues.
   std::optional<std::pair<uint64_t, std::string>> lineage_parent;  // step, id
+  std::string start_id;  // rank 0's random_id() for this start, on every rank: checkpoint ids are START-STEP
   std::unique_ptr<Coordination> coordination;
   int64_t last_checkpoint_step = -1;  // the newest step checkpointed (or resumed from): never rewritten
   proto::Heartbeat hb;
@@ -89,6 +98,8 @@ struct Trainer::State {
   // UsageError before anything is written when the model differs or settings change the result.
   void choose_checkpoint();
   void resume();
+  // --snapshot-every: turns snapshots off (a warning) when their directory lacks the room.
+  void check_snapshot_room();
   void apply_freeze();
 
   // bucket_cap.cpp
@@ -108,6 +119,11 @@ struct Trainer::State {
   EvalResult evaluate(models::ResNet& m);
   void evaluate_and_record();
   void checkpoint();
+  // This rank's state handed to the snapshot writer (--snapshot-every).
+  void snapshot();
+  // What a checkpoint records: the training state (rank 0's MANIFEST), and the RNG and loss-scaler tensors.
+  proto::Manifest manifest_now(const std::string& id) const;
+  NamedTensors state_tensors();
   void update_ema();
   // What this run computes in, for metrics.jsonl's "precision" record and the checkpoint MANIFEST.
   proto::Precision precision_record() const;
@@ -119,6 +135,9 @@ struct Trainer::State {
   torch::Tensor device_images(const data::Batch& batch);
   torch::Tensor to_device(const torch::Tensor& t) const;
 };
+
+// 64 random bits in hex.
+std::string random_id();
 
 // The default CPU generator's state (saved in checkpoints, restored on resume).
 torch::Tensor cpu_rng_state();

@@ -1,4 +1,5 @@
 #include <ATen/core/Generator.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -92,6 +93,21 @@ void Trainer::State::setup() {
     throw UsageError("the dataset does not record its classes: pass --num-classes");
   }
   store = std::make_unique<CheckpointStore>(c.output_dir, c.keep_checkpoints);
+  start_id = random_id();
+  if (world > 1) {
+    // Rank 0's id on every rank, so that every rank knows the ids of the checkpoints it takes part in.
+    auto id = torch::tensor({static_cast<int64_t>(std::stoull(start_id, nullptr, 16))}, torch::kInt64);
+    const comm::OriginScope origin(comm::OriginKind::kOther, -1, "start id broadcast");
+    comm->broadcast(id, 0)->wait();
+    char buf[17];
+    std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(id.item<int64_t>()));
+    start_id = buf;
+  }
+  if (c.snapshot_every > 0 && !c.test_only) {
+    snapshots = std::make_unique<SnapshotStore>(
+        c.snapshot_dir.empty() ? default_snapshot_dir(c.output_dir) : c.snapshot_dir, rank);
+    snapshot_every = c.snapshot_every;
+  }
   choose_checkpoint();  // before anything is written: a refused resume leaves the run directory as it was
   fs::create_directories(c.output_dir);
   config_text = concat("# train transform: ", plan.train_transform, "\n# eval transform: ", plan.eval_transform,
@@ -193,18 +209,27 @@ void Trainer::State::setup() {
   schedule = std::make_unique<LrSchedule>(schedule_options(c, lr, steps_per_epoch, total_steps));
   cursor = {0, 0, static_cast<uint64_t>(c.seed)};
   if (!resume_from.empty()) resume();
-  if (!resume_note.empty()) out->print(resume_note);
-  if (!resume_from.empty() && step > 0) last_checkpoint_step = step;
+  if (snapshot_every > 0) check_snapshot_room();
+  for (size_t at = 0; at < resume_note.size();) {
+    const size_t end = std::min(resume_note.find('\n', at), resume_note.size());
+    out->print(resume_note.substr(at, end - at));
+    at = end + 1;
+  }
+  if (!resume_from.empty() && step > 0 && !resumed_from_snapshot) last_checkpoint_step = step;
   // The status shows where the run stands and where it stops from the first heartbeat on.
   hb.set_step(static_cast<uint64_t>(step));
   hb.set_total_steps(static_cast<uint64_t>(step_limit));
   hb.set_epoch(cursor.epoch);
   coordination->update(hb);
   if (world > 1) {
-    // Every replica starts from rank 0's weights and buffers (after --weights / --resume, which all ranks read).
-    const comm::OriginScope origin(comm::OriginKind::kOther, -1, "initial weights broadcast");
-    comm::broadcast_module_state(*model, *comm);
-    if (ema) comm::broadcast_module_state(*ema, *comm);
+    // Every replica starts from rank 0's weights and buffers (after --weights / --resume, which all ranks read);
+    // from a snapshot every rank holds its own state as it was (BatchNorm's running statistics are per rank
+    // between checkpoints), and keeping it is what makes the continuation the uninterrupted run.
+    if (!resumed_from_snapshot) {
+      const comm::OriginScope origin(comm::OriginKind::kOther, -1, "initial weights broadcast");
+      comm::broadcast_module_state(*model, *comm);
+      if (ema) comm::broadcast_module_state(*ema, *comm);
+    }
     if (c.sync_bn) comm::convert_sync_batchnorm(*model, comm);
     if (!c.test_only) {
       comm::ReducerOptions ro;
@@ -220,6 +245,30 @@ void Trainer::State::setup() {
       }
     }
   }
+}
+
+void Trainer::State::check_snapshot_room() {
+  // Two snapshots kept and one being written, each about the weights, the optimizer's state (up to two buffers per
+  // weight) and the EMA. Too little room turns snapshots off with a warning; it never stops the run.
+  uint64_t weights = 0;
+  for (const auto& [k, t] : models::state_dict(*model)) weights += static_cast<uint64_t>(t.nbytes());
+  const uint64_t need = 3 * weights * (3 + (ema ? 1 : 0));
+  std::error_code ec;
+  fs::create_directories(snapshots->dir(), ec);
+  struct statvfs v {};
+  std::string problem;
+  if (ec) {
+    problem = concat("cannot create ", snapshots->dir(), ": ", ec.message());
+  } else if (::statvfs(snapshots->dir().c_str(), &v) == 0) {
+    const uint64_t avail = static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
+    if (avail < need) {
+      problem = concat(snapshots->dir(), " has ", avail >> 20, " MiB free; snapshots need about ", need >> 20, " MiB");
+    }
+  }
+  if (problem.empty()) return;
+  std::fprintf(stderr, "stride: warning: --snapshot-every %lld turned off on rank %llu: %s (--snapshot-dir)\n",
+               static_cast<long long>(snapshot_every), static_cast<unsigned long long>(rank), problem.c_str());
+  snapshot_every = 0;
 }
 
 void Trainer::State::load_weights(const std::string& path) {
@@ -261,6 +310,7 @@ void Trainer::State::choose_checkpoint() {
       throw UsageError(concat(c.output_dir, " already holds checkpoints of a run (newest: step ", info.step,
                               "): continue it with --resume auto, or train into another --output-dir"));
     }
+    if (snapshots) snapshots->discard_after(0);  // an earlier start's snapshots are not this run's past
     return;
   }
   if (c.resume == "auto") {
@@ -269,16 +319,36 @@ void Trainer::State::choose_checkpoint() {
     for (const auto& s : skipped) {
       std::fprintf(stderr, "stride: warning: skipping checkpoint %s: %s\n", s.path.c_str(), s.problem.c_str());
     }
-    if (!head) {
-      resume_note = concat("resume: no checkpoint in ", store->dir(), "; starting from scratch");
+    if (snapshots) {
+      // Note [In-memory snapshots]: every rank takes part, whatever it holds.
+      std::optional<std::pair<uint64_t, std::string>> disk;
+      if (head) disk = std::make_pair(head->step, head->manifest.lineage().id());
+      std::string why;
+      const auto pick = snapshots->choose(disk, world, *comm, &why);
+      if (pick) {
+        resume_from = pick->path;
+        resumed_from_snapshot = true;
+        snapshot_parent = pick->parent;
+        resume_note = concat("resume: from memory: the snapshot of step ", pick->step, " is newer than ",
+                             head ? concat("the newest checkpoint (step ", head->step, ")") : "any checkpoint");
+      } else {
+        resume_note = concat("resume: snapshots: ", why, "; ", head ? "from the checkpoint" : "from scratch");
+      }
+      // Newer snapshots (held by only some ranks) belong to an abandoned future.
+      snapshots->discard_after(pick ? pick->step : head ? head->step : 0);
+    }
+    if (!head && !resumed_from_snapshot) {
+      resume_note = concat(resume_note.empty() ? "" : resume_note + "\n", "resume: no checkpoint in ", store->dir(),
+                           "; starting from scratch");
       return;
     }
-    resume_from = head->path;
+    if (!resumed_from_snapshot) resume_from = head->path;
   } else {
     if (!fs::is_directory(c.resume)) throw UsageError(concat("--resume ", c.resume, ": no such checkpoint directory"));
     resume_from = c.resume;
   }
   const proto::Manifest m = verify_checkpoint(resume_from, /*deep=*/false);
+  if (snapshots && c.resume != "auto") snapshots->discard_after(m.step());  // their future is abandoned
   if (m.model() != c.model) {
     throw UsageError(concat("checkpoint ", resume_from, " is of model ", m.model(), ", not ", c.model));
   }
@@ -362,7 +432,9 @@ void Trainer::State::resume() {
   if (m.has_bucket_cap()) bucket_choice = m.bucket_cap();  // initial_bucket_cap() decides whether it applies
   step = static_cast<int64_t>(m.step());
   cursor = {m.cursor().epoch(), m.cursor().consumed(), m.cursor().seed()};
-  lineage_parent = std::make_pair(m.step(), m.lineage().id());
+  // A snapshot is no checkpoint: the next commit continues the checkpoint the snapshot continued.
+  lineage_parent =
+      resumed_from_snapshot ? snapshot_parent : std::make_optional(std::make_pair(m.step(), m.lineage().id()));
   // The checkpoint's score belongs to its step only (it is not carried into later checkpoints).
   for (const auto& [k, v] : m.metrics()) last_eval[k] = v;
   if (!last_eval.empty()) last_eval_step = step;

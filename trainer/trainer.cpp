@@ -46,13 +46,17 @@ std::string format_eta(double seconds) {
   return buf;
 }
 
-// 64 random bits in hex: a checkpoint's identity in its lineage.
+}  // namespace
+
+// 64 random bits in hex: a start's identity (its checkpoints' ids in their lineage), a snapshot's.
 std::string random_id() {
   std::random_device rd;
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%08x%08x", rd(), rd());
   return buf;
 }
+
+namespace {
 
 // Test hook STRIDE_TEST_SLOW_RANK=RANK:MS[:FROM:TO]: rank RANK sleeps MS milliseconds inside the compute part of
 // each optimizer step in [FROM, TO) (default: every step), so tests can make a straggler (Note [Straggler
@@ -119,6 +123,8 @@ int Trainer::run_unchecked() {
   }
   s_->train();
   s_->coordination->finish(s_->stopped, s_->step);
+  // Ended (done, or stopped with its checkpoint committed): the run's snapshots are older than its last checkpoint.
+  if (s_->snapshots) s_->snapshots->remove_all();
   if (s_->flight) dump_flight_recorder(*s_->flight, s_->c.output_dir, s_->rank, "exit");
   return 0;
 }
@@ -393,6 +399,11 @@ void Trainer::State::train() {
           checkpoint_every > 0 && (interval ? step - std::max(last_checkpoint_step, first_step) >= checkpoint_every
                                             : step % checkpoint_every == 0);
       if (due && epoch_has_more && step < limit) checkpoint();
+      // A snapshot where no checkpoint was just taken, mid-epoch (epoch ends and the run's end are checkpointed).
+      if (snapshot_every > 0 && step % snapshot_every == 0 && step != last_checkpoint_step && epoch_has_more &&
+          step < limit) {
+        snapshot();
+      }
       if (step % c.control_every == 0 && control_point()) {
         stopped = true;
         break;
@@ -530,7 +541,8 @@ void Trainer::State::evaluate_and_record() {
 void Trainer::State::checkpoint() {
   if (step == last_checkpoint_step) return;  // already checkpointed (or resumed from): never rewrite a commit
   const auto t0 = Clock::now();
-  const std::string checkpoint_id = random_id();
+  // The same on every rank (the start's id from rank 0): snapshots name it as their parent.
+  const std::string checkpoint_id = concat(start_id, "-", step);
   sync_buffers();
   // Replicas are identical after the step, so the files are shared out: rank r writes the parts with
   // index % world == r (model on rank 0, optimizer on rank 1, ...); rank 0 also sends the training state.
@@ -547,39 +559,8 @@ void Trainer::State::checkpoint() {
     if (!compression.empty()) job.files.emplace_back(powersgd_state_file(rank), snapshot(compression));
   }
   if (rank == 0) {
-    NamedTensors state;
-    state["rng"] = cpu_rng_state();
-    if (scaler->enabled()) {
-      for (auto& [k, v] : snapshot_to_host(scaler->state())) state[k] = v;
-    }
-    job.files.emplace_back("state.safetensors", std::move(state));
-    proto::Manifest m;
-    m.set_step(static_cast<uint64_t>(step));
-    m.set_epoch(cursor.epoch);
-    m.mutable_cursor()->set_epoch(cursor.epoch);
-    m.mutable_cursor()->set_consumed(cursor.consumed);
-    m.mutable_cursor()->set_seed(cursor.seed);
-    m.set_world_size(static_cast<uint32_t>(world));
-    m.set_global_batch(static_cast<uint64_t>(c.batch_size * c.accum_steps) * world);
-    m.set_model(c.model);
-    m.set_config_digest(config_digest);
-    m.set_config(config_text);
-    auto& lineage = *m.mutable_lineage();
-    lineage.set_id(checkpoint_id);
-    lineage.set_has_parent(lineage_parent.has_value());
-    if (lineage_parent) {
-      lineage.set_parent_step(lineage_parent->first);
-      lineage.set_parent_id(lineage_parent->second);
-    }
-    m.set_created_unix(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
-    m.set_stride_version(STRIDE_VERSION);
-    if (last_eval_step == step) {
-      for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
-    }
-    *m.mutable_precision() = precision_record();
-    *m.mutable_preprocess() = preprocess;
-    if (bucket_choice) *m.mutable_bucket_cap() = *bucket_choice;
-    job.manifest = std::move(m);
+    job.files.emplace_back("state.safetensors", state_tensors());
+    job.manifest = manifest_now(checkpoint_id);
   }
   coordination->submit(std::move(job));
   last_checkpoint_step = step;
@@ -587,6 +568,63 @@ void Trainer::State::checkpoint() {
   const double stall = seconds_since(t0);
   if (interval) interval->record_stall(stall);
   out->record("checkpoint", step, {{"stall_seconds", stall}});
+}
+
+NamedTensors Trainer::State::state_tensors() {
+  NamedTensors state;
+  state["rng"] = cpu_rng_state();
+  if (scaler->enabled()) {
+    for (auto& [k, v] : snapshot_to_host(scaler->state())) state[k] = v;
+  }
+  return state;
+}
+
+proto::Manifest Trainer::State::manifest_now(const std::string& id) const {
+  proto::Manifest m;
+  m.set_step(static_cast<uint64_t>(step));
+  m.set_epoch(cursor.epoch);
+  m.mutable_cursor()->set_epoch(cursor.epoch);
+  m.mutable_cursor()->set_consumed(cursor.consumed);
+  m.mutable_cursor()->set_seed(cursor.seed);
+  m.set_world_size(static_cast<uint32_t>(world));
+  m.set_global_batch(static_cast<uint64_t>(c.batch_size * c.accum_steps) * world);
+  m.set_model(c.model);
+  m.set_config_digest(config_digest);
+  m.set_config(config_text);
+  auto& lineage = *m.mutable_lineage();
+  lineage.set_id(id);
+  lineage.set_has_parent(lineage_parent.has_value());
+  if (lineage_parent) {
+    lineage.set_parent_step(lineage_parent->first);
+    lineage.set_parent_id(lineage_parent->second);
+  }
+  m.set_created_unix(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+  m.set_stride_version(STRIDE_VERSION);
+  if (last_eval_step == step) {
+    for (const auto& [k, v] : last_eval) (*m.mutable_metrics())[k] = v;
+  }
+  *m.mutable_precision() = precision_record();
+  *m.mutable_preprocess() = preprocess;
+  if (bucket_choice) *m.mutable_bucket_cap() = *bucket_choice;
+  return m;
+}
+
+void Trainer::State::snapshot() {
+  // Note [In-memory snapshots] in trainer/snapshot.h: this rank's own state, as it is (no buffer averaging, which
+  // would make a run with snapshots differ from one without), handed to the writer thread.
+  const auto t0 = Clock::now();
+  CheckpointData d;
+  d.model = snapshot_to_host(models::state_dict(*model));
+  d.optimizer = snapshot_to_host(optimizer->state());
+  if (ema) d.ema = snapshot_to_host(models::state_dict(*ema));
+  d.state = state_tensors();
+  if (reducer) {
+    auto compression = reducer->compression_state();
+    if (!compression.empty()) d.extra.emplace_back(powersgd_state_file(rank), snapshot_to_host(compression));
+  }
+  d.manifest = manifest_now(random_id());
+  const bool taken = snapshots->submit(std::move(d));
+  out->record("snapshot", step, {{"stall_seconds", seconds_since(t0)}, {"taken", taken}});
 }
 
 }  // namespace stride::trainer

@@ -10,6 +10,9 @@
 #                  failure in the window, so the job restarts twice and finishes (a lifetime count of 1 would
 #                  give up); each restart logs its reason, count and back-off, and where the recovery's seconds
 #                  went, also in the final status's events.
+#   snapshot       --snapshot-every 3: kill -9 a rank after a snapshot newer than the last commit, and the job
+#                  resumes from memory (not the commit); remove one rank's snapshots and kill again, and it resumes
+#                  from the commit, saying why; the end is bitwise identical and the snapshots are gone.
 #   stop           SIGTERM to the launcher: every rank checkpoints and stops, the launcher exits 0, and
 #                  --resume auto continues from that checkpoint to the identical end.
 #   launch_test.sh STRIDE_BINARY WORK_DIR SCENARIO
@@ -146,6 +149,68 @@ window)
   same_as_reference "$run"
   no_orphans "$run"
   echo "ok: two failures 2 s apart restarted under --max-restarts 1 --restart-window 2s; the job ended identical"
+  ;;
+snapshot)
+  # --snapshot-every 3 between checkpoints every 10: a kill after a snapshot newer than the last commit resumes
+  # from memory; once a "host" lost its copies (its snapshot directory removed), from the disk commit.
+  run=$WORK/snap
+  shm=/dev/shm/stride-test-snapshots-$$
+  trap 'cleanup; rm -rf "$shm"' EXIT
+  "$STRIDE" launch -n 2 --max-restarts 4 --restart-backoff 0.2 --status-port 0 -- "${flags[@]}" --output-dir "$run" \
+    --snapshot-every 3 --snapshot-dir "$shm" > "$WORK/launch.log" 2>&1 &
+  launcher=$!
+  # Succeeds when rank 0's newest snapshot is complete on both ranks, newer than the last commit, and at least 4
+  # steps before the next commit (so no commit can land between the kill and the restart: a rank is at most 2 steps
+  # past its newest snapshot, and a commit started before it is older than it).
+  snapshot_ahead() {
+    local newest step n latest
+    latest=$(cat "$run/checkpoints/LATEST" 2>/dev/null || echo step-00000000)
+    latest=$((10#${latest#step-}))
+    newest=$(ls "$shm/rank-0/checkpoints" 2>/dev/null | grep '^step-' | sort | tail -n 1)
+    [ -n "$newest" ] || return 1
+    n=$((10#${newest#step-}))
+    [ "$n" -gt "$latest" ] && [ $((n % 10)) -le 6 ] && [ -f "$shm/rank-0/checkpoints/$newest/MANIFEST" ] &&
+      [ -f "$shm/rank-1/checkpoints/$newest/MANIFEST" ]
+  }
+  wait_start() {  # wait_start N: the launcher has started the job N times
+    for _ in $(seq 1 600); do
+      [ "$(grep -c '^launch: start ' "$WORK/launch.log")" -ge "$1" ] && return 0
+      kill -0 "$launcher" 2>/dev/null || return 0
+      sleep 0.05
+    done
+  }
+  pids=$(wait_running "$run" 31) || fail "the job is not running"
+  for _ in $(seq 1 3000); do snapshot_ahead && break; sleep 0.01; done
+  snapshot_ahead || fail "no snapshot newer than the last commit on both ranks"
+  victim=$(echo "$pids" | tr ' ' '\n' | shuf -n 1)
+  kill -9 "$victim"
+  echo "round 1: kill -9 rank pid $victim after a snapshot newer than the last commit"
+  wait_start 2
+  pids=$(wait_running "$run" 61) || fail "the job is not running after the first restart"
+  for _ in $(seq 1 3000); do snapshot_ahead && break; sleep 0.01; done
+  snapshot_ahead || fail "no snapshot newer than the last commit on both ranks (round 2): $(ls -R "$shm"; cat "$run/checkpoints/LATEST")"
+  victim=$(echo "$pids" | cut -d' ' -f2)
+  kill -9 "$victim"
+  rm -rf "$shm/rank-1"
+  echo "round 2: kill -9 rank 1 (pid $victim) and remove its snapshots"
+  rc=0
+  timeout 300 tail --pid="$launcher" -f /dev/null || fail "the launcher did not finish"
+  wait "$launcher" || rc=$?
+  [ "$rc" == 0 ] || fail "launch exited $rc"
+  grep "^resume: \|^launch: recovered" "$WORK/launch.log" || true
+  # Round 1: from memory, past the last commit.
+  first=$(grep "^resume: from memory: \|^resume: snapshots: " "$WORK/launch.log" | sed -n 1p)
+  echo "$first" | grep -q "^resume: from memory: the snapshot of step [0-9]* is newer than the newest checkpoint" ||
+    fail "the first restart did not resume from memory: $first"
+  step=$(echo "$first" | sed 's/.*snapshot of step \([0-9]*\) .*/\1/')
+  # Round 2: rank 1's copies are gone, so no snapshot is complete on every rank: the commit, and the line says so.
+  second=$(grep "^resume: from memory: \|^resume: snapshots: " "$WORK/launch.log" | sed -n 2p)
+  echo "$second" | grep -q "^resume: snapshots: 1 of 2 ranks hold snapshots newer than the disk checkpoint, but no step is complete on every rank; from the checkpoint" ||
+    fail "the second restart: $second"
+  [ ! -e "$shm" ] || fail "the finished job left its snapshots in $shm: $(ls -R "$shm" | head)"
+  same_as_reference "$run"
+  no_orphans "$run"
+  echo "ok: restart 1 from memory (step $step), restart 2 from disk (a rank's copies gone); bitwise identical"
   ;;
 launcher_kill)
   run=$WORK/lk
