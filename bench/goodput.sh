@@ -19,7 +19,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 trap 'pkill -9 -f "$OUT/" 2>/dev/null || true' EXIT
 "$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$OUT/data" \
   --samples-per-shard 5000 > /dev/null
-flags=(--model resnet20 --data-path "$OUT/data" --epochs 1 --batch-size 32 --seed 5 --threads 1 --workers 1
+flags=(--model resnet20 --data-path "$OUT/data" --epochs 100 --batch-size 32 --seed 5 --threads 1 --workers 1
        --print-freq 1 --max-steps "$STEPS" --checkpoint-every "$CKPT" --heartbeat-interval 0.25 --heartbeat-timeout 5)
 launch=(launch -n 2 --max-restarts 1000 --restart-backoff 0.2 --status-port -1)
 

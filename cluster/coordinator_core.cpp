@@ -572,6 +572,8 @@ std::string CoordinatorCore::status_json(double now) const {
                      {"connected", r.connected},
                      {"finished", r.finished},
                      {"step", r.hb.step()},
+                     {"start_step", r.hb.start_step()},
+                     {"start_source", r.hb.start_source()},
                      {"last_heartbeat_age_s", r.joined ? json(now - r.last_seen) : json(nullptr)},
                      {"step_time_s", r.hb.step_time_s()},
                      {"img_per_s", r.hb.img_per_s()},

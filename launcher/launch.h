@@ -50,7 +50,11 @@ std::string rank_failure_from_output(const std::string& line);
 // What the launcher reads from its coordinator's /status JSON while a start runs (it owns the coordinator, so
 // this is in-process: no files, no output parsing). Pure; unit-tested.
 struct JobView {
-  uint64_t step = 0;     // rank 0's step (0 until it joined)
+  uint64_t step = 0;  // rank 0's step (0 until it joined)
+  // Where rank 0's start continued from: its step once its state was loaded, and "disk", "memory" or "scratch"
+  // ("" until it said).
+  uint64_t start_step = 0;
+  std::string start_source;
   int64_t commits = 0;   // checkpoints committed by this coordinator
   double silent_s = -1;  // the longest heartbeat silence of a rank declared dead (-1: none)
 };

@@ -218,6 +218,8 @@ void Trainer::State::setup() {
   if (!resume_from.empty() && step > 0 && !resumed_from_snapshot) last_checkpoint_step = step;
   // The status shows where the run stands and where it stops from the first heartbeat on.
   hb.set_step(static_cast<uint64_t>(step));
+  hb.set_start_step(static_cast<uint64_t>(step));
+  hb.set_start_source(resume_from.empty() ? "scratch" : resumed_from_snapshot ? "memory" : "disk");
   hb.set_total_steps(static_cast<uint64_t>(step_limit));
   hb.set_epoch(cursor.epoch);
   coordination->update(hb);

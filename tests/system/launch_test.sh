@@ -203,6 +203,12 @@ snapshot)
   echo "$first" | grep -q "^resume: from memory: the snapshot of step [0-9]* is newer than the newest checkpoint" ||
     fail "the first restart did not resume from memory: $first"
   step=$(echo "$first" | sed 's/.*snapshot of step \([0-9]*\) .*/\1/')
+  # The launcher's recovery lines say where each restart came from and how many steps it redid: from memory at
+  # most the snapshot interval, from disk (rank 1's copies gone) what followed the commit.
+  rec1=$(grep -m1 "^launch: recovered from failure 1 in " "$WORK/launch.log") || fail "no recovery line for failure 1"
+  echo "$rec1" | grep -q "; resumed from a snapshot in memory (step $step), [0-3] step(s) redone$" || fail "recovery 1: $rec1"
+  rec2=$(grep -m1 "^launch: recovered from failure 2 in " "$WORK/launch.log") || fail "no recovery line for failure 2"
+  echo "$rec2" | grep -q "; resumed from the checkpoint of step [0-9]*0, [0-9]* step(s) redone$" || fail "recovery 2: $rec2"
   # Round 2: rank 1's copies are gone, so no snapshot is complete on every rank: the commit, and the line says so.
   second=$(grep "^resume: from memory: \|^resume: snapshots: " "$WORK/launch.log" | sed -n 2p)
   echo "$second" | grep -q "^resume: snapshots: 1 of 2 ranks hold snapshots newer than the disk checkpoint, but no step is complete on every rank; from the checkpoint" ||

@@ -41,7 +41,8 @@ TEST(Launch, MpirunCommandCarriesHostsNetworkAndTheCoordinatorEnvironment) {
   EXPECT_EQ(resolve_launcher(o), "mpirun");
   const std::string first = joined(rank_command(o, /*resume=*/false));
   EXPECT_EQ(first,
-            "mpirun -np 4 --bind-to none --tag-output --mca orte_allowed_exit_without_sync 1 --oversubscribe --host "
+            "mpirun -np 4 --bind-to none --tag-output --mca orte_allowed_exit_without_sync 1 --mca "
+            "odls_base_sigkill_timeout 0 --oversubscribe --host "
             "h1:2,h2:2 --mca btl_tcp_if_include "
             "10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 -x STRIDE_COORDINATOR -x STRIDE_JOB_TOKEN -x "
             "STRIDE_RESTART_COUNT -x STRIDE_PROGRESS /opt/stride train --model resnet20 --resume "
@@ -186,7 +187,7 @@ TEST(Launch, TheRankAndSignalOfADeadRankComeFromMpirunsVerdict) {
 
 // What the launcher reads from its coordinator: rank 0's step, the commits, and how long a rank declared dead
 // for silence had been silent (the failure time of a hang, for the detection timing).
-TEST(Launch, JobViewReadsStepCommitsAndTheSilenceOfADeadRank) {
+TEST(Launch, JobViewReadsStepCommitsStartAndTheSilenceOfADeadRank) {
   cluster::CoreOptions o;
   o.token = "secret";
   o.world_size = 2;
@@ -208,8 +209,11 @@ TEST(Launch, JobViewReadsStepCommitsAndTheSilenceOfADeadRank) {
   EXPECT_EQ(v.step, 40u);
   EXPECT_EQ(v.commits, 0);
   EXPECT_EQ(v.silent_s, -1);
+  EXPECT_EQ(v.start_source, "");  // not said yet: the launcher's recovery waits for it
   proto::Heartbeat hb;
   hb.set_step(41);
+  hb.set_start_step(37);
+  hb.set_start_source("memory");
   core.heartbeat(1, hb, 0.5);  // rank 1's last word
   for (double t = 1.0; t <= 4.0; t += 0.5) {
     core.heartbeat(0, hb, t);
@@ -218,6 +222,8 @@ TEST(Launch, JobViewReadsStepCommitsAndTheSilenceOfADeadRank) {
   ASSERT_TRUE(core.failure().has_value());
   v = job_view(core.status_json(4.0));
   EXPECT_EQ(v.step, 41u);
+  EXPECT_EQ(v.start_step, 37u);
+  EXPECT_EQ(v.start_source, "memory");
   EXPECT_NEAR(v.silent_s, 3.5, 1e-9);
   EXPECT_EQ(job_view("not json").step, 0u);
 }
