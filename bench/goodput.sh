@@ -3,7 +3,9 @@
 # process kills a random rank with kill -9 at exponentially distributed gaps of mean M seconds, once with disk
 # checkpoints only and once with in-memory snapshots. Per variant: wall time, goodput (reference time / time),
 # the restarts, recovery time (kill to the first step after it: the launcher's "recovered" lines), the steps redone
-# per failure, and whether the final weights are bitwise equal to the reference's.
+# per failure, and whether the final weights are bitwise equal to the reference's. Goodput is also given against
+# the reference scaled by the ratio of the two runs' median step times, which takes out the vCPUs' drift between
+# runs (the failures cost restarts and redone steps, not slower steps).
 #   bash bench/goodput.sh [M_SECONDS=30] [STEPS=1200] [SNAPSHOT_EVERY=10] [CHECKPOINT_EVERY=100]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +36,7 @@ run() {  # run NAME FAILURES(0|1) EXTRA...: prints the wall time in seconds
     (
       while kill -0 "$pid" 2>/dev/null; do
         sleep "$($PY -c "import random; print(random.expovariate(1 / $M))")"
-        victim=$(pgrep -f "$STRIDE train .*--output-dir $OUT/$name( |$)" | shuf -n 1 || true)
+        victim=$(pgrep -f "^$STRIDE train .*--output-dir $OUT/$name( |$)" | shuf -n 1 || true)  # ranks, not mpirun
         [ -n "$victim" ] && kill -9 "$victim" 2>/dev/null && echo "kill $(date +%s.%N)" >> "$OUT/$name.kills"
       done
     ) &
@@ -69,11 +71,19 @@ for line in log:
     m = re.match(r"launch: recovered from failure \d+ in ([0-9.]+) s", line)
     if m:
         recov.append(float(m.group(1)))
+def step_time(run):  # median seconds per step between consecutive train records (print-freq 1) of one start
+    import json
+    recs = [json.loads(l) for l in open(f"{out}/{run}/metrics.jsonl") if '"type":"train"' in l]
+    d = [b["time"] - a["time"] for a, b in zip(recs, recs[1:]) if b["step"] == a["step"] + 1]
+    return statistics.median(d)
+# The vCPUs' speed drifts between runs: the reference's time scaled by the two runs' own step times takes that out.
+drift = step_time(name) / step_time("ref")
 final = f"step-{steps:08d}"
 same = subprocess.run(["cmp", f"{out}/ref/checkpoints/{final}/model.safetensors",
                        f"{out}/{name}/checkpoints/{final}/model.safetensors"], capture_output=True).returncode == 0
 med = statistics.median(recov) if recov else float("nan")
-print(f"{name}: {t:.1f} s, goodput {t_ref / t:.3f}; {len(recov)} recoveries, median {med:.2f} s, max "
+print(f"{name}: {t:.1f} s, goodput {t_ref / t:.3f} ({t_ref * drift / t:.3f} with the reference scaled by the step "
+      f"time ratio {drift:.3f}); {len(recov)} recoveries, median {med:.2f} s, max "
       f"{max(recov) if recov else float('nan'):.2f} s; steps redone per failure: "
       f"median {statistics.median(redone) if redone else 0}, max {max(redone) if redone else 0}; "
       f"resumed from memory {sources.count('memory')}, disk {sources.count('disk')}; "

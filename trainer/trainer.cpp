@@ -624,7 +624,12 @@ void Trainer::State::snapshot() {
   }
   d.manifest = manifest_now(random_id());
   const bool taken = snapshots->submit(std::move(d));
-  out->record("snapshot", step, {{"stall_seconds", seconds_since(t0)}, {"taken", taken}});
+  // The writer's figures are those of the previous snapshot (this one is being written).
+  out->record("snapshot", step,
+              {{"stall_seconds", seconds_since(t0)},
+               {"taken", taken},
+               {"write_seconds", snapshots->last_seconds()},
+               {"bytes", snapshots->last_bytes()}});
 }
 
 }  // namespace stride::trainer
