@@ -73,6 +73,9 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
   std::unique_ptr<CoordinatorCore> core;
   int http_port = -1;
   bool failure_reported = false;
+  // Io thread only: stop() ran. A timer or accept completion already queued when stop() cancelled it still runs
+  // with success; it must not arm itself again, or the io thread never runs out of work and stop() never returns.
+  bool stopping = false;
   bool accept_failing = false;  // io thread only: an accept failed, not yet one succeeded since
   static constexpr int kAcceptRetryMs = 100;
 
@@ -542,6 +545,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
 
   void stop() {
     asio::post(ioc, [this] {
+      stopping = true;
       boost::system::error_code ec;
       ranks_acceptor.close(ec);
       http_acceptor.close(ec);
@@ -556,7 +560,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
 
   void accept_ranks() {
     ranks_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
-      if (ec == asio::error::operation_aborted) return;
+      if (ec == asio::error::operation_aborted || self->stopping) return;  // `s` closes as it goes
       if (!ec) {
         self->accept_failing = false;
         const size_t cap = 4 * static_cast<size_t>(self->o.core.world_size) + 16;
@@ -578,7 +582,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
 
   void accept_http() {
     http_acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
-      if (ec == asio::error::operation_aborted) return;
+      if (ec == asio::error::operation_aborted || self->stopping) return;  // `s` closes as it goes
       if (!ec) {
         self->accept_failing = false;
         if (self->http_sessions >= self->o.max_http_connections) {
@@ -606,8 +610,8 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
                  steady_now());
     }
     timer.expires_after(std::chrono::milliseconds(kAcceptRetryMs));
-    timer.async_wait([again = std::move(again)](const boost::system::error_code& e) {
-      if (!e) again();
+    timer.async_wait([this, again = std::move(again)](const boost::system::error_code& e) {
+      if (!e && !stopping) again();
     });
   }
 
@@ -619,7 +623,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     flush();
     tick_timer.expires_after(std::chrono::milliseconds(200));
     tick_timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-      if (!ec) self->tick();
+      if (!ec && !self->stopping) self->tick();
     });
   }
 

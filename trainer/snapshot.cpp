@@ -68,8 +68,8 @@ std::vector<CheckpointInfo> SnapshotStore::valid(std::vector<CheckpointInfo>* sk
   for (auto& info : store_.list(/*deep=*/true)) {
     if (info.valid) {
       ok.push_back(std::move(info));
-    } else if (skipped && info.problem.find("no MANIFEST") == std::string::npos) {
-      skipped->push_back(std::move(info));  // a snapshot cut short (no MANIFEST) is normal after a kill: no warning
+    } else if (skipped && fs::exists(fs::path(info.path) / "MANIFEST", ec)) {
+      skipped->push_back(std::move(info));  // one cut short (no MANIFEST) is normal after a kill: no warning
     }
   }
   return ok;
