@@ -483,7 +483,6 @@ int launch(LaunchOptions o) {
     bool pending = false;
     int restart = 0;
     double detection = 0, stop = 0, backoff = 0, started = 0, joined = -1;
-    uint64_t committed = 0;    // the last commit when the failure happened
     uint64_t failed_step = 0;  // rank 0's last step seen before the failure
   } rec;
   int exit_code = 1;
@@ -752,7 +751,6 @@ int launch(LaunchOptions o) {
     rec.detection = noticed - failed_at;
     rec.stop = gone - noticed;
     rec.backoff = backoff;
-    rec.committed = committed;
     rec.failed_step = last_step;
     const std::string why = concat(reason, "; ", decision.summary);
     print(concat(reason, "; restarting every rank (last commit: step ", committed, ") in ", format_duration(backoff),

@@ -16,8 +16,9 @@ namespace stride::trainer {
 namespace fs = std::filesystem;
 
 namespace {
-constexpr int64_t kSlots = 4;  // steps per rank compared at a start (a rank keeps 2; a crash may leave one more)
-}
+constexpr int64_t kKeep = 2;   // snapshots a rank keeps
+constexpr int64_t kSlots = 4;  // steps per rank compared at a start (kKeep; a crash may leave one more)
+}  // namespace
 
 std::string default_snapshot_dir(const std::string& output_dir) {
   std::error_code ec;
@@ -44,8 +45,8 @@ std::optional<uint64_t> newest_common_step(const std::vector<std::vector<uint64_
   return *common.rbegin();
 }
 
-SnapshotStore::SnapshotStore(std::string root, uint64_t rank, int64_t keep)
-    : root_(std::move(root)), rank_dir_((fs::path(root_) / concat("rank-", rank)).string()), store_(rank_dir_, keep) {
+SnapshotStore::SnapshotStore(std::string root, uint64_t rank)
+    : root_(std::move(root)), rank_dir_((fs::path(root_) / concat("rank-", rank)).string()), store_(rank_dir_) {
   thread_ = std::thread([this] {
     ::pthread_setname_np(::pthread_self(), "stride-snap");
     run();
@@ -64,7 +65,6 @@ SnapshotStore::~SnapshotStore() {
 std::vector<CheckpointInfo> SnapshotStore::valid(std::vector<CheckpointInfo>* skipped) const {
   std::vector<CheckpointInfo> ok;
   std::error_code ec;
-  if (!fs::is_directory(store_.dir(), ec)) return ok;
   for (auto& info : store_.list(/*deep=*/true)) {
     if (info.valid) {
       ok.push_back(std::move(info));
@@ -197,7 +197,7 @@ void SnapshotStore::run() {
       int64_t kept = 0;
       for (const auto& info : store_.list(/*deep=*/false)) {
         if (info.step > step) continue;
-        if (++kept > 2) fs::remove_all(info.path, ec);
+        if (++kept > kKeep) fs::remove_all(info.path, ec);
       }
     } catch (const std::exception& e) {
       ok = false;

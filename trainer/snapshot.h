@@ -51,7 +51,7 @@ struct SnapshotChoice {
 class SnapshotStore {
  public:
   // `root`: the run's snapshot directory (all ranks); this rank's snapshots live in root/rank-R.
-  SnapshotStore(std::string root, uint64_t rank, int64_t keep = 2);
+  SnapshotStore(std::string root, uint64_t rank);
   // Finishes the snapshot being written.
   ~SnapshotStore();
 
