@@ -164,6 +164,23 @@ TEST(CliLaunch, DatasetErrorsComeFirstAndLeaveNothingBehind) {
       << r.output;
 }
 
+TEST(CliTrain, SnapshotsWithoutRoomAreTurnedOffAndTheRunGoesOn) {
+  testing::ScratchDir dir("snaproom");
+  auto r = run_command(kStride + " shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist " +
+                       "--output " + dir.file("data") + " --samples-per-shard 5000");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ofstream(dir.file("blocker")) << "a file where the snapshot directory's parent would be";
+  r = run_command(kStride + " train --model resnet20 --data-path " + dir.file("data") +
+                  " --batch-size 8 --max-steps 4 --threads 1 --workers 1 --status-port -1 --snapshot-every 1" +
+                  " --snapshot-dir " + dir.file("blocker/snapshots") + " --output-dir " + dir.file("run"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: --snapshot-every 1 turned off on rank 0: cannot create " +
+                          dir.file("blocker/snapshots/rank-0")),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("done: 4 steps"), std::string::npos) << r.output;
+}
+
 // The probe's numbers must equal the gradient norms computed directly with torch::autograd::grad (a separate
 // path from .backward() + .grad) on the same model and batch.
 TEST(CliModels, GradNormsMatchDirectAutograd) {
