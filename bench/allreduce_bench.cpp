@@ -44,9 +44,8 @@ void run_allreduce_bench(const AllreduceArgs& a) {
     std::printf(
         "# stride: an ordinary tensor; bucket: a buffer from alloc_buffer (how the GradientReducer's buckets\n"
         "# are allocated; in shared memory when all ranks share the host), rewritten before each call (untimed);\n"
-        "# transport: %s%s\n",
-        comm->transport().c_str(),
-        comm->shm_wait().empty() ? "" : concat(" (waiting ranks ", comm->shm_wait(), ")").c_str());
+        "# transport: %s\n",
+        comm->layout().summary().c_str());
     std::printf("%12s %8s %12s %12s %12s %14s %14s %14s %8s %8s\n", "bytes", "iters", "stride_us", "bucket_us",
                 "mpi_us", "stride_busGB/s", "bucket_busGB/s", "mpi_busGB/s", "ratio", "b_ratio");
   }
@@ -114,8 +113,8 @@ void run_allreduce_bench(const AllreduceArgs& a) {
                           {"bucket_s", tb},
                           {"bucket_busbw_gbs", bus_b},
                           {"bucket_ratio", tm / tb},
-                          {"transport", comm->transport()},
-                          {"shm_wait", comm->shm_wait()},
+                          {"transport", comm->layout().transport},
+                          {"shm_wait", comm->layout().shm_wait},
                           {"stride_busbw_gbs", bus_s},
                           {"mpi_busbw_gbs", bus_m},
                           {"ratio", tm / ts}};

@@ -137,7 +137,7 @@ template <typename Step, typename Diagnose>
 void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants,
                      const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
                      comm::GradientReducer& reducer, Step& step, Diagnose& diagnose) {
-  const std::string default_wait = comm->shm_wait();
+  const std::string default_wait = comm->layout().shm_wait;
 #ifdef STRIDE_WITH_MPI
   // Under the "diagnosis" variant the communicator is the flight recorder's wrapper around MPI's.
   comm::Communicator* base = comm.get();
@@ -185,10 +185,16 @@ void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants
     mpi->set_shm_wait(default_wait == "spin");
   }
 #endif
-  nlohmann::json out = {
-      {"impl", "stride"},           {"bench", "step-interleaved"},         {"model", a.model}, {"batch", a.batch},
-      {"image_size", a.image_size}, {"threads", torch::get_num_threads()}, {"ranks", world},   {"block_steps", a.steps},
-      {"rounds", a.rounds},         {"transport", comm->transport()}};
+  nlohmann::json out = {{"impl", "stride"},
+                        {"bench", "step-interleaved"},
+                        {"model", a.model},
+                        {"batch", a.batch},
+                        {"image_size", a.image_size},
+                        {"threads", torch::get_num_threads()},
+                        {"ranks", world},
+                        {"block_steps", a.steps},
+                        {"rounds", a.rounds},
+                        {"transport", comm->layout().transport}};
   if (!default_wait.empty()) out["shm_wait"] = default_wait;
   for (const auto& v : variants) {
     out["variants"][v] = {{"images_per_s", median(ips[v])},
@@ -414,8 +420,10 @@ void run_step_bench(const StepArgs& a) {
     const double n = static_cast<double>(std::max<int64_t>(st.steps, 1));
     out["comm"] = a.no_comm ? "skipped" : (a.no_overlap ? "after-backward" : "overlapped");
     out["comm_backend"] = comm->backend();
-    out["comm_transport"] = comm->transport();
-    if (!comm->shm_wait().empty()) out["shm_wait"] = comm->shm_wait();
+    const comm::Layout layout = comm->layout();
+    out["comm_transport"] = layout.transport;
+    if (!layout.shm_wait.empty()) out["shm_wait"] = layout.shm_wait;
+    if (layout.hosts > 0) out["hosts"] = layout.hosts;
     out["sync_bn"] = a.sync_bn;
     out["grad_compression"] = a.grad_compression;
     if (a.grad_compression == "powersgd") out["powersgd_rank"] = a.powersgd_rank;

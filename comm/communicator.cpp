@@ -105,6 +105,27 @@ std::string Communicator::host() const {
   return name;
 }
 
+Layout Communicator::layout() const {
+  Layout l;
+  l.backend = l.transport = backend();
+  return l;
+}
+
+std::string Layout::summary() const {
+  std::string where;
+  if (hosts == 1) where = "1 host";
+  if (hosts > 1)
+    where = transport == "hier" && local_size > 0 ? concat(hosts, " hosts x ", local_size, " ranks")
+                                                  : concat(hosts, " hosts");
+  std::string how = transport;
+  if (transport == "shm")
+    how = concat("shared memory", shm_wait.empty() ? "" : concat(" (waiting ranks ", shm_wait, ")"));
+  if (transport == "mpi") how = "MPI_Allreduce";
+  if (transport == "ring") how = "a ring over every rank for large buckets";
+  if (transport == "hier") how = "shared memory within each host, a ring between hosts for large buckets";
+  return where.empty() ? how : concat(where, ": ", how);
+}
+
 std::string Communicator::describe() const { return concat("rank ", rank(), "/", size(), " (", host(), ")"); }
 
 void Communicator::check_tensor(const char* op, const torch::Tensor& t) const {

@@ -93,6 +93,19 @@ class HostWork : public Work {
   std::chrono::steady_clock::time_point started_{}, finished_{};
 };
 
+struct Layout {
+  std::string backend;  // "mpi", "nccl", "local", "single"
+  // How a large allreduce (a gradient bucket) travels: "shm" (shared memory, every rank on this host), "mpi"
+  // (MPI_Allreduce), "ring" (a ring over every rank), "hier" (shared memory within each host, a ring between
+  // hosts), or the back-end's name where it has one way.
+  std::string transport;
+  std::string shm_wait;  // shared memory: "spin" or "sleep" (docs/distributed.md, STRIDE_SHM_WAIT); else ""
+  int hosts = 0;         // 0: not known
+  int local_size = 0;    // ranks on this host; 0: not known
+  // "2 hosts x 2 ranks: shared memory within each host, a ring between hosts" (for the start-up line).
+  std::string summary() const;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -123,11 +136,8 @@ class Communicator {
   // in shared memory when all ranks share one host, so collectives read it in place; the others return
   // torch::zeros.
   virtual torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options);
-  // How collectives travel: "shm" (shared memory among the ranks of one host), "mpi", "nccl", "local", "single".
-  virtual std::string transport() const { return backend(); }
-  // How a rank waits for its peers in shared-memory collectives: "spin" or "sleep" (docs/distributed.md,
-  // STRIDE_SHM_WAIT); "" where collectives do not go through shared memory.
-  virtual std::string shm_wait() const { return ""; }
+  // How this communicator's collectives travel (the back-end's own settings live here, not in this interface).
+  virtual Layout layout() const;
 
   // How long a Work may take before wait() gives up with CommError.
   std::chrono::milliseconds timeout() const { return timeout_; }

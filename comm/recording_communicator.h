@@ -31,8 +31,7 @@ class RecordingCommunicator : public Communicator {
   int local_rank() const override { return inner_->local_rank(); }
   std::string backend() const override { return inner_->backend(); }
   std::string host() const override { return inner_->host(); }
-  std::string transport() const override { return inner_->transport(); }
-  std::string shm_wait() const override { return inner_->shm_wait(); }
+  Layout layout() const override { return inner_->layout(); }
   torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options) override {
     return inner_->alloc_buffer(numel, options);
   }

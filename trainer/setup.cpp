@@ -75,14 +75,11 @@ void Trainer::State::setup() {
     std::fprintf(stderr, "stride: note: --bucket-cap-mb auto with one rank has no gradients to reduce\n");
   }
   if (world > 1 && rank == 0) {
-    const std::string transport = comm->transport();
-    const std::string wait = comm->shm_wait();  // docs/distributed.md, STRIDE_SHM_WAIT
-    const std::string note =
-        transport == comm->backend()
-            ? ""
-            : concat(" (", transport, " within the host", wait.empty() ? "" : concat("; waiting ranks ", wait), ")");
+    // "4 ranks over mpi, 2 hosts x 2 ranks: shared memory within each host, ..." (docs/distributed.md)
+    const comm::Layout layout = comm->layout();
+    const std::string how = layout.transport == layout.backend ? "" : concat(", ", layout.summary());
     std::fprintf(stderr, "stride: %llu ranks over %s%s\n", static_cast<unsigned long long>(world),
-                 comm->backend().c_str(), note.c_str());
+                 comm->backend().c_str(), how.c_str());
   }
   // The dataset and its transforms first: a problem there stops the run before it writes anything.
   ensure_dataset(c);

@@ -78,6 +78,7 @@ struct MpiCommunicator::Impl {
   // Across hosts (docs/distributed.md, "Across hosts").
   AllreduceEnv ar;
   int local_size = 1;
+  int hosts = 1;
   bool spans_hosts = false;             // some rank is on another host
   MPI_Comm ring_comm = MPI_COMM_NULL;   // the ring's messages, apart from everything else
   MPI_Comm local_comm = MPI_COMM_NULL;  // the ranks of this host
@@ -88,12 +89,15 @@ struct MpiCommunicator::Impl {
   // Which way an allreduce of `t` goes: "shm", "mpi", "ring" or "hier". Every rank decides alike (same env,
   // same tensor sizes).
   std::string path(const torch::Tensor& t, ReduceOp op) const {
+    return path(t.numel() * static_cast<int64_t>(t.element_size()), t.scalar_type(), op);
+  }
+  std::string path(int64_t bytes, torch::ScalarType dtype, ReduceOp op) const {
     const bool forced = ar.mode != AllreduceMode::kAuto;
-    if (!forced && shm_active() && ShmGroup::supports(t.scalar_type(), op)) return "shm";
-    if (ar.mode == AllreduceMode::kMpi || size < 2 || !ring_supports(t.scalar_type(), op)) return "mpi";
+    if (!forced && shm_active() && ShmGroup::supports(dtype, op)) return "shm";
+    if (ar.mode == AllreduceMode::kMpi || size < 2 || !ring_supports(dtype, op)) return "mpi";
     if (ar.mode == AllreduceMode::kRing) return "ring";
     if (ar.mode == AllreduceMode::kHier) return hier_ok() ? "hier" : "ring";
-    if (!spans_hosts || t.numel() * static_cast<int64_t>(t.element_size()) < ar.ring_min_bytes) return "mpi";
+    if (!spans_hosts || bytes < ar.ring_min_bytes) return "mpi";
     return hier_ok() ? "hier" : "ring";
   }
 
@@ -379,6 +383,8 @@ MpiCommunicator::MpiCommunicator(int busy_threads) : impl_(std::make_shared<Impl
       MPI_Op_create(&sum_16<c10::BFloat16>, 1, &impl->bf16_sum);
       impl->ar = ar;
       impl->local_size = local_size;
+      int first = s.local_rank == 0 ? 1 : 0;
+      impl->check(MPI_Allreduce(&first, &impl->hosts, 1, MPI_INT, MPI_SUM, impl->comm), "MPI_Allreduce");
       impl->spans_hosts = local_size < s.size;
       impl->setup_shm(local_size, env, threads);
       impl->setup_hier(s.local_rank, env, threads);
@@ -548,7 +554,19 @@ torch::Tensor MpiCommunicator::alloc_buffer(int64_t numel, const torch::TensorOp
   return out;
 }
 
-std::string MpiCommunicator::transport() const { return impl_->shm_active() ? "shm" : "mpi"; }
+Layout MpiCommunicator::layout() const {
+  Layout l;
+  l.backend = "mpi";
+  l.hosts = impl_->hosts;
+  l.local_size = impl_->local_size;
+  // The way of a gradient bucket: float32 sums of 25 MiB (the default cap).
+  l.transport = impl_->path(int64_t{25} << 20, torch::kFloat, ReduceOp::kSum);
+  const ShmGroup* group = l.transport == "shm"    ? impl_->shm.get()
+                          : l.transport == "hier" ? impl_->local_shm.get()
+                                                  : nullptr;
+  if (group) l.shm_wait = group->spare_cores() ? "spin" : "sleep";
+  return l;
+}
 
 std::string MpiCommunicator::allreduce_path(const torch::Tensor& t, ReduceOp op) const { return impl_->path(t, op); }
 
@@ -557,11 +575,6 @@ int MpiCommunicator::local_size() const { return impl_->local_size; }
 bool MpiCommunicator::set_shm_enabled(bool enabled) {
   impl_->use_shm = enabled;
   return impl_->shm_active();
-}
-
-std::string MpiCommunicator::shm_wait() const {
-  if (!impl_->shm) return "";
-  return impl_->shm->spare_cores() ? "spin" : "sleep";
 }
 
 void MpiCommunicator::set_shm_wait(bool spin) {

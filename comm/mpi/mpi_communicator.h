@@ -43,14 +43,14 @@ class MpiCommunicator : public Communicator {
   void allreduce_now(torch::Tensor tensor, ReduceOp op) override;
   void allgather_now(torch::Tensor input, torch::Tensor output) override;
   torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options) override;
-  std::string transport() const override;
+  Layout layout() const override;
   // Measurement switch: route collectives through MPI (false) or shared memory (true, the default where
   // available). Every rank must flip it at the same point of its collective sequence. Returns whether shared
   // memory is in use afterwards.
   bool set_shm_enabled(bool enabled);
-  // "spin" where this host has a core for every local rank's compute threads plus its communication thread (or
-  // STRIDE_SHM_WAIT=spin), "sleep" (a short spin, then a futex) otherwise, "" without shared memory.
-  std::string shm_wait() const override;
+  // layout().shm_wait: "spin" where this host has a core for every local rank's compute threads plus its
+  // communication thread (or STRIDE_SHM_WAIT=spin), "sleep" (a short spin, then a futex) otherwise, "" without
+  // shared memory.
   // Measurement switch, like set_shm_enabled: waiting ranks spin (true) or sleep.
   void set_shm_wait(bool spin);
 

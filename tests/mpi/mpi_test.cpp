@@ -48,7 +48,20 @@ TEST(Mpi, TransportIsSharedMemoryOnOneHostUnlessTurnedOff) {
   auto c = world();
   const char* env = std::getenv("STRIDE_SHM");
   const bool pretend_hosts = std::getenv("STRIDE_TEST_HOSTS") != nullptr;  // then the ranks span "hosts"
-  EXPECT_EQ(c->transport(), (env && std::string(env) == "0") || pretend_hosts ? "mpi" : "shm");
+  const comm::Layout l = c->layout();
+  if (pretend_hosts) {
+    EXPECT_GE(l.hosts, 2);
+    EXPECT_NE(l.transport, "shm");
+  } else {
+    EXPECT_EQ(l.hosts, 1);
+    EXPECT_EQ(l.local_size, c->size());
+    const char* forced = std::getenv("STRIDE_ALLREDUCE");  // ctest's mpi.np3_ring forces the ring
+    const std::string mode = forced && *forced ? forced : "auto";
+    const std::string expected = mode == "ring" || mode == "hier"                    ? "ring"
+                                 : mode == "mpi" || (env && std::string(env) == "0") ? "mpi"
+                                                                                     : "shm";
+    EXPECT_EQ(l.transport, expected);
+  }
 }
 
 // The TCP btl's flags as Open MPI really uses them, read through the MPI tool interface: without the emulated-RDMA
@@ -97,6 +110,12 @@ TEST(MpiAllreduce, TakesTheExpectedPath) {
     const int k = std::atoi(hosts);
     EXPECT_LT(c->local_size(), c->size());
     EXPECT_GE(c->local_size(), c->size() / k);
+    // What the start-up line reports: the hosts, this host's ranks and the way of a gradient bucket.
+    const comm::Layout l = c->layout();
+    EXPECT_EQ(l.hosts, k);
+    EXPECT_EQ(l.local_size, c->local_size());
+    EXPECT_EQ(l.transport, expect);
+    EXPECT_NE(l.summary().find(concat(k, " hosts")), std::string::npos) << l.summary();
   }
   // Not ring-reducible: half max stays on MPI (and fails there as before); bool never rings.
   EXPECT_NE(c->allreduce_path(torch::zeros({1 << 20}, torch::kHalf), comm::ReduceOp::kMax), "ring");
@@ -189,20 +208,20 @@ TEST(MpiAllreduce, RandomDataMatchesMpiAllreduceAndIsIdenticalOnEveryRank) {
 TEST(Mpi, ShmWaitFollowsTheEnvironmentAndCanBeFlipped) {
   auto c = std::dynamic_pointer_cast<comm::MpiCommunicator>(world());
   ASSERT_TRUE(c);
-  if (c->transport() != "shm") {
-    EXPECT_EQ(c->shm_wait(), "");
+  if (c->layout().transport != "shm") {
+    EXPECT_EQ(c->layout().shm_wait, "");
     return;
   }
   const char* env = std::getenv("STRIDE_SHM_WAIT");
   const std::string wanted = env && *env ? env : "auto";
-  const std::string initial = c->shm_wait();
+  const std::string initial = c->layout().shm_wait;
   if (wanted != "auto") {
     EXPECT_EQ(initial, wanted);
   }
   EXPECT_TRUE(initial == "spin" || initial == "sleep") << initial;
   for (bool spin : {initial != "spin", initial == "spin"}) {
     c->set_shm_wait(spin);
-    EXPECT_EQ(c->shm_wait(), spin ? "spin" : "sleep");
+    EXPECT_EQ(c->layout().shm_wait, spin ? "spin" : "sleep");
     auto t = torch::full({300000}, static_cast<float>(c->rank() + 1));
     c->allreduce(t, comm::ReduceOp::kSum)->wait();
     EXPECT_EQ(t[299999].item<float>(), static_cast<float>(c->size() * (c->size() + 1) / 2));
