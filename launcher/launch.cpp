@@ -440,6 +440,12 @@ int launch(LaunchOptions o) {
   const std::string coord_addr = concat(coord_host, ":", coordinator.port());
   ::setenv("STRIDE_COORDINATOR", coord_addr.c_str(), 1);
   ::setenv("STRIDE_JOB_TOKEN", coordinator.token().c_str(), 1);
+  if (starter == "srun" && !o.iface.empty()) {
+    // srun hands this environment to every rank: Open MPI's TCP traffic stays on --iface, as mpirun's --mca
+    // arguments make it (a job's own OMPI_MCA_* settings win).
+    ::setenv("OMPI_MCA_btl_tcp_if_include", o.iface.c_str(), 0);
+    ::setenv("OMPI_MCA_oob_tcp_if_include", o.iface.c_str(), 0);
+  }
   if (::geteuid() == 0) {  // Open MPI refuses root unless told; the env form also reaches nested launches
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);

@@ -59,7 +59,9 @@ std::string sbatch_script(const SubmitOptions& o, const std::string& output_dir,
                                                                {"--array", &o.array},
                                                                {"--mem", &o.mem},
                                                                {"--qos", &o.qos},
-                                                               {"--constraint", &o.constraint}}) {
+                                                               {"--constraint", &o.constraint},
+                                                               {"--iface", &o.iface},
+                                                               {"--coordinator-host", &o.coordinator_host}}) {
     if (value->find_first_of("\r\n") != std::string::npos) throw UsageError(concat(flag, " must be one line"));
   }
   for (const auto& line : o.sbatch_lines) {
@@ -105,6 +107,8 @@ echo "stride: job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname)
   s += concat("\"$STRIDE\" launch --launcher srun --max-restarts ", o.max_restarts, " --status-port ", o.status_port,
               " --restart-backoff ", o.restart_backoff_s);
   if (!o.restart_window.empty()) s += concat(" --restart-window ", quote(o.restart_window));
+  if (!o.iface.empty()) s += concat(" --iface ", quote(o.iface));
+  if (!o.coordinator_host.empty()) s += concat(" --coordinator-host ", quote(o.coordinator_host));
   s += " -- \\\n   ";
   for (const auto& a : o.train_args) s += " " + quote(a);
   s += concat(" \\\n    --output-dir ", out_dir, " --resume auto &\n");
@@ -193,6 +197,10 @@ void add_submit_command(CLI::App& app) {
   cmd->add_option("--restart-window", o->restart_window,
                   "stride launch --restart-window: --max-restarts counts failures within it (e.g. 1h)");
   cmd->add_option("--status-port", o->status_port, "stride launch --status-port")->capture_default_str();
+  cmd->add_option("--iface", o->iface,
+                  "stride launch --iface: the network between the nodes (CIDR such as 10.0.0.0/24, or a name)");
+  cmd->add_option("--coordinator-host", o->coordinator_host,
+                  "stride launch --coordinator-host: the address the ranks reach the coordinator at");
   cmd->add_option("--sbatch", o->sbatch, "sbatch executable")->capture_default_str();
   cmd->add_flag("--dry-run", o->dry_run, "Write and print the script, do not submit");
   cmd->add_option("train_args", o->train_args, "stride train flags, after --");

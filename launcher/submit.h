@@ -23,6 +23,9 @@ struct SubmitOptions {
   double restart_backoff_s = 2;
   std::string restart_window;  // stride launch --restart-window (empty: launch's default, the job's whole life)
   int status_port = 8470;
+  // stride launch --iface / --coordinator-host: the network the ranks of several nodes talk over (MPI's TCP
+  // traffic and the coordinator's listener), and the address they reach the coordinator at.
+  std::string iface, coordinator_host;
   std::string sbatch = "sbatch";
   bool dry_run = false;
   std::vector<std::string> train_args;

@@ -427,6 +427,16 @@ TEST(Submit, SiteOptionsPassThroughAsSbatchLinesAndLineBreaksAreRefused) {
   EXPECT_NE(sbatch_script(windowed, "/runs/r", "/opt/stride").find("--restart-window '1h' --"), std::string::npos);
   windowed.restart_window = "an hour";
   usage(windowed, "--restart-window");
+  // Several nodes: the network between them and the coordinator's address go to stride launch.
+  SubmitOptions nodes = o;
+  nodes.nodes = 2;
+  nodes.iface = "10.0.0.0/24";
+  nodes.coordinator_host = "node1";
+  const std::string two = sbatch_script(nodes, "/runs/r", "/opt/stride");
+  EXPECT_NE(two.find("launch --launcher srun"), std::string::npos) << two;
+  EXPECT_NE(two.find(" --iface '10.0.0.0/24' --coordinator-host 'node1' --"), std::string::npos) << two;
+  nodes.iface = "10.0.0.0/24\nrm -rf /";
+  usage(nodes, "--iface must be one line");
 }
 
 }  // namespace
