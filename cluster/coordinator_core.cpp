@@ -604,6 +604,23 @@ std::string CoordinatorCore::status_json(double now) const {
     ev.push_back({{"time", it->wall_time}, {"level", it->level}, {"message", it->message}});
   }
   j["events"] = ev;
+  json rec = json::array();
+  for (const auto& r : recovery_log_) {
+    rec.push_back({{"restart", r.restart},
+                   {"time", r.wall_time},
+                   {"reason", r.reason},
+                   {"detection_seconds", r.detection_s},
+                   {"stop_seconds", r.stop_s},
+                   {"backoff_seconds", r.backoff_s},
+                   {"start_seconds", r.start_s},
+                   {"warmup_seconds", r.warmup_s},
+                   {"recovery_seconds", r.total_s},
+                   {"failed_step", r.failed_step},
+                   {"start_step", r.start_step},
+                   {"steps_redone", r.redone},
+                   {"source", r.source}});
+  }
+  j["recoveries"] = rec;
   if (failure_) j["failure"] = *failure_;
   if (hang_) {
     const auto& h = *hang_;
@@ -621,6 +638,17 @@ std::string CoordinatorCore::status_json(double now) const {
     j["hang"] = nullptr;
   }
   return j.dump();
+}
+
+void CoordinatorCore::recovered(Recovery r, double now) {
+  r.wall_time = wall(now);
+  ++recoveries_;
+  ++recovered_from_[r.source];
+  steps_redone_ += static_cast<int64_t>(r.redone);
+  recovery_seconds_ += r.total_s;
+  last_recovery_seconds_ = r.total_s;
+  recovery_log_.push_back(std::move(r));
+  while (recovery_log_.size() > kMaxRecoveries) recovery_log_.pop_front();
 }
 
 std::string CoordinatorCore::history_json() const {
@@ -655,6 +683,22 @@ std::string CoordinatorCore::metrics_text(double now) const {
     gauge("stride_eval_accuracy_percent", "Top-1 accuracy of the latest evaluation.", double{h0.eval_acc1()});
   }
   counter("stride_restarts_total", "Restarts of the job.", o_.restarts);
+  {
+    const char* name = "stride_recoveries_total";
+    out += concat("# HELP ", name, " Failures recovered, by where the state came from (memory: an in-memory snapshot, ",
+                  "disk: a committed checkpoint, scratch: no state).\n# TYPE ", name, " counter\n");
+    for (const char* source : {"memory", "disk", "scratch"}) {
+      const auto it = recovered_from_.find(source);
+      out += concat(name, "{source=\"", source, "\"} ", it == recovered_from_.end() ? 0 : it->second, "\n");
+    }
+  }
+  counter("stride_steps_redone_total", "Steps computed again after failures (since the state they resumed from).",
+          steps_redone_);
+  out += concat("# HELP stride_recovery_seconds Failure to the first step past the resume step, over recovered ",
+                "failures.\n# TYPE stride_recovery_seconds summary\nstride_recovery_seconds_sum ",
+                prom_value(recovery_seconds_), "\nstride_recovery_seconds_count ", recoveries_, "\n");
+  gauge("stride_last_recovery_seconds", "Failure to the first step after it, for the newest recovery.",
+        last_recovery_seconds_);
   counter("stride_checkpoints_committed_total", "Checkpoints committed by this coordinator.", commits_);
   counter("stride_checkpoints_discarded_total", "Checkpoints discarded (a rank failed before the commit).", discards_);
   gauge("stride_last_checkpoint_step", "Step of the newest committed checkpoint.", last_committed_step_);

@@ -62,6 +62,21 @@ struct Event {
   std::string message;
 };
 
+// One failure of the job and how it was recovered (measured by the launcher, launcher/launch.cpp): from the
+// failure to the launcher knowing it (detection), to every process of that start gone (stop), the back-off, the
+// new start to every rank joined (process start, model build, state load), and to the first step past the step
+// it continued from (warm-up).
+struct Recovery {
+  int restart = 0;     // 1 for the first restart
+  std::string reason;  // the failure
+  double detection_s = 0, stop_s = 0, backoff_s = 0, start_s = 0, warmup_s = 0, total_s = 0;
+  uint64_t failed_step = 0;  // rank 0's last step seen before the failure
+  uint64_t start_step = 0;   // the step the new start continued from
+  uint64_t redone = 0;       // steps computed again
+  std::string source;        // where the state came from: memory | disk | scratch
+  double wall_time = 0;      // unix seconds, set by recovered()
+};
+
 class CoordinatorCore {
  public:
   // `now` is the steady-clock time in seconds at construction; `wall` the matching unix time.
@@ -84,6 +99,10 @@ class CoordinatorCore {
   // From HTTP or a signal: ask every rank to checkpoint (stop = then stop).
   void request(proto::Command::Kind kind, const std::string& reason, double now);
   void note(const std::string& level, const std::string& message, double now);
+  // A failure recovered (the launcher saw the new start pass its resume step): kept for /status (the newest
+  // kMaxRecoveries) and counted in /metrics.
+  void recovered(Recovery r, double now);
+  static constexpr size_t kMaxRecoveries = 50;
 
   std::vector<Outbound> take_outbound();
   // Set once: why the job failed ("rank 1 on vm (pid 42) silent for 30.0 s at step 120").
@@ -146,6 +165,10 @@ class CoordinatorCore {
   std::set<uint64_t> committed_;  // steps this coordinator committed
   std::vector<Outbound> outbound_;
   std::deque<Event> events_;
+  std::deque<Recovery> recovery_log_;              // the newest kMaxRecoveries
+  std::map<std::string, int64_t> recovered_from_;  // counts by source, over the job's life
+  int64_t recoveries_ = 0, steps_redone_ = 0;
+  double recovery_seconds_ = 0, last_recovery_seconds_ = 0;
   std::optional<std::string> failure_;
   std::optional<HangVerdict> hang_;
   double hang_since_ = 0;  // wall time of the current verdict's first report

@@ -195,8 +195,9 @@ std::string rank_failure_from_output(const std::string& raw) {
     if (ss >> rank >> with >> pid_word >> pid >> on >> node_word >> node >> exited >> on2 >> sig_word &&
         sig_word == "signal") {
       std::getline(ss, rest);
-      return concat("rank ", rank, " (pid ", pid, " on ", node, ") was killed by signal",
-                    rest.empty() ? std::string() : rest);
+      // Open MPI 4.1 often reports PID 0 for a rank killed by a signal: no pid then.
+      return concat("rank ", rank, " (", pid == "0" ? std::string() : concat("pid ", pid, " "), "on ", node,
+                    ") was killed by signal", rest.empty() ? std::string() : rest);
     }
     return "";
   }
@@ -490,6 +491,7 @@ int launch(LaunchOptions o) {
     int restart = 0;
     double detection = 0, stop = 0, backoff = 0, started = 0, joined = -1;
     uint64_t failed_step = 0;  // rank 0's last step seen before the failure
+    std::string reason;
   } rec;
   int exit_code = 1;
   for (int attempt = 0;; ++attempt) {
@@ -591,7 +593,23 @@ int launch(LaunchOptions o) {
                      secs(t - rec.joined), " (heartbeats every ", tc.heartbeat_interval, " s); resumed from ", from,
                      ", ", redone, " step(s) redone");
           print(line);
-          coordinator.with_core([&](cluster::CoordinatorCore& core) { core.note("info", line, t); });
+          cluster::Recovery r;
+          r.restart = rec.restart;
+          r.reason = rec.reason;
+          r.detection_s = rec.detection;
+          r.stop_s = rec.stop;
+          r.backoff_s = rec.backoff;
+          r.start_s = rec.joined - rec.started;
+          r.warmup_s = t - rec.joined;
+          r.total_s = total;
+          r.failed_step = rec.failed_step;
+          r.start_step = seen.start_step;
+          r.redone = redone;
+          r.source = seen.start_source;
+          coordinator.with_core([&](cluster::CoordinatorCore& core) {
+            core.note("info", line, t);
+            core.recovered(r, t);
+          });
         }
       }
       const int count = g_signal_count.load();
@@ -758,6 +776,7 @@ int launch(LaunchOptions o) {
     rec.stop = gone - noticed;
     rec.backoff = backoff;
     rec.failed_step = last_step;
+    rec.reason = reason;
     const std::string why = concat(reason, "; ", decision.summary);
     print(concat(reason, "; restarting every rank (last commit: step ", committed, ") in ", format_duration(backoff),
                  ": restart ", attempt + 1, ", ", decision.summary, "; detected in ", secs(rec.detection),

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -151,6 +152,32 @@ void print_summary(const json& s, bool timeline) {
             : "none",
         static_cast<int>(num(c, "commits")), static_cast<int>(num(c, "discarded")),
         c["in_progress_step"].is_number() ? concat("step ", c["in_progress_step"].get<uint64_t>()).c_str() : "-");
+  }
+  const auto recoveries = s.value("recoveries", json::array());
+  if (!recoveries.empty()) {
+    // Per failure: where the seconds went, the steps redone and where the state came from (the newest 5).
+    std::map<std::string, int> from;
+    double redone = 0;
+    for (const auto& r : recoveries) {
+      ++from[str(r, "source")];
+      redone += num(r, "steps_redone");
+    }
+    std::string sources;
+    for (const auto& [source, n] : from) sources += concat(sources.empty() ? "" : ", ", source, " ", n);
+    std::printf("\nrecoveries: %d (%s), %.0f step(s) redone\n", static_cast<int>(recoveries.size()), sources.c_str(),
+                redone);
+    std::printf("  %-7s %-7s %-6s %-6s %-8s %-8s %-8s %-8s %-8s %-8s %s\n", "RESTART", "FROM", "STEP", "REDONE",
+                "TOTAL", "DETECT", "STOP", "BACKOFF", "START", "WARMUP", "REASON");
+    const size_t first = recoveries.size() > 5 ? recoveries.size() - 5 : 0;
+    for (size_t i = first; i < recoveries.size(); ++i) {
+      const auto& r = recoveries[i];
+      std::printf("  %-7d %-7s %-6.0f %-6.0f %-8s %-8s %-8s %-8s %-8s %-8s %s\n", static_cast<int>(num(r, "restart")),
+                  str(r, "source").c_str(), num(r, "start_step"), num(r, "steps_redone"),
+                  seconds(num(r, "recovery_seconds")).c_str(), seconds(num(r, "detection_seconds")).c_str(),
+                  seconds(num(r, "stop_seconds")).c_str(), seconds(num(r, "backoff_seconds")).c_str(),
+                  seconds(num(r, "start_seconds")).c_str(), seconds(num(r, "warmup_seconds")).c_str(),
+                  str(r, "reason").c_str());
+    }
   }
   if (s.contains("failure")) std::printf("FAILURE: %s\n", str(s, "failure").c_str());
   if (s.contains("hang") && s["hang"].is_object()) {

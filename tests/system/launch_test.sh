@@ -209,6 +209,19 @@ snapshot)
   echo "$rec1" | grep -q "; resumed from a snapshot in memory (step $step), [0-3] step(s) redone$" || fail "recovery 1: $rec1"
   rec2=$(grep -m1 "^launch: recovered from failure 2 in " "$WORK/launch.log") || fail "no recovery line for failure 2"
   echo "$rec2" | grep -q "; resumed from the checkpoint of step [0-9]*0, [0-9]* step(s) redone$" || fail "recovery 2: $rec2"
+  # The same two recoveries, structured, in the final /status (RUN/status.json) and in `stride status`.
+  /usr/bin/python3 - "$run/status.json" "$step" <<'PYEOF' || fail "the recoveries in status.json"
+import json, sys
+rec = json.load(open(sys.argv[1]))["recoveries"]
+assert [r["source"] for r in rec] == ["memory", "disk"], rec
+assert rec[0]["start_step"] == int(sys.argv[2]) and rec[0]["steps_redone"] <= 3, rec[0]
+for r in rec:
+    assert r["recovery_seconds"] > 0 and r["detection_seconds"] >= 0 and r["start_seconds"] > 0, r
+    assert r["failed_step"] >= r["start_step"] and r["reason"], r
+print("status.json: recoveries", [(r["restart"], r["source"], r["start_step"], r["steps_redone"]) for r in rec])
+PYEOF
+  "$STRIDE" status --run-dir "$run" > "$WORK/status.txt" 2>&1 || true
+  grep -q "^recoveries: 2 (disk 1, memory 1)" "$WORK/status.txt" || fail "stride status: $(cat "$WORK/status.txt")"
   # Round 2: rank 1's copies are gone, so no snapshot is complete on every rank: the commit, and the line says so.
   second=$(grep "^resume: from memory: \|^resume: snapshots: " "$WORK/launch.log" | sed -n 2p)
   echo "$second" | grep -q "^resume: snapshots: 1 of 2 ranks hold snapshots newer than the disk checkpoint, but no step is complete on every rank; from the checkpoint" ||

@@ -987,5 +987,69 @@ TEST(CoordinatorCore, MetricsPrintIntegersExactly) {
   EXPECT_EQ(m.find("e+"), std::string::npos) << m;
 }
 
+// Each recovered failure reaches /status (where the seconds went, the steps redone, where the state came from),
+// survives the job's restarts, and is counted in /metrics by source (#18); the list keeps the newest.
+TEST(CoordinatorCore, RecoveriesReachStatusAndMetricsAndOutliveRestarts) {
+  ScratchDir dir("recoveries");
+  CoordinatorCore core(core_options(dir.file("ckpt"), 2), 0.0, 1e9);
+  const std::string before = core.metrics_text(0.0);
+  EXPECT_NE(before.find("\nstride_recoveries_total{source=\"memory\"} 0\n"), std::string::npos) << before;
+  EXPECT_NE(before.find("\nstride_recovery_seconds_count 0\n"), std::string::npos) << before;
+  Recovery a;
+  a.restart = 1;
+  a.reason = "rank 1 on vm (pid 42) exited with signal 9";
+  a.detection_s = 0.05;
+  a.stop_s = 0.03;
+  a.backoff_s = 0.2;
+  a.start_s = 1.7;
+  a.warmup_s = 0.5;
+  a.total_s = 2.48;
+  a.failed_step = 38;
+  a.start_step = 30;
+  a.redone = 8;
+  a.source = "memory";
+  core.recovered(a, 10.0);
+  core.restart(2, 1, a.reason, 10.5);
+  Recovery b = a;
+  b.restart = 2;
+  b.total_s = 3.5;
+  b.start_step = 20;
+  b.redone = 25;
+  b.source = "disk";
+  core.recovered(b, 20.0);
+  const auto j = nlohmann::json::parse(core.status_json(21.0));
+  ASSERT_EQ(j["recoveries"].size(), 2u) << j.dump();
+  const auto& r = j["recoveries"][0];
+  EXPECT_EQ(r["restart"], 1);
+  EXPECT_EQ(r["source"], "memory");
+  EXPECT_EQ(r["steps_redone"], 8);
+  EXPECT_EQ(r["start_step"], 30);
+  EXPECT_EQ(r["failed_step"], 38);
+  EXPECT_DOUBLE_EQ(r["detection_seconds"].get<double>(), 0.05);
+  EXPECT_DOUBLE_EQ(r["warmup_seconds"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(r["recovery_seconds"].get<double>(), 2.48);
+  EXPECT_DOUBLE_EQ(r["time"].get<double>(), 1e9 + 10.0);
+  EXPECT_EQ(r["reason"], a.reason);
+  EXPECT_EQ(j["recoveries"][1]["source"], "disk");
+  const std::string m = core.metrics_text(21.0);
+  for (const char* line :
+       {"\nstride_recoveries_total{source=\"memory\"} 1\n", "\nstride_recoveries_total{source=\"disk\"} 1\n",
+        "\nstride_recoveries_total{source=\"scratch\"} 0\n", "\nstride_steps_redone_total 33\n",
+        "\nstride_recovery_seconds_sum 5.98\n", "\nstride_recovery_seconds_count 2\n",
+        "\nstride_last_recovery_seconds 3.5\n"}) {
+    EXPECT_NE(m.find(line), std::string::npos) << line << " missing in\n" << m;
+  }
+  for (int i = 0; i < static_cast<int>(CoordinatorCore::kMaxRecoveries) + 5; ++i) {
+    b.restart = 3 + i;
+    core.recovered(b, 30.0 + i);
+  }
+  const auto k = nlohmann::json::parse(core.status_json(100.0));
+  ASSERT_EQ(k["recoveries"].size(), CoordinatorCore::kMaxRecoveries);
+  EXPECT_EQ(k["recoveries"].back()["restart"], 3 + static_cast<int>(CoordinatorCore::kMaxRecoveries) + 4);
+  EXPECT_NE(core.metrics_text(100.0).find(
+                concat("\nstride_recovery_seconds_count ", 2 + CoordinatorCore::kMaxRecoveries + 5, "\n")),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace stride::cluster

@@ -178,6 +178,9 @@ TEST(Launch, TheRankAndSignalOfADeadRankComeFromMpirunsVerdict) {
   EXPECT_EQ(rank_failure_from_output(
                 "mpirun noticed that process rank 1 with PID 4242 on node vm1 exited on signal 9 (Killed)."),
             "rank 1 (pid 4242 on vm1) was killed by signal 9 (Killed)");
+  EXPECT_EQ(rank_failure_from_output(
+                "mpirun noticed that process rank 0 with PID 0 on node vm1 exited on signal 9 (Killed)."),
+            "rank 0 (on vm1) was killed by signal 9 (Killed)");
   EXPECT_EQ(rank_failure_from_output("srun: error: node2: task 3: Killed"), "rank 3 (on node2): Killed");
   EXPECT_EQ(rank_failure_from_output("srun: error: node2: task 0: Exited with exit code 75"),
             "rank 0 (on node2) exited with code 75");
