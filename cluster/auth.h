@@ -15,8 +15,10 @@
 //    session_proof = HMAC(K, "resume" T'); a process that only knows the token cannot take over a live rank.
 //    K is not rotated on reconnects, so a Welcome lost in a dropped connection cannot leave the two sides with
 //    different keys (the rank keeps the key of the Hello it sent until a Welcome says otherwise).
-// What this does not do: encrypt or authenticate the frames after the handshake. Someone who can rewrite TCP
-// traffic between a rank and the coordinator can still inject heartbeats; that needs TLS.
+// 5. Every frame after the Welcome carries a MAC under a key derived from K and this connection's nonces (Note
+//    [Frame MACs] in cluster/wire.h): injected, altered, replayed or reflected frames close the connection.
+// What this does not do: encrypt. Someone who can read the TCP traffic sees heartbeats and commands (no secret
+// travels in them); hiding them needs TLS.
 #pragma once
 
 #include <cstddef>

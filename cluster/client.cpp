@@ -127,7 +127,7 @@ void CoordinatorClient::report(proto::CheckpointReport report) {
   *e.mutable_checkpoint_report() = std::move(report);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    outbox_.push_back(encode_frame(e));
+    outbox_.push_back(std::move(e));
   }
   wake();
 }
@@ -143,8 +143,8 @@ void CoordinatorClient::goodbye(bool finished, const std::string& reason, double
   *last.mutable_heartbeat() = hb_;
   last.mutable_heartbeat()->set_has_loss(hb_.has_loss() && hb_fresh_);
   hb_fresh_ = false;
-  outbox_.push_back(encode_frame(last));
-  outbox_.push_back(encode_frame(e));
+  outbox_.push_back(std::move(last));
+  outbox_.push_back(std::move(e));
   bye_queued_ = true;
   lock.unlock();
   wake();
@@ -267,6 +267,7 @@ int CoordinatorClient::connect_once(FrameDecoder& dec, std::string* why) {
   };
   // Until the coordinator has proved itself, it may not make this rank buffer large frames either.
   dec = FrameDecoder(kMaxHelloFrameBytes);
+  frame_auth_.reset();
   const double deadline = now_s() + 10.0;
   // The coordinator's next frame; a Reject is final (an Error), a failed read leaves nullopt and `why` set.
   auto read_answer = [&](const char* what) {
@@ -289,6 +290,7 @@ int CoordinatorClient::connect_once(FrameDecoder& dec, std::string* why) {
   if (e->body_case() != proto::Envelope::kChallenge || e->challenge().nonce().size() < 16) {
     return fail(concat("the coordinator at ", o_.address, " did not open with a Challenge"));
   }
+  const std::string server_nonce = e->challenge().nonce();
   proto::Envelope hello;
   auto* h = hello.mutable_hello();
   h->set_rank(o_.rank);
@@ -325,6 +327,9 @@ int CoordinatorClient::connect_once(FrameDecoder& dec, std::string* why) {
     interval_s_ = std::clamp(w.heartbeat_interval_s(), 0.05, 60.0);
   }
   dec.set_max_frame_bytes(kMaxFrameBytes);
+  // Every frame from here on, both ways, is sealed under this connection's key (Note [Frame MACs]).
+  frame_auth_ = std::make_unique<FrameAuth>(session_key_, server_nonce, h->client_nonce(), FrameAuth::Side::kRank);
+  dec.set_auth(frame_auth_.get());
   try {
     while (auto more = dec.next()) handle(*more);  // commands sent right after Welcome
   } catch (const WireError& err) {
@@ -388,14 +393,15 @@ void CoordinatorClient::run() {
     // Send what is queued, then a heartbeat when due.
     bool ok = true;
     for (;;) {
-      std::string frame;
+      proto::Envelope next;
       bool is_bye = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (outbox_.empty()) break;
-        frame = outbox_.front();
+        next = outbox_.front();
         is_bye = bye_queued_ && outbox_.size() == 1;
       }
+      const std::string frame = encode_frame(next, frame_auth_.get());
       if (!write_all(fd, frame.data(), frame.size())) {
         ok = false;
         break;
@@ -421,7 +427,7 @@ void CoordinatorClient::run() {
         hb_fresh_ = false;
       }
       if (o_.annotate) o_.annotate(*e.mutable_heartbeat());
-      const std::string frame = encode_frame(e);
+      const std::string frame = encode_frame(e, frame_auth_.get());
       ok = write_all(fd, frame.data(), frame.size());
       next_hb = now_s() + interval;
     }

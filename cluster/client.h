@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -78,12 +79,13 @@ class CoordinatorClient {
   std::condition_variable cv_;
   proto::Heartbeat hb_;
   bool hb_fresh_ = false;
-  std::deque<std::string> outbox_;
+  std::deque<proto::Envelope> outbox_;  // sealed when written (Note [Frame MACs] in cluster/wire.h)
   bool bye_queued_ = false, bye_sent_ = false, stop_ = false, connected_ = false, aborted_ = false;
   bool checkpoint_flag_ = false, stop_flag_ = false;
   double interval_s_ = 1.0;
   std::map<uint64_t, std::pair<Commit, std::string>> verdicts_;
   int wake_fd_[2] = {-1, -1};
+  std::unique_ptr<FrameAuth> frame_auth_;  // client thread only: this connection's frame MACs
   std::string session_key_;  // client thread only: the session this rank proves on a reconnect (cluster/auth.h)
   std::thread thread_;
 };

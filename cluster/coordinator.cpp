@@ -131,6 +131,7 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     std::string body;
     std::deque<std::string> queue;
     bool writing = false, closing = false;
+    std::unique_ptr<FrameAuth> auth;  // after the Welcome: this connection's frame MACs (cluster/wire.h)
 
     RankSession(Impl* i, tcp::socket s) : impl(i), socket(std::move(s)), hello_timer(i->ioc) {
       boost::system::error_code ec;
@@ -167,9 +168,14 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
           if (ec2) return self->closed();
           proto::Envelope e;
           try {
-            e = parse_envelope(self->body.data(), self->body.size());
+            if (self->auth) {
+              const std::string payload = self->auth->open(self->body.data(), self->body.size());
+              e = parse_envelope(payload.data(), payload.size());
+            } else {
+              e = parse_envelope(self->body.data(), self->body.size());
+            }
           } catch (const WireError& err) {
-            return self->reject(err.what());
+            return self->reject(self->rank >= 0 ? concat("rank ", self->rank, ": ", err.what()) : err.what());
           }
           self->handle(e);
           if (!self->closing) self->read_header();
@@ -204,6 +210,11 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         w.mutable_welcome()->set_proof(
             auth::welcome_proof(impl->o.core.token, auth::transcript(nonce, e.hello()), resumed));
         send(encode_frame(w));
+        {
+          std::lock_guard<std::mutex> lock(impl->mu);
+          auth = std::make_unique<FrameAuth>(impl->core->session_key_of(e.hello().rank()), nonce,
+                                             e.hello().client_nonce(), FrameAuth::Side::kCoordinator);
+        }
         impl->flush();
         return;
       }
@@ -235,9 +246,12 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
       }
       proto::Envelope e;
       e.mutable_reject()->set_reason(why);
-      send(encode_frame(e));
+      send_envelope(e);
       closing = true;  // close once the Reject is out
     }
+
+    // Sealed once the handshake is done (in queue order, which is the order of the writes).
+    void send_envelope(const proto::Envelope& e) { send(encode_frame(e, auth.get())); }
 
     void send(std::string frame) {
       queue.push_back(std::move(frame));
@@ -642,12 +656,11 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     for (const auto& m : out) {
       proto::Envelope e;
       *e.mutable_command() = m.command;
-      const std::string frame = encode_frame(e);
       if (m.rank >= 0) {
         auto it = by_rank.find(static_cast<uint32_t>(m.rank));
-        if (it != by_rank.end()) it->second->send(frame);
+        if (it != by_rank.end()) it->second->send_envelope(e);
       } else {
-        for (auto& [r, s] : by_rank) s->send(frame);
+        for (auto& [r, s] : by_rank) s->send_envelope(e);
         if (o.on_broadcast) o.on_broadcast(m.command);
       }
     }

@@ -522,6 +522,10 @@ std::vector<uint32_t> CoordinatorCore::missing_ranks() const {
   return out;
 }
 
+std::string CoordinatorCore::session_key_of(uint32_t rank) const {
+  return rank < ranks_.size() ? ranks_[rank].session_key : std::string();
+}
+
 bool CoordinatorCore::rank_alive(uint32_t rank) const { return rank < ranks_.size() && ranks_[rank].alive; }
 
 std::string CoordinatorCore::state(double now) const {

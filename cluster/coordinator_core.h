@@ -119,6 +119,8 @@ class CoordinatorCore {
   uint64_t last_committed_step() const { return last_committed_step_; }
   int64_t commits() const { return commits_; }
   bool rank_alive(uint32_t rank) const;
+  // The session key an admitted rank proved (Note [Challenge-response]); its frames are sealed under it.
+  std::string session_key_of(uint32_t rank) const;
   const CoreOptions& options() const { return o_; }
   void set_restarts(int restarts) { o_.restarts = restarts; }
 

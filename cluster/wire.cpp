@@ -4,9 +4,47 @@
 
 namespace stride::cluster {
 
-std::string encode_frame(proto::Envelope e) {
+namespace {
+std::string be64(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 7; i >= 0; --i, v >>= 8) s[static_cast<size_t>(i)] = static_cast<char>(v & 0xff);
+  return s;
+}
+}  // namespace
+
+FrameAuth::FrameAuth(const std::string& session_key, const std::string& server_nonce, const std::string& client_nonce,
+                     Side side)
+    : key_(auth::hmac_sha256(
+          session_key, "frames" + be64(server_nonce.size()) + server_nonce + be64(client_nonce.size()) + client_nonce)),
+      side_(side) {}
+
+std::string FrameAuth::tag(bool from_rank, uint64_t seq, const char* data, size_t n) const {
+  std::string m = from_rank ? "rank>coordinator" : "coordinator>rank";
+  m += be64(seq);
+  m.append(data, n);
+  return auth::hmac_sha256(key_, m);
+}
+
+std::string FrameAuth::seal(const std::string& payload) {
+  return payload + tag(side_ == Side::kRank, ++sent_, payload.data(), payload.size());
+}
+
+std::string FrameAuth::open(const char* body, size_t n) {
+  if (n < kTagBytes) throw WireError(concat("sealed frame of ", n, " bytes is shorter than its MAC"));
+  const size_t len = n - kTagBytes;
+  const std::string want = tag(side_ != Side::kRank, received_ + 1, body, len);
+  if (!auth::digest_equal(want, std::string(body + len, kTagBytes))) {
+    throw WireError(concat("frame ", received_ + 1, " failed its MAC (altered, replayed, out of order or from ",
+                           "another connection)"));
+  }
+  ++received_;
+  return std::string(body, len);
+}
+
+std::string encode_frame(proto::Envelope e, FrameAuth* auth) {
   e.set_version(kProtocolVersion);
-  const std::string payload = e.SerializeAsString();
+  std::string payload = e.SerializeAsString();
+  if (auth) payload = auth->seal(payload);
   if (payload.size() > kMaxFrameBytes) {
     throw WireError(concat("message of ", payload.size(), " bytes exceeds the frame limit ", kMaxFrameBytes));
   }
@@ -40,8 +78,15 @@ std::optional<proto::Envelope> FrameDecoder::next() {
   if (buf_.size() - pos_ < 4) return std::nullopt;
   const uint32_t n = frame_length(reinterpret_cast<const unsigned char*>(buf_.data() + pos_), max_);
   if (buf_.size() - pos_ - 4 < n) return std::nullopt;
-  auto e = parse_envelope(buf_.data() + pos_ + 4, n);
-  pos_ += 4 + n;
+  proto::Envelope e;
+  if (auth_) {
+    const std::string payload = auth_->open(buf_.data() + pos_ + 4, n);
+    pos_ += 4 + n;  // a frame that failed its MAC was not consumed: the connection closes anyway
+    e = parse_envelope(payload.data(), payload.size());
+  } else {
+    e = parse_envelope(buf_.data() + pos_ + 4, n);
+    pos_ += 4 + n;
+  }
   if (pos_ > 65536 && pos_ * 2 > buf_.size()) {  // compact now and then
     buf_.erase(0, pos_);
     pos_ = 0;

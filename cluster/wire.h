@@ -14,8 +14,9 @@
 
 namespace stride::cluster {
 
-// 2: challenge-response authentication (cluster/auth.h); version 1 sent the job token in clear text.
-constexpr uint32_t kProtocolVersion = 2;
+// 3: every frame after the handshake carries a MAC (Note [Frame MACs]). 2: challenge-response authentication
+// (cluster/auth.h); version 1 sent the job token in clear text.
+constexpr uint32_t kProtocolVersion = 3;
 // No legitimate message comes near this: the largest is a checkpoint report listing a few files.
 constexpr size_t kMaxFrameBytes = 1 << 20;
 // Until a connection has said Hello (a few hundred bytes) it is nobody: its first frame may not be larger than
@@ -32,8 +33,37 @@ class ProtocolVersionError : public WireError {
   using WireError::WireError;
 };
 
-// The frame of `e`, with the protocol version filled in.
-std::string encode_frame(proto::Envelope e);
+// Note [Frame MACs]
+// The handshake (Note [Challenge-response] in cluster/auth.h) proves who is at each end; the frames after it are
+// authenticated too, so that whoever can rewrite the TCP stream cannot inject, alter, replay, reorder or reflect
+// heartbeats, reports or commands. After the Welcome (both sides know the rank's session key K, this
+// connection's nonces Ns and Nc), every frame's body is payload || tag, the length header counting both, with
+//   F   = HMAC(K, "frames" || Ns || Nc)                         this connection's frame key
+//   tag = HMAC(F, direction || seq || payload)                  32 bytes
+// direction "rank>coordinator" or "coordinator>rank", seq the frame's number in that direction on this
+// connection (1, 2, ...; 8 bytes big-endian). A frame whose tag does not verify closes the connection (the rank
+// reconnects with a new handshake). The payloads are not encrypted: heartbeats carry no secret. Both sides keep
+// their own counters, so a frame is sealed when it is written, not when it is queued.
+class FrameAuth {
+ public:
+  enum class Side { kRank, kCoordinator };
+  static constexpr size_t kTagBytes = 32;
+  FrameAuth(const std::string& session_key, const std::string& server_nonce, const std::string& client_nonce,
+            Side side);
+  // The body of the next frame this side sends: payload || tag.
+  std::string seal(const std::string& payload);
+  // The payload of the next frame from the peer; throws WireError when its tag does not verify.
+  std::string open(const char* body, size_t n);
+
+ private:
+  std::string tag(bool from_rank, uint64_t seq, const char* data, size_t n) const;
+  std::string key_;
+  Side side_;
+  uint64_t sent_ = 0, received_ = 0;
+};
+
+// The frame of `e`, with the protocol version filled in; sealed by `auth` when given (Note [Frame MACs]).
+std::string encode_frame(proto::Envelope e, FrameAuth* auth = nullptr);
 
 // Splits a byte stream into envelopes; bytes may arrive in any pieces.
 class FrameDecoder {
@@ -46,9 +76,12 @@ class FrameDecoder {
   size_t buffered() const { return buf_.size() - pos_; }
   // The limit for frames from now on (a connection that authenticated may send larger ones).
   void set_max_frame_bytes(size_t max) { max_ = max; }
+  // Frames from now on are sealed (Note [Frame MACs]); `auth` outlives the decoder's use of it.
+  void set_auth(FrameAuth* auth) { auth_ = auth; }
 
  private:
   size_t max_;
+  FrameAuth* auth_ = nullptr;
   std::string buf_;
   size_t pos_ = 0;
 };
