@@ -53,3 +53,29 @@ bounded() {
   done
   wait "$pid"
 }
+
+# Emulated hosts: network namespaces HOST... whose eth0 is NET.1, NET.2, ... (/24) on veth pairs, the peers on a
+# bridge in the namespace FABRIC; nothing is added to the root namespace. Exits 77 (a skip) where namespaces cannot
+# be made. The caller removes them (ip netns del) on exit.
+#   make_hosts FABRIC NET HOST...
+make_hosts() {
+  local fabric=$1 net=$2 i=0 ns err
+  shift 2
+  if ! err=$(ip netns add "$fabric" 2>&1); then
+    echo "SKIP: cannot create network namespaces here: $err"
+    exit 77
+  fi
+  ip -n "$fabric" link set lo up
+  ip -n "$fabric" link add br0 type bridge
+  ip -n "$fabric" link set br0 up
+  for ns in "$@"; do
+    i=$((i + 1))
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add eth0 type veth peer name p$i netns "$fabric"
+    ip -n "$fabric" link set p$i master br0
+    ip -n "$fabric" link set p$i up
+    ip -n "$ns" addr add "$net.$i/24" dev eth0
+    ip -n "$ns" link set eth0 up
+  done
+}

@@ -13,6 +13,7 @@ STRIDE=$1
 WORK=$2
 SCENARIO=${3:-cut}
 HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/lib.sh"
 [ "$(id -u)" == 0 ] || { echo "SKIP: network namespaces need root"; exit 77; }
 command -v unshare > /dev/null || { echo "SKIP: unshare is not installed"; exit 77; }
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -32,24 +33,7 @@ fail() {
   grep -v "step [0-9]*/[0-9]* loss" "$WORK/launch.log" | tail -50 || true
   exit 1
 }
-if ! ip netns add "$F" 2> "$WORK/netns.err"; then
-  echo "SKIP: cannot create network namespaces here: $(cat "$WORK/netns.err")"
-  exit 77
-fi
-ip -n "$F" link set lo up
-ip -n "$F" link add br0 type bridge
-ip -n "$F" link set br0 up
-i=0
-for ns in $A $B; do
-  i=$((i + 1))
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link add eth0 type veth peer name p$i netns "$F"
-  ip -n "$F" link set p$i master br0
-  ip -n "$F" link set p$i up
-  ip -n "$ns" addr add $NET.$i/24 dev eth0
-  ip -n "$ns" link set eth0 up
-done
+make_hosts "$F" "$NET" "$A" "$B"
 printf "%s slots=1\n%s slots=1\n" "$A" "$B" > "$WORK/hosts"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 

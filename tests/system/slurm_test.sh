@@ -17,6 +17,7 @@ WORK=$2
 MODE=${3:-one}
 PY=/usr/bin/python3
 HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/lib.sh"
 for tool in slurmctld slurmd sbatch munged; do
   command -v $tool > /dev/null || { echo "SKIP: $tool is not installed (scripts/setup.sh installs Slurm)"; exit 77; }
 done
@@ -44,24 +45,7 @@ if [ "$MODE" == two ]; then
   NODES=(${tag}a ${tag}b)
   FABRIC=${tag}f
   NET=10.76.$(( $$ % 200 + 20 ))
-  if ! ip netns add "$FABRIC" 2> "$WORK/netns.err"; then
-    echo "SKIP: cannot create network namespaces here: $(cat "$WORK/netns.err")"
-    exit 77
-  fi
-  ip -n "$FABRIC" link set lo up
-  ip -n "$FABRIC" link add br0 type bridge
-  ip -n "$FABRIC" link set br0 up
-  i=0
-  for ns in "${NODES[@]}"; do
-    i=$((i + 1))
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link add eth0 type veth peer name p$i netns "$FABRIC"
-    ip -n "$FABRIC" link set p$i master br0
-    ip -n "$FABRIC" link set p$i up
-    ip -n "$ns" addr add $NET.$i/24 dev eth0
-    ip -n "$ns" link set eth0 up
-  done
+  make_hosts "$FABRIC" "$NET" "${NODES[@]}"
   IN=(nsenter --net=/run/netns/"${NODES[0]}")
 fi
 export SLURM_CONF
