@@ -106,7 +106,8 @@ std::vector<ConfigChange> config_changes(const std::string& before_toml, uint64_
   const auto defaults = render(to_toml(TrainConfig{}), "the defaults");
   std::vector<ConfigChange> changes;
   for (const auto& [key, value] : now) {
-    if (batch_keys().count(key)) continue;
+    // How this start was told to resume is no setting of the run: every restart passes --resume auto.
+    if (batch_keys().count(key) || key == "resume") continue;
     auto it = before.find(key);
     const std::string& old = it != before.end() ? it->second : defaults.at(key);
     if (old != value) changes.push_back({key, old, value, !operational_keys().count(key)});

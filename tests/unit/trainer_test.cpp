@@ -236,6 +236,10 @@ TEST(TrainConfig, ChangesOnResumeAreFoundAndClassified) {
   TrainConfig same = before;
   same.batch_size = 32;
   EXPECT_TRUE(config_changes(text, 1, same, 2).empty());
+  // Every restart passes --resume auto: not a change of the run worth a note.
+  TrainConfig restarted = before;
+  restarted.resume = "auto";
+  EXPECT_TRUE(config_changes(text, 1, restarted, 1).empty());
   TrainConfig after = before;
   after.nesterov = false;
   after.lr = 0.2;
