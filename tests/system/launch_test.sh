@@ -139,7 +139,7 @@ window)
   [ "$rc" == 0 ] || fail "launch exited $rc: two failures 2 s apart should fit --max-restarts 1 --restart-window 2s"
   n=$(grep -c "restarting every rank .*failure 1 of at most 1 within 2s; back-off 0.2s" "$WORK/launch.log" || true)
   [ "$n" == 2 ] || fail "expected 2 restarts, each the only failure in the window, got $n"
-  grep -q "^launch: rank [01] (pid [0-9]* on .*) was killed by signal 9" "$WORK/launch.log" ||
+  grep -q "^launch: rank [01] (\(pid [0-9]* \)\?on .*) was killed by signal 9" "$WORK/launch.log" ||
     fail "the restart reason does not name the killed rank and signal"
   grep -q "^launch: recovered from failure 2 in .*: detection .*, back-off .*, start to every rank joined .*, joined to first step" \
     "$WORK/launch.log" || fail "no recovery timing line"
@@ -217,7 +217,7 @@ assert [r["source"] for r in rec] == ["memory", "disk"], rec
 assert rec[0]["start_step"] == int(sys.argv[2]) and rec[0]["steps_redone"] <= 3, rec[0]
 for r in rec:
     assert r["recovery_seconds"] > 0 and r["detection_seconds"] >= 0 and r["start_seconds"] > 0, r
-    assert r["failed_step"] >= r["start_step"] and r["reason"], r
+    assert r["reason"] and r["failed_step"] > 0, r  # failed_step: rank 0's last heartbeat, so it may lag start_step
 print("status.json: recoveries", [(r["restart"], r["source"], r["start_step"], r["steps_redone"]) for r in rec])
 PYEOF
   "$STRIDE" status --run-dir "$run" > "$WORK/status.txt" 2>&1 || true
