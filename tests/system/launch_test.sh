@@ -180,15 +180,19 @@ snapshot)
     done
   }
   pids=$(wait_running "$run" 31) || fail "the job is not running"
-  for _ in $(seq 1 3000); do snapshot_ahead && break; sleep 0.01; done
-  snapshot_ahead || fail "no snapshot newer than the last commit on both ranks"
+  # The condition is checked once per try: asked again after it held, the ranks may already have written the next
+  # snapshot (step 9 of 10) or commit, and it would not hold any more.
+  until_ahead() {
+    for _ in $(seq 1 3000); do snapshot_ahead && return 0; sleep 0.01; done
+    return 1
+  }
+  until_ahead || fail "no snapshot newer than the last commit on both ranks"
   victim=$(echo "$pids" | tr ' ' '\n' | shuf -n 1)
   kill -9 "$victim"
   echo "round 1: kill -9 rank pid $victim after a snapshot newer than the last commit"
   wait_start 2
   pids=$(wait_running "$run" 61) || fail "the job is not running after the first restart"
-  for _ in $(seq 1 3000); do snapshot_ahead && break; sleep 0.01; done
-  snapshot_ahead || fail "no snapshot newer than the last commit on both ranks (round 2): $(ls -R "$shm"; cat "$run/checkpoints/LATEST")"
+  until_ahead || fail "no snapshot newer than the last commit on both ranks (round 2): $(ls -R "$shm"; cat "$run/checkpoints/LATEST")"
   victim=$(echo "$pids" | cut -d' ' -f2)
   kill -9 "$victim"
   rm -rf "$shm/rank-1"
