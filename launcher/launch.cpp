@@ -488,10 +488,8 @@ int launch(LaunchOptions o) {
   // in the ranks' heartbeats, so up to --heartbeat-interval late).
   struct Recovery {
     bool pending = false;
-    int restart = 0;
-    double detection = 0, stop = 0, backoff = 0, started = 0, joined = -1;
-    uint64_t failed_step = 0;  // rank 0's last step seen before the failure
-    std::string reason;
+    double started = 0, joined = -1;  // steady seconds: the new start, every rank joined
+    cluster::Recovery r;              // what the coordinator keeps (cluster/coordinator_core.h)
   } rec;
   int exit_code = 1;
   for (int attempt = 0;; ++attempt) {
@@ -580,32 +578,24 @@ int launch(LaunchOptions o) {
         if (rec.pending && rec.joined >= 0 && !seen.start_source.empty() && seen.step > seen.start_step) {
           rec.pending = false;
           const double t = steady_seconds();
-          const double total = rec.detection + rec.stop + rec.backoff + (t - rec.started);
-          const uint64_t redone = rec.failed_step > seen.start_step ? rec.failed_step - seen.start_step : 0;
+          cluster::Recovery& r = rec.r;
+          r.start_s = rec.joined - rec.started;
+          r.warmup_s = t - rec.joined;
+          r.total_s = r.detection_s + r.stop_s + r.backoff_s + (t - rec.started);
+          r.start_step = seen.start_step;
+          r.redone = r.failed_step > seen.start_step ? r.failed_step - seen.start_step : 0;
+          r.source = seen.start_source;
           const std::string from = seen.start_source == "memory"
                                        ? concat("a snapshot in memory (step ", seen.start_step, ")")
                                    : seen.start_source == "disk" ? concat("the checkpoint of step ", seen.start_step)
                                                                  : std::string("scratch");
           const std::string line =
-              concat("recovered from failure ", rec.restart, " in ", secs(total), " (failure to step ", seen.step,
-                     "): detection ", secs(rec.detection), ", stop ", secs(rec.stop), ", back-off ", secs(rec.backoff),
-                     ", start to every rank joined ", secs(rec.joined - rec.started), ", joined to first step ",
-                     secs(t - rec.joined), " (heartbeats every ", tc.heartbeat_interval, " s); resumed from ", from,
-                     ", ", redone, " step(s) redone");
+              concat("recovered from failure ", r.restart, " in ", secs(r.total_s), " (failure to step ", seen.step,
+                     "): detection ", secs(r.detection_s), ", stop ", secs(r.stop_s), ", back-off ", secs(r.backoff_s),
+                     ", start to every rank joined ", secs(r.start_s), ", joined to first step ", secs(r.warmup_s),
+                     " (heartbeats every ", tc.heartbeat_interval, " s); resumed from ", from, ", ", r.redone,
+                     " step(s) redone");
           print(line);
-          cluster::Recovery r;
-          r.restart = rec.restart;
-          r.reason = rec.reason;
-          r.detection_s = rec.detection;
-          r.stop_s = rec.stop;
-          r.backoff_s = rec.backoff;
-          r.start_s = rec.joined - rec.started;
-          r.warmup_s = t - rec.joined;
-          r.total_s = total;
-          r.failed_step = rec.failed_step;
-          r.start_step = seen.start_step;
-          r.redone = redone;
-          r.source = seen.start_source;
           coordinator.with_core([&](cluster::CoordinatorCore& core) {
             core.note("info", line, t);
             core.recovered(r, t);
@@ -771,16 +761,16 @@ int launch(LaunchOptions o) {
     const double failed_at = first_death >= 0 ? std::min(first_death, noticed) : noticed;
     rec = Recovery{};
     rec.pending = true;
-    rec.restart = attempt + 1;
-    rec.detection = noticed - failed_at;
-    rec.stop = gone - noticed;
-    rec.backoff = backoff;
-    rec.failed_step = last_step;
-    rec.reason = reason;
+    rec.r.restart = attempt + 1;
+    rec.r.detection_s = noticed - failed_at;
+    rec.r.stop_s = gone - noticed;
+    rec.r.backoff_s = backoff;
+    rec.r.failed_step = last_step;
+    rec.r.reason = reason;
     const std::string why = concat(reason, "; ", decision.summary);
     print(concat(reason, "; restarting every rank (last commit: step ", committed, ") in ", format_duration(backoff),
-                 ": restart ", attempt + 1, ", ", decision.summary, "; detected in ", secs(rec.detection),
-                 ", stopped in ", secs(rec.stop)));
+                 ": restart ", attempt + 1, ", ", decision.summary, "; detected in ", secs(rec.r.detection_s),
+                 ", stopped in ", secs(rec.r.stop_s)));
     const auto until =
         Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff));
     while (Clock::now() < until && g_signal_count.load() == seen_signals) {
