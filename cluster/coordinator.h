@@ -6,9 +6,10 @@
 // (CoordinatorOptions::status_hosts).
 //
 // The logic (liveness, checkpoint commit, what the endpoint shows) is CoordinatorCore; this class owns the
-// sockets and feeds it. Bad peers (wrong token, oversized or malformed frames, unknown ranks, silent
-// connections, too many connections) are rejected, counted and logged; they never stop the server.
-// All public methods are thread-safe.
+// sockets and feeds it (its parts: cluster/coordinator_impl.h). MANIFESTs are written on a thread of their own, so
+// a slow disk delays neither heartbeats nor the endpoint. Bad peers (wrong token, oversized or malformed frames,
+// unknown ranks, silent connections, too many connections) are rejected, counted and logged; they never stop the
+// server. All public methods are thread-safe.
 #pragma once
 
 #include <cstdint>

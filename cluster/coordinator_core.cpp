@@ -368,6 +368,7 @@ void CoordinatorCore::restart(uint32_t world_size, uint32_t attempt, const std::
   dead_hosts_.clear();
   stopping_ = false;
   attempt_ = attempt;
+  ++generation_;
   ++o_.restarts;
   step_time_.clear();
   stragglers_.reset(world_size);
@@ -383,8 +384,10 @@ void CoordinatorCore::declare_dead(uint32_t rank, const std::string& why, double
   const std::string what = concat(rank_name(rank), " is dead: ", why, " (last step ", r.hb.step(), ")");
   add_event("error", what, now);
   if (!failure_) failure_ = what;
-  std::vector<uint64_t> steps;
-  for (const auto& [step, p] : pending_) steps.push_back(step);
+  std::vector<uint64_t> steps;  // a step publishing has every file written: it stays (Note [Coordinated checkpoints])
+  for (const auto& [step, p] : pending_) {
+    if (!p.publishing) steps.push_back(step);
+  }
   for (uint64_t s : steps) discard(s, concat("rank ", rank, " died"), now);
   // Where the survivors were waiting, if anywhere: the verdict of Note [Hang verdict] without its delay (a
   // collective open for a heartbeat interval is not one in passing).
@@ -408,6 +411,11 @@ void CoordinatorCore::report(uint32_t rank, const proto::CheckpointReport& rep, 
     return;
   }
   auto& p = pending_[step];
+  if (p.publishing) {  // a second copy while the MANIFEST is written: the files it names may be the listed ones
+    outbound_.push_back({static_cast<int>(rank), command(proto::Command::DISCARDED, step,
+                                                         concat("step ", step, " is being committed already"))});
+    return;
+  }
   if (p.reports.empty()) {
     p.started = now;
     add_event("info", concat("checkpoint at step ", step, " started"), now);
@@ -454,39 +462,75 @@ void CoordinatorCore::try_commit(uint64_t step, double now) {
       *m.add_files() = f;
     }
   }
-  std::string path;
-  try {
-    path = storage::publish_manifest(*o_.ops, o_.checkpoint_root, m);
-  } catch (const Error& e) {
-    discard(step, concat("writing the MANIFEST failed: ", e.what()), now);
+  PublishJob job;
+  job.step = step;
+  job.generation = generation_;
+  for (const auto& f : m.files()) job.bytes += f.size();
+  for (const auto& [r, rep] : reports) job.write_seconds = std::max(job.write_seconds, rep.write_seconds());
+  job.manifest = std::move(m);
+  it->second.publishing = true;
+  if (o_.publish_elsewhere) {
+    o_.publish_elsewhere(std::move(job));
     return;
+  }
+  published(job, publish(*o_.ops, o_.checkpoint_root, o_.keep, job), now);
+}
+
+PublishResult CoordinatorCore::publish(storage::FileOps& ops, const std::string& checkpoint_root, int64_t keep,
+                                       const PublishJob& job) {
+  PublishResult r;
+  try {
+    r.path = storage::publish_manifest(ops, checkpoint_root, job.manifest);
+  } catch (const std::exception& e) {
+    r.path.clear();
+    r.error = e.what();
+    return r;
   }
   // Committed from here on: the checkpoint is valid on disk and `--resume auto` will use it, so what follows
   // failing is logged, never a discard.
   try {
-    storage::after_commit(*o_.ops, o_.checkpoint_root, step, o_.keep);
-  } catch (const Error& e) {
+    storage::after_commit(ops, checkpoint_root, job.step, keep);
+  } catch (const std::exception& e) {
+    r.after_warning = e.what();
+  }
+  return r;
+}
+
+void CoordinatorCore::published(const PublishJob& job, const PublishResult& result, double now) {
+  const uint64_t step = job.step;
+  const bool current = job.generation == generation_;
+  auto it = current ? pending_.find(step) : pending_.end();
+  if (!result.error.empty()) {
+    const std::string why = concat("writing the MANIFEST failed: ", result.error);
+    if (it != pending_.end()) {
+      discard(step, why, now);
+    } else {
+      ++discards_;
+      add_event("error", concat("checkpoint at step ", step, " (of an earlier start) discarded: ", why), now);
+    }
+    return;
+  }
+  if (!result.after_warning.empty()) {
     add_event("warning",
               concat("checkpoint at step ", step,
-                     " is committed, but updating LATEST or removing old checkpoints failed: ", e.what()),
+                     " is committed, but updating LATEST or removing old checkpoints failed: ", result.after_warning),
               now);
   }
-  uint64_t bytes = 0;
-  double write_s = 0;
-  for (const auto& f : m.files()) bytes += f.size();
-  for (const auto& [r, rep] : reports) write_s = std::max(write_s, rep.write_seconds());
-  last_commit_seconds_ = now - it->second.started;
-  pending_.erase(it);
+  if (it != pending_.end()) {
+    last_commit_seconds_ = now - it->second.started;
+    pending_.erase(it);
+  }
   has_commit_ = true;
-  last_committed_step_ = step;
-  last_committed_path_ = path;
+  last_committed_step_ = std::max(last_committed_step_, step);
+  last_committed_path_ = result.path;
   committed_.insert(step);
   ++commits_;
   add_event("info",
-            concat("checkpoint at step ", step, " committed: ", path, " (", fixed(bytes / 1e6), " MB, writes ",
-                   fixed(write_s, 2), " s, ", fixed(bytes / 1e6 / std::max(write_s, 1e-6), 0), " MB/s)"),
+            concat("checkpoint at step ", step, current ? "" : " (of an earlier start)", " committed: ", result.path,
+                   " (", fixed(job.bytes / 1e6), " MB, writes ", fixed(job.write_seconds, 2), " s, ",
+                   fixed(job.bytes / 1e6 / std::max(job.write_seconds, 1e-6), 0), " MB/s)"),
             now);
-  outbound_.push_back({-1, command(proto::Command::COMMITTED, step, path)});
+  if (current) outbound_.push_back({-1, command(proto::Command::COMMITTED, step, result.path)});
 }
 
 void CoordinatorCore::discard(uint64_t step, const std::string& reason, double now) {

@@ -14,10 +14,15 @@
 //    its directory has no MANIFEST and stays invisible; the previous commit stays the newest.
 // 3. LATEST and garbage collection run only after a commit (storage::after_commit). Their failure is logged as a
 //    warning and the step stays committed: the checkpoint on disk is valid and a resume uses it.
+// 4. The MANIFEST's writes and fsyncs may run elsewhere (CoreOptions::publish_elsewhere; the Coordinator runs them
+//    on a writer thread, so a slow disk holds up neither heartbeats nor /status). From the last report on, the
+//    step is *publishing*: every file it lists is written and fsynced, so a rank dying now no longer discards it,
+//    and a second report of it is refused. published() applies the outcome as point 2 and 3 say.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -31,6 +36,21 @@
 #include "storage/checkpoint_files.h"
 
 namespace stride::cluster {
+
+// A step whose reports are all in, for publishing (Note [Coordinated checkpoints], point 4).
+struct PublishJob {
+  uint64_t step = 0;
+  uint64_t generation = 0;  // the core's start (CoordinatorCore::restart) that asked for it
+  proto::Manifest manifest;
+  uint64_t bytes = 0;        // of the files listed
+  double write_seconds = 0;  // the slowest rank's writes
+};
+
+struct PublishResult {
+  std::string path;           // the committed step directory; empty when publishing failed
+  std::string error;          // why publishing failed (the step is discarded)
+  std::string after_warning;  // LATEST or garbage collection failed (the step is still committed)
+};
 
 struct CoreOptions {
   std::string job = "stride";
@@ -48,6 +68,9 @@ struct CoreOptions {
   // cluster/hang_verdict.h) in the log, /status and the dashboard, and ask every rank to dump its flight recorder.
   // 0: only when a rank is declared dead.
   double hang_report_after_s = 30.0;
+  // Set: a step ready to commit is handed here (on the thread calling report()), and whoever runs
+  // CoordinatorCore::publish() gives the result back through published(). Unset: report() publishes inline.
+  std::function<void(PublishJob)> publish_elsewhere;
 };
 
 // A message for one rank (rank >= 0) or for every connected rank (rank == -1).
@@ -104,6 +127,14 @@ class CoordinatorCore {
   void recovered(Recovery r, double now);
   static constexpr size_t kMaxRecoveries = 50;
 
+  // Writes the MANIFEST of `job` and then LATEST and garbage collection (storage::publish_manifest, after_commit).
+  // Touches no core state: any thread may run it, without the core's lock.
+  static PublishResult publish(storage::FileOps& ops, const std::string& checkpoint_root, int64_t keep,
+                               const PublishJob& job);
+  // The outcome of a job handed to CoreOptions::publish_elsewhere: COMMITTED or DISCARDED to every rank. A job of an
+  // earlier start is recorded (a commit is valid on disk) but told to no one.
+  void published(const PublishJob& job, const PublishResult& result, double now);
+
   std::vector<Outbound> take_outbound();
   // Set once: why the job failed ("rank 1 on vm (pid 42) silent for 30.0 s at step 120").
   const std::optional<std::string>& failure() const { return failure_; }
@@ -145,6 +176,7 @@ class CoordinatorCore {
   struct Pending {
     std::map<uint32_t, proto::CheckpointReport> reports;
     double started = 0;
+    bool publishing = false;  // every report is in and the MANIFEST is being written (point 4)
   };
   struct Series {  // a bounded plot series: halves its resolution when full
     std::vector<double> x, y;
@@ -177,6 +209,7 @@ class CoordinatorCore {
   std::string hang_key_;   // the verdict last logged (each is logged once)
   bool stopping_ = false;
   uint32_t attempt_ = 0;
+  uint64_t generation_ = 0;  // counts restart()s
   std::vector<std::string> dead_hosts_;
   bool stopped_ = false;  // a rank said goodbye before the end (a stop on request)
   uint64_t last_committed_step_ = 0;

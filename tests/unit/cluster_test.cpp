@@ -12,8 +12,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <optional>
 #include <thread>
 
@@ -350,6 +352,73 @@ TEST(CoordinatorCore, FailedReportDiscardsTheStep) {
   }
   EXPECT_EQ(newest_valid(root), 0u);
   EXPECT_FALSE(core.failure());  // a failed checkpoint does not fail the job
+}
+
+// Note [Coordinated checkpoints], point 4: with the MANIFEST written elsewhere, the step waits for published();
+// a rank dying meanwhile does not discard it (its files are all written), a second report of it is refused, and a
+// failed publish discards it.
+TEST(CoordinatorCore, PublishingElsewhereCommitsOnlyWhenTheWriterIsDone) {
+  ScratchDir dir("elsewhere");
+  const std::string root = dir.file("ckpt");
+  std::vector<PublishJob> jobs;
+  auto o = core_options(root, 2);
+  o.publish_elsewhere = [&](PublishJob job) { jobs.push_back(std::move(job)); };
+  CoordinatorCore core(o, 0.0, 1e9);
+  ASSERT_EQ(core.admit(hello("secret", 0, 2).hello(), kNonce, 0.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2).hello(), kNonce, 0.0), "");
+  core.report(0, write_rank_files(root, 10, 0), 0.1);
+  EXPECT_TRUE(jobs.empty());
+  core.report(1, write_rank_files(root, 10, 1), 0.2);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].step, 10u);
+  EXPECT_EQ(jobs[0].manifest.files_size(), 2);
+  EXPECT_GT(jobs[0].bytes, 0u);
+  EXPECT_EQ(newest_valid(root), 0u);  // nothing written yet
+  auto out = core.take_outbound();
+  EXPECT_FALSE(has_command(out, proto::Command::COMMITTED));
+  EXPECT_FALSE(has_command(out, proto::Command::DISCARDED));
+  EXPECT_EQ(nlohmann::json::parse(core.status_json(0.3))["state"], "checkpointing");
+  core.report(1, write_rank_files(root + "-other", 10, 1), 0.3);  // a confused second copy
+  out = core.take_outbound();
+  ASSERT_TRUE(has_command(out, proto::Command::DISCARDED, 10));
+  EXPECT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].rank, 1);  // told to the sender only
+  // Rank 1 dies while the MANIFEST is written: the step still commits.
+  core.disconnected(1, 0.4);
+  core.tick(10.0);
+  ASSERT_TRUE(core.failure());
+  out = core.take_outbound();
+  EXPECT_FALSE(has_command(out, proto::Command::DISCARDED, 10));
+  const auto r = CoordinatorCore::publish(*real_file_ops(), root, 2, jobs[0]);
+  EXPECT_TRUE(r.error.empty()) << r.error;
+  EXPECT_EQ(newest_valid(root), 10u);
+  core.published(jobs[0], r, 10.5);
+  EXPECT_TRUE(has_command(core.take_outbound(), proto::Command::COMMITTED, 10));
+  EXPECT_EQ(core.last_committed_step(), 10u);
+  EXPECT_EQ(core.commits(), 1);
+
+  // A publish that failed discards its step; one of an earlier start is recorded and told to no one.
+  core.restart(2, 1, "test", 11.0);
+  ASSERT_EQ(core.admit(hello("secret", 0, 2, kNonce, "", 1).hello(), kNonce, 11.0), "");
+  ASSERT_EQ(core.admit(hello("secret", 1, 2, kNonce, "", 1).hello(), kNonce, 11.0), "");
+  core.report(0, write_rank_files(root, 20, 0), 11.1);
+  core.report(1, write_rank_files(root, 20, 1), 11.2);
+  ASSERT_EQ(jobs.size(), 2u);
+  PublishResult failed;
+  failed.error = "injected (No space left on device)";
+  core.published(jobs[1], failed, 11.3);
+  out = core.take_outbound();
+  ASSERT_TRUE(has_command(out, proto::Command::DISCARDED, 20));
+  EXPECT_FALSE(has_command(out, proto::Command::COMMITTED));
+  EXPECT_EQ(core.last_committed_step(), 10u);
+  core.report(0, write_rank_files(root, 30, 0), 11.4);
+  core.report(1, write_rank_files(root, 30, 1), 11.5);
+  ASSERT_EQ(jobs.size(), 3u);
+  core.restart(2, 2, "test", 12.0);
+  core.published(jobs[2], CoordinatorCore::publish(*real_file_ops(), root, 2, jobs[2]), 12.1);
+  EXPECT_TRUE(core.take_outbound().empty());
+  EXPECT_EQ(core.last_committed_step(), 30u);  // valid on disk: a resume will use it
+  EXPECT_EQ(newest_valid(root), 30u);
 }
 
 // Fails the n-th file operation of the MANIFEST commit, as a crash or a full disk would.
@@ -787,6 +856,83 @@ TEST(Coordinator, JobTokenIsCreatedPrivate) {
   ASSERT_EQ(::stat(token.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   EXPECT_EQ(storage::read_file(token), coord->token() + "\n");
+}
+
+// A disk that stalls on the MANIFEST until released (an NFS server gone slow, a device flushing its cache).
+class StallingOps : public FileOps {
+ public:
+  void write_file(const std::string& p, const std::string& b) override {
+    if (fs::path(p).filename().string().find("MANIFEST") != std::string::npos) {
+      std::unique_lock<std::mutex> lock(mu_);
+      entered_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return released_; });
+    }
+    FileOps::write_file(p, b);
+  }
+  bool wait_entered(double seconds) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return entered_; });
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false, released_ = false;
+};
+
+// Note [Coordinated checkpoints], point 4: the MANIFEST's fsyncs run on the coordinator's writer thread. A disk
+// stalled longer than the heartbeat timeout holds up neither /status nor the ranks' liveness, and the step
+// commits once the disk is back.
+TEST(Coordinator, AStalledDiskHoldsUpNeitherStatusNorHeartbeats) {
+  ScratchDir dir("stall");
+  const std::string root = dir.file("ckpt");
+  auto ops = std::make_shared<StallingOps>();
+  CoordinatorOptions o;
+  o.core = core_options(root, 2);
+  o.core.heartbeat_interval_s = 0.05;
+  o.core.heartbeat_timeout_s = 2.0;
+  o.core.ops = ops;
+  o.status_port = 0;
+  auto coord = std::make_unique<Coordinator>(o);
+  auto make = [&](uint32_t rank) {
+    ClientOptions co;
+    co.address = coord->address();
+    co.token = coord->token();
+    co.rank = rank;
+    co.world_size = 2;
+    co.host = "h";
+    co.pid = 100 + rank;
+    return std::make_unique<CoordinatorClient>(co, [](const std::string&) {});
+  };
+  auto c0 = make(0), c1 = make(1);
+  ASSERT_TRUE(c0->wait_connected(5.0));
+  ASSERT_TRUE(c1->wait_connected(5.0));
+  c0->report(write_rank_files(root, 10, 0));
+  c1->report(write_rank_files(root, 10, 1));
+  ASSERT_TRUE(ops->wait_entered(10.0));
+  // Stalled for 1.5 heartbeat timeouts: /status answers meanwhile, and no rank is declared dead.
+  auto status = std::async(std::launch::async, [&] { return coord->status_json(); });
+  const bool answered = status.wait_for(std::chrono::seconds(1)) == std::future_status::ready;
+  std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+  auto failure = std::async(std::launch::async, [&] { return coord->failure(); });
+  const bool answered_later = failure.wait_for(std::chrono::seconds(1)) == std::future_status::ready;
+  ops->release();  // (before the asserts: with the disk held under the coordinator's lock, they would wait forever)
+  EXPECT_TRUE(answered) << "/status waited for the disk";
+  EXPECT_TRUE(answered_later) << "the coordinator's state waited for the disk";
+  EXPECT_EQ(nlohmann::json::parse(status.get())["state"], "checkpointing");
+  const auto failed_meanwhile = failure.get();
+  EXPECT_FALSE(failed_meanwhile) << *failed_meanwhile;
+  std::string detail;
+  EXPECT_EQ(c0->wait_commit(10, 10.0, &detail), CoordinatorClient::Commit::kCommitted) << detail;
+  EXPECT_EQ(c1->wait_commit(10, 10.0), CoordinatorClient::Commit::kCommitted);
+  EXPECT_EQ(newest_valid(root), 10u);
+  EXPECT_FALSE(coord->failure());
 }
 
 TEST(Coordinator, ClientsCheckpointStopAndSeeAPeerDie) {
