@@ -137,7 +137,7 @@ template <typename Step, typename Diagnose>
 void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants,
                      const std::shared_ptr<comm::Communicator>& comm, torch::nn::Module& model,
                      comm::GradientReducer& reducer, Step& step, Diagnose& diagnose) {
-  const std::string default_wait = comm->layout().shm_wait;
+  const std::string default_wait = comm::shm_wait_name(comm->layout().shm_wait);
 #ifdef STRIDE_WITH_MPI
   // Under the "diagnosis" variant the communicator is the flight recorder's wrapper around MPI's.
   comm::Communicator* base = comm.get();
@@ -238,7 +238,7 @@ void run_step_bench(const StepArgs& a) {
   const std::vector<std::string> variants = interleave_variants(a.interleave);  // bad names fail before any work
   const int64_t cap = trainer::parse_bucket_cap_mb(a.bucket_cap_mb);            // 0: auto, tuned after --warmup
   comm::CommOptions co;
-  co.backend = a.comm_backend;
+  co.backend = comm::parse_backend(a.comm_backend);
   // Before the communicator: it reads the thread count to decide how its ranks wait (comm/shm/host_cpus.h).
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
   std::shared_ptr<comm::Communicator> comm = comm::create_communicator(co);
@@ -298,7 +298,7 @@ void run_step_bench(const StepArgs& a) {
     ro.bucket_cap_bytes = cap > 0 ? cap : int64_t{25} << 20;
     ro.overlap = !a.no_overlap;
     ro.skip_communication = a.no_comm;
-    ro.compression = a.grad_compression;
+    ro.compression = comm::parse_compression(a.grad_compression);
     ro.powersgd_rank = a.powersgd_rank;
     ro.powersgd_warmup_steps = a.powersgd_warmup_steps;
     reducer = std::make_unique<comm::GradientReducer>(model->named_parameters().pairs(), comm, ro);
@@ -422,7 +422,7 @@ void run_step_bench(const StepArgs& a) {
     out["comm_backend"] = comm->backend();
     const comm::Layout layout = comm->layout();
     out["comm_transport"] = layout.transport;
-    if (!layout.shm_wait.empty()) out["shm_wait"] = layout.shm_wait;
+    if (layout.shm_wait != comm::ShmWait::kNone) out["shm_wait"] = comm::shm_wait_name(layout.shm_wait);
     if (layout.hosts > 0) out["hosts"] = layout.hosts;
     out["sync_bn"] = a.sync_bn;
     out["grad_compression"] = a.grad_compression;

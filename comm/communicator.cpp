@@ -119,7 +119,8 @@ std::string Layout::summary() const {
                                                   : concat(hosts, " hosts");
   std::string how = transport;
   if (transport == "shm")
-    how = concat("shared memory", shm_wait.empty() ? "" : concat(" (waiting ranks ", shm_wait, ")"));
+    how = concat("shared memory",
+                 shm_wait == ShmWait::kNone ? "" : concat(" (waiting ranks ", shm_wait_name(shm_wait), ")"));
   if (transport == "mpi") how = "MPI_Allreduce";
   if (transport == "ring") how = "a ring over every rank for large buckets";
   if (transport == "hier") how = "shared memory within each host, a ring between hosts for large buckets";
@@ -183,29 +184,64 @@ std::string built_backends() {
   return s;
 }
 
+Backend parse_backend(const std::string& name) {
+  if (name == "auto") return Backend::kAuto;
+  if (name == "single") return Backend::kSingle;
+  if (name == "mpi") return Backend::kMpi;
+  if (name == "nccl") return Backend::kNccl;
+  throw UsageError(concat("--comm-backend: unknown back-end '", name, "' (auto, single, mpi, nccl)"));
+}
+
+const char* backend_name(Backend b) {
+  switch (b) {
+    case Backend::kAuto:
+      return "auto";
+    case Backend::kSingle:
+      return "single";
+    case Backend::kMpi:
+      return "mpi";
+    case Backend::kNccl:
+      return "nccl";
+  }
+  return "?";
+}
+
+const char* shm_wait_name(ShmWait w) {
+  switch (w) {
+    case ShmWait::kNone:
+      return "";
+    case ShmWait::kSpin:
+      return "spin";
+    case ShmWait::kSleep:
+      return "sleep";
+  }
+  return "";
+}
+
 std::shared_ptr<Communicator> create_communicator(const CommOptions& options) {
-  std::string backend = options.backend;
-  if (backend == "auto") {
-    backend = launched_as_multiple_ranks() ? "mpi" : "single";
+  Backend backend = options.backend;
+  if (backend == Backend::kAuto) {
+    backend = launched_as_multiple_ranks() ? Backend::kMpi : Backend::kSingle;
 #if defined(STRIDE_WITH_NCCL) && defined(STRIDE_TORCH_CUDA)
-    if (backend == "mpi" && options.prefer_gpu) backend = "nccl";
+    if (backend == Backend::kMpi && options.prefer_gpu) backend = Backend::kNccl;
 #endif
   }
   std::shared_ptr<Communicator> comm;
-  if (backend == "single") {
+  if (backend == Backend::kSingle) {
     comm = LocalWorld::create(1)->communicator(0);
-  } else if (backend == "mpi" || backend == "nccl") {
+  } else {
 #ifdef STRIDE_WITH_MPI
     check_slurm_launch();
     comm = MpiCommunicator::create(options.busy_threads);
 #else
-    if (backend == "mpi" || launched_as_multiple_ranks()) {
-      throw UsageError(concat("--comm-backend ", options.backend, ": this stride was built without Open MPI (built: ",
-                              built_backends(), "); install libopenmpi-dev and rebuild, or run one rank"));
+    if (backend == Backend::kMpi || launched_as_multiple_ranks()) {
+      throw UsageError(concat("--comm-backend ", backend_name(options.backend),
+                              ": this stride was built without Open MPI (built: ", built_backends(),
+                              "); install libopenmpi-dev and rebuild, or run one rank"));
     }
     comm = LocalWorld::create(1)->communicator(0);
 #endif
-    if (backend == "nccl") {
+    if (backend == Backend::kNccl) {
 #ifdef STRIDE_WITH_NCCL
       comm->set_timeout(options.timeout);
       comm = make_nccl_communicator(comm);
@@ -214,8 +250,6 @@ std::shared_ptr<Communicator> create_communicator(const CommOptions& options) {
                               "); configure with -DSTRIDE_WITH_NCCL=ON"));
 #endif
     }
-  } else {
-    throw UsageError(concat("--comm-backend: unknown back-end '", options.backend, "' (auto, single, mpi, nccl)"));
   }
   comm->set_timeout(options.timeout);
   return comm;

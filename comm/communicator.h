@@ -93,15 +93,20 @@ class HostWork : public Work {
   std::chrono::steady_clock::time_point started_{}, finished_{};
 };
 
+// How ranks waiting in a shared-memory collective wait: spinning (the host has a core for each) or sleeping on a
+// futex after a short spin. kNone: no shared memory.
+enum class ShmWait { kNone, kSpin, kSleep };
+const char* shm_wait_name(ShmWait w);  // "", "spin", "sleep"
+
 struct Layout {
   std::string backend;  // "mpi", "nccl", "local", "single"
   // How a large allreduce (a gradient bucket) travels: "shm" (shared memory, every rank on this host), "mpi"
   // (MPI_Allreduce), "ring" (a ring over every rank), "hier" (shared memory within each host, a ring between
   // hosts), or the back-end's name where it has one way.
   std::string transport;
-  std::string shm_wait;  // shared memory: "spin" or "sleep" (docs/distributed.md, STRIDE_SHM_WAIT); else ""
-  int hosts = 0;         // 0: not known
-  int local_size = 0;    // ranks on this host; 0: not known
+  ShmWait shm_wait = ShmWait::kNone;  // docs/distributed.md, STRIDE_SHM_WAIT
+  int hosts = 0;                      // 0: not known
+  int local_size = 0;                 // ranks on this host; 0: not known
   // "2 hosts x 2 ranks: shared memory within each host, a ring between hosts" (for the start-up line).
   std::string summary() const;
 };
@@ -154,10 +159,15 @@ class Communicator {
   std::chrono::milliseconds timeout_{std::chrono::minutes(5)};
 };
 
+// --comm-backend. kAuto: mpi when launched by mpirun/srun with more than one rank (and MPI is built), else single.
+// kSingle: one rank, no transport. kMpi, kNccl: as named.
+enum class Backend { kAuto, kSingle, kMpi, kNccl };
+// "auto" | "single" | "mpi" | "nccl"; another name is a UsageError naming --comm-backend and the choices.
+Backend parse_backend(const std::string& name);
+const char* backend_name(Backend b);
+
 struct CommOptions {
-  // auto: mpi when launched by mpirun/srun with more than one rank (and MPI is built), else single.
-  // single: one rank, no transport. mpi, nccl: as named.
-  std::string backend = "auto";
+  Backend backend = Backend::kAuto;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
   // Training on GPUs: auto picks nccl for several ranks when this build can (NCCL + a CUDA LibTorch).
   bool prefer_gpu = false;

@@ -12,6 +12,28 @@
 #include "comm/powersgd.h"
 
 namespace stride::comm {
+
+Compression parse_compression(const std::string& name) {
+  if (name == "none") return Compression::kNone;
+  if (name == "fp16") return Compression::kFp16;
+  if (name == "bf16") return Compression::kBf16;
+  if (name == "powersgd") return Compression::kPowerSgd;
+  throw UsageError(concat("--grad-compression: unknown '", name, "' (none, fp16, bf16, powersgd)"));
+}
+
+const char* compression_name(Compression c) {
+  switch (c) {
+    case Compression::kNone:
+      return "none";
+    case Compression::kFp16:
+      return "fp16";
+    case Compression::kBf16:
+      return "bf16";
+    case Compression::kPowerSgd:
+      return "powersgd";
+  }
+  return "?";
+}
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -144,13 +166,13 @@ struct GradientReducer::State {
       for (size_t i : group) numel += params[i].tensor.numel();
       const Param& first = params[group.front()];
       b.flat = arenas[first.arena].narrow(0, first.offset, numel);
-      if ((o.compression == "fp16" || o.compression == "bf16") && !o.skip_communication) {
-        b.compressed =
-            torch::empty({numel}, b.flat.options().dtype(o.compression == "fp16" ? torch::kHalf : torch::kBFloat16));
+      if ((o.compression == Compression::kFp16 || o.compression == Compression::kBf16) && !o.skip_communication) {
+        b.compressed = torch::empty(
+            {numel}, b.flat.options().dtype(o.compression == Compression::kFp16 ? torch::kHalf : torch::kBFloat16));
       }
       for (size_t i : group) params[i].bucket = buckets.size();
       b.params = group;
-      if (o.compression == "powersgd" && communicates()) {
+      if (o.compression == Compression::kPowerSgd && communicates()) {
         PowerSgdOptions po;
         po.rank = o.powersgd_rank;
         po.min_compression_rate = o.powersgd_min_compression_rate;
@@ -260,13 +282,10 @@ GradientReducer::GradientReducer(const NamedParameters& parameters, std::shared_
   s_->options = options;
   s_->built_skipping = options.skip_communication;
   const auto& o = s_->options;
-  if (o.compression != "none" && o.compression != "fp16" && o.compression != "bf16" && o.compression != "powersgd") {
-    throw UsageError(concat("--grad-compression: unknown '", o.compression, "' (none, fp16, bf16, powersgd)"));
-  }
-  if (o.compression == "powersgd" && o.powersgd_rank < 1) {
+  if (o.compression == Compression::kPowerSgd && o.powersgd_rank < 1) {
     throw UsageError(concat("--powersgd-rank must be at least 1, got ", o.powersgd_rank));
   }
-  if (o.compression == "powersgd" && o.powersgd_warmup_steps < 0) {
+  if (o.compression == Compression::kPowerSgd && o.powersgd_warmup_steps < 0) {
     throw UsageError(concat("--powersgd-warmup-steps must not be negative, got ", o.powersgd_warmup_steps));
   }
   STRIDE_CHECK_GT(o.bucket_cap_bytes, 0, "bucket cap");
@@ -383,7 +402,7 @@ void GradientReducer::set_overlap(bool overlap) {
 void GradientReducer::rebuild(int64_t bucket_cap_bytes) {
   std::lock_guard<std::mutex> lock(s_->mu);
   STRIDE_CHECK_GT(bucket_cap_bytes, 0, "bucket cap");
-  if (s_->options.compression == "powersgd") {
+  if (s_->options.compression == Compression::kPowerSgd) {
     // PowerSGD's buffers are per bucket and, on the MPI back-end, in shared memory that is never unmapped.
     throw UsageError("the gradient buckets cannot be rebuilt with --grad-compression powersgd");
   }
@@ -448,7 +467,7 @@ void GradientReducer::reset_stats() {
 std::map<std::string, torch::Tensor> GradientReducer::compression_state() const {
   std::lock_guard<std::mutex> lock(s_->mu);
   std::map<std::string, torch::Tensor> out;
-  if (s_->options.compression != "powersgd") return out;
+  if (s_->options.compression != Compression::kPowerSgd) return out;
   out["powersgd.rank"] = torch::tensor({s_->options.powersgd_rank}, torch::kLong);
   out["powersgd.steps"] = torch::tensor({s_->reduced_steps}, torch::kLong);
   for (const auto& b : s_->buckets) {
@@ -459,7 +478,7 @@ std::map<std::string, torch::Tensor> GradientReducer::compression_state() const 
 
 void GradientReducer::load_compression_state(const std::map<std::string, torch::Tensor>& state) {
   std::lock_guard<std::mutex> lock(s_->mu);
-  if (s_->options.compression != "powersgd" || state.empty()) return;
+  if (s_->options.compression != Compression::kPowerSgd || state.empty()) return;
   const auto rank = state.find("powersgd.rank"), steps = state.find("powersgd.steps");
   STRIDE_CHECK(rank != state.end() && steps != state.end(), "PowerSGD state without powersgd.rank/powersgd.steps");
   const int64_t saved = rank->second.item<int64_t>();

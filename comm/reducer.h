@@ -31,16 +31,23 @@
 
 namespace stride::comm {
 
+// How gradients travel (--grad-compression):
+//   kNone: float32; kFp16 | kBf16: in 16 bits (pre-divided by the world size, so the sum cannot overflow where the
+//   average would not), widened back into the float buckets; kPowerSgd: low-rank with error feedback
+//   (comm/powersgd.h).
+enum class Compression { kNone, kFp16, kBf16, kPowerSgd };
+// "none" | "fp16" | "bf16" | "powersgd"; anything else is a UsageError naming --grad-compression and the choices.
+Compression parse_compression(const std::string& name);
+const char* compression_name(Compression c);
+
 struct ReducerOptions {
   int64_t bucket_cap_bytes = int64_t{25} << 20;
   int64_t first_bucket_bytes = int64_t{1} << 20;
   // false: no bucket is launched during backward; finish() reduces them all (for measuring overlap).
   bool overlap = true;
-  // none | fp16 | bf16: communicate gradients in 16 bits (pre-divided by the world size, so the sum cannot
-  // overflow where the average would not), then widen back into the float buckets.
-  // powersgd: low-rank compression with error feedback (comm/powersgd.h); after powersgd_warmup_steps reducing
-  // steps of plain all-reduce, as PyTorch's start_powerSGD_iter.
-  std::string compression = "none";
+  // PowerSGD starts after powersgd_warmup_steps reducing steps of plain all-reduce, as PyTorch's
+  // start_powerSGD_iter.
+  Compression compression = Compression::kNone;
   int64_t powersgd_rank = 1;             // PyTorch's default matrix_approximation_rank
   int64_t powersgd_warmup_steps = 1000;  // PyTorch 1.13's default start_powerSGD_iter
   double powersgd_min_compression_rate = 2.0;

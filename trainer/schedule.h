@@ -14,13 +14,19 @@ namespace stride::trainer {
 
 struct TrainConfig;
 
+enum class LrScheduler { kCosine, kPoly, kStep, kMultiStep, kConstant };
+enum class WarmupMethod { kLinear, kConstant };
+// --lr-scheduler's and --lr-warmup-method's names; another name is a UsageError naming the flag and the choices.
+LrScheduler parse_lr_scheduler(const std::string& name);
+WarmupMethod parse_warmup_method(const std::string& name);
+
 struct ScheduleOptions {
   double base_lr = 0.1;
-  std::string kind = "cosine";
+  LrScheduler kind = LrScheduler::kCosine;
   int64_t steps_per_epoch = 1;
   int64_t total_steps = 1;
   int64_t warmup_steps = 0;
-  std::string warmup_method = "linear";
+  WarmupMethod warmup_method = WarmupMethod::kLinear;
   double warmup_decay = 0.01;
   int64_t step_size_epochs = 30;
   std::vector<int64_t> milestones_epochs;

@@ -41,7 +41,7 @@ void Trainer::State::setup() {
     throw UsageError("--device cuda: no CUDA device is visible (or this LibTorch build has no CUDA)");
   }
   comm::CommOptions co;
-  co.backend = c.comm_backend;
+  co.backend = comm::parse_backend(c.comm_backend);
   co.prefer_gpu = cuda;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(c.comm_timeout * 1000.0));
   if (c.threads > 0) torch::set_num_threads(static_cast<int>(c.threads));
@@ -233,7 +233,7 @@ void Trainer::State::setup() {
     if (!c.test_only) {
       comm::ReducerOptions ro;
       ro.bucket_cap_bytes = initial_bucket_cap();
-      ro.compression = c.grad_compression;
+      ro.compression = comm::parse_compression(c.grad_compression);
       ro.powersgd_rank = c.powersgd_rank;
       ro.powersgd_warmup_steps = c.powersgd_warmup_steps;
       ro.powersgd_seed = static_cast<uint64_t>(c.seed);

@@ -153,7 +153,7 @@ struct MpiCommunicator::Impl {
     check(MPI_Allreduce(&want, &all, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
     if (!all) return;  // the ranks span several hosts, or STRIDE_SHM=0 on some rank
     ShmOptions options = env.options;
-    options.spare_cores = env.spare.value_or(spare_cores(local_size, threads, usable_cpus()));
+    options.waiters_spin = env.spare.value_or(spare_cores(local_size, threads, usable_cpus()));
     try {
       const ShmBootstrap bootstrap{rank, size, [this](const std::string& s) { return allgather_strings(s); }};
       shm = std::make_unique<ShmGroup>(bootstrap, options);
@@ -180,7 +180,7 @@ struct MpiCommunicator::Impl {
     MPI_Comm_set_errhandler(cross_comm, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(local_comm, MPI_ERRORS_RETURN);
     ShmOptions options = env.options;
-    options.spare_cores = env.spare.value_or(spare_cores(local_size, threads, usable_cpus()));
+    options.waiters_spin = env.spare.value_or(spare_cores(local_size, threads, usable_cpus()));
     int ok = 1;
     try {
       const ShmBootstrap bootstrap{local_rank, local_size,
@@ -564,7 +564,7 @@ Layout MpiCommunicator::layout() const {
   const ShmGroup* group = l.transport == "shm"    ? impl_->shm.get()
                           : l.transport == "hier" ? impl_->local_shm.get()
                                                   : nullptr;
-  if (group) l.shm_wait = group->spare_cores() ? "spin" : "sleep";
+  if (group) l.shm_wait = group->waiters_spin() ? ShmWait::kSpin : ShmWait::kSleep;
   return l;
 }
 
@@ -579,8 +579,8 @@ bool MpiCommunicator::set_shm_enabled(bool enabled) {
 
 void MpiCommunicator::set_shm_wait(bool spin) {
   if (!impl_->shm) return;
-  impl_->shm->set_spare_cores(spin);
-  impl_->caller_shm->set_spare_cores(spin);
+  impl_->shm->set_waiters_spin(spin);
+  impl_->caller_shm->set_waiters_spin(spin);
 }
 
 void MpiCommunicator::run_on_owner(std::function<void()> fn) {

@@ -48,8 +48,8 @@ class MpiCommunicator : public Communicator {
   // available). Every rank must flip it at the same point of its collective sequence. Returns whether shared
   // memory is in use afterwards.
   bool set_shm_enabled(bool enabled);
-  // layout().shm_wait: "spin" where this host has a core for every local rank's compute threads plus its
-  // communication thread (or STRIDE_SHM_WAIT=spin), "sleep" (a short spin, then a futex) otherwise, "" without
+  // layout().shm_wait: kSpin where this host has a core for every local rank's compute threads plus its
+  // communication thread (or STRIDE_SHM_WAIT=spin), kSleep (a short spin, then a futex) otherwise, kNone without
   // shared memory.
   // Measurement switch, like set_shm_enabled: waiting ranks spin (true) or sleep.
   void set_shm_wait(bool spin);

@@ -108,7 +108,7 @@ struct ShmGroup::Impl {
   const char* what = "";
   Clock::time_point deadline;
   std::chrono::microseconds spin{0};  // this collective's spin budget
-  std::atomic<bool> spare_cores{false};
+  std::atomic<bool> waiters_spin{false};
 
   Control* ctl(int p) const { return control_of(*control[static_cast<size_t>(p)]); }
   char* staging(int p) const { return control[static_cast<size_t>(p)]->data(); }
@@ -262,7 +262,7 @@ struct ShmGroup::Impl {
     what = name;
     deadline = Clock::now() + timeout;
     spin =
-        spare_cores.load(std::memory_order_relaxed) ? opt.idle_host_spin : (caller_waits ? opt.caller_spin : opt.spin);
+        waiters_spin.load(std::memory_order_relaxed) ? opt.idle_host_spin : (caller_waits ? opt.caller_spin : opt.spin);
     const bool pending = readers_pending;
     readers_pending = false;
     try {
@@ -332,13 +332,13 @@ ShmGroup::ShmGroup(ShmBootstrap bootstrap, ShmOptions options) : impl_(std::make
   std::shared_ptr<Mapping> own;
   s.control = s.make_segments(0, s.opt.staging_bytes, own, "setup");
   s.control[static_cast<size_t>(s.rank)] = own;
-  s.spare_cores = s.opt.spare_cores;
+  s.waiters_spin = s.opt.waiters_spin;
 }
 
 ShmGroup::~ShmGroup() = default;
 
-void ShmGroup::set_spare_cores(bool spare) { impl_->spare_cores = spare; }
-bool ShmGroup::spare_cores() const { return impl_->spare_cores; }
+void ShmGroup::set_waiters_spin(bool spin) { impl_->waiters_spin = spin; }
+bool ShmGroup::waiters_spin() const { return impl_->waiters_spin; }
 
 bool ShmGroup::supports(torch::ScalarType dtype) {
   switch (dtype) {

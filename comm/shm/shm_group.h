@@ -58,7 +58,7 @@ struct ShmOptions {
   // (halted) vCPU can cost hundreds of microseconds. Measured: a 16 MiB shared-buffer allreduce with free cores
   // ~25% faster than with sleeping waiters; resnet50 training on a 16-core VM the same either way (0.998).
   std::chrono::microseconds idle_host_spin{100000};
-  bool spare_cores = false;
+  bool waiters_spin = false;            // wait by spinning for idle_host_spin (the host has a core for every waiter)
   std::chrono::milliseconds poll{100};  // how often a sleeping rank checks that its peers are alive
 };
 
@@ -88,9 +88,9 @@ class ShmGroup {
   void barrier(std::chrono::milliseconds timeout);
 
   // Whether waiters spin for idle_host_spin (the host has spare cores) or briefly before sleeping. Set at
-  // construction from ShmOptions::spare_cores; flipping it is a measurement switch (any thread, any time).
-  void set_spare_cores(bool spare);
-  bool spare_cores() const;
+  // construction from ShmOptions::waiters_spin; flipping it is a measurement switch (any thread, any time).
+  void set_waiters_spin(bool spin);
+  bool waiters_spin() const;
 
   struct Impl;
 

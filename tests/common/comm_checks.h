@@ -99,7 +99,7 @@ inline void check_data_parallel_equivalence(std::shared_ptr<comm::Communicator> 
   comm::ReducerOptions ro;
   ro.bucket_cap_bytes = 64 << 10;  // several buckets for a 0.27M-parameter model
   ro.first_bucket_bytes = 16 << 10;
-  ro.compression = compression;
+  ro.compression = comm::parse_compression(compression);
   comm::GradientReducer reducer(model->named_parameters().pairs(), c, ro);
   trainer::Sgd sgd(trainer::weight_decay_groups(model->named_parameters().pairs(), 5e-4, 0.0), 0.9, false);
   trainer::Sgd sgd_ref(trainer::weight_decay_groups(ref->named_parameters().pairs(), 5e-4, 0.0), 0.9, false);
@@ -279,7 +279,7 @@ inline void check_bf16_data_parallel(std::shared_ptr<comm::Communicator> c) {
   comm::ReducerOptions ro;
   ro.bucket_cap_bytes = 64 << 10;
   ro.first_bucket_bytes = 16 << 10;
-  ro.compression = "bf16";
+  ro.compression = comm::Compression::kBf16;
   comm::GradientReducer reducer(model->named_parameters().pairs(), c, ro);
   trainer::Sgd sgd(trainer::weight_decay_groups(model->named_parameters().pairs(), 5e-4, 0.0), 0.9, false);
   trainer::Sgd sgd_ref(trainer::weight_decay_groups(ref->named_parameters().pairs(), 5e-4, 0.0), 0.9, false);

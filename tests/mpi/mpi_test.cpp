@@ -209,19 +209,19 @@ TEST(Mpi, ShmWaitFollowsTheEnvironmentAndCanBeFlipped) {
   auto c = std::dynamic_pointer_cast<comm::MpiCommunicator>(world());
   ASSERT_TRUE(c);
   if (c->layout().transport != "shm") {
-    EXPECT_EQ(c->layout().shm_wait, "");
+    EXPECT_EQ(c->layout().shm_wait, comm::ShmWait::kNone);
     return;
   }
   const char* env = std::getenv("STRIDE_SHM_WAIT");
   const std::string wanted = env && *env ? env : "auto";
-  const std::string initial = c->layout().shm_wait;
+  const std::string initial = comm::shm_wait_name(c->layout().shm_wait);
   if (wanted != "auto") {
     EXPECT_EQ(initial, wanted);
   }
   EXPECT_TRUE(initial == "spin" || initial == "sleep") << initial;
   for (bool spin : {initial != "spin", initial == "spin"}) {
     c->set_shm_wait(spin);
-    EXPECT_EQ(c->layout().shm_wait, spin ? "spin" : "sleep");
+    EXPECT_EQ(c->layout().shm_wait, spin ? comm::ShmWait::kSpin : comm::ShmWait::kSleep);
     auto t = torch::full({300000}, static_cast<float>(c->rank() + 1));
     c->allreduce(t, comm::ReduceOp::kSum)->wait();
     EXPECT_EQ(t[299999].item<float>(), static_cast<float>(c->size() * (c->size() + 1) / 2));

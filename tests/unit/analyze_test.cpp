@@ -146,7 +146,7 @@ TEST(AnalyzeLandscape, AZeroDirectionGivesAFlatLandscapeAtTheCentreLoss) {
   const auto s = random_samples(24);
   calibrate(*m, s);
   comm::CommOptions co;
-  co.backend = "single";
+  co.backend = comm::Backend::kSingle;
   auto comm = comm::create_communicator(co);
   std::vector<torch::Tensor> zero;
   for (const auto& p : m->parameters()) zero.push_back(torch::zeros_like(p));

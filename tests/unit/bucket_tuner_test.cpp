@@ -83,7 +83,7 @@ TEST(BucketRebuild, RefusedDuringBackwardAndWithPowerSgd) {
     EXPECT_ANY_THROW(reducer.rebuild(128 << 10));  // gradients are in flight until finish()
     reducer.finish();
     reducer.rebuild(128 << 10);
-    o.compression = "powersgd";
+    o.compression = comm::Compression::kPowerSgd;
     auto other = models::make_model("resnet20", {});
     comm::GradientReducer psgd(other->named_parameters().pairs(), c, o);
     EXPECT_THROW(psgd.rebuild(128 << 10), UsageError);

@@ -319,7 +319,7 @@ TEST(Reducer, Fp16CompressionStaysWithinHalfPrecision) {
     torch::nn::Linear lin(64, 64);
     comm::broadcast_module_state(*lin, *c);
     comm::ReducerOptions o;
-    o.compression = "fp16";
+    o.compression = comm::Compression::kFp16;
     comm::GradientReducer reducer(lin->named_parameters().pairs(), c, o);
     auto gen = seeded(static_cast<uint64_t>(r));
     auto x = torch::randn({8, 64}, gen, torch::kFloat);

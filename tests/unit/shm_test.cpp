@@ -295,7 +295,7 @@ TEST(ShmGroup, LongMixedSequencesOfSmallAndChunkedCollectivesStayCorrect) {
 
 TEST(ShmGroup, LongMixedSequencesStayCorrectWhenWaitersSpin) {
   comm::ShmOptions options;
-  options.spare_cores = true;  // as on a host with a core for every waiter: no futex sleep below 100 ms
+  options.waiters_spin = true;  // as on a host with a core for every waiter: no futex sleep below 100 ms
   run_mixed_sequence(options);
 }
 
@@ -305,10 +305,10 @@ TEST(ShmGroup, TheWaitPolicyCanBeFlippedBetweenCollectives) {
   expect_ok(run_ranks(
       2,
       [&](ShmGroup& g, int rank) {
-        if (g.spare_cores()) throw Error("spare_cores() is not what ShmOptions said");
+        if (g.waiters_spin()) throw Error("waiters_spin() is not what ShmOptions said");
         for (int i = 0; i < 20; ++i) {
-          g.set_spare_cores(i % 2 == 0);
-          if (g.spare_cores() != (i % 2 == 0)) throw Error("set_spare_cores did not take");
+          g.set_waiters_spin(i % 2 == 0);
+          if (g.waiters_spin() != (i % 2 == 0)) throw Error("set_waiters_spin did not take");
           auto t = input(3000, rank, torch::kFloat);
           g.allreduce(t, ReduceOp::kSum, 10s);
           if (!torch::equal(t, reference(3000, 2, torch::kFloat, ReduceOp::kSum))) throw Error(concat("step ", i));
@@ -366,7 +366,7 @@ TEST(ShmGroup, APeerThatNeverArrivesTimesOutNamingItAndBreaksTheGroup) {
 
 TEST(ShmGroup, ASpinningWaiterStillGivesUpAtTheTimeout) {
   comm::ShmOptions options;
-  options.spare_cores = true;
+  options.waiters_spin = true;
   options.idle_host_spin = std::chrono::seconds(30);  // far beyond the timeout: the spin must stop at the deadline
   check_a_missing_peer_times_out(options);
 }

@@ -291,7 +291,7 @@ TEST(LrSchedule, WarmupThenCosine) {
   EXPECT_NEAR(s.at(55), 0.5, 1e-12);  // halfway through the 90 cosine steps
   EXPECT_NEAR(s.at(100), 0.0, 1e-12);
   for (int i = 11; i < 100; ++i) EXPECT_LE(s.at(i), s.at(i - 1));
-  o.warmup_method = "constant";
+  o.warmup_method = WarmupMethod::kConstant;
   EXPECT_DOUBLE_EQ(LrSchedule(o).at(9), 0.1);
 }
 
@@ -300,17 +300,26 @@ TEST(LrSchedule, StepAndMultiStep) {
   o.base_lr = 1.0;
   o.steps_per_epoch = 4;
   o.total_steps = 400;
-  o.kind = "step";
+  o.kind = LrScheduler::kStep;
   o.step_size_epochs = 30;
   o.gamma = 0.1;
   EXPECT_DOUBLE_EQ(LrSchedule(o).at(30 * 4 - 1), 1.0);
   EXPECT_NEAR(LrSchedule(o).at(30 * 4), 0.1, 1e-12);
   EXPECT_NEAR(LrSchedule(o).at(60 * 4 + 3), 0.01, 1e-12);
-  o.kind = "multistep";
+  o.kind = LrScheduler::kMultiStep;
   o.milestones_epochs = {5, 8};
   EXPECT_DOUBLE_EQ(LrSchedule(o).at(19), 1.0);
   EXPECT_NEAR(LrSchedule(o).at(20), 0.1, 1e-12);
   EXPECT_NEAR(LrSchedule(o).at(32), 0.01, 1e-12);
+  EXPECT_EQ(parse_lr_scheduler("multistep"), LrScheduler::kMultiStep);
+  EXPECT_EQ(parse_warmup_method("constant"), WarmupMethod::kConstant);
+  try {  // a misspelt schedule is an error, not a constant learning rate
+    parse_lr_scheduler("cosin");
+    ADD_FAILURE() << "no error for --lr-scheduler cosin";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--lr-scheduler: unknown 'cosin'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_warmup_method("exp"), UsageError);
 }
 
 // ---------------------------------------------------------------------------------------------------------
