@@ -30,9 +30,8 @@ namespace stride::comm {
 
 struct RingOptions {
   // Bytes per message. Small enough that the first segment starts the pipeline early and a segment is reduced
-  // while the next travels; large enough that per-message costs vanish. Measured on a 1 Gbit/s link with
-  // plain-send TCP fragments: 128 KiB x 16 in flight 0.92-0.95 of the link from 1 to 16 MiB, 512 KiB x 8
-  // 0.85-0.94, 2 MiB x 4 0.75-0.88 (docs/benchmarks.md).
+  // while the next travels; large enough that per-message costs vanish (the sizes measured on a 1 Gbit/s link:
+  // docs/benchmarks.md, "Across hosts on a shaped link").
   int64_t segment_bytes = int64_t{128} << 10;
   // Receives (and, separately, sends) in flight per rank: 2 MiB each way at the default segment.
   int window = 16;

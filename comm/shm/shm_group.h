@@ -7,8 +7,8 @@
 //     gradients where autograd wrote them: no copy in;
 //   * allreduce of such buffers: rank r reduces slice r of every rank's buffer (averaging in the same pass) and
 //     stores the result into every rank's buffer, so per rank one read and one write of the buffer and no
-//     separate gather pass (a reduce-scatter then an allgather would read half the buffer once more: measured
-//     on 2 ranks, resnet50's gradient allreduce took 40 ms per step instead of 52 ms). Other tensors:
+//     separate gather pass (a reduce-scatter then an allgather would read half the buffer once more;
+//     docs/benchmarks.md, "Reduce once, store everywhere"). Other tensors:
 //     reduce-scatter through the staging areas, then each rank copies the other slices from their owners;
 //   * a rank that arrives first sleeps on a futex and costs nothing until the last one arrives;
 //   * a peer that died is noticed within a poll interval (its pid is gone) and named in the CommError.
@@ -44,8 +44,8 @@ struct ShmBootstrap {
 struct ShmOptions {
   // Each rank's staging area for tensors outside shared memory, which move through it a chunk at a time; half
   // of it is the largest collective that every rank reduces whole. Small enough that what one rank writes is
-  // still in the cache when the others read it (measured on a 2-core VM: 256 KiB chunks move 16 MiB 1.7x
-  // faster than 8 MiB chunks). Shared buffers are reduced in one pass, not in chunks.
+  // still in the cache when the others read it (docs/benchmarks.md, "Data parallel on CPU"). Shared buffers are
+  // reduced in one pass, not in chunks.
   int64_t staging_bytes = int64_t{256} << 10;
   // How long a rank that waits for its peers spins before it sleeps on the futex: briefly on the owner thread
   // (its rank's compute thread may need the core), longer when the caller waits for the result anyway (waking a
@@ -55,8 +55,8 @@ struct ShmOptions {
   std::chrono::microseconds caller_spin{2000};
   // When every local rank's threads and communication thread have a core of their own (host_cpus.h), a waiting
   // rank spins this long instead, on either thread: the core is idle anyway, and a futex wake-up on an idle
-  // (halted) vCPU can cost hundreds of microseconds. Measured: a 16 MiB shared-buffer allreduce with free cores
-  // ~25% faster than with sleeping waiters; resnet50 training on a 16-core VM the same either way (0.998).
+  // (halted) vCPU can cost hundreds of microseconds (docs/benchmarks.md, "On a 16-core host, and how waiting
+  // ranks wait").
   std::chrono::microseconds idle_host_spin{100000};
   bool waiters_spin = false;            // wait by spinning for idle_host_spin (the host has a core for every waiter)
   std::chrono::milliseconds poll{100};  // how often a sleeping rank checks that its peers are alive
