@@ -169,7 +169,7 @@ class RemoteSource final : public ShardSource {
     if (pipe_ && location_.find("{shard}") == std::string::npos) {
       throw UsageError(concat("--data-path ", location_, ": a pipe: template needs {shard} (and {split})"));
     }
-    if (!pipe_) parse_http_url(location_);  // https and malformed URLs: a usage error now
+    if (!pipe_) parse_http_url(location_);  // a malformed URL: a usage error now
     const std::string root = options_.cache_dir.empty() ? default_cache_dir() : options_.cache_dir;
     dir_ = (fs::path(root) / cache_key(location_)).string();
     std::error_code ec;

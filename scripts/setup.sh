@@ -24,6 +24,7 @@ PACKAGES=(
   libjemalloc2          # jemalloc: bench/ddp_ratio.sh preloads it for PyTorch DDP too
   chromium
   nginx  # a real HTTP server: the HTTP client's tests and tests/system/remote_data_test.sh
+  openssl  # the test certificates of the https:// shard fetcher's tests
   slurmctld slurmd slurm-client munge
   gdb  # tests/system/lib.sh prints the threads of a command that hangs in a system test
 )

@@ -10,7 +10,9 @@
 #     and an error naming the URL and the rank; a damaged shard: the CRC check refuses it; 404: an error;
 #   - pipe:cat gives the same batches; a response damaged once is fetched again; a failing command's stderr is
 #     in the error;
-#   - `stride train` over HTTP consumes the same samples as over the local directory.
+#   - `stride train` over HTTP consumes the same samples as over the local directory;
+#   - https:// with the test CA in SSL_CERT_FILE gives the local batches; without it, exit 1 and an error naming the
+#     certificate problem and the URL.
 #   remote_data_test.sh STRIDE_BINARY WORK_DIR
 set -euo pipefail
 STRIDE=$(realpath "$1")
@@ -37,9 +39,19 @@ DATA=$WORK/www/data
 nshards=$(ls "$DATA/train" | grep -c '\.tar$')
 [ "$nshards" = 16 ] || fail "expected 16 training shards, got $nshards"
 
-# --- nginx on a free port, private configuration, serving $WORK/www
+# --- nginx on a free port, private configuration, serving $WORK/www; the same over TLS on a second port, with a
+# certificate for 127.0.0.1 signed by a test CA
 PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/nginx"
+TLS_PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$WORK/nginx" "$WORK/tls"
+(
+  cd "$WORK/tls"
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+  ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj /CN=stride-test-ca
+  openssl req "${ec[@]}" -keyout server.key -out server.csr -subj /CN=127.0.0.1
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem
+) > "$WORK/tls/openssl.log" 2>&1 || fail "making the test certificates: $(cat "$WORK/tls/openssl.log")"
 user_line=""
 [ "$(id -u)" = 0 ] && user_line="user root;"
 cat > "$WORK/nginx/nginx.conf" <<EOF
@@ -61,6 +73,12 @@ http {
     root $WORK/www;
     # /slow/ serves the same files at 512 kB/s per connection, so a run is still mid-epoch when the server stops.
     location /slow/ { alias $WORK/www/; limit_rate 512k; }
+  }
+  server {
+    listen 127.0.0.1:$TLS_PORT ssl;
+    root $WORK/www;
+    ssl_certificate $WORK/tls/server.pem;
+    ssl_certificate_key $WORK/tls/server.key;
   }
 }
 EOF
@@ -118,6 +136,20 @@ echo "== HTTP, warm cache"
   2> "$WORK/warm.log" || fail "HTTP warm replay"
 cmp -s "$WORK/ref.txt" "$WORK/warm.txt" || fail "HTTP (warm) batches differ from the local ones"
 grep -q "in 0 shards, 16 cache hits" "$WORK/warm.log" || fail "warm: expected no download: $(tail -1 "$WORK/warm.log")"
+
+echo "== HTTPS: the test CA trusted through SSL_CERT_FILE, then not trusted"
+SSL_CERT_FILE=$WORK/tls/ca.pem "$STRIDE" "${replay[@]}" --data-path "https://127.0.0.1:$TLS_PORT/data" \
+  --cache-dir "$WORK/cache-tls" --epochs 2 --trace "$WORK/tls.txt" 2> "$WORK/tls.log" || fail "HTTPS replay"
+cmp -s "$WORK/ref.txt" "$WORK/tls.txt" || fail "HTTPS batches differ from the local ones"
+grep -q "in 16 shards, 0 cache hits" "$WORK/tls.log" || fail "https: expected 16 downloads: $(tail -1 "$WORK/tls.log")"
+set +e
+"$STRIDE" "${replay[@]}" --data-path "https://127.0.0.1:$TLS_PORT/data" --cache-dir "$WORK/cache-untrusted" \
+  --epochs 1 2> "$WORK/untrusted.log" > /dev/null
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "an untrusted certificate: exit $rc, expected 1"
+grep -q "cannot fetch https://127.0.0.1:$TLS_PORT/data/train/index.pb: TLS handshake failed: the server's certificate does not verify" \
+  "$WORK/untrusted.log" || fail "an untrusted certificate: $(tail -2 "$WORK/untrusted.log")"
 
 echo "== two readers sharing one cache download each shard once"
 : > "$WORK/nginx/access.log"

@@ -524,11 +524,16 @@ TEST(RemoteSource, LocationsOfSplits) {
   EXPECT_EQ(u.port, "8080");
   EXPECT_EQ(u.target, "/a/b");
   EXPECT_EQ(parse_http_url("http://example.org").port, "80");
+  const auto tls = parse_http_url("https://example.org/x");
+  EXPECT_TRUE(tls.tls);
+  EXPECT_FALSE(u.tls);
+  EXPECT_EQ(tls.port, "443");
+  EXPECT_EQ(tls.target, "/x");
   try {
-    parse_http_url("https://example.org/x");
-    FAIL() << "https accepted";
+    parse_http_url("ftp://example.org/x");
+    FAIL() << "ftp accepted";
   } catch (const UsageError& e) {
-    EXPECT_NE(std::string(e.what()).find("pipe:curl"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not an http:// or https:// URL"), std::string::npos) << e.what();
   }
 }
 

@@ -1,7 +1,8 @@
-// The HTTP client (cluster/http_client.cpp) against a real server: nginx on loopback, configured in a scratch
-// directory, sends Content-Length bodies, chunked bodies (SSI output has no length), a body trickled by
-// limit_rate and a proxied upstream that never answers. A tiny raw server adds what nginx will not do: a body cut
-// short of its Content-Length.
+// The HTTP clients against a real server: nginx on loopback, configured in a scratch directory, sends
+// Content-Length bodies, chunked bodies (SSI output has no length), a body trickled by limit_rate and a proxied
+// upstream that never answers. A tiny raw server adds what nginx will not do: a body cut short of its
+// Content-Length. The status client is cluster/http_client.cpp; the shard fetcher (data/http_fetch.h) is tested
+// over TLS (a CA and a server certificate made by the openssl command for each test) and for its range resume.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 
 #include "cluster/client.h"
 #include "common/error.h"
+#include "data/http_fetch.h"
 #include "storage/file_io.h"
 #include "tests/unit/test_util.h"
 
@@ -71,7 +73,8 @@ std::string pattern(size_t n, char seed) {
 class Nginx {
  public:
   Nginx(const std::string& dir, uint16_t silent_port) : dir_(dir) {
-    for (const char* d : {"www/chunked", "tmp"}) fs::create_directories(fs::path(dir) / d);
+    for (const char* d : {"www/chunked", "tmp", "tls"}) fs::create_directories(fs::path(dir) / d);
+    make_certificates();
     storage::write_file_atomic(dir + "/www/len.bin", pattern(300000, 'L'));
     storage::write_file_atomic(dir + "/www/slow.bin", pattern(100000, 'S'));
     storage::write_file_atomic(dir + "/www/chunked/part.txt", pattern(20000, 'C'));
@@ -80,6 +83,7 @@ class Nginx {
         "begin\n<!--# include file=\"part.txt\" -->\n<!--# include file=\"part.txt\" -->\nend\n");
     for (int attempt = 0; attempt < 5 && pid_ < 0; ++attempt) {
       port_ = free_port();
+      tls_port_ = free_port();
       storage::write_file_atomic(dir + "/nginx.conf", config(silent_port));
       const pid_t pid = ::fork();
       if (pid == 0) {
@@ -92,7 +96,7 @@ class Nginx {
       while (std::chrono::steady_clock::now() < deadline) {
         int status = 0;
         if (::waitpid(pid, &status, WNOHANG) == pid) break;  // it exited: the port was taken, try another
-        if (can_connect(port_)) {
+        if (can_connect(port_) && can_connect(tls_port_)) {
           pid_ = pid;
           break;
         }
@@ -109,6 +113,11 @@ class Nginx {
   }
   bool running() const { return pid_ > 0; }
   std::string url(const std::string& path) const { return concat("http://127.0.0.1:", port_, path); }
+  // The same files over TLS, with a certificate for 127.0.0.1 only, signed by ca_file().
+  std::string tls_url(const std::string& path, const std::string& host = "127.0.0.1") const {
+    return concat("https://", host, ":", tls_port_, path);
+  }
+  std::string ca_file() const { return dir_ + "/tls/ca.pem"; }
   std::string error_log() const {
     return fs::exists(dir_ + "/error.log") ? storage::read_file(dir_ + "/error.log") : "";
   }
@@ -126,12 +135,31 @@ class Nginx {
                   "    location /chunked/ { ssi on; }\n",
                   // 1000 bytes/s: every read gets data soon, the whole body takes 100 s.
                   "    location = /slow.bin { limit_rate 1000; }\n",
-                  "    location = /stall { proxy_pass http://127.0.0.1:", silent_port,
-                  "; proxy_read_timeout 300s; }\n  }\n}\n");
+                  "    location = /stall { proxy_pass http://127.0.0.1:", silent_port, "; proxy_read_timeout 300s; }\n",
+                  // 100 kB/s: a 300 kB body takes 3 s, so a fetcher with a 1 s deadline gets a third per attempt.
+                  "    location /trickle/ { alias ", dir_, "/www/; limit_rate 100k; }\n  }\n",
+                  "  server {\n    listen 127.0.0.1:", tls_port_, " ssl;\n    root ", dir_, "/www;\n",
+                  "    ssl_certificate ", dir_, "/tls/server.pem;\n    ssl_certificate_key ", dir_,
+                  "/tls/server.key;\n  }\n}\n");
+  }
+
+  // A CA, and a server certificate it signs for the IP address 127.0.0.1 (not for "localhost").
+  void make_certificates() const {
+    const std::string t = dir_ + "/tls";
+    storage::write_file_atomic(t + "/ext.cnf", "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
+    const std::string ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    const std::string cmd =
+        concat("cd ", t, " && openssl req -x509 ", ec, " -keyout ca.key -out ca.pem -days 2 -subj /CN=stride-test-ca",
+               " && openssl req ", ec, " -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+               " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2",
+               " -extfile ext.cnf -out server.pem) > ", t, "/openssl.log 2>&1");
+    if (std::system(("(" + cmd).c_str()) != 0) {
+      throw Error(concat("making the test certificates failed: ", storage::read_file(t + "/openssl.log")));
+    }
   }
 
   std::string dir_;
-  uint16_t port_ = 0;
+  uint16_t port_ = 0, tls_port_ = 0;
   pid_t pid_ = -1;
 };
 
@@ -257,6 +285,60 @@ TEST(HttpClient, ABodyCutShortOfItsContentLengthIsAnError) {
   ::close(lfd);
   EXPECT_THROW(http_request("GET", "ftp://127.0.0.1/"), UsageError);
   EXPECT_THROW(http_request("GET", "http://127.0.0.1:port/"), UsageError);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The shard fetcher (data/http_fetch.h): TLS and range resume
+// ---------------------------------------------------------------------------------------------------------
+data::FetchOptions fetch_options(double timeout_s = 10.0) {
+  data::FetchOptions o;
+  o.timeout_s = timeout_s;
+  o.retries = 8;
+  o.backoff_s = 0.01;
+  o.who = "rank 0";
+  return o;
+}
+
+TEST_F(HttpClientNginx, FetchesOverTlsOnlyFromAServerItsTrustedCaVouchesFor) {
+  auto o = fetch_options();
+  o.ca_file = nginx_->ca_file();
+  data::HttpFetcher trusted(o);
+  EXPECT_EQ(trusted.get(nginx_->tls_url("/len.bin"), 1 << 20), pattern(300000, 'L'));
+  EXPECT_EQ(trusted.get(nginx_->tls_url("/slow.bin"), 1 << 20), pattern(100000, 'S'));  // the kept connection
+  EXPECT_EQ(trusted.retried(), 0u);
+  // The system's store does not know the test CA: a clear error at once, naming the URL, no retries.
+  data::HttpFetcher system_store(fetch_options());
+  try {
+    system_store.get(nginx_->tls_url("/len.bin"), 1 << 20);
+    FAIL() << "an unknown CA was accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("rank 0: cannot fetch " + nginx_->tls_url("/len.bin")), std::string::npos) << what;
+    EXPECT_NE(what.find("certificate does not verify"), std::string::npos) << what;
+    EXPECT_NE(what.find("SSL_CERT_FILE"), std::string::npos) << what;
+  }
+  EXPECT_EQ(system_store.retried(), 0u);
+  // A trusted certificate for another name: refused too (the host name is checked, not only the chain).
+  data::HttpFetcher wrong_name(o);
+  try {
+    wrong_name.get(nginx_->tls_url("/len.bin", "localhost"), 1 << 20);
+    FAIL() << "a certificate for 127.0.0.1 was accepted for localhost";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not name localhost"), std::string::npos) << e.what();
+  }
+  // Plain HTTP to the TLS port is an HTTP 400 from nginx, not a hang or a crash.
+  data::HttpFetcher plain(fetch_options(5.0));
+  EXPECT_THROW(plain.get(concat("http://127.0.0.1:", port_of(nginx_->tls_url("")), "/len.bin"), 1 << 20), Error);
+}
+
+// Note [Range resume]: every attempt times out with a third of the body; the retries ask for the rest only.
+TEST_F(HttpClientNginx, AFetchCutShortResumesWithARangeRequest) {
+  data::HttpFetcher f(fetch_options(1.0));
+  EXPECT_EQ(f.get(nginx_->url("/trickle/len.bin"), 1 << 20), pattern(300000, 'L'));
+  EXPECT_GE(f.retried(), 1u);
+  // Without the kept part every attempt would start again from byte 0 and end after a third: no retry count
+  // would do.
+  EXPECT_GT(f.resumed_bytes(), 50000u) << "the retries fetched the object again from its start";
 }
 
 }  // namespace
