@@ -858,6 +858,18 @@ TEST(Coordinator, JobTokenIsCreatedPrivate) {
   EXPECT_EQ(storage::read_file(token), coord->token() + "\n");
 }
 
+// Rank `rank` of a 2-rank job on host "h" (pid 100 + rank).
+ClientOptions client_options(const Coordinator& coord, uint32_t rank) {
+  ClientOptions co;
+  co.address = coord.address();
+  co.token = coord.token();
+  co.rank = rank;
+  co.world_size = 2;
+  co.host = "h";
+  co.pid = 100 + rank;
+  return co;
+}
+
 // A disk that stalls on the MANIFEST until released (an NFS server gone slow, a device flushing its cache).
 class StallingOps : public FileOps {
  public:
@@ -901,14 +913,7 @@ TEST(Coordinator, AStalledDiskHoldsUpNeitherStatusNorHeartbeats) {
   o.status_port = 0;
   auto coord = std::make_unique<Coordinator>(o);
   auto make = [&](uint32_t rank) {
-    ClientOptions co;
-    co.address = coord->address();
-    co.token = coord->token();
-    co.rank = rank;
-    co.world_size = 2;
-    co.host = "h";
-    co.pid = 100 + rank;
-    return std::make_unique<CoordinatorClient>(co, [](const std::string&) {});
+    return std::make_unique<CoordinatorClient>(client_options(*coord, rank), [](const std::string&) {});
   };
   auto c0 = make(0), c1 = make(1);
   ASSERT_TRUE(c0->wait_connected(5.0));
@@ -943,14 +948,7 @@ TEST(Coordinator, ClientsCheckpointStopAndSeeAPeerDie) {
   std::string abort_reason;
   std::mutex mu;
   auto make = [&](uint32_t rank) {
-    ClientOptions co;
-    co.address = coord->address();
-    co.token = coord->token();
-    co.rank = rank;
-    co.world_size = 2;
-    co.host = "h";
-    co.pid = 100 + rank;
-    return std::make_unique<CoordinatorClient>(co, [&](const std::string& why) {
+    return std::make_unique<CoordinatorClient>(client_options(*coord, rank), [&](const std::string& why) {
       std::lock_guard<std::mutex> lock(mu);
       abort_reason = why;
       ++aborted;
