@@ -194,6 +194,7 @@ class RemoteSource final : public ShardSource {
     stats_bytes_ += bytes.size();
     {
       FileLock lock(path_of("." + std::string(kIndexFile) + ".lock"), true);
+      FileLock dir_lock(path_of(".dir.lock"), true);  // Note [Shard cache]: no rename while a scan counts
       storage::write_file_atomic(path_of(kIndexFile), bytes);
     }
     try {
@@ -364,7 +365,10 @@ class RemoteSource final : public ShardSource {
           return fd;
         }
         ::close(fd);
-        ::unlink(path.c_str());
+        {
+          FileLock dir_lock(path_of(".dir.lock"), /*wait=*/true);
+          ::unlink(path.c_str());
+        }
         std::fprintf(stderr, "stride: warning: %s: cached shard %s fails its check (%s); fetching it again\n",
                      options_.fetch.who.c_str(), path.c_str(), why.c_str());
       }
@@ -396,8 +400,14 @@ class RemoteSource final : public ShardSource {
                            " (is the index at ", describe(kIndexFile), " the one written with these shards?)"));
       }
       write_all(tmp_fd, bytes, tmp);
-      if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        throw Error(concat("rename ", tmp, " -> ", path, " failed: ", sys_error()));
+      {
+        // Under the directory lock: a scan of the directory (make_room, in this process or another rank's) that
+        // ran during the rename could see neither name (readdir is unspecified for entries changed meanwhile),
+        // count one shard too few and let the cache grow a shard past --cache-limit.
+        FileLock dir_lock(path_of(".dir.lock"), /*wait=*/true);
+        if (::rename(tmp.c_str(), path.c_str()) != 0) {
+          throw Error(concat("rename ", tmp, " -> ", path, " failed: ", sys_error()));
+        }
       }
       cleanup.armed = false;
       storage::fsync_dir(dir_);

@@ -16,6 +16,9 @@
 // the one it fetches, and a shard being read is never evicted. The limit counts every file in the key
 // directory (temporaries included) under a directory flock, so ranks sharing the cache share the limit. A rank
 // may still read a shard another rank evicted through its open descriptor; that space returns when it closes.
+// Every change of a name in the directory (the rename that publishes a shard or the index, an unlink) happens
+// under that directory lock too: readdir may skip an entry renamed while it runs, and a scan that missed one would
+// count a shard too few.
 //
 // Thread-safety: acquire/release/plan/advance/stats may be called from any thread.
 #pragma once
