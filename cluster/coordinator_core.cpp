@@ -482,7 +482,6 @@ PublishResult CoordinatorCore::publish(storage::FileOps& ops, const std::string&
   try {
     r.path = storage::publish_manifest(ops, checkpoint_root, job.manifest);
   } catch (const std::exception& e) {
-    r.path.clear();
     r.error = e.what();
     return r;
   }

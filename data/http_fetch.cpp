@@ -219,11 +219,9 @@ struct HttpFetcher::Impl {
       return {std::nullopt, false, concat("the response is larger than the expected ", max_size, " bytes")};
     }
     // What this response carries of the object: the whole (200) or the rest after `have` bytes (206).
-    bool continues = false;
     if (status == 206) {
       const std::string range(parser.get()[http::field::content_range]);
-      continues = have > 0 && range.rfind(concat("bytes ", have, "-"), 0) == 0;
-      if (!continues) {
+      if (have == 0 || range.rfind(concat("bytes ", have, "-"), 0) != 0) {
         close();
         partial->clear();
         validator->clear();
@@ -245,7 +243,16 @@ struct HttpFetcher::Impl {
         close();
         return {std::nullopt, false, concat("the response is larger than the expected ", max_size, " bytes")};
       }
-      partial->append(body);
+      if (!ec) {  // complete: a whole body goes out as it is (no copy), a rest after the kept part
+        if (!parser.get().keep_alive()) close();
+        validator->clear();
+        if (status == 200) return {std::move(body), false, ""};
+        partial->append(body);
+        std::string whole;
+        whole.swap(*partial);
+        return {std::move(whole), false, ""};
+      }
+      partial->append(body);  // cut short: kept for the next attempt's Range
     }
     if (ec) {
       close();
@@ -255,12 +262,6 @@ struct HttpFetcher::Impl {
                                                  : concat("reading the response failed: ", ec.message())};
     }
     if (!parser.get().keep_alive()) close();
-    if (status == 200 || status == 206) {
-      validator->clear();
-      std::string whole;
-      whole.swap(*partial);
-      return {std::move(whole), false, ""};
-    }
     const auto reason = parser.get().reason();
     const std::string what = concat("HTTP ", status, " ", std::string(reason.data(), reason.size()));
     if (status == 416) {  // the kept part no longer fits the object: start again
