@@ -63,8 +63,10 @@ rc=$?
 set -e
 wait $job || fail "the watched job failed"
 [ $rc = 0 ] || { tail -30 "$WORK/watch.out"; fail "status --watch exited $rc at the job's end"; }
-grep -q "job ended (final state from $WORK/watched/status.json)" "$WORK/watch.out" ||
-  grep -q "^job watched: finished" "$WORK/watch.out" || { tail -30 "$WORK/watch.out"; fail "no final state"; }
+# It ends either on the endpoint's last answer (state finished) or, when the endpoint closed between two polls, on
+# RUN/status.json ("job ended (final state from ...)"): either way its last summary says finished.
+grep '^job watched  state ' "$WORK/watch.out" | tail -1 | grep -q '^job watched  state finished ' ||
+  { tail -30 "$WORK/watch.out"; fail "no final state"; }
 ! grep -q "e-0[0-9]s" "$WORK/watch.out" || fail "raw exponents in the rank table"
 "$STRIDE" status --run-dir "$WORK/watched" > "$WORK/after.out" 2>&1 || { cat "$WORK/after.out"; fail "status after the end"; }
 grep -q "finished" "$WORK/after.out" && grep -q "step 60/60" "$WORK/after.out" || { cat "$WORK/after.out"; fail "final state"; }
