@@ -134,6 +134,44 @@ void Communicator::check_tensor(const char* op, const torch::Tensor& t) const {
   if (!t.is_contiguous()) throw Error(concat(op, " on ", describe(), ": the tensor is not contiguous"));
 }
 
+namespace {
+void check_sendrecv(const Communicator& c, const torch::Tensor& send, int dst, const torch::Tensor& recv, int src) {
+  if (dst < 0 || dst >= c.size() || src < 0 || src >= c.size()) {
+    throw Error(concat("sendrecv on ", c.describe(), ": peers ", dst, " and ", src, " outside 0..", c.size() - 1));
+  }
+  if (send.scalar_type() != recv.scalar_type()) {
+    throw Error(
+        concat("sendrecv on ", c.describe(), ": dtypes differ: ", send.scalar_type(), " vs ", recv.scalar_type()));
+  }
+}
+}  // namespace
+
+WorkPtr Communicator::sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src) {
+  check_tensor("sendrecv", send);
+  check_tensor("sendrecv", recv);
+  check_sendrecv(*this, send, dst, recv, src);
+  // Every rank's size, then every rank's message padded to the largest: simple, and world x the traffic of a
+  // point-to-point exchange, which the back-ends that can send point to point replace.
+  auto sizes = torch::empty({size()}, torch::kInt64);
+  allgather(torch::tensor({send.numel()}, torch::kInt64), sizes)->wait();
+  if (sizes[src].item<int64_t>() != recv.numel()) {
+    throw Error(concat("sendrecv on ", describe(), ": rank ", src, " sends ", sizes[src].item<int64_t>(),
+                       " elements, the receive buffer holds ", recv.numel()));
+  }
+  const int64_t most = sizes.max().item<int64_t>();
+  if (most > 0) {
+    auto padded = torch::zeros({most}, send.options());
+    padded.narrow(0, 0, send.numel()).copy_(send.reshape({-1}));
+    auto all = torch::empty({most * size()}, send.options());
+    allgather(padded, all)->wait();
+    recv.view({-1}).copy_(all.narrow(0, most * src, recv.numel()));
+  }
+  auto work = std::make_shared<HostWork>(concat("sendrecv on ", describe()), timeout());
+  work->start();
+  work->finish();
+  return work;
+}
+
 torch::Tensor Communicator::alloc_buffer(int64_t numel, const torch::TensorOptions& options) {
   return torch::zeros({numel}, options);
 }

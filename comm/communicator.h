@@ -128,6 +128,11 @@ class Communicator {
   // output (numel size() * input.numel(), same dtype) receives every rank's input in rank order.
   virtual WorkPtr allgather(torch::Tensor input, torch::Tensor output) = 0;
   virtual WorkPtr barrier() = 0;
+  // One step of a permutation: this rank sends `send` to rank `dst` and receives rank `src`'s `send` into `recv`
+  // (same dtype; the sizes may differ between ranks, but `recv` must have the sender's numel). Every rank issues
+  // it in the same order with the other collectives (the in-memory snapshots' buddy copies, trainer/snapshot.h).
+  // The default goes through two allgathers (world x the largest message); the MPI back-end sends point to point.
+  virtual WorkPtr sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src);
 
   // Blocking forms, for callers that wait at once (SyncBatchNorm's statistics). A back-end may run them on the
   // calling thread, on a channel of their own: then they are not ordered with the asynchronous collectives in

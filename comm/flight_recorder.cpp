@@ -35,6 +35,8 @@ const char* collective_kind_name(CollectiveKind kind) {
       return "allgather";
     case CollectiveKind::kBarrier:
       return "barrier";
+    case CollectiveKind::kSendRecv:
+      return "sendrecv";
   }
   return "?";
 }

@@ -30,7 +30,7 @@ namespace stride::comm {
 
 enum class CollectiveStream : uint8_t { kAsync = 0, kBlocking = 1 };
 constexpr int kCollectiveStreams = 2;
-enum class CollectiveKind : uint8_t { kAllreduce, kBroadcast, kAllgather, kBarrier };
+enum class CollectiveKind : uint8_t { kAllreduce, kBroadcast, kAllgather, kBarrier, kSendRecv };
 enum class CollectiveState : uint8_t { kOpen, kCompleted, kFailed };
 enum class OriginKind : uint8_t { kNone, kBucket, kSyncBn, kControl, kEval, kOther };
 

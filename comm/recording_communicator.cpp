@@ -143,6 +143,10 @@ WorkPtr RecordingCommunicator::barrier() {
   return record(CollectiveKind::kBarrier, torch::Tensor(), [&] { return inner_->barrier(); });
 }
 
+WorkPtr RecordingCommunicator::sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src) {
+  return record(CollectiveKind::kSendRecv, send, [&] { return inner_->sendrecv(send, dst, recv, src); });
+}
+
 void RecordingCommunicator::allreduce_now(torch::Tensor tensor, ReduceOp op) {
   if (!recording_.load(std::memory_order_relaxed)) return inner_->allreduce_now(tensor, op);
   const uint64_t id = recorder_->begin(CollectiveStream::kBlocking, CollectiveKind::kAllreduce, tensor_bytes(tensor),

@@ -48,6 +48,7 @@ struct ShmEnv {
 
 // Open MPI 4.1's default btl_tcp_flags less `put` and `hetero-rdma` (see MpiCommunicator's set-up).
 constexpr const char* kTcpBtlFlags = "send,inplace,need-ack,need-csum";
+constexpr int kSendRecvTag = 0x5352;  // "SR"; sendrecv's messages, apart from the ring's
 
 // How allreduce travels when the ranks span hosts (STRIDE_ALLREDUCE, docs/distributed.md).
 enum class AllreduceMode { kAuto, kMpi, kRing, kHier };
@@ -499,6 +500,34 @@ WorkPtr MpiCommunicator::allgather(torch::Tensor in, torch::Tensor out) {
     const int n = static_cast<int>(in.numel());
     impl->check(MPI_Allgather(in.data_ptr(), n, dt, out.data_ptr(), n, dt, impl->comm), "MPI_Allgather");
   });
+}
+
+WorkPtr MpiCommunicator::sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src) {
+  check_tensor("sendrecv", send);
+  check_tensor("sendrecv", recv);
+  STRIDE_CHECK(send.device().is_cpu() && recv.device().is_cpu(), "the MPI communicator takes CPU tensors");
+  STRIDE_CHECK(dst >= 0 && dst < size_ && src >= 0 && src < size_, "sendrecv peers ", dst, " and ", src, " of ", size_,
+               " ranks");
+  STRIDE_CHECK(send.scalar_type() == recv.scalar_type(), "sendrecv dtypes differ: ", send.scalar_type(), " vs ",
+               recv.scalar_type());
+  const MPI_Datatype dt = impl_->datatype(send);
+  return submit(concat("MPI sendrecv of ", send.numel(), " x ", send.scalar_type(), " to rank ", dst, " and ",
+                       recv.numel(), " from rank ", src),
+                [impl = impl_, send, recv, dst, src, dt] {
+                  // Every chunk of both messages in flight at once: the two sides may cut their messages into
+                  // different numbers of chunks, and MPI keeps the chunks of one pair of ranks in order.
+                  std::vector<MPI_Request> requests;
+                  Impl::chunked(recv, [&](void* p, int n) {
+                    requests.emplace_back();
+                    impl->check(MPI_Irecv(p, n, dt, src, kSendRecvTag, impl->comm, &requests.back()), "MPI_Irecv");
+                  });
+                  Impl::chunked(send, [&](void* p, int n) {
+                    requests.emplace_back();
+                    impl->check(MPI_Isend(p, n, dt, dst, kSendRecvTag, impl->comm, &requests.back()), "MPI_Isend");
+                  });
+                  impl->check(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE),
+                              "MPI_Waitall");
+                });
 }
 
 WorkPtr MpiCommunicator::barrier() {

@@ -40,6 +40,7 @@ class MpiCommunicator : public Communicator {
   WorkPtr broadcast(torch::Tensor tensor, int root) override;
   WorkPtr allgather(torch::Tensor input, torch::Tensor output) override;
   WorkPtr barrier() override;
+  WorkPtr sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src) override;
   void allreduce_now(torch::Tensor tensor, ReduceOp op) override;
   void allgather_now(torch::Tensor input, torch::Tensor output) override;
   torch::Tensor alloc_buffer(int64_t numel, const torch::TensorOptions& options) override;

@@ -54,6 +54,19 @@ inline void check_collectives(comm::Communicator& c) {
   auto out = torch::empty({3 * n}, torch::kLong);
   c.allgather(in, out)->wait();
   for (int k = 0; k < n; ++k) EXPECT_EQ(out[3 * k + 2].item<int64_t>(), k);
+  // sendrecv: a shift by one and by two around the ranks, messages of different sizes (and an empty one).
+  for (int shift : {1, 2}) {
+    const int dst = (r + shift) % n, src = ((r - shift) % n + n) % n;
+    auto bytes_of = [](int rank) { return rank == 1 ? int64_t{0} : int64_t{1000 + 37 * rank}; };
+    auto send = torch::full({bytes_of(r)}, r + 1, torch::kUInt8);
+    auto recv = torch::full({bytes_of(src)}, 255, torch::kUInt8);
+    c.sendrecv(send, dst, recv, src)->wait();
+    EXPECT_EQ(recv.numel(), bytes_of(src));
+    if (recv.numel() > 0) {
+      EXPECT_EQ(recv.min().item<int64_t>(), src + 1) << "sendrecv shift " << shift;
+      EXPECT_EQ(recv.max().item<int64_t>(), src + 1) << "sendrecv shift " << shift;
+    }
+  }
   // Several collectives in flight at once complete in order.
   std::vector<comm::WorkPtr> works;
   std::vector<torch::Tensor> ts;

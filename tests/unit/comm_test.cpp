@@ -224,7 +224,9 @@ TEST(Reducer, TimelinePlacesEachBucketRelativeToBackward) {
         EXPECT_LE(b.started_s, b.done_s);
         EXPECT_LE(b.done_s, t.finished_s);
         EXPECT_LE(b.ready_s, t.backward_s);
-        if (i > 0) EXPECT_LE(t.buckets[i - 1].launched_s, b.launched_s) << "buckets launch in index order";
+        if (i > 0) {
+          EXPECT_LE(t.buckets[i - 1].launched_s, b.launched_s) << "buckets launch in index order";
+        }
         bytes += b.bytes;
       }
       const auto sizes = reducer.bucket_bytes();
