@@ -139,6 +139,10 @@ std::vector<OptionSpec> option_specs(TrainConfig& c) {
       {"snapshot-dir",
        "Where snapshots are kept, on a RAM-backed file system (default: /dev/shm/stride-snapshots/<run>-<hash>)",
        &c.snapshot_dir},
+      {"snapshot-buddy",
+       "auto | on | off: each rank also keeps a copy of another host's rank's snapshots, so that losing a whole host "
+       "still leaves one (auto: when the job spans hosts with equal numbers of ranks; on: fail otherwise)",
+       &c.snapshot_buddy},
       {"print-freq", "Steps between progress lines", &c.print_freq},
       {"eval-freq", "Epochs between evaluations (0: only after the last epoch)", &c.eval_freq},
       {"test-only", "Only evaluate (with --weights or --resume)", &c.test_only},
@@ -427,6 +431,7 @@ void validate(const TrainConfig& c) {
   non_negative("val-crop-size", static_cast<double>(c.val_crop_size));
   non_negative("val-resize-size", static_cast<double>(c.val_resize_size));
   one_of("comm-backend", c.comm_backend, {"auto", "single", "mpi", "nccl"});
+  one_of("snapshot-buddy", c.snapshot_buddy, {"auto", "on", "off"});
   one_of("device", c.device, {"auto", "cpu", "cuda"});
   one_of("amp-dtype", c.amp_dtype, {"auto", "float16", "bfloat16"});
   one_of("grad-compression", c.grad_compression, {"none", "fp16", "bf16", "powersgd"});

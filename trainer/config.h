@@ -109,6 +109,9 @@ struct TrainConfig {
   // Note [In-memory snapshots] in trainer/snapshot.h.
   int64_t snapshot_every = 0;
   std::string snapshot_dir;
+  // auto | on | off: keep a copy of another rank's snapshots on another host (Note [Buddy copies]); auto: when
+  // the job spans hosts with the same number of ranks on each.
+  std::string snapshot_buddy = "auto";
   int64_t print_freq = 50;
   int64_t eval_freq = 1;  // epochs between evaluations; 0: only after the last epoch
   bool test_only = false;

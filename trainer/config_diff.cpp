@@ -28,6 +28,7 @@ const std::set<std::string>& operational_keys() {
                                              "keep-checkpoints",
                                              "snapshot-every",
                                              "snapshot-dir",
+                                             "snapshot-buddy",
                                              "print-freq",
                                              "eval-freq",
                                              "test-only",

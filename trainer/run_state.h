@@ -55,6 +55,7 @@ struct Trainer::State {
   // (0 once snapshots are off: too little memory, or a write failed).
   std::unique_ptr<SnapshotStore> snapshots;
   int64_t snapshot_every = 0;
+  int64_t buddy_exchange_at = -1;  // the step after the newest snapshot: Note [Buddy copies] in trainer/snapshot.h
   // Set when this start resumed from a snapshot: the disk checkpoint it continued (the next commit's parent).
   bool resumed_from_snapshot = false;
   std::optional<std::pair<uint64_t, std::string>> snapshot_parent;
@@ -100,6 +101,7 @@ struct Trainer::State {
   void resume();
   // --snapshot-every: turns snapshots off (a warning) when their directory lacks the room.
   void check_snapshot_room();
+  void plan_snapshot_buddies();
   void apply_freeze();
 
   // bucket_cap.cpp

@@ -104,6 +104,7 @@ void Trainer::State::setup() {
     snapshots = std::make_unique<SnapshotStore>(
         c.snapshot_dir.empty() ? default_snapshot_dir(c.output_dir) : c.snapshot_dir, rank);
     snapshot_every = c.snapshot_every;
+    plan_snapshot_buddies();
   }
   choose_checkpoint();  // before anything is written: a refused resume leaves the run directory as it was
   fs::create_directories(c.output_dir);
@@ -207,6 +208,19 @@ void Trainer::State::setup() {
   cursor = {0, 0, static_cast<uint64_t>(c.seed)};
   if (!resume_from.empty()) resume();
   if (snapshot_every > 0) check_snapshot_room();
+  if (snapshots && snapshots->has_buddies()) {
+    // Note [Buddy copies]: every rank takes part in every exchange, so snapshots are on everywhere or nowhere.
+    auto on = torch::tensor({snapshot_every > 0 ? int64_t{1} : int64_t{0}}, torch::kInt64);
+    const comm::OriginScope origin(comm::OriginKind::kOther, -1, "snapshot agreement");
+    comm->allreduce(on, comm::ReduceOp::kMin)->wait();
+    if (on.item<int64_t>() == 0 && snapshot_every > 0) {
+      std::fprintf(stderr,
+                   "stride: warning: --snapshot-every %lld turned off on rank %llu as well: another rank cannot keep "
+                   "snapshots, and buddy copies need every rank (--snapshot-buddy off keeps them on the others)\n",
+                   static_cast<long long>(snapshot_every), static_cast<unsigned long long>(rank));
+      snapshot_every = 0;
+    }
+  }
   for (size_t at = 0; at < resume_note.size();) {
     const size_t end = std::min(resume_note.find('\n', at), resume_note.size());
     out->print(resume_note.substr(at, end - at));
@@ -246,12 +260,41 @@ void Trainer::State::setup() {
   }
 }
 
+void Trainer::State::plan_snapshot_buddies() {
+  // Note [Buddy copies] in trainer/snapshot.h. A collective: every rank has a SnapshotStore or none (same flags).
+  if (c.snapshot_buddy == "off") return;
+  std::string why;
+  std::vector<int> buddy;
+  if (world == 1) {
+    why = "the job has one rank";
+  } else if (comm->backend() == "nccl") {
+    why = "the nccl back-end moves CUDA tensors only";
+  } else {
+    const std::string name = comm->host();
+    auto mine = torch::tensor({static_cast<int64_t>(storage::crc32c(name.data(), name.size()))}, torch::kInt64);
+    auto all = torch::empty({static_cast<int64_t>(world)}, torch::kInt64);
+    const comm::OriginScope origin(comm::OriginKind::kOther, -1, "snapshot buddy plan");
+    comm->allgather(mine, all)->wait();
+    buddy = plan_buddies(std::vector<int64_t>(all.data_ptr<int64_t>(), all.data_ptr<int64_t>() + world), &why);
+  }
+  if (buddy.empty()) {
+    if (c.snapshot_buddy == "on") throw UsageError(concat("--snapshot-buddy on: ", why, "; no host to keep a copy on"));
+    return;
+  }
+  if (rank == 0) {
+    std::fprintf(stderr, "stride: snapshots: each rank's also kept by a rank on another host (rank 0's by rank %d)\n",
+                 buddy[0]);
+  }
+  snapshots->set_buddies(std::move(buddy));
+}
+
 void Trainer::State::check_snapshot_room() {
   // Two snapshots kept and one being written, each about the weights, the optimizer's state (up to two buffers per
   // weight) and the EMA. Too little room turns snapshots off with a warning; it never stops the run.
   uint64_t weights = 0;
   for (const auto& [k, t] : models::state_dict(*model)) weights += static_cast<uint64_t>(t.nbytes());
-  const uint64_t need = 3 * weights * (3 + (ema ? 1 : 0));
+  // A buddy's copies (Note [Buddy copies]) take as much again.
+  const uint64_t need = 3 * weights * (3 + (ema ? 1 : 0)) * (snapshots->has_buddies() ? 2 : 1);
   std::error_code ec;
   fs::create_directories(snapshots->dir(), ec);
   struct statvfs v {};
@@ -330,6 +373,10 @@ void Trainer::State::choose_checkpoint() {
         snapshot_parent = pick->parent;
         resume_note = concat("resume: from memory: the snapshot of step ", pick->step, " is newer than ",
                              head ? concat("the newest checkpoint (step ", head->step, ")") : "any checkpoint");
+        for (const auto& [owner, holder] : pick->from_buddies) {
+          resume_note += concat("\nresume: rank ", owner, "'s snapshot of step ", pick->step,
+                                " came from its buddy copy on rank ", holder);
+        }
       } else {
         resume_note = concat("resume: snapshots: ", why, "; ", head ? "from the checkpoint" : "from scratch");
       }

@@ -5,11 +5,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <set>
 
 #include "common/error.h"
+#include "storage/checkpoint_files.h"
 #include "storage/crc32c.h"
+#include "storage/file_io.h"
 #include "trainer/safetensors.h"
 
 namespace stride::trainer {
@@ -18,7 +23,117 @@ namespace fs = std::filesystem;
 namespace {
 constexpr int64_t kKeep = 2;   // snapshots a rank keeps
 constexpr int64_t kSlots = 4;  // steps per rank compared at a start (kKeep; a crash may leave one more)
+constexpr uint64_t kPackMagic = 0x3130534e50525453ULL;  // "STRPNS01"
+
+void put_u64(std::string& out, uint64_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof(v)); }
+
+// Removes all but the newest kKeep step directories under checkpoint_root.
+void keep_newest(const std::string& checkpoint_root) {
+  std::error_code ec;
+  int64_t kept = 0;
+  for (const auto& info : storage::list_checkpoints(checkpoint_root, /*deep=*/false)) {
+    if (++kept > kKeep) fs::remove_all(info.path, ec);
+  }
+}
 }  // namespace
+
+std::vector<int> plan_buddies(const std::vector<int64_t>& host_of, std::string* why) {
+  // Hosts in the order of their first rank; each host's ranks in rank order.
+  std::vector<std::vector<int>> hosts;
+  std::map<int64_t, size_t> index;
+  for (size_t r = 0; r < host_of.size(); ++r) {
+    auto [it, fresh] = index.emplace(host_of[r], hosts.size());
+    if (fresh) hosts.emplace_back();
+    hosts[it->second].push_back(static_cast<int>(r));
+  }
+  if (hosts.size() < 2) {
+    if (why) *why = "every rank runs on one host";
+    return {};
+  }
+  for (const auto& h : hosts) {
+    if (h.size() != hosts[0].size()) {
+      if (why) {
+        std::string sizes;
+        for (const auto& g : hosts) sizes += concat(sizes.empty() ? "" : ", ", g.size());
+        *why = concat("the hosts run different numbers of ranks (", sizes, ")");
+      }
+      return {};
+    }
+  }
+  std::vector<int> order;
+  for (const auto& h : hosts) order.insert(order.end(), h.begin(), h.end());
+  const size_t w = order.size(), l = hosts[0].size();
+  std::vector<int> buddy(w);
+  for (size_t i = 0; i < w; ++i) buddy[static_cast<size_t>(order[i])] = order[(i + l) % w];
+  return buddy;
+}
+
+torch::Tensor pack_snapshot(const std::string& dir, uint64_t owner, uint64_t step) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file()) names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  std::string out;
+  put_u64(out, kPackMagic);
+  put_u64(out, owner);
+  put_u64(out, step);
+  put_u64(out, names.size());
+  for (const auto& name : names) {
+    const std::string bytes = storage::read_file((fs::path(dir) / name).string());
+    put_u64(out, name.size());
+    out += name;
+    put_u64(out, bytes.size());
+    out += bytes;
+  }
+  auto t = torch::empty({static_cast<int64_t>(out.size())}, torch::kUInt8);
+  std::memcpy(t.data_ptr(), out.data(), out.size());
+  return t;
+}
+
+std::string unpack_snapshot(const torch::Tensor& packed, const std::string& root, const std::string& from) {
+  const auto* p = static_cast<const char*>(packed.data_ptr());
+  const size_t n = static_cast<size_t>(packed.numel());
+  size_t at = 0;
+  auto bad = [&](const std::string& what) {
+    return Error(concat("the buddy copy from ", from, " is damaged: ", what, " (", n, " bytes)"));
+  };
+  auto u64 = [&] {
+    if (n - at < sizeof(uint64_t)) throw bad("cut short");
+    uint64_t v;
+    std::memcpy(&v, p + at, sizeof(v));
+    at += sizeof(v);
+    return v;
+  };
+  if (u64() != kPackMagic) throw bad("not a snapshot");
+  const uint64_t owner = u64(), step = u64(), files = u64();
+  const std::string checkpoints = (fs::path(root) / concat("rank-", owner) / "checkpoints").string();
+  const std::string tmp = (fs::path(checkpoints) / concat(".buddy-", step, ".tmp")).string();
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  for (uint64_t i = 0; i < files; ++i) {
+    const uint64_t len = u64();
+    if (len == 0 || len > 255 || n - at < len) throw bad("a file name is cut short or too long");
+    const std::string name(p + at, len);
+    at += len;
+    if (name == "." || name == ".." || name.find('/') != std::string::npos || name.find('\0') != std::string::npos) {
+      throw bad(concat("the file name '", name, "' is not a plain name"));
+    }
+    const uint64_t size = u64();
+    if (n - at < size) throw bad(concat(name, " is cut short"));
+    std::ofstream f((fs::path(tmp) / name).string(), std::ios::binary | std::ios::trunc);
+    f.write(p + at, static_cast<std::streamsize>(size));
+    f.close();
+    if (!f) throw Error(concat("writing the buddy copy ", (fs::path(tmp) / name).string(), " failed"));
+    at += size;
+  }
+  if (at != n) throw bad("trailing bytes");
+  const std::string dir = storage::step_dir(checkpoints, step);
+  fs::remove_all(dir, ec);
+  fs::rename(tmp, dir);
+  return dir;
+}
 
 std::string default_snapshot_dir(const std::string& output_dir) {
   std::error_code ec;
@@ -46,7 +161,10 @@ std::optional<uint64_t> newest_common_step(const std::vector<std::vector<uint64_
 }
 
 SnapshotStore::SnapshotStore(std::string root, uint64_t rank)
-    : root_(std::move(root)), rank_dir_((fs::path(root_) / concat("rank-", rank)).string()), store_(rank_dir_) {
+    : root_(std::move(root)),
+      rank_dir_((fs::path(root_) / concat("rank-", rank)).string()),
+      rank_(static_cast<int64_t>(rank)),
+      store_(rank_dir_) {
   thread_ = std::thread([this] {
     ::pthread_setname_np(::pthread_self(), "stride-snap");
     run();
@@ -62,6 +180,16 @@ SnapshotStore::~SnapshotStore() {
   thread_.join();
 }
 
+std::string SnapshotStore::rank_dir(int64_t r) const { return (fs::path(root_) / concat("rank-", r)).string(); }
+
+void SnapshotStore::set_buddies(std::vector<int> buddy) {
+  buddy_ = std::move(buddy);
+  holdee_ = -1;
+  for (size_t r = 0; r < buddy_.size(); ++r) {
+    if (buddy_[r] == rank_) holdee_ = static_cast<int>(r);
+  }
+}
+
 std::vector<CheckpointInfo> SnapshotStore::valid(std::vector<CheckpointInfo>* skipped) const {
   std::vector<CheckpointInfo> ok;
   std::error_code ec;
@@ -75,32 +203,57 @@ std::vector<CheckpointInfo> SnapshotStore::valid(std::vector<CheckpointInfo>* sk
   return ok;
 }
 
-std::optional<SnapshotChoice> SnapshotStore::choose(const std::optional<std::pair<uint64_t, std::string>>& disk,
-                                                    uint64_t world, comm::Communicator& comm, std::string* why) {
-  std::vector<CheckpointInfo> skipped;
-  std::vector<CheckpointInfo> mine;
-  for (auto& info : valid(&skipped)) {
+std::vector<CheckpointInfo> SnapshotStore::candidates(const std::string& dir,
+                                                      const std::optional<std::pair<uint64_t, std::string>>& disk,
+                                                      uint64_t world) const {
+  std::vector<CheckpointInfo> out;
+  std::error_code ec;
+  for (auto& info : storage::list_checkpoints((fs::path(dir) / "checkpoints").string(), /*deep=*/true)) {
+    if (!info.valid) {
+      // One cut short (no MANIFEST) is normal after a kill: no warning.
+      if (fs::exists(fs::path(info.path) / "MANIFEST", ec)) {
+        std::fprintf(stderr, "stride: warning: skipping snapshot %s: %s\n", info.path.c_str(), info.problem.c_str());
+      }
+      continue;
+    }
     const auto& m = info.manifest;
     const auto& l = m.lineage();
     const bool continues_disk =
         disk ? (l.has_parent() && l.parent_step() == disk->first && l.parent_id() == disk->second) : !l.has_parent();
-    if (m.world_size() == world && continues_disk && (!disk || info.step > disk->first)) mine.push_back(info);
+    if (m.world_size() == world && continues_disk && (!disk || info.step > disk->first)) out.push_back(info);
   }
-  for (const auto& s : skipped) {
-    std::fprintf(stderr, "stride: warning: skipping snapshot %s: %s\n", s.path.c_str(), s.problem.c_str());
-  }
-  // Every rank's steps, via one max-reduction over a table in which each rank fills its own row.
+  return out;
+}
+
+std::optional<SnapshotChoice> SnapshotStore::choose(const std::optional<std::pair<uint64_t, std::string>>& disk,
+                                                    uint64_t world, comm::Communicator& comm, std::string* why) {
+  const std::vector<CheckpointInfo> mine = candidates(rank_dir_, disk, world);
+  const std::vector<CheckpointInfo> kept =
+      holdee_ >= 0 ? candidates(rank_dir(holdee_), disk, world) : std::vector<CheckpointInfo>{};
+  // Every rank's steps, its own and those of the copies it keeps (Note [Buddy copies]), via one max-reduction
+  // over a table in which each rank fills its own row.
   const int64_t w = static_cast<int64_t>(world);
-  auto table = torch::full({w * kSlots}, -1, torch::kInt64);
+  auto table = torch::full({w, 2, kSlots}, -1, torch::kInt64);
   for (int64_t i = 0; i < std::min<int64_t>(kSlots, static_cast<int64_t>(mine.size())); ++i) {
-    table[comm.rank() * kSlots + i] = static_cast<int64_t>(mine[static_cast<size_t>(i)].step);
+    table[comm.rank()][0][i] = static_cast<int64_t>(mine[static_cast<size_t>(i)].step);
+  }
+  for (int64_t i = 0; i < std::min<int64_t>(kSlots, static_cast<int64_t>(kept.size())); ++i) {
+    table[comm.rank()][1][i] = static_cast<int64_t>(kept[static_cast<size_t>(i)].step);
   }
   if (world > 1) comm.allreduce(table, comm::ReduceOp::kMax)->wait();
-  std::vector<std::vector<uint64_t>> held(static_cast<size_t>(w));
-  auto a = table.accessor<int64_t, 1>();
-  for (int64_t r = 0; r < w; ++r) {
+  auto a = table.accessor<int64_t, 3>();
+  auto steps_of = [&](int64_t r, int64_t kind) {
+    std::vector<uint64_t> out;
     for (int64_t i = 0; i < kSlots; ++i) {
-      if (a[r * kSlots + i] >= 0) held[static_cast<size_t>(r)].push_back(static_cast<uint64_t>(a[r * kSlots + i]));
+      if (a[r][kind][i] >= 0) out.push_back(static_cast<uint64_t>(a[r][kind][i]));
+    }
+    return out;
+  };
+  std::vector<std::vector<uint64_t>> held(static_cast<size_t>(w));
+  for (int64_t r = 0; r < w; ++r) {
+    held[static_cast<size_t>(r)] = steps_of(r, 0);
+    if (buddy_.size() == static_cast<size_t>(w)) {
+      for (uint64_t s : steps_of(buddy_[static_cast<size_t>(r)], 1)) held[static_cast<size_t>(r)].push_back(s);
     }
   }
   const auto step = newest_common_step(held);
@@ -115,9 +268,30 @@ std::optional<SnapshotChoice> SnapshotStore::choose(const std::optional<std::pai
     }
     return std::nullopt;
   }
-  for (const auto& info : mine) {
+  // Ranks without their own snapshot of the step receive their buddy's copy, one after another, in rank order.
+  SnapshotChoice choice;
+  for (int64_t r = 0; r < w; ++r) {
+    const auto own = steps_of(r, 0);
+    if (std::find(own.begin(), own.end(), *step) != own.end()) continue;
+    const int holder = buddy_[static_cast<size_t>(r)];
+    torch::Tensor packed;
+    if (comm.rank() == holder) {
+      packed = pack_snapshot(storage::step_dir((fs::path(rank_dir(r)) / "checkpoints").string(), *step),
+                             static_cast<uint64_t>(r), *step);
+    }
+    auto size = torch::tensor({packed.defined() ? packed.numel() : int64_t{0}}, torch::kInt64);
+    comm.broadcast(size, holder)->wait();
+    if (!packed.defined()) packed = torch::empty({size.item<int64_t>()}, torch::kUInt8);
+    comm.broadcast(packed, holder)->wait();
+    choice.from_buddies.emplace_back(static_cast<int>(r), holder);
+    if (r == rank_) {
+      unpack_snapshot(packed, root_, concat("rank ", holder));
+      choice.mine_from_buddy = true;
+    }
+  }
+  const std::vector<CheckpointInfo> now = choice.mine_from_buddy ? candidates(rank_dir_, disk, world) : mine;
+  for (const auto& info : now) {
     if (info.step != *step) continue;
-    SnapshotChoice choice;
     choice.path = info.path;
     choice.step = info.step;
     if (info.manifest.lineage().has_parent()) {
@@ -125,7 +299,9 @@ std::optional<SnapshotChoice> SnapshotStore::choose(const std::optional<std::pai
     }
     return choice;
   }
-  throw Error(concat("snapshot step ", *step, " was agreed on but is not in ", dir()));  // unreachable
+  // The copy received did not verify here (or vanished): the ranks cannot all continue the snapshot.
+  throw Error(concat("snapshot step ", *step, " was agreed on but is not in ", dir(),
+                     choice.mine_from_buddy ? " after receiving its buddy copy" : ""));
 }
 
 void SnapshotStore::discard_after(uint64_t step) {
@@ -133,19 +309,25 @@ void SnapshotStore::discard_after(uint64_t step) {
   for (const auto& info : store_.list(/*deep=*/false)) {
     if (info.step > step) fs::remove_all(info.path, ec);
   }
+  if (holdee_ < 0) return;
+  for (const auto& info : storage::list_checkpoints((fs::path(rank_dir(holdee_)) / "checkpoints").string(), false)) {
+    if (info.step > step) fs::remove_all(info.path, ec);
+  }
 }
 
 void SnapshotStore::remove_all() {
+  finish_exchange();
   drain();
   std::error_code ec;
   fs::remove_all(rank_dir_, ec);
+  if (holdee_ >= 0) fs::remove_all(rank_dir(holdee_), ec);
   fs::remove(root_, ec);  // only once empty: other ranks of this host may still be writing theirs
 }
 
 bool SnapshotStore::submit(CheckpointData data) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (busy_ || job_ || failed_ || stop_) return false;
+    if (writing_own_ || job_ || failed_ || stop_) return false;
     job_ = std::move(data);
   }
   cv_.notify_all();
@@ -154,7 +336,61 @@ bool SnapshotStore::submit(CheckpointData data) {
 
 void SnapshotStore::drain() {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !job_ && !busy_; });
+  cv_.wait(lock, [&] { return !job_ && !foreign_.defined() && !busy_; });
+}
+
+void SnapshotStore::exchange(comm::Communicator& comm) {
+  if (buddy_.empty()) return;
+  finish_exchange();
+  torch::Tensor send;
+  {
+    // This rank's newest snapshot, once the writer has it on disk (it normally had all the interval).
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !job_ && !writing_own_; });
+    if (ready_.defined() && ready_step_ > last_sent_step_) {
+      send = std::move(ready_);
+      last_sent_step_ = ready_step_;
+      buddy_sent_bytes_ = static_cast<uint64_t>(send.numel());
+    }
+    ready_ = torch::Tensor();
+  }
+  if (!send.defined()) send = torch::empty({0}, torch::kUInt8);
+  // Sizes first (a round trip between steps, nothing else in flight), then the copies, behind training.
+  auto mine = torch::tensor({send.numel()}, torch::kInt64);
+  auto theirs = torch::empty({1}, torch::kInt64);
+  comm.sendrecv(mine, buddy_[static_cast<size_t>(rank_)], theirs, holdee_)->wait();
+  sent_ = send;
+  received_ = torch::empty({theirs.item<int64_t>()}, torch::kUInt8);
+  inflight_ = comm.sendrecv(sent_, buddy_[static_cast<size_t>(rank_)], received_, holdee_);
+}
+
+void SnapshotStore::poll() {
+  if (inflight_ && inflight_->completed()) finish_exchange();
+}
+
+void SnapshotStore::finish_exchange() {
+  if (!inflight_) return;
+  auto work = std::move(inflight_);
+  inflight_.reset();
+  work->wait();
+  if (received_.numel() > 0) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      foreign_ = received_;  // an older one not yet written is superseded
+    }
+    cv_.notify_all();
+  }
+  sent_ = received_ = torch::Tensor();
+}
+
+uint64_t SnapshotStore::buddy_copies() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return buddy_copies_;
+}
+
+uint64_t SnapshotStore::buddy_sent_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return buddy_sent_bytes_;
 }
 
 uint64_t SnapshotStore::last_bytes() const {
@@ -174,49 +410,86 @@ uint64_t SnapshotStore::written() const {
 
 void SnapshotStore::run() {
   for (;;) {
-    CheckpointData data;
+    std::optional<CheckpointData> own;
+    torch::Tensor foreign;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || job_; });
-      if (!job_) return;
-      data = std::move(*job_);
-      job_.reset();
+      cv_.wait(lock, [&] { return stop_ || job_ || foreign_.defined(); });
+      if (job_) {
+        own = std::move(job_);
+        job_.reset();
+        writing_own_ = true;
+      } else if (foreign_.defined()) {
+        foreign = std::move(foreign_);
+        foreign_ = torch::Tensor();
+      } else {
+        return;
+      }
       busy_ = true;
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    uint64_t bytes = 0;
-    bool ok = true;
-    try {
-      for (const auto& [name, tensors] : checkpoint_parts(data)) {
-        for (const auto& [k, t] : *tensors) bytes += static_cast<uint64_t>(t.nbytes());
-      }
-      const uint64_t step = data.manifest.step();
-      store_.publish(std::move(data));
-      // The newest two stay; snapshots form no branches (Note [In-memory snapshots]).
-      std::error_code ec;
-      int64_t kept = 0;
-      for (const auto& info : store_.list(/*deep=*/false)) {
-        if (info.step > step) continue;
-        if (++kept > kKeep) fs::remove_all(info.path, ec);
-      }
-    } catch (const std::exception& e) {
-      ok = false;
-      std::fprintf(stderr, "stride: warning: snapshots turned off: writing one in %s failed: %s\n", rank_dir_.c_str(),
-                   e.what());
+    if (own) {
+      write_own(std::move(*own));
+    } else {
+      write_foreign(foreign);
     }
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      busy_ = false;
-      if (ok) {
-        last_bytes_ = bytes;
-        last_seconds_ = secs;
-        ++written_;
-      } else {
-        failed_ = true;
-      }
+      busy_ = writing_own_ = false;
     }
     cv_.notify_all();
+  }
+}
+
+void SnapshotStore::write_own(CheckpointData data) {
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t bytes = 0;
+  bool ok = true;
+  torch::Tensor packed;
+  const uint64_t step = data.manifest.step();
+  try {
+    for (const auto& [name, tensors] : checkpoint_parts(data)) {
+      for (const auto& [k, t] : *tensors) bytes += static_cast<uint64_t>(t.nbytes());
+    }
+    const std::string dir = store_.publish(std::move(data));
+    // The newest two stay; snapshots form no branches (Note [In-memory snapshots]).
+    std::error_code ec;
+    int64_t kept = 0;
+    for (const auto& info : store_.list(/*deep=*/false)) {
+      if (info.step > step) continue;
+      if (++kept > kKeep) fs::remove_all(info.path, ec);
+    }
+    // Note [Buddy copies]: the message the next exchange sends, read back from RAM here, off the training thread.
+    if (!buddy_.empty()) packed = pack_snapshot(dir, static_cast<uint64_t>(rank_), step);
+  } catch (const std::exception& e) {
+    ok = false;
+    std::fprintf(stderr, "stride: warning: snapshots turned off: writing one in %s failed: %s\n", rank_dir_.c_str(),
+                 e.what());
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (ok) {
+    last_bytes_ = bytes;
+    last_seconds_ = secs;
+    ++written_;
+    if (packed.defined()) {
+      ready_ = std::move(packed);
+      ready_step_ = step;
+    }
+  } else {
+    failed_ = true;
+  }
+}
+
+void SnapshotStore::write_foreign(const torch::Tensor& packed) {
+  // A buddy copy that cannot be written costs the holdee its copy, not this rank its run: a warning, no more.
+  try {
+    const std::string dir = unpack_snapshot(packed, root_, concat("rank ", holdee_));
+    keep_newest(fs::path(dir).parent_path().string());
+    std::lock_guard<std::mutex> lock(mu_);
+    ++buddy_copies_;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "stride: warning: rank %lld: keeping rank %d's buddy copy failed: %s\n",
+                 static_cast<long long>(rank_), holdee_, e.what());
   }
 }
 

@@ -399,6 +399,15 @@ void Trainer::State::train() {
           checkpoint_every > 0 && (interval ? step - std::max(last_checkpoint_step, first_step) >= checkpoint_every
                                             : step % checkpoint_every == 0);
       if (due && epoch_has_more && step < limit) checkpoint();
+      if (snapshots && snapshots->has_buddies()) {
+        // Note [Buddy copies]: the snapshot of the step before goes to this rank's buddy, behind training.
+        if (step == buddy_exchange_at) {
+          const comm::OriginScope origin(comm::OriginKind::kOther, -1, "snapshot buddy copy");
+          snapshots->exchange(*comm);
+        } else {
+          snapshots->poll();
+        }
+      }
       // A snapshot where no checkpoint was just taken, mid-epoch (epoch ends and the run's end are checkpointed).
       if (snapshot_every > 0 && step % snapshot_every == 0 && step != last_checkpoint_step && epoch_has_more &&
           step < limit) {
@@ -624,12 +633,15 @@ void Trainer::State::snapshot() {
   }
   d.manifest = manifest_now(random_id());
   const bool taken = snapshots->submit(std::move(d));
+  buddy_exchange_at = step + 1;
   // The writer's figures are those of the previous snapshot (this one is being written).
   out->record("snapshot", step,
               {{"stall_seconds", seconds_since(t0)},
                {"taken", taken},
                {"write_seconds", snapshots->last_seconds()},
-               {"bytes", snapshots->last_bytes()}});
+               {"bytes", snapshots->last_bytes()},
+               {"buddy_sent_bytes", snapshots->buddy_sent_bytes()},
+               {"buddy_copies_kept", snapshots->buddy_copies()}});
 }
 
 }  // namespace stride::trainer

@@ -7,7 +7,11 @@
 #         is back, restarts every rank from the last commit; the job finishes and its checkpoints verify.
 #   gone  the link never comes back: with --min-ranks 1 the launcher drops b when its rank cannot join a new
 #         start and finishes on host a alone with the same global batch (--batch-size 64 instead of 32).
-#   multihost_test.sh STRIDE_BINARY WORK_DIR cut|gone
+#   buddy each emulated host has its own /dev/shm (tests/system/nsrsh, NSRSH_HOST_SHM); with --snapshot-every 3
+#         host a keeps a copy of b's rank's snapshots. Host b dies with its RAM (its processes killed, its
+#         /dev/shm emptied): the restart resumes from memory, b's rank from its buddy copy on a, and the job ends
+#         bitwise identical to an uninterrupted run on the same two hosts.
+#   multihost_test.sh STRIDE_BINARY WORK_DIR cut|gone|buddy
 set -euo pipefail
 STRIDE=$1
 WORK=$2
@@ -46,6 +50,69 @@ extra=""
 [ "$SCENARIO" == gone ] && extra="--min-ranks 1"
 largs=()
 for a in "${mca[@]}"; do largs+=("--launcher-arg=$a"); done
+if [ "$SCENARIO" == buddy ]; then
+  export NSRSH_HOST_SHM=/dev/shm/stride-test-hosts-$tag
+  trap 'cleanup; rm -rf "$NSRSH_HOST_SHM"' EXIT
+  bflags=(--model resnet20 --data-path "$WORK/data" --epochs 1 --batch-size 32 --seed 11 --threads 1 --workers 1
+          --print-freq 10 --checkpoint-every 40 --max-steps 120 --heartbeat-interval 0.25 --heartbeat-timeout 4
+          --snapshot-every 3 --snapshot-dir /dev/shm/snap)
+  blaunch() {  # blaunch RUN_DIR: the job on both hosts, supervised
+    ip netns exec "$A" "$STRIDE" launch -n 2 --hostfile "$WORK/hosts" --iface $NET.0/24 --coordinator-host $NET.1 \
+      --max-restarts 3 --restart-backoff 0.5 --start-timeout 20 --status-port 0 --status-bind $NET.1 "${largs[@]}" \
+      -- "${bflags[@]}" --output-dir "$1"
+  }
+  blaunch "$WORK/ref" > "$WORK/ref.log" 2>&1 || { cat "$WORK/ref.log"; fail "the uninterrupted run"; }
+  grep -q "snapshots: each rank's also kept by a rank on another host (rank 0's by rank 1)" "$WORK/ref.log" ||
+    fail "no buddy copies across the two hosts"
+  blaunch "$run" > "$WORK/launch.log" 2>&1 &
+  launcher=$!
+  own=$NSRSH_HOST_SHM/$A/snap/rank-0/checkpoints
+  copies=$NSRSH_HOST_SHM/$A/snap/rank-1/checkpoints
+  # Host a holds rank 0's snapshot of a step and its copy of rank 1's, newer than the last commit (step 40 or
+  # later, so the snapshots continue a commit) and far enough from the next (every 40) that none lands before the
+  # kill stops the job.
+  copy_ahead() {
+    local latest newest n
+    latest=$(cat "$run/checkpoints/LATEST" 2>/dev/null || echo step-00000000)
+    latest=$((10#${latest#step-}))
+    newest=$(ls "$copies" 2>/dev/null | grep '^step-' | sort | tail -n 1)
+    [ -n "$newest" ] || return 1
+    n=$((10#${newest#step-}))
+    [ "$latest" -ge 40 ] && [ "$n" -gt "$latest" ] && [ $((n % 40)) -le 30 ] && [ -f "$copies/$newest/MANIFEST" ] &&
+      [ -f "$own/$newest/MANIFEST" ]
+  }
+  for _ in $(seq 1 6000); do
+    copy_ahead && break
+    kill -0 $launcher 2>/dev/null || fail "the launcher ended early"
+    sleep 0.01
+  done
+  copy_ahead || fail "host $A never held a copy of rank 1's snapshot newer than the last commit: $(ls -R "$NSRSH_HOST_SHM")"
+  for p in $(ip netns pids "$B"); do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "${NSRSH_HOST_SHM:?}/$B"
+  echo "host $B killed with its RAM (its snapshots gone)"
+  rc=0
+  timeout 300 tail --pid=$launcher -f /dev/null || fail "the job did not finish after the restart"
+  wait $launcher || rc=$?
+  [ "$rc" == 0 ] || fail "launch exited $rc"
+  grep "^resume: \|^launch: recovered" "$WORK/launch.log" || true
+  line=$(grep -m1 "^resume: from memory: the snapshot of step [0-9]* is newer than the newest checkpoint (step [48]0)" \
+    "$WORK/launch.log") || fail "the restart did not resume from memory"
+  step=$(echo "$line" | sed 's/.*snapshot of step \([0-9]*\) .*/\1/')
+  grep -q "^resume: rank 1's snapshot of step $step came from its buddy copy on rank 0$" "$WORK/launch.log" ||
+    fail "rank 1's snapshot did not come from its buddy copy on rank 0"
+  grep -q "^launch: recovered from failure 1 in .*; resumed from a snapshot in memory (step $step)" \
+    "$WORK/launch.log" || fail "the recovery line does not name the snapshot"
+  for f in model.safetensors optimizer.safetensors; do
+    cmp "$WORK/ref/checkpoints/step-00000120/$f" "$run/checkpoints/step-00000120/$f" ||
+      fail "$f at step 120 differs from the uninterrupted run"
+  done
+  "$STRIDE" ckpt verify "$run" > /dev/null || fail "checkpoints do not verify"
+  for h in $A $B; do
+    [ ! -e "$NSRSH_HOST_SHM/$h/snap" ] || fail "the finished job left snapshots on $h: $(ls -R "$NSRSH_HOST_SHM/$h")"
+  done
+  echo "ok (buddy): host $B lost its RAM; rank 1 resumed from its copy on $A at step $step; bitwise identical"
+  exit 0
+fi
 ip netns exec "$A" "$STRIDE" launch -n 2 --hostfile "$WORK/hosts" --iface $NET.0/24 --coordinator-host $NET.1 \
   --max-restarts 6 --restart-backoff 2 --start-timeout 20 --status-port 0 --status-bind $NET.1 "${largs[@]}" \
   $extra -- \

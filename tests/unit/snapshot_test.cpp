@@ -8,6 +8,7 @@
 
 #include "comm/local/local_communicator.h"
 #include "common/error.h"
+#include "storage/file_io.h"
 #include "test_util.h"
 #include "trainer/config.h"
 #include "trainer/snapshot.h"
@@ -161,6 +162,110 @@ TEST(Snapshot, NoneIsUsedUnlessItContinuesTheDiskCheckpointAndIsNewer) {
   picks = choose_on_two({&r0, &r1}, old_disk, &why);
   ASSERT_TRUE(picks[0] && picks[1]);
   EXPECT_EQ(picks[0]->step, 13u);
+}
+
+TEST(Snapshot, BuddiesAreTheRanksAtTheSamePlaceOnTheNextHost) {
+  std::string why;
+  // Ranks placed host by host, and round robin: each rank's buddy is on the next host.
+  EXPECT_EQ(plan_buddies({7, 7, 9, 9}, &why), (std::vector<int>{2, 3, 0, 1}));
+  EXPECT_EQ(plan_buddies({7, 9, 7, 9}, &why), (std::vector<int>{1, 0, 3, 2}));
+  EXPECT_EQ(plan_buddies({5, 6, 8}, &why), (std::vector<int>{1, 2, 0}));
+  EXPECT_TRUE(plan_buddies({7, 7}, &why).empty());
+  EXPECT_EQ(why, "every rank runs on one host");
+  EXPECT_TRUE(plan_buddies({7, 7, 9}, &why).empty());
+  EXPECT_EQ(why, "the hosts run different numbers of ranks (2, 1)");
+}
+
+TEST(Snapshot, APackedSnapshotUnpacksToTheSameFilesAndDamageIsRefused) {
+  ScratchDir dir("snap");
+  SnapshotStore store(dir.file("a"), 3);
+  write(store, 13, std::nullopt);
+  const std::string src = store.valid()[0].path;
+  auto packed = pack_snapshot(src, 3, 13);
+  const std::string copy = unpack_snapshot(packed, dir.file("b"), "rank 0");
+  EXPECT_EQ(copy, dir.file("b") + "/rank-3/checkpoints/step-00000013");
+  for (const auto& e : fs::directory_iterator(src)) {
+    EXPECT_EQ(storage::read_file(e.path().string()), storage::read_file(copy + "/" + e.path().filename().string()));
+  }
+  SnapshotStore there(dir.file("b"), 3);
+  ASSERT_EQ(steps(there.valid()), (std::vector<uint64_t>{13}));  // MANIFEST and CRC32C hold
+  auto expect_refused = [&](const torch::Tensor& bad, const std::string& what) {
+    try {
+      unpack_snapshot(bad, dir.file("c"), "rank 0");
+      FAIL() << "no error for " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("the buddy copy from rank 0 is damaged: "), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_refused(packed.narrow(0, 0, packed.numel() - 5).clone(), "state.safetensors is cut short");
+  auto evil = packed.clone();
+  const int64_t name_at = 4 * 8 + 8;  // the first file's name, after the header and its length
+  evil[name_at] = static_cast<uint8_t>('/');
+  expect_refused(evil, "the file name '/");
+  EXPECT_FALSE(fs::exists(dir.file("c") + "/rank-3/checkpoints/step-00000013"));
+}
+
+// Two "hosts" (two snapshot roots), one rank on each, each rank the other's buddy: the exchange at every snapshot
+// step, then a restart after host B lost its RAM.
+TEST(Snapshot, ALostHostResumesFromItsBuddyCopy) {
+  ScratchDir dir("snap");
+  const std::vector<std::string> host = {dir.file("hostA"), dir.file("hostB")};
+  const Parent disk = std::make_pair(10u, std::string("d10"));
+  auto world = comm::LocalWorld::create(2);
+  auto on_both = [&](const std::function<void(int, comm::Communicator&)>& fn) {
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r) {
+      threads.emplace_back([&, r] {
+        auto c = world->communicator(r);
+        fn(r, *c);
+      });
+    }
+    for (auto& t : threads) t.join();
+  };
+  std::vector<uint64_t> copies(2);
+  on_both([&](int r, comm::Communicator& c) {
+    SnapshotStore store(host[static_cast<size_t>(r)], static_cast<uint64_t>(r));
+    store.set_buddies({1, 0});
+    for (uint64_t s : {13u, 16u, 19u}) {
+      ASSERT_TRUE(store.submit(state_at(s, disk)));
+      store.exchange(c);  // a step later; waits for the writer
+      store.poll();
+    }
+    store.finish_exchange();
+    store.drain();
+    copies[static_cast<size_t>(r)] = store.buddy_copies();
+  });
+  // Each host holds its rank's newest two and a copy of the other rank's newest two.
+  EXPECT_EQ(copies, (std::vector<uint64_t>{3, 3}));
+  EXPECT_EQ(steps(CheckpointStore(host[0] + "/rank-1", 9).list(false)), (std::vector<uint64_t>{19, 16}));
+  EXPECT_EQ(steps(CheckpointStore(host[1] + "/rank-0", 9).list(false)), (std::vector<uint64_t>{19, 16}));
+  // Host B is gone with its RAM; its rank restarts elsewhere, empty.
+  fs::remove_all(host[1]);
+  std::vector<std::optional<SnapshotChoice>> picks(2);
+  std::vector<std::string> why(2);
+  on_both([&](int r, comm::Communicator& c) {
+    SnapshotStore store(host[static_cast<size_t>(r)], static_cast<uint64_t>(r));
+    store.set_buddies({1, 0});
+    picks[static_cast<size_t>(r)] = store.choose(disk, 2, c, &why[static_cast<size_t>(r)]);
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(picks[r].has_value()) << why[r];
+    EXPECT_EQ(picks[r]->step, 19u);
+    EXPECT_EQ(picks[r]->from_buddies, (std::vector<std::pair<int, int>>{{1, 0}}));
+    EXPECT_EQ(picks[r]->mine_from_buddy, r == 1);
+    EXPECT_EQ(picks[r]->parent, disk);
+  }
+  EXPECT_EQ(picks[1]->path, host[1] + "/rank-1/checkpoints/step-00000019");
+  auto back = load_checkpoint(picks[1]->path);
+  EXPECT_TRUE(torch::equal(back.model.at("fc.weight"), torch::full({4, 3}, 19.f)));
+  // Without the copy (buddies off) the same loss leaves no step complete on both ranks.
+  fs::remove_all(host[1]);
+  on_both([&](int r, comm::Communicator& c) {
+    SnapshotStore store(host[static_cast<size_t>(r)], static_cast<uint64_t>(r));
+    picks[static_cast<size_t>(r)] = store.choose(disk, 2, c, &why[static_cast<size_t>(r)]);
+  });
+  EXPECT_FALSE(picks[0] || picks[1]);
 }
 
 TEST(Snapshot, AFailedWriteTurnsSnapshotsOffInsteadOfStoppingTheRun) {
