@@ -77,7 +77,7 @@ void Trainer::State::setup() {
   if (world > 1 && rank == 0) {
     // "4 ranks over mpi, 2 hosts x 2 ranks: shared memory within each host, ..." (docs/distributed.md)
     const comm::Layout layout = comm->layout();
-    const std::string how = layout.transport == layout.backend ? "" : concat(", ", layout.summary());
+    const std::string how = layout.transport == comm::Transport::kOwn ? "" : concat(", ", layout.summary());
     std::fprintf(stderr, "stride: %llu ranks over %s%s\n", static_cast<unsigned long long>(world),
                  comm->backend().c_str(), how.c_str());
   }

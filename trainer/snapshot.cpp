@@ -339,12 +339,12 @@ void SnapshotStore::drain() {
   cv_.wait(lock, [&] { return !job_ && !foreign_.defined() && !busy_; });
 }
 
-void SnapshotStore::exchange(comm::Communicator& comm) {
+void SnapshotStore::exchange(comm::Communicator& comm, int64_t steps) {
   if (buddy_.empty()) return;
   finish_exchange();
   torch::Tensor send;
   {
-    // This rank's newest snapshot, once the writer has it on disk (it normally had all the interval).
+    // This rank's newest snapshot, once the writer has it on disk (it normally had a step's time).
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return !job_ && !writing_own_; });
     if (ready_.defined() && ready_step_ > last_sent_step_) {
@@ -355,25 +355,51 @@ void SnapshotStore::exchange(comm::Communicator& comm) {
     ready_ = torch::Tensor();
   }
   if (!send.defined()) send = torch::empty({0}, torch::kUInt8);
-  // Sizes first (a round trip between steps, nothing else in flight), then the copies, behind training.
-  auto mine = torch::tensor({send.numel()}, torch::kInt64);
-  auto theirs = torch::empty({1}, torch::kInt64);
-  comm.sendrecv(mine, buddy_[static_cast<size_t>(rank_)], theirs, holdee_)->wait();
+  // Every rank's size (a small collective between steps): the holdee's says what to receive, the largest fixes
+  // the schedule, which every rank must follow alike.
+  auto sizes = torch::empty({comm.size()}, torch::kInt64);
+  comm.allgather(torch::tensor({send.numel()}, torch::kInt64), sizes)->wait();
+  const int64_t most = sizes.max().item<int64_t>();
+  constexpr int64_t kMinChunk = int64_t{256} << 10;
+  const int64_t spread = std::max<int64_t>(1, steps);
+  chunk_bytes_ = std::max(kMinChunk, (most + spread - 1) / spread);
+  chunk_count_ = most == 0 ? 0 : (most + chunk_bytes_ - 1) / chunk_bytes_;
+  next_chunk_ = 0;
   sent_ = send;
-  received_ = torch::empty({theirs.item<int64_t>()}, torch::kUInt8);
-  inflight_ = comm.sendrecv(sent_, buddy_[static_cast<size_t>(rank_)], received_, holdee_);
+  received_ = torch::empty({sizes[holdee_].item<int64_t>()}, torch::kUInt8);
+  send_chunk(comm);
+}
+
+void SnapshotStore::exchange_step(comm::Communicator& comm) {
+  if (buddy_.empty()) return;
+  send_chunk(comm);
+  poll();
+}
+
+void SnapshotStore::send_chunk(comm::Communicator& comm) {
+  if (next_chunk_ >= chunk_count_) return;
+  auto part = [&](const torch::Tensor& t) {
+    const int64_t at = std::min(next_chunk_ * chunk_bytes_, t.numel());
+    return t.narrow(0, at, std::min(chunk_bytes_, t.numel() - at));
+  };
+  chunks_.push_back(comm.sendrecv(part(sent_), buddy_[static_cast<size_t>(rank_)], part(received_), holdee_));
+  ++next_chunk_;
 }
 
 void SnapshotStore::poll() {
-  if (inflight_ && inflight_->completed()) finish_exchange();
+  if (next_chunk_ < chunk_count_) return;
+  for (const auto& w : chunks_) {
+    if (!w->completed()) return;
+  }
+  finish_exchange();
 }
 
 void SnapshotStore::finish_exchange() {
-  if (!inflight_) return;
-  auto work = std::move(inflight_);
-  inflight_.reset();
-  work->wait();
-  if (received_.numel() > 0) {
+  if (!sent_.defined()) return;
+  auto chunks = std::move(chunks_);
+  chunks_.clear();
+  for (const auto& w : chunks) w->wait();
+  if (next_chunk_ == chunk_count_ && received_.numel() > 0) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       foreign_ = received_;  // an older one not yet written is superseded
@@ -381,6 +407,7 @@ void SnapshotStore::finish_exchange() {
     cv_.notify_all();
   }
   sent_ = received_ = torch::Tensor();
+  chunk_count_ = next_chunk_ = 0;
 }
 
 uint64_t SnapshotStore::buddy_copies() const {

@@ -26,11 +26,14 @@
 // ranks are ordered host by host (L per host) and rank P[i]'s buddy is P[(i + L) mod W]. The copy lives where
 // the buddy's own snapshots do, under --snapshot-dir/rank-OWNER on the buddy's host, so it has the same layout
 // and the same checks (MANIFEST, CRC32C).
-//   - The copy travels over the communicator (Communicator::sendrecv, point to point over MPI), between steps,
-//     one step after each snapshot step (by then the writer has the snapshot on disk, and the exchange waits if
-//     not): every rank sends its newest snapshot to its buddy and receives its holdee's. The transfer runs behind
-//     training, ordered with the gradient buckets; once it is done (checked every step) the writer thread writes
-//     the received copy. So a buddy copy lands a step or two after the snapshot it copies.
+//   - The copy travels over the communicator (Communicator::sendrecv, point to point over MPI), starting one step
+//     after each snapshot step (by then the writer has the snapshot on disk, and the exchange waits if not):
+//     every rank sends its newest snapshot to its buddy and receives its holdee's. The message goes in chunks of
+//     at least 256 KiB spread over the steps up to the next snapshot, one chunk between two steps, so it shares
+//     the link with the gradient buckets a little at a time and never holds up one step for the whole copy (a
+//     ResNet-50 snapshot takes seconds on a 1 Gbit/s link). The schedule is the same on every rank: the ranks
+//     agree on the largest message first. Once every chunk is in, the writer thread writes the copy. So a buddy
+//     copy lands within one interval of the snapshot it copies; a job that ends or stops mid-transfer drops it.
 //   - At a start, each rank lists its own snapshots and the copies it holds; a step counts as complete when every
 //     rank's snapshot of it is held somewhere (its own, or its buddy's copy). A rank that lacks its own receives
 //     it from its buddy (a broadcast at the start, before anything else) and resumes from it.
@@ -94,11 +97,12 @@ class SnapshotStore {
   void set_buddies(std::vector<int> buddy);
   bool has_buddies() const { return !buddy_.empty(); }
   // One step after every snapshot step, on every rank: waits until the writer has this rank's newest snapshot
-  // (normally done by then), then sends it to its buddy and receives its holdee's, behind training. poll() (every
-  // step) hands a finished transfer's copy to the writer; finish_exchange() waits for the transfer in flight
-  // (before the communicator goes).
-  void exchange(comm::Communicator& comm);
-  void poll();
+  // (normally done by then), agrees on the sizes, and starts sending it to its buddy and receiving its
+  // holdee's in chunks spread over `steps` steps (this one included). exchange_step() (every other step) sends
+  // the next chunk, and once all are in hands the copy to the writer; finish_exchange() waits for the chunks in
+  // flight (before the communicator goes) and keeps the copy only when it is complete.
+  void exchange(comm::Communicator& comm, int64_t steps);
+  void exchange_step(comm::Communicator& comm);
   void finish_exchange();
   // The copies received and written; the bytes of the last one sent.
   uint64_t buddy_copies() const;
@@ -138,8 +142,11 @@ class SnapshotStore {
   CheckpointStore store_;
   std::vector<int> buddy_;  // Note [Buddy copies]
   int holdee_ = -1;         // the rank whose copies this rank keeps
-  comm::WorkPtr inflight_;  // the exchange in flight and its buffers
+  void send_chunk(comm::Communicator& comm);
+  void poll();
+  std::vector<comm::WorkPtr> chunks_;  // the exchange in flight: its chunks, buffers and schedule
   torch::Tensor sent_, received_;
+  int64_t chunk_bytes_ = 0, chunk_count_ = 0, next_chunk_ = 0;
   uint64_t last_sent_step_ = 0;
   mutable std::mutex mu_;
   std::condition_variable cv_;

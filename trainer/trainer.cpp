@@ -401,11 +401,11 @@ void Trainer::State::train() {
       if (due && epoch_has_more && step < limit) checkpoint();
       if (snapshots && snapshots->has_buddies()) {
         // Note [Buddy copies]: the snapshot of the step before goes to this rank's buddy, behind training.
+        const comm::OriginScope origin(comm::OriginKind::kOther, -1, "snapshot buddy copy");
         if (step == buddy_exchange_at) {
-          const comm::OriginScope origin(comm::OriginKind::kOther, -1, "snapshot buddy copy");
-          snapshots->exchange(*comm);
+          snapshots->exchange(*comm, std::max<int64_t>(1, snapshot_every - 1));
         } else {
-          snapshots->poll();
+          snapshots->exchange_step(*comm);
         }
       }
       // A snapshot where no checkpoint was just taken, mid-epoch (epoch ends and the run's end are checkpointed).
@@ -641,7 +641,7 @@ void Trainer::State::snapshot() {
                {"write_seconds", snapshots->last_seconds()},
                {"bytes", snapshots->last_bytes()},
                {"buddy_sent_bytes", snapshots->buddy_sent_bytes()},
-               {"buddy_copies_kept", snapshots->buddy_copies()}});
+               {"buddy_copies_written", snapshots->buddy_copies()}});
 }
 
 }  // namespace stride::trainer

@@ -227,19 +227,33 @@ TEST(Snapshot, ALostHostResumesFromItsBuddyCopy) {
   on_both([&](int r, comm::Communicator& c) {
     SnapshotStore store(host[static_cast<size_t>(r)], static_cast<uint64_t>(r));
     store.set_buddies({1, 0});
+    // A state of about 600 kB, so that the copy goes in two chunks (of at least 256 KiB) over two steps.
+    auto big = [&](uint64_t s) {
+      auto d = state_at(s, disk);
+      d.model["layer.big"] = torch::full({150000}, static_cast<float>(s + r));
+      return d;
+    };
     for (uint64_t s : {13u, 16u, 19u}) {
-      ASSERT_TRUE(store.submit(state_at(s, disk)));
-      store.exchange(c);  // a step later; waits for the writer
-      store.poll();
+      ASSERT_TRUE(store.submit(big(s)));
+      store.exchange(c, 2);  // a step later (waits for the writer): the first chunk
+      store.drain();
+      EXPECT_EQ(store.buddy_copies(), s == 13u ? 0u : s == 16u ? 1u : 2u) << "a copy before its last chunk";
+      store.exchange_step(c);  // the second chunk, then the copy goes to the writer
     }
+    // A job that ends between the chunks drops the copy in transfer: no partial copy is kept.
+    ASSERT_TRUE(store.submit(big(22)));
+    store.exchange(c, 2);
     store.finish_exchange();
     store.drain();
     copies[static_cast<size_t>(r)] = store.buddy_copies();
   });
-  // Each host holds its rank's newest two and a copy of the other rank's newest two.
+  // Each host holds its rank's newest two and a copy of the other rank's newest two complete ones.
   EXPECT_EQ(copies, (std::vector<uint64_t>{3, 3}));
   EXPECT_EQ(steps(CheckpointStore(host[0] + "/rank-1", 9).list(false)), (std::vector<uint64_t>{19, 16}));
   EXPECT_EQ(steps(CheckpointStore(host[1] + "/rank-0", 9).list(false)), (std::vector<uint64_t>{19, 16}));
+  // Host B loses its RAM after its snapshot of step 22 (the copy of which never arrived): no step is newer than
+  // 19 on both ranks, so 19 it is.
+  EXPECT_EQ(steps(CheckpointStore(host[0] + "/rank-0", 9).list(false)), (std::vector<uint64_t>{22, 19}));
   // Host B is gone with its RAM; its rank restarts elsewhere, empty.
   fs::remove_all(host[1]);
   std::vector<std::optional<SnapshotChoice>> picks(2);
@@ -259,6 +273,7 @@ TEST(Snapshot, ALostHostResumesFromItsBuddyCopy) {
   EXPECT_EQ(picks[1]->path, host[1] + "/rank-1/checkpoints/step-00000019");
   auto back = load_checkpoint(picks[1]->path);
   EXPECT_TRUE(torch::equal(back.model.at("fc.weight"), torch::full({4, 3}, 19.f)));
+  EXPECT_TRUE(torch::equal(back.model.at("layer.big"), torch::full({150000}, 20.f)));  // rank 1's own
   // Without the copy (buddies off) the same loss leaves no step complete on both ranks.
   fs::remove_all(host[1]);
   on_both([&](int r, comm::Communicator& c) {
