@@ -113,7 +113,7 @@ void run_allreduce_bench(const AllreduceArgs& a) {
                           {"bucket_s", tb},
                           {"bucket_busbw_gbs", bus_b},
                           {"bucket_ratio", tm / tb},
-                          {"transport", comm->layout().transport},
+                          {"transport", comm->layout().transport_name()},
                           {"shm_wait", comm::shm_wait_name(comm->layout().shm_wait)},
                           {"stride_busbw_gbs", bus_s},
                           {"mpi_busbw_gbs", bus_m},

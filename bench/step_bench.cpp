@@ -194,7 +194,7 @@ void run_interleaved(const StepArgs& a, const std::vector<std::string>& variants
                         {"ranks", world},
                         {"block_steps", a.steps},
                         {"rounds", a.rounds},
-                        {"transport", comm->layout().transport}};
+                        {"transport", comm->layout().transport_name()}};
   if (!default_wait.empty()) out["shm_wait"] = default_wait;
   for (const auto& v : variants) {
     out["variants"][v] = {{"images_per_s", median(ips[v])},
@@ -421,7 +421,7 @@ void run_step_bench(const StepArgs& a) {
     out["comm"] = a.no_comm ? "skipped" : (a.no_overlap ? "after-backward" : "overlapped");
     out["comm_backend"] = comm->backend();
     const comm::Layout layout = comm->layout();
-    out["comm_transport"] = layout.transport;
+    out["comm_transport"] = layout.transport_name();
     if (layout.shm_wait != comm::ShmWait::kNone) out["shm_wait"] = comm::shm_wait_name(layout.shm_wait);
     if (layout.hosts > 0) out["hosts"] = layout.hosts;
     out["sync_bn"] = a.sync_bn;

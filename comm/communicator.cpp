@@ -107,23 +107,36 @@ std::string Communicator::host() const {
 
 Layout Communicator::layout() const {
   Layout l;
-  l.backend = l.transport = backend();
+  l.backend = backend();
   return l;
+}
+
+std::string Layout::transport_name() const {
+  switch (transport) {
+    case Transport::kShm:
+      return "shm";
+    case Transport::kRing:
+      return "ring";
+    case Transport::kHier:
+      return "hier";
+    case Transport::kOwn:
+      break;
+  }
+  return backend;
 }
 
 std::string Layout::summary() const {
   std::string where;
   if (hosts == 1) where = "1 host";
   if (hosts > 1)
-    where = transport == "hier" && local_size > 0 ? concat(hosts, " hosts x ", local_size, " ranks")
-                                                  : concat(hosts, " hosts");
-  std::string how = transport;
-  if (transport == "shm")
+    where = transport == Transport::kHier && local_size > 0 ? concat(hosts, " hosts x ", local_size, " ranks")
+                                                            : concat(hosts, " hosts");
+  std::string how = backend == "mpi" ? "MPI_Allreduce" : backend;
+  if (transport == Transport::kShm)
     how = concat("shared memory",
                  shm_wait == ShmWait::kNone ? "" : concat(" (waiting ranks ", shm_wait_name(shm_wait), ")"));
-  if (transport == "mpi") how = "MPI_Allreduce";
-  if (transport == "ring") how = "a ring over every rank for large buckets";
-  if (transport == "hier") how = "shared memory within each host, a ring between hosts for large buckets";
+  if (transport == Transport::kRing) how = "a ring over every rank for large buckets";
+  if (transport == Transport::kHier) how = "shared memory within each host, a ring between hosts for large buckets";
   return where.empty() ? how : concat(where, ": ", how);
 }
 

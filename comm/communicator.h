@@ -98,15 +98,19 @@ class HostWork : public Work {
 enum class ShmWait { kNone, kSpin, kSleep };
 const char* shm_wait_name(ShmWait w);  // "", "spin", "sleep"
 
+// How a large allreduce (a gradient bucket) travels: the back-end's own collective (MPI_Allreduce, NCCL, ...),
+// shared memory (every rank on this host), a ring over every rank, or hierarchical (shared memory within each
+// host, a ring between hosts).
+enum class Transport { kOwn, kShm, kRing, kHier };
+
 struct Layout {
   std::string backend;  // "mpi", "nccl", "local", "single"
-  // How a large allreduce (a gradient bucket) travels: "shm" (shared memory, every rank on this host), "mpi"
-  // (MPI_Allreduce), "ring" (a ring over every rank), "hier" (shared memory within each host, a ring between
-  // hosts), or the back-end's name where it has one way.
-  std::string transport;
+  Transport transport = Transport::kOwn;
   ShmWait shm_wait = ShmWait::kNone;  // docs/distributed.md, STRIDE_SHM_WAIT
   int hosts = 0;                      // 0: not known
   int local_size = 0;                 // ranks on this host; 0: not known
+  // "shm", "ring", "hier", or the back-end's name for its own collective (bench output, tests).
+  std::string transport_name() const;
   // "2 hosts x 2 ranks: shared memory within each host, a ring between hosts" (for the start-up line).
   std::string summary() const;
 };

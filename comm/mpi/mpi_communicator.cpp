@@ -89,17 +89,18 @@ struct MpiCommunicator::Impl {
 
   // Which way an allreduce of `t` goes: "shm", "mpi", "ring" or "hier". Every rank decides alike (same env,
   // same tensor sizes).
-  std::string path(const torch::Tensor& t, ReduceOp op) const {
+  Transport path(const torch::Tensor& t, ReduceOp op) const {
     return path(t.numel() * static_cast<int64_t>(t.element_size()), t.scalar_type(), op);
   }
-  std::string path(int64_t bytes, torch::ScalarType dtype, ReduceOp op) const {
+  // kOwn: MPI_Allreduce.
+  Transport path(int64_t bytes, torch::ScalarType dtype, ReduceOp op) const {
     const bool forced = ar.mode != AllreduceMode::kAuto;
-    if (!forced && shm_active() && ShmGroup::supports(dtype, op)) return "shm";
-    if (ar.mode == AllreduceMode::kMpi || size < 2 || !ring_supports(dtype, op)) return "mpi";
-    if (ar.mode == AllreduceMode::kRing) return "ring";
-    if (ar.mode == AllreduceMode::kHier) return hier_ok() ? "hier" : "ring";
-    if (!spans_hosts || bytes < ar.ring_min_bytes) return "mpi";
-    return hier_ok() ? "hier" : "ring";
+    if (!forced && shm_active() && ShmGroup::supports(dtype, op)) return Transport::kShm;
+    if (ar.mode == AllreduceMode::kMpi || size < 2 || !ring_supports(dtype, op)) return Transport::kOwn;
+    if (ar.mode == AllreduceMode::kRing) return Transport::kRing;
+    if (ar.mode == AllreduceMode::kHier) return hier_ok() ? Transport::kHier : Transport::kRing;
+    if (!spans_hosts || bytes < ar.ring_min_bytes) return Transport::kOwn;
+    return hier_ok() ? Transport::kHier : Transport::kRing;
   }
 
   // Hierarchical: reduce among the ranks of this host over shared memory, then local rank l carries slice l of
@@ -441,16 +442,17 @@ WorkPtr MpiCommunicator::allreduce(torch::Tensor t, ReduceOp op) {
   if (op == ReduceOp::kAvg && !t.is_floating_point()) {
     throw Error(concat("allreduce avg on ", describe(), ": needs a floating-point tensor, got ", t.scalar_type()));
   }
-  const std::string path = impl_->path(t, op);
-  if (path == "shm") {
+  const Transport path = impl_->path(t, op);
+  if (path == Transport::kShm) {
     return submit(concat("shared-memory allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
                   [impl = impl_, t, op, limit = timeout()] { impl->shm->allreduce(t, op, limit); });
   }
-  if (path == "ring" || path == "hier") {
-    STRIDE_CHECK(t.is_contiguous(), "allreduce on ", describe(), ": the ", path, " path takes contiguous tensors");
-    return submit(concat(path, " allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
+  if (path == Transport::kRing || path == Transport::kHier) {
+    const char* name = path == Transport::kHier ? "hier" : "ring";
+    STRIDE_CHECK(t.is_contiguous(), "allreduce on ", describe(), ": the ", name, " path takes contiguous tensors");
+    return submit(concat(name, " allreduce ", reduce_op_name(op), " of ", t.numel(), " x ", t.scalar_type()),
                   [impl = impl_, t, op, path, limit = timeout(), what = describe()] {
-                    if (path == "hier") {
+                    if (path == Transport::kHier) {
                       impl->hier_allreduce(t, op, limit, what);
                     } else {
                       ring_allreduce(t, op, impl->ring_comm, impl->ar.ring, what);
@@ -590,14 +592,19 @@ Layout MpiCommunicator::layout() const {
   l.local_size = impl_->local_size;
   // The way of a gradient bucket: float32 sums of 25 MiB (the default cap).
   l.transport = impl_->path(int64_t{25} << 20, torch::kFloat, ReduceOp::kSum);
-  const ShmGroup* group = l.transport == "shm"    ? impl_->shm.get()
-                          : l.transport == "hier" ? impl_->local_shm.get()
-                                                  : nullptr;
+  const ShmGroup* group = l.transport == Transport::kShm    ? impl_->shm.get()
+                          : l.transport == Transport::kHier ? impl_->local_shm.get()
+                                                            : nullptr;
   if (group) l.shm_wait = group->waiters_spin() ? ShmWait::kSpin : ShmWait::kSleep;
   return l;
 }
 
-std::string MpiCommunicator::allreduce_path(const torch::Tensor& t, ReduceOp op) const { return impl_->path(t, op); }
+std::string MpiCommunicator::allreduce_path(const torch::Tensor& t, ReduceOp op) const {
+  Layout l;
+  l.backend = "mpi";
+  l.transport = impl_->path(t, op);
+  return l.transport_name();
+}
 
 int MpiCommunicator::local_size() const { return impl_->local_size; }
 

@@ -51,7 +51,7 @@ TEST(Mpi, TransportIsSharedMemoryOnOneHostUnlessTurnedOff) {
   const comm::Layout l = c->layout();
   if (pretend_hosts) {
     EXPECT_GE(l.hosts, 2);
-    EXPECT_NE(l.transport, "shm");
+    EXPECT_NE(l.transport_name(), "shm");
   } else {
     EXPECT_EQ(l.hosts, 1);
     EXPECT_EQ(l.local_size, c->size());
@@ -60,7 +60,7 @@ TEST(Mpi, TransportIsSharedMemoryOnOneHostUnlessTurnedOff) {
     const std::string expected = mode == "ring" || mode == "hier"                    ? "ring"
                                  : mode == "mpi" || (env && std::string(env) == "0") ? "mpi"
                                                                                      : "shm";
-    EXPECT_EQ(l.transport, expected);
+    EXPECT_EQ(l.transport_name(), expected);
   }
 }
 
@@ -114,7 +114,7 @@ TEST(MpiAllreduce, TakesTheExpectedPath) {
     const comm::Layout l = c->layout();
     EXPECT_EQ(l.hosts, k);
     EXPECT_EQ(l.local_size, c->local_size());
-    EXPECT_EQ(l.transport, expect);
+    EXPECT_EQ(l.transport_name(), expect);
     EXPECT_NE(l.summary().find(concat(k, " hosts")), std::string::npos) << l.summary();
   }
   // Not ring-reducible: half max stays on MPI (and fails there as before); bool never rings.
@@ -208,7 +208,7 @@ TEST(MpiAllreduce, RandomDataMatchesMpiAllreduceAndIsIdenticalOnEveryRank) {
 TEST(Mpi, ShmWaitFollowsTheEnvironmentAndCanBeFlipped) {
   auto c = std::dynamic_pointer_cast<comm::MpiCommunicator>(world());
   ASSERT_TRUE(c);
-  if (c->layout().transport != "shm") {
+  if (c->layout().transport != comm::Transport::kShm) {
     EXPECT_EQ(c->layout().shm_wait, comm::ShmWait::kNone);
     return;
   }
