@@ -7,6 +7,11 @@
 # the reference scaled by the ratio of the two runs' median step times, which takes out the vCPUs' drift between
 # runs (the failures cost restarts and redone steps, not slower steps).
 #   bash bench/goodput.sh [M_SECONDS=30] [STEPS=1200] [SNAPSHOT_EVERY=10] [CHECKPOINT_EVERY=100]
+# MULTIHOST=1: the multi-host variant (needs root). Two emulated hosts (network namespaces, each with its own
+# /dev/shm: tests/system/nsrsh, NSRSH_HOST_SHM), one rank each, started by `stride launch --hostfile` in host a.
+# Besides the random rank kills, host b dies once, halfway through the run (HOST_KILL_AT of the reference's
+# wall time): all its processes killed and its /dev/shm emptied, so with snapshots its rank resumes from its
+# buddy copy on host a (the "buddy" count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${1:-30}
@@ -19,19 +24,48 @@ PY=/usr/bin/python3
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 rm -rf "$OUT" && mkdir -p "$OUT"
 trap 'pkill -9 -f "$OUT/" 2>/dev/null || true' EXIT
+MULTIHOST=${MULTIHOST:-0}
+if [ "$MULTIHOST" = 1 ]; then
+  [ "$(id -u)" == 0 ] || { echo "bench/goodput.sh: MULTIHOST=1 needs root (network namespaces)" >&2; exit 2; }
+  source tests/system/lib.sh
+  tag=sgp$$
+  A=${tag}a
+  B=${tag}b
+  F=${tag}f
+  NET=10.82.$(( $$ % 200 + 20 ))
+  export NSRSH_HOST_SHM=/dev/shm/stride-bench-hosts-$tag
+  trap 'pkill -9 -f "$OUT/" 2>/dev/null || true; for ns in $A $B $F; do ip netns del "$ns" 2>/dev/null || true; done; rm -rf "$NSRSH_HOST_SHM"' EXIT
+  make_hosts "$F" "$NET" "$A" "$B"
+  printf "%s slots=1\n%s slots=1\n" "$A" "$B" > "$OUT/hosts"
+fi
 "$STRIDE" shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist --output "$OUT/data" \
   --samples-per-shard 5000 > /dev/null
 flags=(--model resnet20 --data-path "$OUT/data" --epochs 100 --batch-size 32 --seed 5 --threads 1 --workers 1
        --print-freq 1 --max-steps "$STEPS" --checkpoint-every "$CKPT" --heartbeat-interval 0.25 --heartbeat-timeout 5)
 launch=(launch -n 2 --max-restarts 1000 --restart-backoff 0.2 --status-port -1)
+prefix=()
+if [ "$MULTIHOST" = 1 ]; then
+  prefix=(ip netns exec "$A")
+  launch+=(--hostfile "$OUT/hosts" --iface "$NET.0/24" --coordinator-host "$NET.1"
+           --launcher-arg=--mca --launcher-arg=plm_rsh_agent --launcher-arg="$PWD/tests/system/nsrsh"
+           --launcher-arg=--mca --launcher-arg=btl --launcher-arg=self,tcp)
+fi
 
 run() {  # run NAME FAILURES(0|1) EXTRA...: prints the wall time in seconds
   local name=$1 failures=$2
   shift 2
   local t0 t1 pid
   t0=$(date +%s.%N)
-  "$STRIDE" "${launch[@]}" -- "${flags[@]}" --output-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 &
+  "${prefix[@]}" "$STRIDE" "${launch[@]}" -- "${flags[@]}" --output-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 &
   pid=$!
+  if [ "$failures" = 1 ] && [ "$MULTIHOST" = 1 ]; then
+    (
+      sleep "$($PY -c "print($t_ref * ${HOST_KILL_AT:-0.5})")"
+      for p in $(ip netns pids "$B"); do kill -9 "$p" 2>/dev/null || true; done
+      rm -rf "${NSRSH_HOST_SHM:?}/$B"
+      echo "host $(date +%s.%N)" >> "$OUT/$name.kills"
+    ) &
+  fi
   if [ "$failures" = 1 ]; then
     (
       while kill -0 "$pid" 2>/dev/null; do
@@ -58,7 +92,7 @@ for variant in disk snapshot; do
 import re, statistics, subprocess, sys
 out, name, t_ref, t, steps = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 log = open(f"{out}/{name}.log").read().splitlines()
-recov, redone, sources, last = [], [], [], 0
+recov, redone, sources, last, buddy = [], [], [], 0, 0
 for line in log:
     m = re.search(r"step (\d+)/\d+ loss", line)
     if m:
@@ -68,6 +102,8 @@ for line in log:
         redone.append(last - int(m.group(2)))
         last = int(m.group(2))
         sources.append("disk" if m.group(1).startswith(f"{out}/{name}/") else "memory")
+    if re.match(r"resume: rank \d+'s snapshot of step \d+ came from its buddy copy", line):
+        buddy += 1
     m = re.match(r"launch: recovered from failure \d+ in ([0-9.]+) s", line)
     if m:
         recov.append(float(m.group(1)))
@@ -86,7 +122,8 @@ print(f"{name}: {t:.1f} s, goodput {t_ref / t:.3f} ({t_ref * drift / t:.3f} with
       f"time ratio {drift:.3f}); {len(recov)} recoveries, median {med:.2f} s, max "
       f"{max(recov) if recov else float('nan'):.2f} s; steps redone per failure: "
       f"median {statistics.median(redone) if redone else 0}, max {max(redone) if redone else 0}; "
-      f"resumed from memory {sources.count('memory')}, disk {sources.count('disk')}; "
+      f"resumed from memory {sources.count('memory')} ({buddy} rank(s) from a buddy copy), disk "
+      f"{sources.count('disk')}; "
       f"final weights {'bitwise equal to' if same else 'DIFFERENT from'} the reference")
 EOF
 done
