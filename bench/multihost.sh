@@ -48,22 +48,11 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-ip netns add "$F"
-ip -n "$F" link set lo up
-ip -n "$F" link add br0 type bridge
-ip -n "$F" link set br0 up
-i=0
-for ns in $A $B; do
-  i=$((i + 1))
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link add eth0 type veth peer name p$i netns "$F"
-  ip -n "$F" link set p$i master br0
-  ip -n "$F" link set p$i up
-  ip -n "$ns" addr add $NET.$i/24 dev eth0
-  ip -n "$ns" link set eth0 up
-  [ "$RATE" == none ] || ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$RATE" burst 256kb latency 50ms
-done
+source tests/system/lib.sh
+make_hosts "$F" "$NET" "$A" "$B"
+if [ "$RATE" != none ]; then
+  for ns in $A $B; do ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$RATE" burst 256kb latency 50ms; done
+fi
 printf "%s slots=%d\n%s slots=%d\n" "$A" "$RPH" "$B" "$RPH" > "$WORK/hosts"
 NP=$((2 * RPH))
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
