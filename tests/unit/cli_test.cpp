@@ -181,6 +181,31 @@ TEST(CliTrain, SnapshotsWithoutRoomAreTurnedOffAndTheRunGoesOn) {
   EXPECT_NE(r.output.find("done: 4 steps"), std::string::npos) << r.output;
 }
 
+// --snapshot-buddy: a value outside auto|on|off, and `on` where no other host can keep a copy, are usage errors
+// naming the flag, before anything is written.
+TEST(CliTrain, BuddyCopiesAskedForWithoutAnotherHostAreAUsageError) {
+  testing::ScratchDir dir("snapbuddy");
+  auto r = run_command(kStride + " shard --quiet --format fashion-mnist --input /usr/share/datasets/fashion-mnist " +
+                       "--output " + dir.file("data") + " --samples-per-shard 5000");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string train = kStride + " train --model resnet20 --data-path " + dir.file("data") +
+                            " --batch-size 8 --max-steps 2 --threads 1 --workers 1 --status-port -1" +
+                            " --snapshot-every 1 --snapshot-dir " + dir.file("shm") + " --output-dir " +
+                            dir.file("run");
+  r = run_command(train + " --snapshot-buddy maybe");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--snapshot-buddy"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("maybe"), std::string::npos) << r.output;
+  r = run_command(train + " --snapshot-buddy on");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--snapshot-buddy on: the job has one rank; no host to keep a copy on"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run/checkpoints"))) << "a refused start wrote checkpoints";
+  r = run_command(train + " --snapshot-buddy auto");  // one rank: no copies, no error
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("kept by a rank on another host"), std::string::npos) << r.output;
+}
+
 // The probe's numbers must equal the gradient norms computed directly with torch::autograd::grad (a separate
 // path from .backward() + .grad) on the same model and batch.
 TEST(CliModels, GradNormsMatchDirectAutograd) {
