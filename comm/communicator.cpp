@@ -147,22 +147,20 @@ void Communicator::check_tensor(const char* op, const torch::Tensor& t) const {
   if (!t.is_contiguous()) throw Error(concat(op, " on ", describe(), ": the tensor is not contiguous"));
 }
 
-namespace {
-void check_sendrecv(const Communicator& c, const torch::Tensor& send, int dst, const torch::Tensor& recv, int src) {
-  if (dst < 0 || dst >= c.size() || src < 0 || src >= c.size()) {
-    throw Error(concat("sendrecv on ", c.describe(), ": peers ", dst, " and ", src, " outside 0..", c.size() - 1));
+void Communicator::check_sendrecv(const torch::Tensor& send, int dst, const torch::Tensor& recv, int src) const {
+  check_tensor("sendrecv", send);
+  check_tensor("sendrecv", recv);
+  if (dst < 0 || dst >= size() || src < 0 || src >= size()) {
+    throw Error(concat("sendrecv on ", describe(), ": peers ", dst, " and ", src, " outside 0..", size() - 1));
   }
   if (send.scalar_type() != recv.scalar_type()) {
     throw Error(
-        concat("sendrecv on ", c.describe(), ": dtypes differ: ", send.scalar_type(), " vs ", recv.scalar_type()));
+        concat("sendrecv on ", describe(), ": dtypes differ: ", send.scalar_type(), " vs ", recv.scalar_type()));
   }
 }
-}  // namespace
 
 WorkPtr Communicator::sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src) {
-  check_tensor("sendrecv", send);
-  check_tensor("sendrecv", recv);
-  check_sendrecv(*this, send, dst, recv, src);
+  check_sendrecv(send, dst, recv, src);
   // Every rank's size, then every rank's message padded to the largest: simple, and world x the traffic of a
   // point-to-point exchange, which the back-ends that can send point to point replace.
   auto sizes = torch::empty({size()}, torch::kInt64);

@@ -163,6 +163,8 @@ class Communicator {
  protected:
   // Checks the argument contract shared by every back-end; throws Error naming the operation and the rank.
   void check_tensor(const char* op, const torch::Tensor& t) const;
+  // The same for sendrecv: both tensors, the peers' ranks, one dtype.
+  void check_sendrecv(const torch::Tensor& send, int dst, const torch::Tensor& recv, int src) const;
 
  private:
   std::chrono::milliseconds timeout_{std::chrono::minutes(5)};

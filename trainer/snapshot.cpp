@@ -27,13 +27,37 @@ constexpr uint64_t kPackMagic = 0x3130534e50525453ULL;  // "STRPNS01"
 
 void put_u64(std::string& out, uint64_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof(v)); }
 
-// Removes all but the newest kKeep step directories under checkpoint_root.
-void keep_newest(const std::string& checkpoint_root) {
+// Removes all but the newest kKeep step directories up to step `upto` under checkpoint_root (newer ones are
+// left to the caller).
+void keep_newest(const std::string& checkpoint_root, uint64_t upto = UINT64_MAX) {
   std::error_code ec;
   int64_t kept = 0;
   for (const auto& info : storage::list_checkpoints(checkpoint_root, /*deep=*/false)) {
-    if (++kept > kKeep) fs::remove_all(info.path, ec);
+    if (info.step <= upto && ++kept > kKeep) fs::remove_all(info.path, ec);
   }
+}
+
+// Removes the step directories newer than `step` under checkpoint_root.
+void remove_newer(const std::string& checkpoint_root, uint64_t step) {
+  std::error_code ec;
+  for (const auto& info : storage::list_checkpoints(checkpoint_root, /*deep=*/false)) {
+    if (info.step > step) fs::remove_all(info.path, ec);
+  }
+}
+
+// The snapshots under checkpoint_root that verify deeply, newest first; those with a MANIFEST that do not go to
+// `skipped` (one cut short, without a MANIFEST, is normal after a kill).
+std::vector<CheckpointInfo> list_valid(const std::string& checkpoint_root, std::vector<CheckpointInfo>* skipped) {
+  std::vector<CheckpointInfo> ok;
+  std::error_code ec;
+  for (auto& info : storage::list_checkpoints(checkpoint_root, /*deep=*/true)) {
+    if (info.valid) {
+      ok.push_back(std::move(info));
+    } else if (skipped && fs::exists(fs::path(info.path) / "MANIFEST", ec)) {
+      skipped->push_back(std::move(info));
+    }
+  }
+  return ok;
 }
 }  // namespace
 
@@ -191,36 +215,22 @@ void SnapshotStore::set_buddies(std::vector<int> buddy) {
 }
 
 std::vector<CheckpointInfo> SnapshotStore::valid(std::vector<CheckpointInfo>* skipped) const {
-  std::vector<CheckpointInfo> ok;
-  std::error_code ec;
-  for (auto& info : store_.list(/*deep=*/true)) {
-    if (info.valid) {
-      ok.push_back(std::move(info));
-    } else if (skipped && fs::exists(fs::path(info.path) / "MANIFEST", ec)) {
-      skipped->push_back(std::move(info));  // one cut short (no MANIFEST) is normal after a kill: no warning
-    }
-  }
-  return ok;
+  return list_valid(store_.dir(), skipped);
 }
 
 std::vector<CheckpointInfo> SnapshotStore::candidates(const std::string& dir,
                                                       const std::optional<std::pair<uint64_t, std::string>>& disk,
                                                       uint64_t world) const {
-  std::vector<CheckpointInfo> out;
-  std::error_code ec;
-  for (auto& info : storage::list_checkpoints((fs::path(dir) / "checkpoints").string(), /*deep=*/true)) {
-    if (!info.valid) {
-      // One cut short (no MANIFEST) is normal after a kill: no warning.
-      if (fs::exists(fs::path(info.path) / "MANIFEST", ec)) {
-        std::fprintf(stderr, "stride: warning: skipping snapshot %s: %s\n", info.path.c_str(), info.problem.c_str());
-      }
-      continue;
-    }
+  std::vector<CheckpointInfo> out, skipped;
+  for (auto& info : list_valid((fs::path(dir) / "checkpoints").string(), &skipped)) {
     const auto& m = info.manifest;
     const auto& l = m.lineage();
     const bool continues_disk =
         disk ? (l.has_parent() && l.parent_step() == disk->first && l.parent_id() == disk->second) : !l.has_parent();
     if (m.world_size() == world && continues_disk && (!disk || info.step > disk->first)) out.push_back(info);
+  }
+  for (const auto& s : skipped) {
+    std::fprintf(stderr, "stride: warning: skipping snapshot %s: %s\n", s.path.c_str(), s.problem.c_str());
   }
   return out;
 }
@@ -305,14 +315,8 @@ std::optional<SnapshotChoice> SnapshotStore::choose(const std::optional<std::pai
 }
 
 void SnapshotStore::discard_after(uint64_t step) {
-  std::error_code ec;
-  for (const auto& info : store_.list(/*deep=*/false)) {
-    if (info.step > step) fs::remove_all(info.path, ec);
-  }
-  if (holdee_ < 0) return;
-  for (const auto& info : storage::list_checkpoints((fs::path(rank_dir(holdee_)) / "checkpoints").string(), false)) {
-    if (info.step > step) fs::remove_all(info.path, ec);
-  }
+  remove_newer(store_.dir(), step);
+  if (holdee_ >= 0) remove_newer((fs::path(rank_dir(holdee_)) / "checkpoints").string(), step);
 }
 
 void SnapshotStore::remove_all() {
@@ -479,12 +483,7 @@ void SnapshotStore::write_own(CheckpointData data) {
     }
     const std::string dir = store_.publish(std::move(data));
     // The newest two stay; snapshots form no branches (Note [In-memory snapshots]).
-    std::error_code ec;
-    int64_t kept = 0;
-    for (const auto& info : store_.list(/*deep=*/false)) {
-      if (info.step > step) continue;
-      if (++kept > kKeep) fs::remove_all(info.path, ec);
-    }
+    keep_newest(store_.dir(), step);
     // Note [Buddy copies]: the message the next exchange sends, read back from RAM here, off the training thread.
     if (!buddy_.empty()) packed = pack_snapshot(dir, static_cast<uint64_t>(rank_), step);
   } catch (const std::exception& e) {

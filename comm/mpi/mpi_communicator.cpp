@@ -505,13 +505,8 @@ WorkPtr MpiCommunicator::allgather(torch::Tensor in, torch::Tensor out) {
 }
 
 WorkPtr MpiCommunicator::sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src) {
-  check_tensor("sendrecv", send);
-  check_tensor("sendrecv", recv);
+  check_sendrecv(send, dst, recv, src);
   STRIDE_CHECK(send.device().is_cpu() && recv.device().is_cpu(), "the MPI communicator takes CPU tensors");
-  STRIDE_CHECK(dst >= 0 && dst < size_ && src >= 0 && src < size_, "sendrecv peers ", dst, " and ", src, " of ", size_,
-               " ranks");
-  STRIDE_CHECK(send.scalar_type() == recv.scalar_type(), "sendrecv dtypes differ: ", send.scalar_type(), " vs ",
-               recv.scalar_type());
   const MPI_Datatype dt = impl_->datatype(send);
   return submit(concat("MPI sendrecv of ", send.numel(), " x ", send.scalar_type(), " to rank ", dst, " and ",
                        recv.numel(), " from rank ", src),
