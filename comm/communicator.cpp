@@ -161,15 +161,21 @@ void Communicator::check_sendrecv(const torch::Tensor& send, int dst, const torc
 
 WorkPtr Communicator::sendrecv(torch::Tensor send, int dst, torch::Tensor recv, int src) {
   check_sendrecv(send, dst, recv, src);
-  // Every rank's size, then every rank's message padded to the largest: simple, and world x the traffic of a
-  // point-to-point exchange, which the back-ends that can send point to point replace.
-  auto sizes = torch::empty({size()}, torch::kInt64);
-  allgather(torch::tensor({send.numel()}, torch::kInt64), sizes)->wait();
-  if (sizes[src].item<int64_t>() != recv.numel()) {
-    throw Error(concat("sendrecv on ", describe(), ": rank ", src, " sends ", sizes[src].item<int64_t>(),
-                       " elements, the receive buffer holds ", recv.numel()));
+  // Every rank's sizes and source, then every rank's message padded to the largest: simple, and world x the
+  // traffic of a point-to-point exchange, which the back-ends that can send point to point replace. Every rank
+  // checks every rank's receive buffer, so a wrong one fails all ranks alike instead of leaving the others in
+  // the second allgather.
+  auto plan = torch::empty({size(), 3}, torch::kInt64);
+  allgather(torch::tensor({send.numel(), recv.numel(), int64_t{src}}, torch::kInt64), plan.view({-1}))->wait();
+  auto p = plan.accessor<int64_t, 2>();
+  for (int64_t k = 0; k < size(); ++k) {
+    const int64_t from = p[k][2], sent = p[from][0];
+    if (sent != p[k][1]) {
+      throw Error(concat("sendrecv on ", describe(), ": rank ", from, " sends ", sent, " elements, rank ", k,
+                         "'s receive buffer holds ", p[k][1]));
+    }
   }
-  const int64_t most = sizes.max().item<int64_t>();
+  const int64_t most = plan.select(1, 0).max().item<int64_t>();
   if (most > 0) {
     auto padded = torch::zeros({most}, send.options());
     padded.narrow(0, 0, send.numel()).copy_(send.reshape({-1}));

@@ -66,6 +66,29 @@ TEST(LocalComm, CollectivesFromOneToFourRanks) {
   }
 }
 
+// sendrecv's bad arguments are errors naming the call and the rank, before anything is sent; a receive buffer
+// of the wrong size is found once the sizes are known, on every rank.
+TEST(LocalComm, SendrecvRefusesBadPeersDtypesAndSizes) {
+  run_ranks(2, [](int r, std::shared_ptr<comm::Communicator> c) {
+    auto expect_error = [&](const std::function<void()>& call, const std::string& what) {
+      try {
+        call();
+        ADD_FAILURE() << "no error for " << what;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("sendrecv on rank " + std::to_string(r)), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+      }
+    };
+    const auto bytes = torch::zeros({4}, torch::kUInt8);
+    expect_error([&] { c->sendrecv(bytes, 2, bytes.clone(), 0); }, "peers 2 and 0 outside 0..1");
+    expect_error([&] { c->sendrecv(bytes, 1 - r, torch::zeros({4}, torch::kFloat), 1 - r); }, "dtypes differ");
+    // Rank 1's buffer is one byte short of what rank 0 sends: both ranks fail, neither waits for the other.
+    auto recv = torch::zeros({r == 1 ? 3 : 4}, torch::kUInt8);
+    expect_error([&] { c->sendrecv(bytes, 1 - r, recv, 1 - r); },
+                 "rank 0 sends 4 elements, rank 1's receive buffer holds 3");
+  });
+}
+
 TEST(LocalComm, MismatchedCollectivesAreReportedNotHung) {
   EXPECT_THROW(run_ranks(2,
                          [](int r, std::shared_ptr<comm::Communicator> c) {
